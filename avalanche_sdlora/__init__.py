@@ -1,0 +1,10 @@
+"""SD-LoRA (Scalable Decoupled LoRA, ICLR 2025) for class-incremental learning, as an Avalanche extension."""
+
+from .adapter import Magnitudes, SDLoRAQKV
+from .model import SDLoRAViT, create_backbone, sdlora_vit
+from .plugins import AdapterGrowthPlugin, DistillationPlugin, RankReductionPlugin
+from .strategy import SDLoRA, SDLoRAKD, SDLoRARR
+
+__all__ = ["SDLoRA", "SDLoRARR", "SDLoRAKD", "sdlora_vit", "create_backbone", "SDLoRAViT", "SDLoRAQKV",
+           "Magnitudes", "AdapterGrowthPlugin", "RankReductionPlugin", "DistillationPlugin"]
+__version__ = "0.1.0"

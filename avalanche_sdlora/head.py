@@ -1,0 +1,75 @@
+"""A growing linear head whose old class rows are frozen parameters, not just masked gradients.
+
+Avalanche's ``IncrementalClassifier`` re-creates one ``nn.Linear`` per expansion, so the rows of
+earlier classes stay in the same trainable tensor as the new ones. SD-LoRA trains only the new
+rows; keeping each experience's rows in its own parameter lets the optimizer see exactly the
+trainable set and leaves old rows bit-identical whatever the optimizer does.
+"""
+
+from __future__ import annotations
+
+import torch
+from avalanche.benchmarks.scenarios import CLExperience
+from avalanche.models import DynamicModule
+from torch import Tensor, nn
+
+
+class FrozenPastHead(DynamicModule):
+    """Linear classifier over pre-logits features that grows by the classes of each experience.
+
+    Logits of classes not seen yet are ``mask_value`` so they never win the argmax. During
+    training adaptation the rows of earlier experiences are frozen (``requires_grad=False``).
+    """
+
+    def __init__(self, in_features: int, mask_value: float = -1000.0) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.mask_value = mask_value
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.register_buffer("class_ids", torch.zeros(0, dtype=torch.long))
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.class_ids.max()) + 1 if self.class_ids.numel() else 0
+
+    @torch.no_grad()
+    def add_classes(self, classes: list[int]) -> None:
+        """Add rows for ``classes`` not yet known; freeze every earlier row."""
+        known = set(self.class_ids.tolist())
+        new = sorted(int(c) for c in classes if int(c) not in known)
+        if not new:
+            return
+        for p in list(self.weights) + list(self.biases):
+            p.requires_grad_(False)
+        device = self.class_ids.device
+        layer = nn.Linear(self.in_features, len(new), device=device)  # nn.Linear's default init
+        self.weights.append(nn.Parameter(layer.weight.detach().clone()))
+        self.biases.append(nn.Parameter(layer.bias.detach().clone()))
+        self.class_ids = torch.cat([self.class_ids, torch.tensor(new, dtype=torch.long, device=device)])
+
+    def adaptation(self, experience: CLExperience) -> None:
+        if self.training:
+            self.add_classes(list(experience.classes_in_this_experience))
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = self.num_classes
+        if n == 0:
+            return x.new_zeros(x.shape[0], 0)
+        logits = torch.cat([x @ w.T + b for w, b in zip(self.weights, self.biases)], dim=1)
+        out = x.new_full((x.shape[0], n), self.mask_value)
+        return out.index_copy(1, self.class_ids, logits)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Re-create one chunk per experience found in the checkpoint before copying values.
+        sizes = []
+        while f"{prefix}weights.{len(sizes)}" in state_dict:
+            sizes.append(state_dict[f"{prefix}weights.{len(sizes)}"].shape[0])
+        if sizes and len(self.weights) == 0:
+            device = self.class_ids.device
+            for k, n in enumerate(sizes):
+                trainable = k == len(sizes) - 1
+                self.weights.append(nn.Parameter(torch.zeros(n, self.in_features, device=device), trainable))
+                self.biases.append(nn.Parameter(torch.zeros(n, device=device), trainable))
+            self.class_ids = torch.zeros_like(state_dict[prefix + "class_ids"], device=device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -1,0 +1,230 @@
+"""Any timm ViT with SD-LoRA adapters on every block's qkv and a growing linear head.
+
+``sdlora_vit(name)`` builds the backbone by its timm name, loads local weights, freezes it, and
+injects :class:`~avalanche_sdlora.adapter.SDLoRAQKV` by walking ``model.blocks``: nothing here
+depends on width or depth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import load_file
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from torch import Tensor, nn
+
+from .adapter import Magnitudes, SDLoRAQKV, lowrank_inner
+from .assets import default_asset, require_file
+from .head import FrozenPastHead
+
+
+def _check_vit(model: nn.Module, name: str) -> None:
+    blocks = getattr(model, "blocks", None)
+    ok = isinstance(model, VisionTransformer) and blocks is not None and len(blocks) > 0 and all(
+        isinstance(getattr(getattr(b, "attn", None), "qkv", None), nn.Linear) for b in blocks)
+    if not ok:
+        raise TypeError(f"model '{name}' has no .blocks[*].attn.qkv nn.Linear; SD-LoRA needs a timm "
+                        "VisionTransformer such as 'vit_tiny_patch16_224', 'vit_base_patch16_224' or 'deit_tiny_patch16_224'")
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read weights without executing code: safetensors, or a torch file loaded with weights_only=True."""
+    p = require_file(path, "model weights", "--checkpoint")
+    try:
+        if p.suffix == ".safetensors":
+            sd = load_file(str(p))
+        else:
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or foreign file
+        raise ValueError(f"could not read weights from '{p}' ({exc}); give a safetensors file or a torch "
+                         "state dict saved with torch.save(model.state_dict(), path)") from exc
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise ValueError(f"'{p}' does not hold a flat state dict of tensors")
+    return sd
+
+
+def create_backbone(model_name: str, *, checkpoint: str | Path | None = None, img_size: int | None = None,
+                    pretrained: bool = False) -> VisionTransformer:
+    """A frozen-ready timm ViT without classifier (``num_classes=0``: forward returns pre-logits features).
+
+    ``checkpoint`` is a local weights file; ``pretrained=True`` without one looks for
+    ``<model_name>.safetensors`` in the assets folder and falls back to timm's download (online only).
+    Position embeddings are resampled by timm's own ``checkpoint_filter_fn`` when ``img_size`` differs.
+    """
+    if model_name not in timm.list_models():
+        close = timm.list_models(f"*{model_name.split('_')[0]}*")[:5]
+        raise ValueError(f"unknown timm model '{model_name}'; try one of {close or ['vit_tiny_patch16_224']}")
+    kwargs = {"num_classes": 0}
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    if checkpoint is None and pretrained:
+        checkpoint = default_asset(f"{model_name}.safetensors")
+        if checkpoint is None:  # only works online; offline machines must pass --checkpoint
+            try:
+                return timm.create_model(model_name, pretrained=True, **kwargs)
+            except Exception as exc:
+                raise FileNotFoundError(f"no local weights for '{model_name}' and the download failed ({exc}); "
+                                        "pass --checkpoint PATH or set $SDLORA_ASSETS") from exc
+    try:
+        model = timm.create_model(model_name, pretrained=False, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"timm model '{model_name}' is not a VisionTransformer ({exc}); SD-LoRA needs a timm ViT") from exc
+    _check_vit(model, model_name)
+    if checkpoint is not None:
+        sd = {k: v for k, v in read_state_dict(checkpoint).items() if not k.startswith("head")}
+        try:
+            sd = checkpoint_filter_fn(sd, model)
+            model.load_state_dict(sd, strict=True)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise ValueError(f"weights in '{checkpoint}' do not fit '{model_name}' (another architecture or width?): "
+                             f"{' '.join(str(exc).split())[:300]}. Pass the matching --model or --checkpoint.") from exc
+    return model
+
+
+class SDLoRAViT(nn.Module):
+    """Frozen timm ViT + SD-LoRA adapters + a growing head; owns the shared magnitudes once."""
+
+    def __init__(self, backbone: VisionTransformer, *, rank: int = 10, normalize_current: bool = False,
+                 direction_norm: str = "frobenius") -> None:
+        super().__init__()
+        _check_vit(backbone, type(backbone).__name__)
+        if rank <= 0:
+            raise ValueError(f"rank must be a positive integer, got {rank}")
+        self.rank = rank
+        self.backbone = backbone
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        self.magnitudes = Magnitudes()
+        for block in backbone.blocks:
+            block.attn.qkv = SDLoRAQKV(block.attn.qkv, self.magnitudes, normalize_current=normalize_current,
+                                       direction_norm=direction_norm)
+        self.head = FrozenPastHead(backbone.num_features)
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def adapters(self) -> list[SDLoRAQKV]:
+        return [b.attn.qkv for b in self.backbone.blocks]
+
+    @property
+    def num_directions(self) -> int:
+        """Number of stored task directions (tasks kept after distillation)."""
+        return len(self.magnitudes) - (1 if self.adapters[0].lora_A is not None else 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x))
+
+    # ------------------------------------------------------------------ task lifecycle
+    @torch.no_grad()
+    def add_task(self, rank: int | None = None, alpha_init: float = 0.8, reset_alphas: bool = False) -> None:
+        """New trainable pair in every adapter and a new magnitude; optionally reset the old ones."""
+        rank = self.rank if rank is None else rank
+        if rank <= 0:
+            raise ValueError(f"rank must be a positive integer, got {rank}")
+        if reset_alphas:
+            self.magnitudes.fill_(alpha_init)
+        slot = self.magnitudes.append(alpha_init)
+        for a in self.adapters:
+            a.add_pair(rank, slot)
+
+    @torch.no_grad()
+    def freeze_task(self) -> None:
+        for a in self.adapters:
+            a.freeze_pair()
+
+    def _flat_gram(self) -> Tensor:
+        """Gram matrix of the stored task directions, each flattened over all adapted weights."""
+        n = self.num_directions
+        G = torch.zeros(n, n, dtype=torch.float64)
+        for a in self.adapters:
+            dirs = [list(a.directions(k)) for k in range(n)]
+            for i in range(n):
+                for j in range(i, n):
+                    g = sum(lowrank_inner(*dirs[i][s], *dirs[j][s]) for s in range(2))
+                    G[i, j] = G[j, i] = float(g)
+        return G
+
+    def fit_last_direction(self) -> tuple[Tensor, float]:
+        """Least-squares coefficients of the last stored direction on the earlier ones.
+
+        One coefficient per old task over all adapted weights together (alpha is shared by all
+        layers); returns (coefficients, ||residual||^2 / ||D_t||^2).
+        """
+        n = self.num_directions
+        if n < 2:
+            raise ValueError("knowledge distillation needs at least two stored directions")
+        G = self._flat_gram()
+        G_old, b, dd = G[:-1, :-1], G[:-1, -1], G[-1, -1]
+        coef = torch.linalg.lstsq(G_old, b[:, None], driver="gelsd").solution[:, 0]
+        residual = dd - 2 * coef @ b + coef @ G_old @ coef
+        rel = float((residual / dd.clamp_min(1e-30)).clamp_min(0)) if dd > 0 else 0.0
+        return coef, rel
+
+    @torch.no_grad()
+    def absorb_last_direction(self, coef: Tensor) -> None:
+        """alpha_k += alpha_t * c_k, then drop the last direction and its magnitude."""
+        alpha = self.magnitudes.alpha
+        alpha[:-1] += alpha[-1] * coef.to(alpha)
+        last = len(self.magnitudes) - 1
+        for a in self.adapters:
+            a.drop_slot(last)
+        self.magnitudes.pop()
+
+    # ------------------------------------------------------------------ merge and export
+    @torch.no_grad()
+    def merge(self) -> None:
+        for a in self.adapters:
+            a.merge()
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        for a in self.adapters:
+            a.unmerge()
+
+    @torch.no_grad()
+    def export_timm_state_dict(self) -> dict[str, Tensor]:
+        """A plain timm state dict (update folded into qkv) plus ``head.weight``/``head.bias``.
+
+        Loads into ``timm.create_model(name, num_classes=head rows, img_size=...)``.
+        """
+        out = {}
+        for key, value in self.backbone.state_dict().items():
+            if ".qkv." in key and ".qkv.base_layer." not in key:
+                continue  # adapter buffers and pairs
+            out[key.replace(".qkv.base_layer.", ".qkv.")] = value.clone()
+        for i, a in enumerate(self.adapters):
+            if not a.merged:
+                out[f"blocks.{i}.attn.qkv.weight"] += a.full_delta_weight()
+        n = self.head.num_classes
+        w = torch.zeros(n, self.head.in_features)
+        b = torch.full((n,), self.head.mask_value)
+        if n:
+            w[self.head.class_ids] = torch.cat(list(self.head.weights)).cpu()
+            b[self.head.class_ids] = torch.cat(list(self.head.biases)).cpu()
+        out["head.weight"], out["head.bias"] = w, b
+        return out
+
+    # ------------------------------------------------------------------ accounting
+    def stored_adapter_params(self) -> int:
+        """Numbers kept for finished tasks: direction factors, their scales and the magnitudes."""
+        return sum(a.dir_A.numel() + a.dir_B.numel() + a.dir_scale.numel() for a in self.adapters) + len(self.magnitudes)
+
+    def trainable_params(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def sdlora_vit(model_name: str, *, checkpoint: str | Path | None = None, img_size: int | None = None,
+               rank: int = 10, pretrained: bool = False, normalize_current: bool = False,
+               direction_norm: str = "frobenius") -> SDLoRAViT:
+    """Build a timm ViT by name with SD-LoRA adapters on every qkv (see :class:`SDLoRAViT`).
+
+    ``normalize_current=False`` follows the authors' code (the current pair is unnormalised while it
+    trains); ``True`` is the paper's form. ``direction_norm='frobenius'`` stores unit-Frobenius
+    directions (the paper); ``'factors'`` divides by ||B||_F ||A||_F as the authors' code does.
+    """
+    backbone = create_backbone(model_name, checkpoint=checkpoint, img_size=img_size, pretrained=pretrained)
+    return SDLoRAViT(backbone, rank=rank, normalize_current=normalize_current, direction_norm=direction_norm)

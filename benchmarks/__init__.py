@@ -1,0 +1,1 @@
+"""Benchmark harness: side-by-side comparison, speed and budget study."""

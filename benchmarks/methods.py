@@ -1,0 +1,144 @@
+"""Every compared method as a ready Avalanche strategy, built from one shared configuration.
+
+All methods get the same benchmark, backbone, epochs, batch size, optimizer family and evaluator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.models import IncrementalClassifier, NCMClassifier
+from avalanche.training import EWC, JointTraining, LwF, Naive
+from avalanche.training.templates import SupervisedTemplate
+from torch import nn
+
+from avalanche_sdlora import SDLoRA, SDLoRAKD, SDLoRARR, create_backbone, sdlora_vit
+from avalanche_sdlora.plugins import FiniteLossPlugin
+
+METHODS = ("sdlora", "sdlora-rr", "sdlora-kd", "seq-lora", "ncm", "l2p", "naive", "lwf", "ewc", "joint")
+
+
+@dataclass
+class MethodConfig:
+    model: str
+    checkpoint: str | None
+    img_size: int
+    epochs: int
+    batch_size: int
+    lr: float
+    eval_batch_size: int
+    device: str
+    rank: int = 10
+    num_classes: int = 100
+    sdlora_kwargs: dict | None = None
+
+
+class SingleLoRAPlugin(SupervisedPlugin):
+    """The paper's vanilla-LoRA ablation: one pair (alpha fixed at 1) trained on through every task."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        self.rank = rank
+
+    def before_training_exp(self, strategy, **kwargs) -> None:
+        model = strategy.model
+        if len(model.magnitudes) == 0:
+            model.add_task(rank=self.rank, alpha_init=1.0)
+            model.magnitudes.alpha.requires_grad_(False)
+        strategy.make_optimizer(reset_optimizer_state=True)
+
+
+class BackboneClassifier(nn.Module):
+    """timm backbone (pre-logits) + an Avalanche IncrementalClassifier: the baselines' model."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = IncrementalClassifier(backbone.num_features, initial_out_features=2)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+class NCMStrategy(SupervisedTemplate):
+    """Frozen backbone + cosine nearest-class-mean (Avalanche's NCMClassifier, normalize=True).
+
+    Avalanche has no strategy for a training-free prototype classifier, so training is one
+    no-grad pass that averages L2-normalised features per class.
+    """
+
+    def __init__(self, *, backbone: nn.Module, **kwargs) -> None:
+        model = nn.Sequential(backbone, NCMClassifier(normalize=True))
+        for p in model.parameters():
+            p.requires_grad_(False)
+        super().__init__(model=model, optimizer=torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.0),
+                         criterion=nn.CrossEntropyLoss(), **kwargs)
+
+    def make_optimizer(self, **kwargs) -> None:  # nothing to optimise
+        pass
+
+    @torch.no_grad()
+    def training_epoch(self, **kwargs) -> None:
+        backbone, ncm = self.model[0], self.model[1]
+        sums: dict[int, torch.Tensor] = {}
+        counts: dict[int, int] = {}
+        for self.mbatch in self.dataloader:
+            self._unpack_minibatch()
+            f = nn.functional.normalize(backbone(self.mb_x), dim=1)
+            for c in self.mb_y.unique().tolist():
+                sel = f[self.mb_y == c]
+                sums[c] = sums.get(c, 0) + sel.sum(0)
+                counts[c] = counts.get(c, 0) + len(sel)
+        # Unit-norm prototypes: Euclidean distance on unit vectors ranks classes as cosine similarity.
+        ncm.update_class_means_dict({c: nn.functional.normalize(sums[c] / counts[c], dim=0) for c in sums},
+                                    momentum=1.0)
+
+    def train_dataset_adaptation(self, **kwargs) -> None:
+        super().train_dataset_adaptation(**kwargs)
+        self.adapted_dataset = self.adapted_dataset.eval()  # prototypes from un-augmented images
+
+    def criterion(self):
+        return torch.zeros((), device=self.device)
+
+
+def build_strategy(method: str, cfg: MethodConfig, evaluator, plugins=None):
+    """The strategy for ``method`` with the shared configuration ``cfg``."""
+    common = dict(train_mb_size=cfg.batch_size, train_epochs=cfg.epochs, eval_mb_size=cfg.eval_batch_size,
+                  device=cfg.device, evaluator=evaluator, plugins=list(plugins or []))
+    if method in ("sdlora", "sdlora-rr", "sdlora-kd", "seq-lora"):
+        kw = dict(cfg.sdlora_kwargs or {})
+        model_kw = {k: kw.pop(k) for k in ("normalize_current", "direction_norm") if k in kw}
+        model = sdlora_vit(cfg.model, checkpoint=cfg.checkpoint, img_size=cfg.img_size, rank=cfg.rank, **model_kw)
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
+        if method == "seq-lora":
+            return SDLoRA(model=model, optimizer=opt, growth=SingleLoRAPlugin(cfg.rank), **common)
+        cls = {"sdlora": SDLoRA, "sdlora-rr": SDLoRARR, "sdlora-kd": SDLoRAKD}[method]
+        if method != "sdlora-kd":
+            kw.pop("kd_threshold", None)
+        return cls(model=model, optimizer=opt, **kw, **common)
+    if method == "l2p":
+        from .l2p import build_l2p
+
+        common["plugins"].append(FiniteLossPlugin())
+        return build_l2p(model_name=cfg.model, checkpoint=cfg.checkpoint, img_size=cfg.img_size, optimizer_lr=cfg.lr,
+                         train_mb_size=cfg.batch_size, train_epochs=cfg.epochs, eval_mb_size=cfg.eval_batch_size,
+                         device=cfg.device, evaluator=evaluator, plugins=common["plugins"], num_classes=cfg.num_classes)
+    backbone = create_backbone(cfg.model, checkpoint=cfg.checkpoint, img_size=cfg.img_size)
+    if method == "ncm":
+        return NCMStrategy(backbone=backbone, **{**common, "train_epochs": 1})  # one pass is exact
+    # Avalanche's built-ins fine-tune the whole backbone and an IncrementalClassifier.
+    common["plugins"].append(FiniteLossPlugin())
+    model = BackboneClassifier(backbone)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
+    loss = nn.CrossEntropyLoss()
+    if method == "naive":
+        return Naive(model=model, optimizer=opt, criterion=loss, **common)
+    if method == "lwf":
+        return LwF(model=model, optimizer=opt, criterion=loss, alpha=1.0, temperature=2.0, **common)
+    if method == "ewc":
+        return EWC(model=model, optimizer=opt, criterion=loss, ewc_lambda=1000.0, **common)
+    if method == "joint":
+        return JointTraining(model=model, optimizer=opt, criterion=loss, **common)
+    raise ValueError(f"unknown method '{method}'; choose from {', '.join(METHODS)}")

@@ -1,0 +1,122 @@
+"""Tidy CSVs, a Markdown table and plots from per-experience rows; every file is written atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from avalanche_sdlora.metrics import average_anytime_accuracy, backward_transfer, final_accuracy, forgetting
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_csv(df: pd.DataFrame, path: Path) -> None:
+    atomic_write_text(path, df.to_csv(index=False))
+
+
+def accuracy_matrix(rows: pd.DataFrame) -> np.ndarray:
+    """R[i, j] from one (method, seed)'s rows, whose ``acc_exp_j`` columns hold per-experience accuracy."""
+    rows = rows.sort_values("experience")
+    cols = sorted((c for c in rows.columns if c.startswith("acc_exp_")), key=lambda c: int(c.rsplit("_", 1)[1]))
+    return rows[cols].to_numpy(float)
+
+
+def summarize(per_task: pd.DataFrame) -> pd.DataFrame:
+    """One row per method: mean and std over seeds of Acc, AAA, forgetting, BWT, plus costs."""
+    records = []
+    for (method, seed), g in per_task.groupby(["method", "seed"], sort=False):
+        g = g.sort_values("experience")
+        last = g.iloc[-1]
+        complete = len(g) == int(last["n_experiences"])
+        R = accuracy_matrix(g)
+        records.append({
+            "method": method, "seed": seed, "acc": float(last["acc_seen"]),
+            "aaa": float(g["acc_seen"].mean()) if complete else np.nan,
+            "forgetting": forgetting(R) if complete else np.nan,
+            "bwt": backward_transfer(R) if complete else np.nan,
+            "trainable_params": int(g["trainable_params"].max()), "stored_params": int(last["stored_params"]),
+            "train_seconds": float(g["train_seconds"].sum()), "eval_seconds": float(g["eval_seconds"].sum()),
+            "finished": bool(last["experience"] == last["n_experiences"] - 1),
+        })
+    runs = pd.DataFrame.from_records(records)
+    runs = runs[runs["finished"]]
+    out = []
+    for method, g in runs.groupby("method", sort=False):
+        out.append({
+            "method": method, "acc_mean": g["acc"].mean(), "acc_std": g["acc"].std(ddof=0),
+            "aaa_mean": g["aaa"].mean(), "aaa_std": g["aaa"].std(ddof=0), "forgetting": g["forgetting"].mean(),
+            "bwt": g["bwt"].mean(), "trainable_params": int(g["trainable_params"].max()),
+            "stored_params": int(g["stored_params"].max()), "train_seconds": g["train_seconds"].mean(),
+            "eval_seconds": g["eval_seconds"].mean(), "n_seeds": len(g),
+        })
+    return pd.DataFrame.from_records(out)
+
+
+def markdown_table(summary: pd.DataFrame) -> str:
+    """Accuracies in percent as mean ± std over seeds."""
+    lines = ["| method | Acc (%) | AAA (%) | forgetting | BWT | trainable params | stored params | train s | seeds |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in summary.sort_values("acc_mean", ascending=False).iterrows():
+        aaa = "n/a" if np.isnan(r["aaa_mean"]) else f"{100 * r['aaa_mean']:.2f} ± {100 * r['aaa_std']:.2f}"
+        fg = "n/a" if np.isnan(r["forgetting"]) else f"{100 * r['forgetting']:.2f}"
+        bwt = "n/a" if np.isnan(r["bwt"]) else f"{100 * r['bwt']:.2f}"
+        lines.append(f"| {r['method']} | {100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f} | {aaa} | {fg} | {bwt} | "
+                     f"{int(r['trainable_params']):,} | {int(r['stored_params']):,} | {r['train_seconds']:.0f} | {int(r['n_seeds'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(per_task: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> None:
+    """seen_accuracy.png (a line per method, std band over seeds) and final_accuracy.png (bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, g in per_task.groupby("method", sort=False):
+        s = g.groupby("experience")["acc_seen"].agg(["mean", "std"]).fillna(0.0)
+        x = s.index.to_numpy() + 1
+        ax.plot(x, 100 * s["mean"], marker="o", ms=3, label=method)
+        ax.fill_between(x, 100 * (s["mean"] - s["std"]), 100 * (s["mean"] + s["std"]), alpha=0.2)
+    ax.set_xlabel("experience")
+    ax.set_ylabel("accuracy on seen classes (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _atomic_savefig(fig, out_dir / "seen_accuracy.png")
+    plt.close(fig)
+    if len(summary):
+        s = summary.sort_values("acc_mean", ascending=False)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.bar(s["method"], 100 * s["acc_mean"], yerr=100 * s["acc_std"].fillna(0), capsize=3)
+        ax.set_ylabel("final accuracy Acc (%)")
+        ax.tick_params(axis="x", rotation=30)
+        fig.tight_layout()
+        _atomic_savefig(fig, out_dir / "final_accuracy.png")
+        plt.close(fig)
+
+
+def _atomic_savefig(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)

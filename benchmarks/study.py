@@ -1,0 +1,146 @@
+"""Training-budget study: where does decoupling pay off? ``python -m benchmarks.study``.
+
+Runs ``sdlora``, ``seq-lora`` and ``ncm`` (and any other method named) over a grid of epochs per task,
+training images per class and learning rate, each cell a ``benchmarks.compare`` run, and gathers them
+into ``results/study/``: ``per_task.csv`` (method, seed, epochs, train_per_class, lr, experience,
+acc_seen, alphas, update_norm, ...), ``cells.csv`` (final Acc and AAA per method and cell, mean and std
+over seeds), ``final_vs_budget.png``, ``alphas.png`` and ``drift.png``. Finished cells are skipped, so the
+command can be rerun after an interruption or with more cells; long cells can run in the background.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import compare
+from .reports import atomic_write_csv
+
+DEFAULT_METHODS = ("sdlora", "seq-lora", "ncm")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.study", description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
+    p.add_argument("--epochs", nargs="+", type=int, default=[1, 3, 10])
+    p.add_argument("--train-per-class", nargs="+", type=int, default=[100, 500])
+    p.add_argument("--lrs", nargs="+", type=float, default=[0.01, 0.05])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--out", default="results/study")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--gather-only", action="store_true", help="only rebuild the CSVs and plots from finished cells")
+    p.add_argument("extra", nargs=argparse.REMAINDER, help="after '--': further benchmarks.compare flags")
+    return p.parse_args(argv)
+
+
+def cell_id(epochs: int, train_per_class: int, lr: float) -> str:
+    return f"e{epochs}-n{train_per_class}-lr{lr:g}"
+
+
+def gather(out: Path) -> pd.DataFrame:
+    """All finished and partial cells' rows, tagged with their budget."""
+    frames = []
+    for cfg in sorted(out.glob("runs/cifar100-cpu/*/config.json")):
+        run_dir = cfg.parent
+        parts = sorted((run_dir / "parts").glob("*.csv"))
+        if not parts:
+            continue
+        df = pd.concat([pd.read_csv(f) for f in parts], ignore_index=True)
+        proto = pd.read_json(cfg, typ="series")["protocol"]
+        df["epochs"], df["train_per_class"], df["lr"] = proto["epochs"], proto["train_per_class"], proto["lr"]
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame()
+    per_task = pd.concat(frames, ignore_index=True)
+    atomic_write_csv(per_task, out / "per_task.csv")
+    final = per_task[per_task["experience"] == per_task["n_experiences"] - 1]
+    aaa = per_task.groupby(["method", "seed", "epochs", "train_per_class", "lr"])["acc_seen"].mean().rename("aaa")
+    final = final.merge(aaa.reset_index(), on=["method", "seed", "epochs", "train_per_class", "lr"])
+    cells = final.groupby(["method", "epochs", "train_per_class", "lr"]).agg(
+        acc_mean=("acc_seen", "mean"), acc_std=("acc_seen", "std"), aaa_mean=("aaa", "mean"),
+        aaa_std=("aaa", "std"), n_seeds=("seed", "nunique")).reset_index()
+    atomic_write_csv(cells, out / "cells.csv")
+    _plots(per_task, cells, out)
+    return cells
+
+
+def _plots(per_task: pd.DataFrame, cells: pd.DataFrame, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = cells.assign(budget=cells["epochs"] * cells["train_per_class"])
+    lrs = sorted(budgets["lr"].unique())
+    fig, axes = plt.subplots(1, len(lrs), figsize=(5 * len(lrs), 4), squeeze=False)
+    for ax, lr in zip(axes[0], lrs):
+        for method, g in budgets[budgets["lr"] == lr].groupby("method"):
+            g = g.sort_values("budget")
+            ax.errorbar(g["budget"], 100 * g["acc_mean"], yerr=100 * g["acc_std"].fillna(0), marker="o", label=method,
+                        capsize=3)
+        ax.set_xscale("log")
+        ax.set_xlabel("epochs x images per class")
+        ax.set_ylabel("final accuracy (%)")
+        ax.set_title(f"lr {lr:g}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "final_vs_budget.png", dpi=120)
+    plt.close(fig)
+
+    sd = per_task[(per_task["method"] == "sdlora") & per_task["alphas"].notna()]
+    if len(sd):
+        last = sd[sd["experience"] == sd["n_experiences"] - 1]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for _, r in last.iterrows():
+            a = np.array([float(v) for v in str(r["alphas"]).split()])
+            ax.plot(np.arange(1, len(a) + 1), a, marker=".", alpha=0.7,
+                    label=f"e{r['epochs']} n{r['train_per_class']} lr{r['lr']:g} s{r['seed']}")
+        ax.set_xlabel("task k")
+        ax.set_ylabel("magnitude alpha_k after the last task")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(out / "alphas.png", dpi=120)
+        plt.close(fig)
+    if "update_norm" in per_task:
+        drift = per_task[per_task["update_norm"].notna()]
+        if len(drift):
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for (method, e, n, lr), g in drift.groupby(["method", "epochs", "train_per_class", "lr"]):
+                s = g.groupby("experience")["update_norm"].mean()
+                ax.plot(s.index + 1, s.values, marker=".", label=f"{method} e{e} n{n} lr{lr:g}")
+            ax.set_xlabel("experience")
+            ax.set_ylabel("||accumulated update||_F")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+            fig.tight_layout()
+            fig.savefig(out / "drift.png", dpi=120)
+            plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    args = parse_args(argv)
+    out = Path(args.out)
+    extra = [a for a in args.extra if a != "--"]
+    if not args.gather_only:
+        for epochs, n, lr in itertools.product(args.epochs, args.train_per_class, args.lrs):
+            run_dir = out / "runs" / "cifar100-cpu" / cell_id(epochs, n, lr)
+            flags = ["--methods", *args.methods, "--seeds", *map(str, args.seeds), "--epochs", str(epochs),
+                     "--train-per-class", str(n), "--lr", str(lr), "--jobs", str(args.jobs), "--quiet", *extra]
+            if (run_dir / "DONE").exists():
+                continue
+            if run_dir.exists():
+                compare.main(flags + ["--resume", str(run_dir)])
+            else:
+                compare.main(flags + ["--out", str(out / "runs"), "--run-id", cell_id(epochs, n, lr)])
+            gather(out)
+    return gather(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny random ViTs, small Avalanche benchmarks from the shared CIFAR-100, evaluators."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from avalanche.evaluation.metrics import accuracy_metrics
+from avalanche.training.plugins import EvaluationPlugin
+
+from avalanche_sdlora import sdlora_vit
+from avalanche_sdlora.assets import default_asset
+from avalanche_sdlora.data import split_cifar100
+
+TINY_IMG = 32  # 2x2 patches + cls token: a 12-block ViT forward costs next to nothing
+
+
+def _require_cifar():
+    if default_asset("cifar100.npz") is None:
+        pytest.skip("shared cifar100.npz not found (set $SDLORA_ASSETS)")
+
+
+def make_evaluator() -> EvaluationPlugin:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "No loggers specified"
+        return EvaluationPlugin(accuracy_metrics(stream=True, experience=True), loggers=[])
+
+
+def stream_acc(results: dict) -> float:
+    return float(results["Top1_Acc_Stream/eval_phase/test_stream/Task000"])
+
+
+@pytest.fixture
+def tiny_vit():
+    """Factory: a randomly initialised ViT-Tiny (12 blocks, width 192) at 32x32 with SD-LoRA adapters."""
+
+    def build(seed: int = 0, rank: int = 4, name: str = "vit_tiny_patch16_224", **kwargs):
+        torch.manual_seed(seed)
+        return sdlora_vit(name, img_size=TINY_IMG, rank=rank, pretrained=False, **kwargs).eval()
+
+    return build
+
+
+@pytest.fixture
+def images():
+    g = torch.Generator().manual_seed(123)
+    return torch.randn(3, 3, TINY_IMG, TINY_IMG, generator=g)
+
+
+def randomize_current_pair(model, seed: int, scale: float = 0.05) -> None:
+    """Give the current pair a non-zero B (B starts at 0) so the task's update is non-trivial."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for a in model.adapters:
+            a.lora_B.copy_(torch.randn(a.lora_B.shape, generator=g) * scale)
+            a.lora_A.copy_(torch.randn(a.lora_A.shape, generator=g) * scale)
+
+
+@pytest.fixture(scope="session")
+def tiny_bench():
+    """4 CIFAR-100 classes in 2 experiences, 8 train / 4 test images per class, 32x32."""
+    _require_cifar()
+    return split_cifar100(n_experiences=2, train_per_class=8, test_per_class=4, img_size=TINY_IMG,
+                          classes=list(range(4)))
+
+
+@pytest.fixture(scope="session")
+def cifar30_bench():
+    """30 CIFAR-100 classes in 3 experiences, 50 train / 10 test images per class, 64x64."""
+    _require_cifar()
+    return split_cifar100(n_experiences=3, train_per_class=50, test_per_class=10, img_size=64,
+                          classes=list(range(30)))
+
+
+@pytest.fixture
+def make_strategy():
+    """Factory: an SD-LoRA strategy with SGD(lr 0.01, momentum 0.9), batch 16, the accuracy evaluator."""
+
+    def build(cls, model, **kwargs):
+        kwargs.setdefault("train_mb_size", 16)
+        kwargs.setdefault("eval_mb_size", 64)
+        kwargs.setdefault("train_epochs", 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        return cls(model=model, optimizer=opt, evaluator=make_evaluator(), device="cpu", **kwargs)
+
+    return build

@@ -1,0 +1,61 @@
+"""The comparison harness: every method runs 2 experiences on a tiny slice and logs the expected columns."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from benchmarks import compare
+from benchmarks.methods import METHODS
+
+TINY = ["--classes", "4", "--n-experiences", "2", "--train-per-class", "4", "--test-per-class", "3",
+        "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--quiet", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    methods = [m for m in METHODS]
+    run_dir = compare.main(TINY + ["--methods", *methods, "--out", str(out), "--run-id", "t"])
+    return run_dir, methods
+
+
+def test_every_method_logs_expected_columns(tiny_run):
+    run_dir, methods = tiny_run
+    per_task = pd.read_csv(run_dir / "per_task.csv")
+    for col in ("method", "seed", "experience", "acc_seen", "acc_exp_0", "acc_exp_1", "trainable_params",
+                "stored_params", "train_seconds", "eval_seconds"):
+        assert col in per_task.columns, col
+    assert set(per_task["method"]) == set(methods)
+    seq = per_task[per_task["method"] != "joint"]
+    assert seq.groupby("method")["experience"].apply(list).map(lambda e: e == [0, 1]).all()
+    summary = pd.read_csv(run_dir / "summary.csv")
+    assert set(summary["method"]) == set(methods)
+    assert {"acc_mean", "acc_std", "aaa_mean", "aaa_std", "forgetting", "bwt", "trainable_params", "stored_params",
+            "train_seconds", "n_seeds"} <= set(summary.columns)
+    assert ((summary["acc_mean"] >= 0) & (summary["acc_mean"] <= 1)).all()
+    for f in ("table.md", "seen_accuracy.png", "final_accuracy.png", "config.json", "DONE"):
+        assert (run_dir / f).exists(), f
+    assert (run_dir / "csv" / "sdlora" / "seed0" / "eval_results.csv").exists()  # Avalanche's CSVLogger
+
+
+def test_our_aaa_matches_avalanche_metric_plugin(tiny_run):
+    run_dir, _ = tiny_run
+    per_task = pd.read_csv(run_dir / "per_task.csv")
+    g = per_task[per_task["method"] == "sdlora"].sort_values("experience")
+    assert g["aaa_avalanche"].iloc[-1] == pytest.approx(g["acc_seen"].mean(), abs=1e-6)
+
+
+def test_finished_run_is_never_overwritten(tiny_run):
+    run_dir, _ = tiny_run
+    before = (run_dir / "per_task.csv").read_bytes()
+    with pytest.raises(SystemExit, match="never overwritten"):
+        compare.main(TINY + ["--methods", "ncm", "--out", str(run_dir.parent.parent), "--run-id", "t"])
+    assert (run_dir / "per_task.csv").read_bytes() == before
+    assert json.loads((run_dir / "config.json").read_text())["protocol"]["name"] == "cifar100-cpu"
+
+
+def test_unknown_method_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--methods", "sdlora", "lora-magic"])
+    assert "unknown method(s) ['lora-magic']" in capsys.readouterr().err

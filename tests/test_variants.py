@@ -1,0 +1,187 @@
+"""SD-LoRA-KD (absorbing spanned directions) and SD-LoRA-RR (rank schedule)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from avalanche.core import SupervisedPlugin
+from conftest import randomize_current_pair, stream_acc
+
+from avalanche_sdlora import (AdapterGrowthPlugin, DistillationPlugin, RankReductionPlugin, SDLoRA, SDLoRAKD,
+                              SDLoRARR)
+from avalanche_sdlora.plugins.rank_reduction import AUTHORS_SCHEDULE, PAPER_SCHEDULE, rank_for_task
+
+C0, C1 = 0.7, -1.9
+
+
+def fake_strategy(model, plugins=(), exp=2):
+    return SimpleNamespace(model=model, plugins=list(plugins), make_optimizer=lambda **kw: None,
+                           clock=SimpleNamespace(train_exp_counter=exp))
+
+
+def two_orthogonal_tasks(tiny_vit):
+    """Tasks 0 and 1 whose A factors live on disjoint input features: D_0 and D_1 are exactly orthogonal."""
+    model = tiny_vit(rank=4)
+    g = torch.Generator().manual_seed(0)
+    for t in range(2):
+        model.add_task(reset_alphas=False)
+        with torch.no_grad():
+            for a in model.adapters:
+                A = torch.zeros_like(a.lora_A)
+                half = a.in_features // 2
+                A[:, :, t * half:(t + 1) * half] = torch.randn(A.shape[0], A.shape[1], half, generator=g)
+                a.lora_A.copy_(A)
+                a.lora_B.copy_(torch.randn(a.lora_B.shape, generator=g) * 0.1)
+        model.freeze_task()
+    model.head.add_classes([0, 1, 2])
+    return model
+
+
+def add_combination_task(model, c0, c1):
+    """Task 2 = c0 D_0 + c1 D_1 exactly, written into the new pair's factors (rank 4 + 4)."""
+    model.add_task(rank=8, reset_alphas=False)
+    with torch.no_grad():
+        for a in model.adapters:
+            (B0q, A0q), (B0v, A0v) = a.directions(0)
+            (B1q, A1q), (B1v, A1v) = a.directions(1)
+            a.lora_A.copy_(torch.stack([torch.cat([A0q, A1q]), torch.cat([A0v, A1v])]))
+            a.lora_B.copy_(torch.stack([torch.cat([c0 * B0q, c1 * B1q], 1), torch.cat([c0 * B0v, c1 * B1v], 1)]))
+
+
+def test_kd_absorbs_direction_spanned_by_old_ones(tiny_vit, images):
+    model = two_orthogonal_tasks(tiny_vit)
+    stored_before = model.stored_adapter_params()
+    dirs_before = [(a.dir_A.clone(), a.dir_B.clone(), a.dir_scale.clone()) for a in model.adapters]
+    add_combination_task(model, C0, C1)
+    with torch.no_grad():
+        model.magnitudes.alpha.copy_(torch.tensor([1.1, 0.5, 0.9]))
+    model.freeze_task()
+    assert model.num_directions == 3 and model.stored_adapter_params() > stored_before
+    with torch.no_grad():
+        y = model(images)
+
+    plugin = DistillationPlugin()
+    plugin.after_training_exp(fake_strategy(model))
+
+    rec = plugin.history[-1]
+    assert rec["absorbed"] and rec["relative_residual"] < 1e-5  # float32 round-off
+    norm = (C0 ** 2 + C1 ** 2) ** 0.5
+    assert rec["coefficients"] == pytest.approx([C0 / norm, C1 / norm], abs=1e-5)
+    assert model.num_directions == 2 and len(model.magnitudes) == 2
+    assert model.magnitudes.alpha.tolist() == pytest.approx([1.1 + 0.9 * C0 / norm, 0.5 + 0.9 * C1 / norm], abs=1e-5)
+    assert model.stored_adapter_params() == stored_before
+    for a, (A, B, s) in zip(model.adapters, dirs_before):
+        assert torch.equal(a.dir_A, A) and torch.equal(a.dir_B, B) and torch.equal(a.dir_scale, s)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), y, rtol=0, atol=1e-5)
+
+
+def test_kd_keeps_a_new_direction(tiny_vit, images):
+    model = two_orthogonal_tasks(tiny_vit)
+    stored_before = model.stored_adapter_params()
+    model.add_task(reset_alphas=False)
+    randomize_current_pair(model, seed=5, scale=0.1)
+    model.freeze_task()
+    with torch.no_grad():
+        y = model(images)
+    plugin = DistillationPlugin()
+    plugin.after_training_exp(fake_strategy(model))
+    rec = plugin.history[-1]
+    assert not rec["absorbed"] and rec["relative_residual"] > 0.9
+    assert model.num_directions == 3 and len(model.magnitudes) == 3
+    per_task = 12 * (2 * 4 * 192 + 2 * 192 * 4 + 2 * 4) + 1
+    assert model.stored_adapter_params() == stored_before + per_task
+    with torch.no_grad():
+        assert torch.equal(model(images), y)
+
+
+def test_kd_needs_two_directions(tiny_vit):
+    model = tiny_vit()
+    model.add_task()
+    model.freeze_task()
+    with pytest.raises(ValueError):
+        model.fit_last_direction()
+    plugin = DistillationPlugin()
+    plugin.after_training_exp(fake_strategy(model, exp=1))
+    assert plugin.history == [] and model.num_directions == 1
+    with pytest.raises(ValueError):
+        DistillationPlugin(threshold=-1)
+
+
+def test_rank_schedule():
+    paper = [10, 10, 10, 8, 8, 8, 8, 6, 6, 6]
+    assert [rank_for_task(t, PAPER_SCHEDULE) for t in range(10)] == paper
+    assert [rank_for_task(t, AUTHORS_SCHEDULE) for t in range(10)] == [10, 10, 10, 10, 8, 8, 8, 8, 6, 6]
+    with pytest.raises(ValueError):
+        rank_for_task(0, {2: 4})
+    with pytest.raises(ValueError):
+        RankReductionPlugin({1: 4})
+
+
+def test_rank_reduction_adds_pairs_of_scheduled_rank(tiny_vit):
+    """A simulated 10-task run through the plugins' hooks, in the order Avalanche calls them."""
+    model = tiny_vit(rank=10)
+    growth, rr = AdapterGrowthPlugin(), RankReductionPlugin()
+    strategy = fake_strategy(model, [growth, rr])
+    ranks = []
+    for _ in range(10):
+        rr.before_train_dataset_adaptation(strategy)
+        growth.before_training_exp(strategy)
+        r = {a.lora_A.shape[1] for a in model.adapters} | {a.lora_B.shape[2] for a in model.adapters}
+        assert len(r) == 1
+        ranks.append(r.pop())
+        growth.after_training_exp(strategy)
+        rr.after_training_exp(strategy)
+    assert ranks == [10, 10, 10, 8, 8, 8, 8, 6, 6, 6]
+    counts = torch.bincount(model.adapters[5].dir_slot).tolist()
+    assert counts == ranks and len(model.magnitudes) == 10
+
+
+class RankProbe(SupervisedPlugin):
+    def __init__(self):
+        super().__init__()
+        self.ranks = []
+
+    def before_training_epoch(self, strategy, **kwargs):
+        self.ranks.append(strategy.model.adapters[0].lora_A.shape[1])
+
+
+def test_sdlora_rr_in_avalanche(tiny_vit, tiny_bench, make_strategy):
+    model = tiny_vit(rank=10)
+    probe = RankProbe()
+    strategy = make_strategy(SDLoRARR, model, rank_schedule={0: 4, 1: 2}, plugins=[probe])
+    for t, exp in enumerate(tiny_bench.train_stream):
+        strategy.train(exp)
+        assert 0.0 <= stream_acc(strategy.eval(tiny_bench.test_stream[: t + 1])) <= 1.0
+    assert probe.ranks == [4, 2]
+    assert torch.bincount(model.adapters[0].dir_slot).tolist() == [4, 2]
+    assert len(model.magnitudes) == 2
+
+
+@pytest.mark.parametrize("threshold", [9e-4, 1.0])
+def test_sdlora_kd_in_avalanche(tiny_vit, tiny_bench, make_strategy, threshold):
+    model = tiny_vit(rank=4)
+    strategy = make_strategy(SDLoRAKD, model, kd_threshold=threshold)
+    kd = [p for p in strategy.plugins if isinstance(p, DistillationPlugin)]
+    assert len(kd) == 1
+    strategy.train(tiny_bench.train_stream[0])
+    stored_1 = model.stored_adapter_params()
+    strategy.train(tiny_bench.train_stream[1])
+    acc = stream_acc(strategy.eval(tiny_bench.test_stream))
+    assert 0.0 <= acc <= 1.0
+    assert len(kd[0].history) == 1  # ran once, after the second direction was frozen
+    rel = kd[0].history[0]["relative_residual"]
+    if threshold < 1.0:  # a trained direction is not spanned by one old direction
+        assert not kd[0].history[0]["absorbed"] and rel > threshold
+        assert len(model.magnitudes) == 2 and model.stored_adapter_params() > stored_1
+    else:  # rel <= 1 always: everything is absorbed
+        assert kd[0].history[0]["absorbed"]
+        assert len(model.magnitudes) == 1 and model.stored_adapter_params() == stored_1
+
+
+def test_plain_sdlora_has_no_variant_plugins(tiny_vit, make_strategy):
+    strategy = make_strategy(SDLoRA, tiny_vit())
+    assert not any(isinstance(p, (DistillationPlugin, RankReductionPlugin)) for p in strategy.plugins)
+    assert sum(isinstance(p, AdapterGrowthPlugin) for p in strategy.plugins) == 1
