@@ -17,7 +17,6 @@ import argparse
 import copy
 import ctypes
 import gc
-import glob
 import math
 import multiprocessing as mp
 import os
@@ -60,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", help="local weights (default: <model>.safetensors in the assets folder)")
     p.add_argument("--img-sizes", nargs="+", type=int, default=[128, 224])
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions per model (default 9; --quick 3)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions per training model (default 7; --quick 3); backbone vs merged SD-LoRA "
+                   "inference gets 3x as many, L2P the same number")
     p.add_argument("--rank", type=int, default=10)
     p.add_argument("--out", default="results/perf")
     p.add_argument("--threads", type=int, default=1)
@@ -72,8 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if a.quick:
         a.img_sizes, a.batch = [32], 4
         a.reps = a.reps or 3
-    a.reps = a.reps or 9
-    a.warmup = 1 if a.quick else 2
+    a.reps = a.reps or 7
+    a.warmup = 1  # per model; the first train step also creates the momentum buffers
     a.train_tasks = [0, 10, 20, 50]  # stored tasks (+ the current pair)
     a.mem_tasks = [1, 10, 20, 50]  # tasks learned, the last one being trained
     return a
@@ -101,11 +101,11 @@ class PlainLoRAQKV(nn.Module):
         self.B = nn.Parameter(torch.randn(2, self.dim, rank) * 0.01)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.base(x)
+        out = self.base(x)  # frozen: its backward needs no output, so in-place adds are safe (fastest variant)
         d = self.dim
-        dq = F.linear(F.linear(x, self.A[0]), self.B[0])
-        dv = F.linear(F.linear(x, self.A[1]), self.B[1])
-        return torch.cat([out[..., :d] + dq, out[..., d:2 * d], out[..., 2 * d:] + dv], dim=-1)
+        out[..., :d] += F.linear(F.linear(x, self.A[0]), self.B[0])
+        out[..., 2 * d:] += F.linear(F.linear(x, self.A[1]), self.B[1])
+        return out
 
 
 def _checkpoint(args) -> str | None:
@@ -196,27 +196,39 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int, device: str) -> dict[str, list[float]]:
-    """Seconds per call of each function; calls interleaved in a shuffled order every repetition."""
+def interleaved(fns: dict[str, Callable[[], object]], reps: int, warmup: int, device: str,
+                every: dict[str, int] | None = None) -> dict[str, list[float | None]]:
+    """Seconds per call of each function; calls interleaved in a shuffled order every repetition.
+
+    ``every[k] = n`` times ``k`` only every n-th repetition (None elsewhere): precise pairs where a
+    ratio is close to its target, fewer calls of slow models whose ratio has a wide margin.
+    """
+    every = every or {}
     for _ in range(warmup):
         for f in fns.values():
             f()
     _sync(device)
-    times = {k: [] for k in fns}
+    times = {k: [None] * reps for k in fns}
     order, rng = list(fns), random.Random(0)
-    for _ in range(reps):
+    for r in range(reps):
         rng.shuffle(order)
         for k in order:
+            if r % every.get(k, 1):
+                continue
             t0 = time.perf_counter()
             fns[k]()
             _sync(device)
-            times[k].append(time.perf_counter() - t0)
+            times[k][r] = time.perf_counter() - t0
     return times
 
 
-def paired_ratio(num: list[float], den: list[float]) -> float:
-    """Median over repetitions of num[r] / den[r]."""
-    return statistics.median(a / b for a, b in zip(num, den))
+def _median(v: list[float | None]) -> float:
+    return statistics.median(t for t in v if t is not None)
+
+
+def paired_ratio(num: list[float | None], den: list[float | None]) -> float:
+    """Median over repetitions (where both ran) of num[r] / den[r]."""
+    return statistics.median(a / b for a, b in zip(num, den) if a is not None and b is not None)
 
 
 def train_step_fn(model: nn.Module, x: Tensor, y: Tensor, classes: list[int]) -> Callable[[], float]:
@@ -270,6 +282,8 @@ def _mem_child(args, img: int, tasks: int, conn) -> None:
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD fixed at 64 KiB: freed tensors leave RSS at once
         torch.set_num_threads(args.threads)
+        gc.collect()
+        libc.malloc_trim(0)
         rss_start = _rss_kb("VmRSS")
         model = build_sdlora(args, img, stored=tasks - 1)
         x, y, classes = _batch(args, img)
@@ -351,26 +365,36 @@ def params_per_task(args) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------- end to end
-def end_to_end(args) -> tuple[list[dict], list[dict]]:
+def end_to_end(args) -> list[dict]:
+    """Wall time per method from compare.py runs: ``<root>/*/per_task.csv``, else a running job's ``parts/*.csv``."""
     rows = []
-    files = sorted(glob.glob(str(Path(args.results_root) / "*" / "per_task.csv")))
-    for f in files:
-        try:
-            df = pd.read_csv(f)
-        except Exception as exc:  # noqa: BLE001 - a file being written
-            warnings.warn(f"could not read {f}: {exc}")
+    for run_dir in sorted(p for p in Path(args.results_root).glob("*") if p.is_dir()):
+        files = [run_dir / "per_task.csv"] if (run_dir / "per_task.csv").is_file() else \
+            sorted((run_dir / "parts").glob("*.csv"))
+        frames = []
+        for f in files:
+            try:
+                frames.append(pd.read_csv(f))
+            except Exception as exc:  # noqa: BLE001 - a file being written
+                warnings.warn(f"could not read {f}: {exc}")
+        if not frames:
             continue
-        run = Path(f).parent.name
+        df = pd.concat(frames, ignore_index=True)
+        source = "per_task.csv" if files[0].name == "per_task.csv" else "parts/*.csv (run in progress)"
         for method, g in df.groupby("method", sort=False):
             per_seed = g.groupby("seed")[["train_seconds", "eval_seconds"]].sum()
             n_exp = g.groupby("seed")["experience"].nunique()
-            for measure, value in (("wall_train_seconds", per_seed["train_seconds"].mean()),
-                                   ("wall_eval_seconds", per_seed["eval_seconds"].mean()),
-                                   ("wall_total_seconds", per_seed.sum(axis=1).mean()),
-                                   ("seeds", len(per_seed)), ("experiences_done_min", int(n_exp.min()))):
-                rows.append({"method": method, "setting": f"run={run}", "measure": measure, "value": float(value),
-                             "unit": "s" if "seconds" in measure else "count"})
-    return rows, [{"file": f} for f in files]
+            complete = "n_experiences" in g and bool((n_exp >= int(g["n_experiences"].max())).all())
+            for measure, value, unit in (
+                    ("wall_train_seconds", per_seed["train_seconds"].mean(), "s"),
+                    ("wall_eval_seconds", per_seed["eval_seconds"].mean(), "s"),
+                    ("wall_total_seconds", per_seed.sum(axis=1).mean(), "s"),
+                    ("train_seconds_per_experience", g["train_seconds"].mean(), "s"),
+                    ("seeds", len(per_seed), "count"), ("experiences_done_min", int(n_exp.min()), "count")):
+                rows.append({"method": method, "setting": f"run={run_dir.name}", "measure": measure,
+                             "value": float(value), "unit": unit, "complete": complete, "source": source,
+                             "note": "mean over seeds of the sum over experiences" if "wall" in measure else ""})
+    return rows
 
 
 def data_loading_share(args) -> list[dict]:
@@ -432,7 +456,7 @@ def _hardware() -> dict:
 def _fmt(v: float) -> str:
     if isinstance(v, float) and math.isnan(v):
         return "n/a"
-    if abs(v) >= 1e6:
+    if abs(v) >= 1e6 or (isinstance(v, float) and v.is_integer()):
         return f"{v:,.0f}"
     return f"{v:.3f}" if abs(v) < 100 else f"{v:,.0f}"
 
@@ -456,8 +480,12 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         print(f"[{img}px] {measure} = {value:.3f}" + (f"  (target {sense} {target}: {'OK' if ok else 'MISSED'})"
                                                       if sense else "") + (f"  [{note}]" if note else ""), flush=True)
 
+    def phase(name):
+        print(f"... {name} ({time.perf_counter() - t_start:.0f} s)", flush=True)
+
+    # ---- memory first: a forked child per setting, before this process has built or run any model
     for img in args.img_sizes:
-        # ---- memory first: forked children, before this process has run any model
+        phase(f"memory {img}px")
         for tasks in args.mem_tasks:
             res = measure_memory(args, img, tasks)
             if "error" in res:
@@ -471,30 +499,38 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
             print(f"[{img}px] train-step peak memory at {tasks} tasks: +{res['peak_delta_mib']:.1f} MiB "
                   f"(model/state {res['state_mib']:.1f} MiB)", flush=True)
 
+    for img in args.img_sizes:
+        phase(f"inference {img}px")
         x, y, classes = _batch(args, img)
         # ---- inference: merged SD-LoRA (10 tasks) vs frozen backbone vs L2P
         merged = build_sdlora(args, img, stored=10, current=False, merged=True)
         backbone = build_backbone(args, img, merged.head)
+        backbone_copy = build_backbone(args, img, merged.head)  # A/A control: the noise floor
         l2p, l2p_label = build_l2p(args, img)
         unmerged = build_sdlora(args, img, stored=10, current=False)
         inf = {"backbone": backbone, "sdlora_merged": merged, l2p_label: l2p}
-        t = interleaved({k: infer_fn(m, x) for k, m in inf.items()}, args.reps, args.warmup, args.device)
+        t = interleaved({k: infer_fn(m, x) for k, m in {**inf, "backbone_copy": backbone_copy}.items()},
+                        3 * args.reps, args.warmup, args.device, every={l2p_label: 3})
         for k, v in t.items():
             timings.append({**common, "img_size": img, "measure": "infer_images_per_second", "setting": k,
-                            "value": args.batch / statistics.median(v), "unit": "img/s", "reps": len(v)})
+                            "value": args.batch / _median(v), "unit": "img/s", "reps": sum(s is not None for s in v)})
         note = "" if l2p_label == "l2p" else "L2P is a two-pass stand-in"
+        ratio(img, "infer_throughput_ratio_backbone_copy_vs_backbone", paired_ratio(t["backbone"], t["backbone_copy"]),
+              "A/A control: identical models, shows the timing noise")
         ratio(img, "infer_throughput_ratio_sdlora_merged_vs_backbone", paired_ratio(t["backbone"], t["sdlora_merged"]))
         ratio(img, "infer_throughput_ratio_l2p_vs_backbone", paired_ratio(t["backbone"], t[l2p_label]), note)
         ratio(img, "infer_throughput_ratio_sdlora_merged_vs_l2p", paired_ratio(t[l2p_label], t["sdlora_merged"]), note)
 
+        phase(f"FLOPs {img}px")
         # ---- FLOPs per image (inference at this batch; the unmerged update is formed once per batch)
         for k, m in {**inf, "sdlora_unmerged_10tasks": unmerged}.items():
             f = count_flops(infer_fn(m, x)) / args.batch
             flops.append({**common, "img_size": img, "measure": "infer_flops_per_image", "setting": k, "value": f,
                           "unit": "FLOP", "note": f"torch FlopCounterMode, batch {args.batch}"})
-        del merged, backbone, l2p, unmerged, inf
+        del merged, backbone, backbone_copy, l2p, unmerged, inf
         gc.collect()
 
+        phase(f"training step {img}px")
         # ---- training step vs stored tasks, and vs plain LoRA
         head_src = build_sdlora(args, img, stored=0, current=False).head
         train = {f"sdlora_{n}stored": build_sdlora(args, img, stored=n) for n in args.train_tasks}
@@ -504,12 +540,12 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         t = interleaved(fns, args.reps, args.warmup, args.device)
         for k, v in t.items():
             timings.append({**common, "img_size": img, "measure": "train_step_seconds", "setting": k,
-                            "value": statistics.median(v), "unit": "s", "reps": len(v)})
+                            "value": _median(v), "unit": "s", "reps": len(v)})
         one = t["sdlora_0stored"]
         ratio(img, "train_step_time_ratio_20tasks_vs_1task", paired_ratio(t["sdlora_20stored"], one))
         ratio(img, "train_step_time_ratio_50tasks_vs_1task", paired_ratio(t["sdlora_50stored"], one))
         ratio(img, "train_step_time_ratio_20tasks_vs_plain_lora", paired_ratio(t["sdlora_20stored"], t["plain_lora"]),
-              "minimal LoRA: base(x) + B(Ax) on q and v")
+              "minimal LoRA: base(x), += B(Ax) on q and v")
         ratio(img, "train_step_time_ratio_20tasks_vs_seq_lora", paired_ratio(t["sdlora_20stored"],
                                                                              t["seq_lora_single_pair"]),
               "SDLoRAViT with one pair, alpha frozen")
@@ -522,15 +558,17 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         gc.collect()
 
     # ---- parameters, end to end, data loading
+    phase("parameters, end to end, data loading")
     params = [{**common, "img_size": "", **r} for r in params_per_task(args)]
-    e2e, _ = end_to_end(args)
+    e2e = end_to_end(args)
     e2e = [{**common, "img_size": "", **r} for r in e2e]
     data = [{**common, **r} for r in data_loading_share(args)]
     for r in data:
         print(f"[{r.get('img_size', '')}px] {r['measure']} = {_fmt(r['value'])} {r['unit']}", flush=True)
     for r in e2e:
         if r["measure"] == "wall_total_seconds":
-            print(f"end to end {r['setting']} {r['method']}: {r['value']:.0f} s per seed", flush=True)
+            print(f"end to end {r['setting']} {r['method']}: {r['value']:.0f} s per seed "
+                  f"({'complete' if r['complete'] else 'incomplete'}, {r['source']})", flush=True)
 
     cols = ["model", "img_size", "measure", "setting", "value", "unit", "device", "threads"]
     frames = {"ratios": ratios, "timings": timings, "memory": memory, "flops": flops, "params": params,
@@ -589,7 +627,7 @@ def _table(rows: list[dict], cols: list[str]) -> str:
 
 def _readme(args, argv, frames, runtime) -> str:
     hw = _hardware()
-    cmd = "python -m benchmarks.speed " + " ".join(shlex.quote(str(a)) for a in argv)
+    cmd = " ".join(["python -m benchmarks.speed"] + [shlex.quote(str(a)) for a in argv])
     mem = [r for r in frames["memory"] if r["measure"] == "train_step_peak_delta"]
     fl = [r for r in frames["flops"]]
     par = [r for r in frames["params"] if r["measure"] in ("learnable_adapter_params", "stored_params_total")
@@ -598,19 +636,24 @@ def _readme(args, argv, frames, runtime) -> str:
     for r in par:
         wide.setdefault(r["task"], {"task": r["task"]})[f"{r['method']} {r['measure']}"] = r["value"]
     pcols = ["task"] + sorted({k for w in wide.values() for k in w if k != "task"})
-    e2e = [r for r in frames["end_to_end"] if r["measure"] in ("wall_total_seconds", "wall_train_seconds",
+    e2e = [r for r in frames["end_to_end"] if r["measure"] in ("wall_total_seconds", "train_seconds_per_experience",
+                                                               "experiences_done_min",
                                                                "data_loading_share", "data_loading_seconds_per_batch",
                                                                "data_train_step_seconds_per_batch")]
     tim = [r for r in frames["timings"]]
+    quick_note = "**--quick run: sizes are too small for the ratios to mean anything (a smoke test).**\n" \
+        if args.quick else ""
     return f"""# SD-LoRA speed, memory, FLOPs and parameter cost
 
 Command (from the project root): `{cmd}` — runtime {runtime:.0f} s.
-
+{quick_note}
 Hardware: {hw['cpu']} ({hw['logical_cpus']} logical CPUs, shared with other jobs), GPU: {hw['gpu']};
 device `{args.device}`, torch threads {args.threads}, torch {hw['torch']}, Python {hw['python']}.
-Model `{args.model}`, batch {args.batch}, {args.reps} interleaved repetitions after {args.warmup} warm-up calls;
+Model `{args.model}`, batch {args.batch}, {args.reps} interleaved repetitions (backbone vs merged
+SD-LoRA: {3 * args.reps}) after {args.warmup} warm-up call(s);
 every ratio is the median over repetitions of the per-repetition ratio of two models timed back to back
-in one process. SD-LoRA models: 10 (inference) or N (training) stored tasks with random non-zero B,
+in one process; `infer_throughput_ratio_backbone_copy_vs_backbone` (two identical models, A/A) shows
+the noise floor of the machine. SD-LoRA models: 10 (inference) or N (training) stored tasks with random non-zero B,
 rank {args.rank}, a 100-class head (last 10 classes trainable); the backbone reference has the same head.
 
 ## Ratios
@@ -633,7 +676,7 @@ SD-LoRA's column is the KD upper bound. RR follows the paper's schedule (ranks 1
 {_table(list(wide.values()), pcols)}
 ## End to end
 
-{_table(e2e, ['method', 'img_size', 'measure', 'setting', 'value', 'unit']) if e2e else 'no per_task.csv found'}
+{_table(e2e, ['method', 'img_size', 'measure', 'setting', 'value', 'unit', 'complete']) if e2e else 'no per_task.csv found'}
 Files: `ratios.csv`, `timings.csv`, `memory.csv`, `flops.csv`, `params.csv`, `end_to_end.csv`, `train_step_vs_tasks.png`.
 """
 
