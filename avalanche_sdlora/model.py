@@ -148,6 +148,15 @@ class SDLoRAViT(nn.Module):
                     G[i, j] = G[j, i] = float(g)
         return G
 
+    @staticmethod
+    def _fit(G: Tensor, k: int) -> tuple[Tensor, float]:
+        """Least squares of direction k on directions 0..k-1 from the Gram matrix G."""
+        G_old, b, dd = G[:k, :k], G[:k, k], G[k, k]
+        coef = torch.linalg.lstsq(G_old, b[:, None], driver="gelsd").solution[:, 0]
+        residual = dd - 2 * coef @ b + coef @ G_old @ coef
+        rel = float((residual / dd).clamp_min(0)) if dd > 0 else 0.0
+        return coef, rel
+
     def fit_last_direction(self) -> tuple[Tensor, float]:
         """Least-squares coefficients of the last stored direction on the earlier ones.
 
@@ -157,12 +166,12 @@ class SDLoRAViT(nn.Module):
         n = self.num_directions
         if n < 2:
             raise ValueError("knowledge distillation needs at least two stored directions")
+        return self._fit(self._flat_gram(), n - 1)
+
+    def direction_residuals(self) -> list[float]:
+        """Relative residual of each stored direction k >= 1 on the directions before it (KD's test statistic)."""
         G = self._flat_gram()
-        G_old, b, dd = G[:-1, :-1], G[:-1, -1], G[-1, -1]
-        coef = torch.linalg.lstsq(G_old, b[:, None], driver="gelsd").solution[:, 0]
-        residual = dd - 2 * coef @ b + coef @ G_old @ coef
-        rel = float((residual / dd.clamp_min(1e-30)).clamp_min(0)) if dd > 0 else 0.0
-        return coef, rel
+        return [self._fit(G, k)[1] for k in range(1, self.num_directions)]
 
     @torch.no_grad()
     def absorb_last_direction(self, coef: Tensor) -> None:

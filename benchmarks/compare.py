@@ -115,6 +115,18 @@ def stored_params(method: str, model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # full fine-tuning stores a whole network
 
 
+def _kd_columns(strategy, experience: int) -> dict:
+    """SD-LoRA-KD's decision for this experience (relative residual and whether it absorbed the task)."""
+    from avalanche_sdlora.plugins import DistillationPlugin
+
+    for p in strategy.plugins:
+        if isinstance(p, DistillationPlugin):
+            last = p.history[-1] if p.history and p.history[-1]["task"] == experience else None
+            return {"kd_relative_residual": last["relative_residual"] if last else np.nan,
+                    "kd_absorbed": bool(last["absorbed"]) if last else False}
+    return {}
+
+
 @torch.no_grad()
 def _update_norm(model: torch.nn.Module) -> float:
     """Frobenius norm of the whole accumulated backbone update (drift from the pretrained weights)."""
@@ -183,7 +195,7 @@ def run_method(method: str, seed: int, proto: Protocol, benchmark, cfg: MethodCo
                     "n_alphas": len(strategy.model.magnitudes) if hasattr(strategy.model, "magnitudes") else np.nan,
                     "alphas": " ".join(f"{a:.4f}" for a in strategy.model.magnitudes.alpha.tolist())
                     if hasattr(strategy.model, "magnitudes") else "",
-                    "update_norm": _update_norm(strategy.model), "train_seconds": train_s, "eval_seconds": eval_s})
+                    "update_norm": _update_norm(strategy.model), **_kd_columns(strategy, i), "train_seconds": train_s, "eval_seconds": eval_s})
         if checkpointable:
             save_checkpoint(ckpt_dir, i, strategy.model, extra=strategy_state(strategy),
                             config={"method": method, "seed": seed})

@@ -18,7 +18,8 @@ C0, C1 = 0.7, -1.9
 
 def fake_strategy(model, plugins=(), exp=2):
     return SimpleNamespace(model=model, plugins=list(plugins), make_optimizer=lambda **kw: None,
-                           clock=SimpleNamespace(train_exp_counter=exp))
+                           clock=SimpleNamespace(train_exp_counter=exp),
+                           experience=SimpleNamespace(current_experience=exp))
 
 
 def two_orthogonal_tasks(tiny_vit):
@@ -185,3 +186,14 @@ def test_plain_sdlora_has_no_variant_plugins(tiny_vit, make_strategy):
     strategy = make_strategy(SDLoRA, tiny_vit())
     assert not any(isinstance(p, (DistillationPlugin, RankReductionPlugin)) for p in strategy.plugins)
     assert sum(isinstance(p, AdapterGrowthPlugin) for p in strategy.plugins) == 1
+
+
+def test_direction_residuals_report_kd_statistic(tiny_vit):
+    model = two_orthogonal_tasks(tiny_vit)
+    add_combination_task(model, C0, C1)
+    model.freeze_task()
+    res = model.direction_residuals()
+    assert len(res) == 2
+    assert res[0] == pytest.approx(1.0, abs=1e-6)  # D_1 is orthogonal to D_0: nothing explained
+    assert res[1] < 1e-6  # D_2 is an exact combination of D_0 and D_1
+    assert model.fit_last_direction()[1] == pytest.approx(res[1], abs=1e-12)

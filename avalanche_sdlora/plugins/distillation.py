@@ -22,6 +22,7 @@ class DistillationPlugin(SupervisedPlugin):
         self.history: list[dict] = []
 
     def after_training_exp(self, strategy, **kwargs) -> None:
+        task = strategy.experience.current_experience
         model = strategy.model
         if model.num_directions < 2:
             return
@@ -29,5 +30,5 @@ class DistillationPlugin(SupervisedPlugin):
         absorbed = rel <= self.threshold
         if absorbed:
             model.absorb_last_direction(coef)
-        self.history.append({"experience": strategy.clock.train_exp_counter, "relative_residual": rel,
+        self.history.append({"task": int(task), "relative_residual": rel,
                              "absorbed": absorbed, "coefficients": coef.tolist()})

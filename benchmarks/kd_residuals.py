@@ -1,0 +1,42 @@
+"""KD's test statistic for every stored direction of an SD-LoRA checkpoint.
+
+``python -m benchmarks.kd_residuals results/<protocol>/<run>/checkpoints/<method>-seed<k> [--model ...]``
+prints, for each task k >= 1, ||r||^2 / ||D_k||^2 of its direction on the directions before it, and the
+smallest threshold at which SD-LoRA-KD would have absorbed at least one task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from avalanche_sdlora import sdlora_vit
+from avalanche_sdlora.checkpoint import latest_checkpoint, load_checkpoint
+
+
+def main(argv: list[str] | None = None) -> list[float]:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.kd_residuals", description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoints", help="a checkpoints/<method>-seed<k> folder written by benchmarks.compare")
+    p.add_argument("--experience", type=int, help="which checkpoint (default: the last)")
+    args = p.parse_args(argv)
+    ckpt = Path(args.checkpoints)
+    exp = args.experience if args.experience is not None else latest_checkpoint(ckpt)
+    if exp is None:
+        raise SystemExit(f"error: no checkpoint in '{ckpt}'")
+    config = json.loads((ckpt.parent.parent / "config.json").read_text())
+    proto = config["protocol"]
+    options = config.get("sdlora_options", {})
+    model = sdlora_vit(proto["model"], img_size=proto["img_size"], rank=config.get("rank", 10),
+                       **{k: options[k] for k in ("normalize_current", "direction_norm") if k in options})
+    load_checkpoint(ckpt, exp, model)
+    res = model.direction_residuals()
+    for k, r in enumerate(res, start=1):
+        print(f"direction {k}: relative residual {r:.6f}")
+    if res:
+        print(f"smallest: {min(res):.6f} (KD absorbs a task at thresholds >= this; default 9e-4)")
+    return res
+
+
+if __name__ == "__main__":
+    main()
