@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch CPU threads (one per process when running two at once)")
     p.add_argument("--out", default="results", help="results root; the run goes to <out>/<protocol>/<run-id>")
     p.add_argument("--run-id", help="run folder name (default: UTC timestamp)")
+    p.add_argument("--report-only", metavar="RUN_DIR",
+                   help="rebuild per_task.csv, summary.csv, table.md and plots of a run from its parts/ and exit")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run: finished (method, seed) runs are kept, the rest rerun")
     p.add_argument("--quiet", action="store_true", help="no InteractiveLogger progress")
@@ -245,8 +247,23 @@ def write_reports(per_task: pd.DataFrame, run_dir: Path) -> None:
     plot(per_task, summary, run_dir)
 
 
+def gather_parts(run_dir: Path, methods: list[str] | None = None) -> pd.DataFrame:
+    """Every (method, seed) part of a run, finished or not, in method order then seed and experience."""
+    frames = [pd.read_csv(f) for f in sorted((run_dir / "parts").glob("*.csv"))]
+    if not frames:
+        raise SystemExit(f"error: '{run_dir}' has no parts/*.csv to report on")
+    per_task = pd.concat(frames, ignore_index=True)
+    order = {m: k for k, m in enumerate(methods or METHODS)}
+    return per_task.assign(_r=per_task["method"].map(order)).sort_values(["_r", "seed", "experience"]).drop(columns="_r")
+
+
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
+    if args.report_only:
+        run_dir = Path(args.report_only)
+        write_reports(gather_parts(run_dir), run_dir)
+        print((run_dir / "table.md").read_text())
+        return run_dir
     if args.threads:
         torch.set_num_threads(args.threads)
     base = PROTOCOLS[args.protocol]
@@ -321,12 +338,7 @@ def main(argv: list[str] | None = None) -> Path:
             futures = {pool.submit(_worker, job): job[:2] for job in payload}
             for fut in as_completed(futures):
                 fut.result()  # re-raise a worker's error here
-                parts = sorted((run_dir / "parts").glob("*.csv"))
-                frames = [pd.read_csv(f) for f in parts]
-                rank = {m: k for k, m in enumerate(args.methods)}
-                per_task = pd.concat(frames, ignore_index=True)
-                per_task = per_task.assign(_r=per_task["method"].map(rank)).sort_values(
-                    ["_r", "seed", "experience"]).drop(columns="_r")
+                per_task = gather_parts(run_dir, args.methods)
                 write_reports(per_task, run_dir)
                 if not args.quiet:
                     print(f"finished {futures[fut]} ({len(futures)} runs in this call)", flush=True)
