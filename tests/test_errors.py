@@ -108,3 +108,12 @@ def test_nan_loss_names_experience_and_step():
     s = _strategy(plugins=[PoisonInputs()])
     with pytest.raises(FloatingPointError, match=r"loss is nan at experience 0, epoch 0, iteration 1"):
         s.train(bm.train_stream[0])
+
+
+def test_experience_with_no_samples():
+    from types import SimpleNamespace
+
+    s = _strategy()
+    s.experience = SimpleNamespace(dataset=[], classes_in_this_experience=[0], current_experience=3)
+    with pytest.raises(ValueError, match="experience 3 has no samples"):
+        s._before_training_exp()
