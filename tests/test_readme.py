@@ -27,3 +27,21 @@ def test_readme_example_imports_exist():
             module = importlib.import_module(node.module)
             for alias in node.names:
                 assert hasattr(module, alias.name), f"{node.module}.{alias.name}"
+
+
+def test_readme_example_runs_on_a_tiny_slice():
+    """The drop-in example, shrunk only in data size, trains, evaluates, merges and exports."""
+    import timm
+
+    src = _blocks("python")[0]
+    shrink = {"split_cifar100(n_experiences=10, train_per_class=100, img_size=128)":
+              "split_cifar100(n_experiences=2, train_per_class=3, test_per_class=2, img_size=32, classes=list(range(4)))",
+              "img_size=128, pretrained=True": "img_size=32, pretrained=True", "train_epochs=3": "train_epochs=1",
+              "loggers=[InteractiveLogger()]": "loggers=[]"}
+    for old, new in shrink.items():
+        assert old in src, old
+        src = src.replace(old, new)
+    ns: dict = {}
+    exec(compile(src, "README.md", "exec"), ns)
+    plain = timm.create_model("vit_tiny_patch16_224", num_classes=4, img_size=32)
+    plain.load_state_dict(ns["state"])  # strict: the export is a plain timm state dict
