@@ -106,7 +106,7 @@ def stored_params(method: str, model: torch.nn.Module) -> int:
     """Parameters a method keeps beyond the shared frozen pretrained backbone."""
     if hasattr(model, "stored_adapter_params"):
         extra = sum(p.numel() for p in model.head.parameters())
-        if method == "seq-lora":
+        if method in ("seq-lora", "naive", "lwf", "ewc", "joint"):  # one live LoRA pair
             return extra + sum(a.lora_A.numel() + a.lora_B.numel() for a in model.adapters if a.lora_A is not None)
         return extra + model.stored_adapter_params()
     if method == "ncm":
@@ -114,7 +114,7 @@ def stored_params(method: str, model: torch.nn.Module) -> int:
         return 0 if means is None else int(means.numel())
     if method == "l2p":
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return sum(p.numel() for p in model.parameters())  # full fine-tuning stores a whole network
+    return sum(p.numel() for p in model.parameters())
 
 
 def _kd_columns(strategy, experience: int) -> dict:
@@ -158,7 +158,7 @@ def run_method(method: str, seed: int, proto: Protocol, benchmark, cfg: MethodCo
     evaluator, params = make_evaluator(log_dir, quiet)
     strategy = build_strategy(method, cfg, evaluator)
     ckpt_dir = run_dir / "checkpoints" / f"{method}-seed{seed}"
-    checkpointable = hasattr(strategy.model, "magnitudes")
+    checkpointable = method in ("sdlora", "sdlora-rr", "sdlora-kd", "seq-lora")
     start = 0
     if prior_rows and checkpointable:
         done = {int(r["experience"]) for r in prior_rows}
