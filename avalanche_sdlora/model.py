@@ -7,6 +7,7 @@ depends on width or depth.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 import timm
@@ -57,7 +58,7 @@ def create_backbone(model_name: str, *, checkpoint: str | Path | None = None, im
     Position embeddings are resampled by timm's own ``checkpoint_filter_fn`` when ``img_size`` differs.
     """
     if model_name not in timm.list_models():
-        close = timm.list_models(f"*{model_name.split('_')[0]}*")[:5]
+        close = difflib.get_close_matches(model_name, timm.list_models(), n=5, cutoff=0.6)
         raise ValueError(f"unknown timm model '{model_name}'; try one of {close or ['vit_tiny_patch16_224']}")
     kwargs = {"num_classes": 0}
     if img_size is not None:
