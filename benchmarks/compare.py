@@ -30,7 +30,7 @@ from avalanche_sdlora.checkpoint import (latest_checkpoint, load_checkpoint, res
 from avalanche_sdlora.data import split_cifar100
 from avalanche_sdlora.metrics import AverageAnytimeAccuracy, ParameterCount
 
-from .methods import METHODS, MethodConfig, build_strategy
+from .methods import LORA_BASELINES, METHODS, SDLORA_FAMILY, MethodConfig, build_strategy
 from .protocols import PROTOCOLS, Protocol
 from .reports import atomic_write_csv, atomic_write_text, markdown_table, plot, summarize
 
@@ -106,7 +106,7 @@ def stored_params(method: str, model: torch.nn.Module) -> int:
     """Parameters a method keeps beyond the shared frozen pretrained backbone."""
     if hasattr(model, "stored_adapter_params"):
         extra = sum(p.numel() for p in model.head.parameters())
-        if method in ("seq-lora", "naive", "lwf", "ewc", "joint"):  # one live LoRA pair
+        if method == "seq-lora" or method in LORA_BASELINES:  # one live LoRA pair
             return extra + sum(a.lora_A.numel() + a.lora_B.numel() for a in model.adapters if a.lora_A is not None)
         return extra + model.stored_adapter_params()
     if method == "ncm":
@@ -158,7 +158,7 @@ def run_method(method: str, seed: int, proto: Protocol, benchmark, cfg: MethodCo
     evaluator, params = make_evaluator(log_dir, quiet)
     strategy = build_strategy(method, cfg, evaluator)
     ckpt_dir = run_dir / "checkpoints" / f"{method}-seed{seed}"
-    checkpointable = method in ("sdlora", "sdlora-rr", "sdlora-kd", "seq-lora")
+    checkpointable = method in SDLORA_FAMILY
     start = 0
     if prior_rows and checkpointable:
         done = {int(r["experience"]) for r in prior_rows}

@@ -18,6 +18,8 @@ from avalanche_sdlora import SDLoRA, SDLoRAKD, SDLoRARR, create_backbone, sdlora
 from avalanche_sdlora.plugins import FiniteLossPlugin
 
 METHODS = ("sdlora", "sdlora-rr", "sdlora-kd", "seq-lora", "ncm", "l2p", "naive", "lwf", "ewc", "joint")
+SDLORA_FAMILY = ("sdlora", "sdlora-rr", "sdlora-kd", "seq-lora")  # SDLoRAViT + FrozenPastHead: checkpointable
+LORA_BASELINES = ("naive", "lwf", "ewc", "joint")  # Avalanche built-ins on one live LoRA pair
 
 
 @dataclass
@@ -104,7 +106,7 @@ def build_strategy(method: str, cfg: MethodConfig, evaluator, plugins=None):
     """The strategy for ``method`` with the shared configuration ``cfg``."""
     common = dict(train_mb_size=cfg.batch_size, train_epochs=cfg.epochs, eval_mb_size=cfg.eval_batch_size,
                   device=cfg.device, evaluator=evaluator, plugins=list(plugins or []))
-    if method in ("sdlora", "sdlora-rr", "sdlora-kd", "seq-lora"):
+    if method in SDLORA_FAMILY:
         kw = dict(cfg.sdlora_kwargs or {})
         model_kw = {k: kw.pop(k) for k in ("normalize_current", "direction_norm") if k in kw}
         model = sdlora_vit(cfg.model, checkpoint=cfg.checkpoint, img_size=cfg.img_size, rank=cfg.rank, **model_kw)
