@@ -197,7 +197,8 @@ def run_method(method: str, seed: int, proto: Protocol, benchmark, cfg: MethodCo
                     "n_alphas": len(strategy.model.magnitudes) if hasattr(strategy.model, "magnitudes") else np.nan,
                     "alphas": " ".join(f"{a:.4f}" for a in strategy.model.magnitudes.alpha.tolist())
                     if hasattr(strategy.model, "magnitudes") else "",
-                    "update_norm": _update_norm(strategy.model), **_kd_columns(strategy, i), "train_seconds": train_s, "eval_seconds": eval_s})
+                    "update_norm": _update_norm(strategy.model), **_kd_columns(strategy, i),
+                    "train_seconds": train_s, "eval_seconds": eval_s})
         if checkpointable:
             save_checkpoint(ckpt_dir, i, strategy.model, extra=strategy_state(strategy),
                             config={"method": method, "seed": seed})

@@ -37,6 +37,12 @@ class MethodConfig:
     sdlora_kwargs: dict | None = None
 
 
+def add_plain_lora_pair(model, rank: int) -> None:
+    """One trainable LoRA pair whose magnitude is fixed at 1: plain LoRA inside an SDLoRAViT."""
+    model.add_task(rank=rank, alpha_init=1.0)
+    model.magnitudes.alpha.requires_grad_(False)
+
+
 class SingleLoRAPlugin(SupervisedPlugin):
     """The paper's vanilla-LoRA ablation: one pair (alpha fixed at 1) trained on through every task."""
 
@@ -45,18 +51,15 @@ class SingleLoRAPlugin(SupervisedPlugin):
         self.rank = rank
 
     def before_training_exp(self, strategy, **kwargs) -> None:
-        model = strategy.model
-        if len(model.magnitudes) == 0:
-            model.add_task(rank=self.rank, alpha_init=1.0)
-            model.magnitudes.alpha.requires_grad_(False)
+        if len(strategy.model.magnitudes) == 0:
+            add_plain_lora_pair(strategy.model, self.rank)
         strategy.make_optimizer(reset_optimizer_state=True)
 
 
 def lora_classifier(cfg: MethodConfig) -> nn.Module:
     """Frozen backbone + one trainable rank-r LoRA pair on q and v (alpha fixed at 1) + IncrementalClassifier."""
     model = sdlora_vit(cfg.model, checkpoint=cfg.checkpoint, img_size=cfg.img_size, rank=cfg.rank)
-    model.add_task(rank=cfg.rank, alpha_init=1.0)
-    model.magnitudes.alpha.requires_grad_(False)
+    add_plain_lora_pair(model, cfg.rank)
     model.head = IncrementalClassifier(model.backbone.num_features, initial_out_features=2)
     return model
 
