@@ -83,13 +83,14 @@ class SDLoRAQKV(nn.Module):
 
     Buffers (per slice, stacked over q and v on dim 0):
       ``dir_A`` (2, R, in), ``dir_B`` (2, out, R): factors of all finished tasks' directions;
-      ``dir_scale`` (2, R): 1 / ||B_k A_k||_F repeated over each task's rank rows;
+      ``dir_scale`` (2, R): 1 / ||B_k||_F ||A_k||_F (default, the authors' code) or 1 / ||B_k A_k||_F
+      (``direction_norm="frobenius"``, the paper) repeated over each task's rank rows;
       ``dir_slot`` (R,): index of the magnitude that scales each rank row.
     Parameters: ``lora_A`` (2, r, in) and ``lora_B`` (2, out, r) of the current task, if any.
     """
 
     def __init__(self, base_layer: nn.Linear, magnitudes: Magnitudes, normalize_current: bool = False,
-                 direction_norm: str = "frobenius", eps: float = 1e-12) -> None:
+                 direction_norm: str = "factors", eps: float = 1e-12) -> None:
         super().__init__()
         if not isinstance(base_layer, nn.Linear) or base_layer.out_features % 3 != 0:
             raise TypeError(f"SDLoRAQKV wraps a fused qkv nn.Linear with 3*dim outputs, got {base_layer!r}")
@@ -170,7 +171,7 @@ class SDLoRAQKV(nn.Module):
         self.dir_slot = torch.where(self.dir_slot > slot, self.dir_slot - 1, self.dir_slot)
 
     def directions(self, slot: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """Unit-norm direction of task ``slot`` per slice, as (B * scale, A) factors."""
+        """Normalised direction of task ``slot`` per slice, as (B * scale, A) factors."""
         rows = self.dir_slot == slot
         for s in range(2):
             yield self.dir_B[s][:, rows] * self.dir_scale[s, rows], self.dir_A[s][rows]

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
+import os
 import random
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +27,7 @@ from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetti
 from avalanche.logging import CSVLogger, InteractiveLogger
 from avalanche.training.plugins import EvaluationPlugin
 
+from avalanche_sdlora import SDLoRA, SDLoRAKD, sdlora_vit
 from avalanche_sdlora.assets import default_asset
 from avalanche_sdlora.checkpoint import (latest_checkpoint, load_checkpoint, restore_strategy_state, save_checkpoint,
                                          strategy_state)
@@ -94,6 +98,21 @@ def sdlora_options(args: argparse.Namespace) -> dict:
     """SD-LoRA's own options given on the command line (the rest keep the documented defaults)."""
     names = ("reset_alphas", "alpha_init", "alpha_lr", "normalize_current", "direction_norm", "kd_threshold")
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
+def effective_sdlora_options(args: argparse.Namespace) -> dict:
+    """Every SD-LoRA option as it will be used: the command line's, else the library's current default.
+
+    Recorded in ``config.json`` so that a run resumed after a library default changed is refused instead of
+    silently mixing two settings in one table.
+    """
+    defaults = {}
+    for fn in (sdlora_vit, SDLoRA.__init__, SDLoRAKD.__init__):
+        for name, param in inspect.signature(fn).parameters.items():
+            if param.default is not inspect.Parameter.empty:
+                defaults[name] = param.default
+    names = ("reset_alphas", "alpha_init", "alpha_lr", "normalize_current", "direction_norm", "kd_threshold")
+    return {n: sdlora_options(args).get(n, defaults.get(n)) for n in names}
 
 
 def seed_everything(seed: int) -> None:
@@ -209,6 +228,7 @@ def _worker(job: tuple) -> str:
     """One (method, seed) in a child process; its rows go to ``parts/<method>-seed<k>.csv`` as they come."""
     method, seed, proto, cfg, run_dir, quiet, data, test_per_class, classes = job
     torch.set_num_threads(1)
+    _exit_with_parent()
     benchmark = _benchmark(proto, data, test_per_class, classes)
     rows: list[dict] = []
     part = _part(run_dir, method, seed)
@@ -220,6 +240,18 @@ def _worker(job: tuple) -> str:
 
     run_method(method, seed, proto, benchmark, cfg, run_dir, True, on_row, prior_rows=prior)
     return str(part)
+
+
+def _exit_with_parent(poll_seconds: float = 2.0) -> None:
+    """Stop this worker when the parent dies (a killed ``compare`` must not leave workers writing its parts)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _part(run_dir: Path, method: str, seed: int) -> Path:
@@ -293,16 +325,21 @@ def main(argv: list[str] | None = None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {"protocol": proto.as_dict(), "methods": args.methods, "seeds": args.seeds, "checkpoint": str(checkpoint),
               "test_per_class": args.test_per_class, "classes": args.classes, "rank": args.rank,
-              "sdlora_options": sdlora_options(args),
+              "sdlora_options": sdlora_options(args), "sdlora_effective": effective_sdlora_options(args),
               "device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
               "command": " ".join(["python -m benchmarks.compare"] + (argv if argv is not None else sys.argv[1:])),
               "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if args.resume:
         saved = json.loads((run_dir / "config.json").read_text())
-        if (saved["protocol"] != proto.as_dict() or saved.get("rank") != args.rank
-                or saved.get("sdlora_options", {}) != sdlora_options(args)):
+        if "sdlora_effective" not in saved:  # written before options were recorded with their defaults
+            saved["sdlora_effective"] = {**config["sdlora_effective"], **saved.get("sdlora_options", {})}
+        if saved["protocol"] != proto.as_dict() or saved.get("rank") != args.rank:
             raise SystemExit(f"error: '{run_dir}' was run with another configuration ({saved['protocol']}); "
                              "resume it with the same flags")
+        if saved["sdlora_effective"] != config["sdlora_effective"]:
+            raise SystemExit(f"error: '{run_dir}' was run with SD-LoRA options {saved['sdlora_effective']}, but these "
+                             f"flags and the library's current defaults give {config['sdlora_effective']}; pass the "
+                             "run's options explicitly (e.g. --direction-norm) or start a new run")
     else:
         atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
     rows: list[dict] = []

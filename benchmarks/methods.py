@@ -10,12 +10,14 @@ from dataclasses import dataclass
 import torch
 from avalanche.core import SupervisedPlugin
 from avalanche.models import IncrementalClassifier, NCMClassifier
-from avalanche.training import EWC, JointTraining, LwF, Naive
+from avalanche.training import JointTraining, LwF, Naive
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
 from avalanche_sdlora import SDLoRA, SDLoRAKD, SDLoRARR, create_backbone, sdlora_vit
 from avalanche_sdlora.plugins import FiniteLossPlugin
+
+from .ewc import TrainableEWCPlugin
 
 METHODS = ("sdlora", "sdlora-rr", "sdlora-kd", "seq-lora", "ncm", "l2p", "naive", "lwf", "ewc", "joint")
 SDLORA_FAMILY = ("sdlora", "sdlora-rr", "sdlora-kd", "seq-lora")  # SDLoRAViT + FrozenPastHead: checkpointable
@@ -142,7 +144,9 @@ def build_strategy(method: str, cfg: MethodConfig, evaluator, plugins=None):
     if method == "lwf":
         return LwF(model=model, optimizer=opt, criterion=loss, alpha=1.0, temperature=2.0, **common)
     if method == "ewc":
-        return EWC(model=model, optimizer=opt, criterion=loss, ewc_lambda=1000.0, **common)
+        # Avalanche's EWC strategy is Naive + EWCPlugin; ours skips the frozen backbone's zero penalty terms.
+        common["plugins"].append(TrainableEWCPlugin(ewc_lambda=1000.0))
+        return Naive(model=model, optimizer=opt, criterion=loss, **common)
     if method == "joint":
         return JointTraining(model=model, optimizer=opt, criterion=loss, **common)
     raise ValueError(f"unknown method '{method}'; choose from {', '.join(METHODS)}")

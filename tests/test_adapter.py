@@ -36,7 +36,7 @@ def dense_directions(adapter, slot):
 
 @pytest.mark.parametrize("normalize_current", [False, True])
 def test_delta_weight_equals_explicit_sum(normalize_current):
-    adapter, mags = make_adapter(normalize_current=normalize_current)
+    adapter, mags = make_adapter(normalize_current=normalize_current, direction_norm="frobenius")
     g = torch.Generator().manual_seed(1)
     old = []
     for r in RANKS:
@@ -77,7 +77,7 @@ def test_delta_weight_gradients_reach_alpha_and_current_pair_only():
 
 
 def test_stored_directions_have_unit_frobenius_norm():
-    adapter, mags = make_adapter()
+    adapter, mags = make_adapter(direction_norm="frobenius")
     g = torch.Generator().manual_seed(3)
     trained = []
     for r in RANKS:

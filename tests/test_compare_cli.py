@@ -1,6 +1,7 @@
 """The comparison harness: every method runs 2 experiences on a tiny slice and logs the expected columns."""
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -59,3 +60,19 @@ def test_unknown_method_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         compare.parse_args(["--methods", "sdlora", "lora-magic"])
     assert "unknown method(s) ['lora-magic']" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_run_made_under_other_sdlora_defaults(tiny_run, tmp_path):
+    # e.g. a run started when direction_norm="frobenius" was the default, resumed after it became "factors"
+    run_dir, _ = tiny_run
+    copy = tmp_path / "cifar100-cpu" / "old"
+    shutil.copytree(run_dir, copy)
+    (copy / "DONE").unlink()
+    config = json.loads((copy / "config.json").read_text())
+    assert config["sdlora_effective"]["direction_norm"] == "factors"
+    config["sdlora_effective"]["direction_norm"] = "frobenius"
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match="SD-LoRA options"):
+        compare.main(TINY + ["--methods", "sdlora", "--resume", str(copy)])
+    # naming the run's option explicitly is accepted (ncm finished already, so nothing reruns)
+    assert compare.main(TINY + ["--methods", "ncm", "--resume", str(copy), "--direction-norm", "frobenius"]) == copy

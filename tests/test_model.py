@@ -70,7 +70,7 @@ def test_new_task_starts_where_previous_ended(tiny_vit, images):
 
 def test_freeze_keeps_output_when_current_pair_is_normalised(tiny_vit, images):
     # The paper's form (normalize_current=True, Frobenius directions): freezing must not move the output.
-    model = tiny_vit(normalize_current=True)
+    model = tiny_vit(normalize_current=True, direction_norm="frobenius")
     model.head.add_classes([0, 1])
     model.add_task()
     randomize_current_pair(model, seed=3)

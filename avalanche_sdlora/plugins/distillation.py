@@ -1,7 +1,7 @@
 """SD-LoRA-KD: fold a new direction into the old magnitudes when the old directions already span it.
 
 Rule (this implementation is the reference: the authors' repository has none). After task t >= 2
-has been frozen, flatten and concatenate the unit-norm q and v directions of every adapted layer
+has been frozen, flatten and concatenate the stored (normalised) q and v directions of every adapted layer
 into one vector per task, solve min_c ||D_t - sum_k c_k D_k||^2 by least squares, and if
 ||r||^2 / ||D_t||^2 <= threshold set alpha_k += alpha_t * c_k and drop D_t and alpha_t.
 """
