@@ -3,8 +3,10 @@
 Runs ``sdlora``, ``seq-lora`` and ``ncm`` (and any other method named) over a grid of epochs per task,
 training images per class and learning rate, each cell a ``benchmarks.compare`` run, and gathers them
 into ``results/study/``: ``per_task.csv`` (method, seed, epochs, train_per_class, lr, experience,
-acc_seen, alphas, update_norm, ...), ``cells.csv`` (final Acc and AAA per method and cell, mean and std
-over seeds), ``final_vs_budget.png``, ``alphas.png`` and ``drift.png``. Finished cells are skipped, so the
+acc_seen, alphas, update_norm, ...), ``runs.csv`` (Acc, AAA, forgetting, final update norm per run),
+``cells.csv`` (their mean and std over seeds per method and cell), ``final_vs_budget.png``, ``alphas.png`` and
+``drift.png``. ``--reuse RUN_DIR`` gathers an existing comparison run as a cell (the ``cifar100-cpu`` comparison
+is the cell e3-n100-lr0.01), so its runs are not paid for twice. Finished cells are skipped, so the
 command can be rerun after an interruption or with more cells; long cells can run in the background.
 """
 
@@ -12,13 +14,16 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from avalanche_sdlora.metrics import forgetting
+
 from . import compare
-from .reports import atomic_write_csv
+from .reports import accuracy_matrix, atomic_write_csv
 
 DEFAULT_METHODS = ("sdlora", "seq-lora", "ncm")
 
@@ -33,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="results/study")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--gather-only", action="store_true", help="only rebuild the CSVs and plots from finished cells")
+    p.add_argument("--reuse", nargs="*", default=[], metavar="RUN_DIR",
+                   help="benchmarks.compare run folders gathered as cells too (e.g. the cifar100-cpu comparison, "
+                        "which is the cell e3-n100-lr0.01)")
     p.add_argument("extra", nargs=argparse.REMAINDER, help="after '--': further benchmarks.compare flags")
     return p.parse_args(argv)
 
@@ -41,28 +49,55 @@ def cell_id(epochs: int, train_per_class: int, lr: float) -> str:
     return f"e{epochs}-n{train_per_class}-lr{lr:g}"
 
 
-def gather(out: Path) -> pd.DataFrame:
-    """All finished and partial cells' rows, tagged with their budget."""
+def _run_dirs(out: Path, reuse: list[str]) -> list[Path]:
+    dirs = sorted(c.parent for c in out.glob("runs/*/*/config.json"))
+    for r in reuse:
+        if not (Path(r) / "config.json").exists():
+            raise SystemExit(f"error: --reuse '{r}' is not a run folder of benchmarks.compare (no config.json)")
+        dirs.append(Path(r))
+    return dirs
+
+
+def gather(out: Path, reuse: list[str] | None = None, methods: list[str] | None = None) -> pd.DataFrame:
+    """All finished and partial cells' rows, tagged with their budget; ``reuse`` adds comparison runs as cells."""
     frames = []
-    for cfg in sorted(out.glob("runs/cifar100-cpu/*/config.json")):
-        run_dir = cfg.parent
+    for run_dir in _run_dirs(out, list(reuse or [])):
         parts = sorted((run_dir / "parts").glob("*.csv"))
         if not parts:
             continue
         df = pd.concat([pd.read_csv(f) for f in parts], ignore_index=True)
-        proto = pd.read_json(cfg, typ="series")["protocol"]
+        config = json.loads((run_dir / "config.json").read_text())
+        proto = config["protocol"]
         df["epochs"], df["train_per_class"], df["lr"] = proto["epochs"], proto["train_per_class"], proto["lr"]
+        df["test_per_class"] = config.get("test_per_class") or "all"
+        df["source"] = str(run_dir)
         frames.append(df)
     if not frames:
         return pd.DataFrame()
     per_task = pd.concat(frames, ignore_index=True)
+    if methods:
+        per_task = per_task[per_task["method"].isin(methods)]
     atomic_write_csv(per_task, out / "per_task.csv")
-    final = per_task[per_task["experience"] == per_task["n_experiences"] - 1]
-    aaa = per_task.groupby(["method", "seed", "epochs", "train_per_class", "lr"])["acc_seen"].mean().rename("aaa")
-    final = final.merge(aaa.reset_index(), on=["method", "seed", "epochs", "train_per_class", "lr"])
-    cells = final.groupby(["method", "epochs", "train_per_class", "lr"]).agg(
-        acc_mean=("acc_seen", "mean"), acc_std=("acc_seen", "std"), aaa_mean=("aaa", "mean"),
-        aaa_std=("aaa", "std"), n_seeds=("seed", "nunique")).reset_index()
+    keys = ["method", "epochs", "train_per_class", "lr"]
+    runs = []
+    for (method, seed, e, n, lr), g in per_task.groupby(["method", "seed", "epochs", "train_per_class", "lr"]):
+        g = g.sort_values("experience")
+        last = g.iloc[-1]
+        if len(g) != int(last["n_experiences"]) and method != "joint":
+            continue  # unfinished: its rows stay in per_task.csv, not in the cell means
+        R = accuracy_matrix(g)
+        runs.append({"method": method, "seed": seed, "epochs": e, "train_per_class": n, "lr": lr,
+                     "acc": float(last["acc_seen"]), "aaa": float(g["acc_seen"].mean()), "forgetting": forgetting(R),
+                     "final_update_norm": float(last["update_norm"]) if "update_norm" in g else np.nan,
+                     "train_seconds": float(g["train_seconds"].sum())})
+    runs = pd.DataFrame(runs)
+    if runs.empty:
+        return runs
+    atomic_write_csv(runs, out / "runs.csv")
+    cells = runs.groupby(keys).agg(
+        acc_mean=("acc", "mean"), acc_std=("acc", "std"), aaa_mean=("aaa", "mean"), aaa_std=("aaa", "std"),
+        forgetting=("forgetting", "mean"), final_update_norm=("final_update_norm", "mean"),
+        train_seconds=("train_seconds", "mean"), n_seeds=("seed", "nunique")).reset_index()
     atomic_write_csv(cells, out / "cells.csv")
     _plots(per_task, cells, out)
     return cells
@@ -138,8 +173,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                 compare.main(flags + ["--resume", str(run_dir)])
             else:
                 compare.main(flags + ["--out", str(out / "runs"), "--run-id", cell_id(epochs, n, lr)])
-            gather(out)
-    return gather(out)
+            gather(out, args.reuse, args.methods)
+    return gather(out, args.reuse, args.methods)
 
 
 if __name__ == "__main__":

@@ -22,3 +22,14 @@ def test_study_grid_and_outputs(tmp_path):
     before = (tmp_path / "per_task.csv").read_text()
     study.main(args + TINY)  # every cell finished: nothing reruns, same rows
     assert (tmp_path / "per_task.csv").read_text() == before
+
+
+def test_study_reuses_a_comparison_run_as_a_cell(tmp_path):
+    from benchmarks import compare
+
+    run = compare.main(["--methods", "ncm", "seq-lora", "--seeds", "0", "--epochs", "2", "--train-per-class", "4",
+                        "--batch-size", "4", "--quiet", "--out", str(tmp_path / "cmp"), "--run-id", "r"] + TINY[1:])
+    cells = study.main(["--gather-only", "--reuse", str(run), "--methods", "ncm", "--out", str(tmp_path / "s")])
+    assert cells[["method", "epochs", "train_per_class"]].values.tolist() == [["ncm", 2, 4]]  # seq-lora filtered out
+    runs = pd.read_csv(tmp_path / "s" / "runs.csv")
+    assert {"acc", "aaa", "forgetting", "final_update_norm"} <= set(runs.columns)
