@@ -63,8 +63,8 @@ def summarize(per_task: pd.DataFrame) -> pd.DataFrame:
     out = []
     for method, g in runs.groupby("method", sort=False):
         out.append({
-            "method": method, "acc_mean": g["acc"].mean(), "acc_std": g["acc"].std(ddof=0),
-            "aaa_mean": g["aaa"].mean(), "aaa_std": g["aaa"].std(ddof=0), "forgetting": g["forgetting"].mean(),
+            "method": method, "acc_mean": g["acc"].mean(), "acc_std": g["acc"].std(ddof=1),
+            "aaa_mean": g["aaa"].mean(), "aaa_std": g["aaa"].std(ddof=1), "forgetting": g["forgetting"].mean(),
             "bwt": g["bwt"].mean(), "trainable_params": int(g["trainable_params"].max()),
             "stored_params": int(g["stored_params"].max()), "train_seconds": g["train_seconds"].mean(),
             "eval_seconds": g["eval_seconds"].mean(), "n_seeds": len(g),
@@ -73,14 +73,18 @@ def summarize(per_task: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown_table(summary: pd.DataFrame) -> str:
-    """Accuracies in percent as mean ± std over seeds."""
+    """Accuracies in percent as mean ± sample std (ddof=1) over seeds; one seed has no std."""
+
+    def pm(mean: float, std: float) -> str:
+        return f"{100 * mean:.2f}" if np.isnan(std) else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
     lines = ["| method | Acc (%) | AAA (%) | forgetting | BWT | trainable params | stored params | train s | seeds |",
              "|---|---|---|---|---|---|---|---|---|"]
     for _, r in summary.sort_values("acc_mean", ascending=False).iterrows():
-        aaa = "n/a" if np.isnan(r["aaa_mean"]) else f"{100 * r['aaa_mean']:.2f} ± {100 * r['aaa_std']:.2f}"
+        aaa = "n/a" if np.isnan(r["aaa_mean"]) else pm(r["aaa_mean"], r["aaa_std"])
         fg = "n/a" if np.isnan(r["forgetting"]) else f"{100 * r['forgetting']:.2f}"
         bwt = "n/a" if np.isnan(r["bwt"]) else f"{100 * r['bwt']:.2f}"
-        lines.append(f"| {r['method']} | {100 * r['acc_mean']:.2f} ± {100 * r['acc_std']:.2f} | {aaa} | {fg} | {bwt} | "
+        lines.append(f"| {r['method']} | {pm(r['acc_mean'], r['acc_std'])} | {aaa} | {fg} | {bwt} | "
                      f"{int(r['trainable_params']):,} | {int(r['stored_params']):,} | {r['train_seconds']:.0f} | {int(r['n_seeds'])} |")
     return "\n".join(lines) + "\n"
 

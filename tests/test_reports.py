@@ -1,0 +1,30 @@
+"""The summary table: mean and sample std over seeds, and no made-up std for a single seed."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmarks.reports import markdown_table, summarize
+
+
+def _rows(method: str, seed: int, accs: list[float]) -> list[dict]:
+    n = len(accs)
+    rows = []
+    for i, a in enumerate(accs):
+        row = {"method": method, "seed": seed, "experience": i, "n_experiences": n, "acc_seen": a,
+               "trainable_params": 10, "stored_params": 20 + i, "train_seconds": 1.0, "eval_seconds": 0.5}
+        row.update({f"acc_exp_{j}": (a if j <= i else np.nan) for j in range(n)})
+        rows.append(row)
+    return rows
+
+
+def test_summary_uses_sample_std_and_table_omits_std_of_one_seed():
+    per_task = pd.DataFrame(_rows("a", 0, [0.9, 0.6]) + _rows("a", 1, [0.8, 0.5]) + _rows("b", 0, [0.7, 0.4]))
+    s = summarize(per_task).set_index("method")
+    assert s.loc["a", "acc_mean"] == pytest.approx(0.55)
+    assert s.loc["a", "acc_std"] == pytest.approx(np.std([0.6, 0.5], ddof=1))
+    assert s.loc["a", "aaa_mean"] == pytest.approx(np.mean([0.75, 0.65]))
+    assert np.isnan(s.loc["b", "acc_std"]) and s.loc["b", "n_seeds"] == 1
+    table = markdown_table(summarize(per_task))
+    assert "| a | 55.00 ± 7.07 | 70.00 ± 7.07 |" in table
+    assert "| b | 40.00 | 55.00 |" in table
