@@ -308,8 +308,9 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit(f"error: no weights for '{proto.model}': pass --checkpoint PATH or set $SDLORA_ASSETS")
     run_id = args.run_id or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_dir = Path(args.resume) if args.resume else Path(args.out) / proto.name / run_id
-    if (run_dir / "DONE").exists():
-        raise SystemExit(f"error: run '{run_dir}' is finished and is never overwritten; choose another --run-id")
+    if (run_dir / "DONE").exists() and not args.resume:
+        raise SystemExit(f"error: run '{run_dir}' is finished and is never overwritten; choose another --run-id, "
+                         f"or add methods or seeds to it with --resume {run_dir}")
     if args.resume and not (run_dir / "config.json").exists():
         raise SystemExit(f"error: '{run_dir}' is not a run folder of benchmarks.compare (no config.json)")
     if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
@@ -340,6 +341,8 @@ def main(argv: list[str] | None = None) -> Path:
             raise SystemExit(f"error: '{run_dir}' was run with SD-LoRA options {saved['sdlora_effective']}, but these "
                              f"flags and the library's current defaults give {config['sdlora_effective']}; pass the "
                              "run's options explicitly (e.g. --direction-norm) or start a new run")
+        # Extending a finished run (more seeds or methods) keeps its finished parts; it is unfinished until this ends.
+        (run_dir / "DONE").unlink(missing_ok=True)
     else:
         atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
     rows: list[dict] = []

@@ -76,3 +76,13 @@ def test_resume_refuses_a_run_made_under_other_sdlora_defaults(tiny_run, tmp_pat
         compare.main(TINY + ["--methods", "sdlora", "--resume", str(copy)])
     # naming the run's option explicitly is accepted (ncm finished already, so nothing reruns)
     assert compare.main(TINY + ["--methods", "ncm", "--resume", str(copy), "--direction-norm", "frobenius"]) == copy
+
+
+def test_resume_adds_seeds_to_a_finished_run_and_keeps_its_parts(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    copy = tmp_path / "cifar100-cpu" / "more"
+    shutil.copytree(run_dir, copy)
+    before = (copy / "parts" / "ncm-seed0.csv").read_bytes()
+    compare.main(TINY + ["--methods", "ncm", "--seeds", "0", "1", "--resume", str(copy)])
+    assert (copy / "parts" / "ncm-seed0.csv").read_bytes() == before
+    assert (copy / "parts" / "ncm-seed1.csv").exists() and (copy / "DONE").exists()
