@@ -94,10 +94,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+SDLORA_OPTIONS = ("reset_alphas", "alpha_init", "alpha_lr", "normalize_current", "direction_norm", "kd_threshold")
+
+
 def sdlora_options(args: argparse.Namespace) -> dict:
     """SD-LoRA's own options given on the command line (the rest keep the documented defaults)."""
-    names = ("reset_alphas", "alpha_init", "alpha_lr", "normalize_current", "direction_norm", "kd_threshold")
-    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    return {n: getattr(args, n) for n in SDLORA_OPTIONS if getattr(args, n) is not None}
 
 
 def effective_sdlora_options(args: argparse.Namespace) -> dict:
@@ -111,8 +113,8 @@ def effective_sdlora_options(args: argparse.Namespace) -> dict:
         for name, param in inspect.signature(fn).parameters.items():
             if param.default is not inspect.Parameter.empty:
                 defaults[name] = param.default
-    names = ("reset_alphas", "alpha_init", "alpha_lr", "normalize_current", "direction_norm", "kd_threshold")
-    return {n: sdlora_options(args).get(n, defaults.get(n)) for n in names}
+    given = sdlora_options(args)
+    return {n: given.get(n, defaults.get(n)) for n in SDLORA_OPTIONS}
 
 
 def seed_everything(seed: int) -> None:

@@ -41,24 +41,34 @@ def accuracy_matrix(rows: pd.DataFrame) -> np.ndarray:
     return rows[cols].to_numpy(float)
 
 
-def summarize(per_task: pd.DataFrame) -> pd.DataFrame:
-    """One row per method: mean and std over seeds of Acc, AAA, forgetting, BWT, plus costs."""
+def run_records(per_task: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """One row per run (rows grouped by ``by``, which includes method and seed): Acc, AAA, forgetting, BWT, costs.
+
+    AAA, forgetting and BWT need every experience (n/a for ``joint``'s single row); ``finished`` marks runs
+    whose last experience was reached.
+    """
     records = []
-    for (method, seed), g in per_task.groupby(["method", "seed"], sort=False):
+    for key, g in per_task.groupby(by, sort=False):
         g = g.sort_values("experience")
         last = g.iloc[-1]
         complete = len(g) == int(last["n_experiences"])
         R = accuracy_matrix(g)
         records.append({
-            "method": method, "seed": seed, "acc": float(last["acc_seen"]),
+            **dict(zip(by, key)), "acc": float(last["acc_seen"]),
             "aaa": float(g["acc_seen"].mean()) if complete else np.nan,
             "forgetting": forgetting(R) if complete else np.nan,
             "bwt": backward_transfer(R) if complete else np.nan,
+            "final_update_norm": float(last["update_norm"]) if "update_norm" in g else np.nan,
             "trainable_params": int(g["trainable_params"].max()), "stored_params": int(last["stored_params"]),
             "train_seconds": float(g["train_seconds"].sum()), "eval_seconds": float(g["eval_seconds"].sum()),
             "finished": bool(last["experience"] == last["n_experiences"] - 1),
         })
-    runs = pd.DataFrame.from_records(records)
+    return pd.DataFrame.from_records(records)
+
+
+def summarize(per_task: pd.DataFrame) -> pd.DataFrame:
+    """One row per method: mean and std over seeds of Acc, AAA, forgetting, BWT, plus costs."""
+    runs = run_records(per_task, ["method", "seed"])
     runs = runs[runs["finished"]]
     out = []
     for method, g in runs.groupby("method", sort=False):

@@ -20,10 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from avalanche_sdlora.metrics import forgetting
-
 from . import compare
-from .reports import accuracy_matrix, atomic_write_csv
+from .reports import atomic_write_csv, run_records
 
 DEFAULT_METHODS = ("sdlora", "seq-lora", "ncm")
 
@@ -79,20 +77,10 @@ def gather(out: Path, reuse: list[str] | None = None, methods: list[str] | None 
         per_task = per_task[per_task["method"].isin(methods)]
     atomic_write_csv(per_task, out / "per_task.csv")
     keys = ["method", "epochs", "train_per_class", "lr"]
-    runs = []
-    for (method, seed, e, n, lr), g in per_task.groupby(["method", "seed", "epochs", "train_per_class", "lr"]):
-        g = g.sort_values("experience")
-        last = g.iloc[-1]
-        if len(g) != int(last["n_experiences"]) and method != "joint":
-            continue  # unfinished: its rows stay in per_task.csv, not in the cell means
-        R = accuracy_matrix(g)
-        runs.append({"method": method, "seed": seed, "epochs": e, "train_per_class": n, "lr": lr,
-                     "acc": float(last["acc_seen"]), "aaa": float(g["acc_seen"].mean()), "forgetting": forgetting(R),
-                     "final_update_norm": float(last["update_norm"]) if "update_norm" in g else np.nan,
-                     "train_seconds": float(g["train_seconds"].sum())})
-    runs = pd.DataFrame(runs)
+    runs = run_records(per_task, keys[:1] + ["seed"] + keys[1:])
     if runs.empty:
         return runs
+    runs = runs[runs["finished"]].drop(columns="finished")  # unfinished rows stay in per_task.csv only
     atomic_write_csv(runs, out / "runs.csv")
     cells = runs.groupby(keys).agg(
         acc_mean=("acc", "mean"), acc_std=("acc", "std"), aaa_mean=("aaa", "mean"), aaa_std=("aaa", "std"),
