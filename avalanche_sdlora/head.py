@@ -19,11 +19,18 @@ class FrozenPastHead(DynamicModule):
 
     Logits of classes not seen yet are ``mask_value`` so they never win the argmax. During
     training adaptation the rows of earlier experiences are frozen (``requires_grad=False``).
+    ``init`` sets the new rows: ``"linear"`` is ``nn.Linear``'s default (as in the authors' code), ``"zeros"``
+    starts every new class at logit 0, so the first steps do not push features toward random rows.
     """
 
-    def __init__(self, in_features: int, mask_value: float = -1000.0) -> None:
+    HEAD_INITS = ("linear", "zeros")
+
+    def __init__(self, in_features: int, mask_value: float = -1000.0, init: str = "linear") -> None:
         super().__init__()
+        if init not in self.HEAD_INITS:
+            raise ValueError(f"unknown head init '{init}'; choose one of {', '.join(self.HEAD_INITS)}")
         self.in_features = in_features
+        self.init = init
         self.mask_value = mask_value
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -44,6 +51,9 @@ class FrozenPastHead(DynamicModule):
             p.requires_grad_(False)
         device = self.class_ids.device
         layer = nn.Linear(self.in_features, len(new), device=device)  # nn.Linear's default init
+        if self.init == "zeros":
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
         self.weights.append(nn.Parameter(layer.weight.detach().clone()))
         self.biases.append(nn.Parameter(layer.bias.detach().clone()))
         self.class_ids = torch.cat([self.class_ids, torch.tensor(new, dtype=torch.long, device=device)])

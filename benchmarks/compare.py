@@ -56,12 +56,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--rank", type=int, default=10)
+    p.add_argument("--ewc-lambda", type=float, default=100.0,
+                   help="ewc: penalty strength (default 100; 1000 diverges at lr 0.01 on cifar100-cpu)")
     bool_arg = lambda v: v.lower() in ("1", "true", "yes")  # noqa: E731
     p.add_argument("--reset-alphas", type=bool_arg, help="SD-LoRA: reset old magnitudes at a new task (default true)")
     p.add_argument("--alpha-init", type=float, help="SD-LoRA: initial magnitude (default 0.8)")
     p.add_argument("--alpha-lr", type=float, help="SD-LoRA: learning rate of the magnitudes (default: --lr)")
     p.add_argument("--normalize-current", type=bool_arg, help="SD-LoRA: the paper's normalised current pair")
     p.add_argument("--direction-norm", choices=["frobenius", "factors"], help="SD-LoRA: how stored directions are normalised")
+    p.add_argument("--head-init", choices=["linear", "zeros"],
+                   help="SD-LoRA and seq-lora: init of new classifier rows (default linear, nn.Linear's)")
     p.add_argument("--kd-threshold", type=float, help="SD-LoRA-KD: relative residual threshold (default 9e-4)")
     p.add_argument("--img-size", type=int)
     p.add_argument("--model", help="timm model name (default: the protocol's)")
@@ -94,7 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-SDLORA_OPTIONS = ("reset_alphas", "alpha_init", "alpha_lr", "normalize_current", "direction_norm", "kd_threshold")
+SDLORA_OPTIONS = ("reset_alphas", "alpha_init", "alpha_lr", "normalize_current", "direction_norm", "head_init",
+                  "kd_threshold")
 
 
 def sdlora_options(args: argparse.Namespace) -> dict:
@@ -324,10 +329,12 @@ def main(argv: list[str] | None = None) -> Path:
     n_classes = sum(len(e.classes_in_this_experience) for e in benchmark.train_stream)
     cfg = MethodConfig(model=proto.model, checkpoint=str(checkpoint), img_size=proto.img_size, epochs=proto.epochs,
                        batch_size=proto.batch_size, lr=proto.lr, eval_batch_size=proto.eval_batch_size,
-                       device=args.device, rank=args.rank, num_classes=n_classes, sdlora_kwargs=sdlora_options(args))
+                       device=args.device, rank=args.rank, num_classes=n_classes, sdlora_kwargs=sdlora_options(args),
+                       ewc_lambda=args.ewc_lambda)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {"protocol": proto.as_dict(), "methods": args.methods, "seeds": args.seeds, "checkpoint": str(checkpoint),
               "test_per_class": args.test_per_class, "classes": args.classes, "rank": args.rank,
+              "ewc_lambda": args.ewc_lambda,
               "sdlora_options": sdlora_options(args), "sdlora_effective": effective_sdlora_options(args),
               "device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
               "command": " ".join(["python -m benchmarks.compare"] + (argv if argv is not None else sys.argv[1:])),
@@ -336,6 +343,11 @@ def main(argv: list[str] | None = None) -> Path:
         saved = json.loads((run_dir / "config.json").read_text())
         if "sdlora_effective" not in saved:  # written before options were recorded with their defaults
             saved["sdlora_effective"] = {**config["sdlora_effective"], **saved.get("sdlora_options", {})}
+        # An option added after the run was made (e.g. head_init) ran with the behaviour its default keeps.
+        saved["sdlora_effective"] = {**config["sdlora_effective"], **saved["sdlora_effective"]}
+        if saved.get("ewc_lambda", args.ewc_lambda) != args.ewc_lambda and "ewc" in args.methods:
+            raise SystemExit(f"error: '{run_dir}' ran ewc with --ewc-lambda {saved['ewc_lambda']}; resume it with the same "
+                             "value or start a new run")
         if saved["protocol"] != proto.as_dict() or saved.get("rank") != args.rank:
             raise SystemExit(f"error: '{run_dir}' was run with another configuration ({saved['protocol']}); "
                              "resume it with the same flags")
@@ -366,12 +378,25 @@ def main(argv: list[str] | None = None) -> Path:
         rows = [r for m, s in jobs if (m, s) in done for r in pd.read_csv(_part(run_dir, m, s)).to_dict("records")]
         jobs = [j for j in jobs if j not in done]
         print(f"resuming {run_dir}: {len(done)} finished (method, seed) runs kept, {len(jobs)} to run", flush=True)
+    # One (method, seed) failing (e.g. a diverging baseline) must not cost the others: its error is printed at
+    # once, the other runs go on, and the run stays unfinished (no DONE) so ``--resume`` retries only the failures.
+    failed: dict[tuple[str, int], str] = {}
+
+    def report_failure(job: tuple[str, int], err: BaseException) -> None:
+        failed[job] = f"{type(err).__name__}: {err}"
+        print(f"error: {job[0]} seed {job[1]} failed, the other runs go on: {failed[job]}", file=sys.stderr,
+              flush=True)
+
     if args.jobs == 1:
         for method, seed in jobs:
             part = _part(run_dir, method, seed)
             prior = pd.read_csv(part).to_dict("records") if args.resume and part.exists() else None
-            run_method(method, seed, proto, benchmark, cfg, run_dir, args.quiet, on_row, prior_rows=prior)
-            write_reports(pd.DataFrame(rows), run_dir)
+            try:
+                run_method(method, seed, proto, benchmark, cfg, run_dir, args.quiet, on_row, prior_rows=prior)
+            except Exception as err:  # noqa: BLE001 - reported, and the run is left unfinished
+                report_failure((method, seed), err)
+            if rows:
+                write_reports(pd.DataFrame(rows), run_dir)
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -380,13 +405,23 @@ def main(argv: list[str] | None = None) -> Path:
         with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
             futures = {pool.submit(_worker, job): job[:2] for job in payload}
             for fut in as_completed(futures):
-                fut.result()  # re-raise a worker's error here
-                per_task = gather_parts(run_dir, args.methods)
-                write_reports(per_task, run_dir)
+                try:
+                    fut.result()  # a worker's error is re-raised here, as soon as that worker ends
+                except Exception as err:  # noqa: BLE001
+                    report_failure(futures[fut], err)
+                    continue
+                write_reports(gather_parts(run_dir, args.methods), run_dir)
                 if not args.quiet:
                     print(f"finished {futures[fut]} ({len(futures)} runs in this call)", flush=True)
     config["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    config["failed"] = {f"{m}-seed{s}": e for (m, s), e in failed.items()}
     atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
+    if failed:
+        if (run_dir / "parts").exists():
+            write_reports(gather_parts(run_dir, args.methods), run_dir)
+        lines = "\n".join(f"  {k}: {e}" for k, e in config["failed"].items())
+        raise SystemExit(f"error: {len(failed)} of {len(jobs)} runs failed (rows they finished are kept in "
+                         f"{run_dir / 'parts'}):\n{lines}\nfix the cause, then rerun only these with --resume {run_dir}")
     atomic_write_text(run_dir / "DONE", "")
     print(f"results in {run_dir}\n" + (run_dir / "table.md").read_text())
     return run_dir

@@ -37,6 +37,7 @@ class MethodConfig:
     rank: int = 10
     num_classes: int = 100
     sdlora_kwargs: dict | None = None
+    ewc_lambda: float = 100.0
 
 
 def add_plain_lora_pair(model, rank: int) -> None:
@@ -113,7 +114,7 @@ def build_strategy(method: str, cfg: MethodConfig, evaluator, plugins=None):
                   device=cfg.device, evaluator=evaluator, plugins=list(plugins or []))
     if method in SDLORA_FAMILY:
         kw = dict(cfg.sdlora_kwargs or {})
-        model_kw = {k: kw.pop(k) for k in ("normalize_current", "direction_norm") if k in kw}
+        model_kw = {k: kw.pop(k) for k in ("normalize_current", "direction_norm", "head_init") if k in kw}
         model = sdlora_vit(cfg.model, checkpoint=cfg.checkpoint, img_size=cfg.img_size, rank=cfg.rank, **model_kw)
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
         if method == "seq-lora":
@@ -145,7 +146,9 @@ def build_strategy(method: str, cfg: MethodConfig, evaluator, plugins=None):
         return LwF(model=model, optimizer=opt, criterion=loss, alpha=1.0, temperature=2.0, **common)
     if method == "ewc":
         # Avalanche's EWC strategy is Naive + EWCPlugin; ours skips the frozen backbone's zero penalty terms.
-        common["plugins"].append(TrainableEWCPlugin(ewc_lambda=1000.0))
+        # lambda 1000 made SGD (lr 0.01, momentum 0.9) diverge on the penalty itself in experience 3 of
+        # cifar100-cpu (penalty 0.1 -> 1e27 in 60 steps, cross-entropy ~1 meanwhile), hence 100 by default.
+        common["plugins"].append(TrainableEWCPlugin(ewc_lambda=cfg.ewc_lambda))
         return Naive(model=model, optimizer=opt, criterion=loss, **common)
     if method == "joint":
         return JointTraining(model=model, optimizer=opt, criterion=loss, **common)

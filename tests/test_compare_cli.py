@@ -86,3 +86,24 @@ def test_resume_adds_seeds_to_a_finished_run_and_keeps_its_parts(tiny_run, tmp_p
     compare.main(TINY + ["--methods", "ncm", "--seeds", "0", "1", "--resume", str(copy)])
     assert (copy / "parts" / "ncm-seed0.csv").read_bytes() == before
     assert (copy / "parts" / "ncm-seed1.csv").exists() and (copy / "DONE").exists()
+
+
+def test_a_failing_method_does_not_cost_the_others_and_leaves_the_run_unfinished(tmp_path, monkeypatch, capsys):
+    real = compare.run_method
+
+    def diverging_lwf(method, *args, **kwargs):
+        if method == "lwf":
+            raise FloatingPointError("loss is nan at experience 1")
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(compare, "run_method", diverging_lwf)
+    with pytest.raises(SystemExit, match=r"1 of 2 runs failed(.|\n)*lwf-seed0: FloatingPointError: loss is nan"):
+        compare.main(TINY + ["--methods", "lwf", "ncm", "--out", str(tmp_path), "--run-id", "f"])
+    run_dir = tmp_path / "cifar100-cpu" / "f"
+    assert "lwf seed 0 failed, the other runs go on" in capsys.readouterr().err
+    assert (run_dir / "parts" / "ncm-seed0.csv").exists() and not (run_dir / "DONE").exists()
+    assert json.loads((run_dir / "config.json").read_text())["failed"] == {
+        "lwf-seed0": "FloatingPointError: loss is nan at experience 1"}
+    monkeypatch.setattr(compare, "run_method", real)  # the cause is fixed: resume reruns only the failed run
+    compare.main(TINY + ["--methods", "lwf", "ncm", "--resume", str(run_dir)])
+    assert (run_dir / "DONE").exists() and (run_dir / "parts" / "lwf-seed0.csv").exists()

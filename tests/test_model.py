@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import timm
 import torch
 from conftest import TINY_IMG, randomize_current_pair
@@ -164,3 +165,26 @@ def test_state_dict_round_trip_mid_task(tiny_vit, images):
         torch.testing.assert_close(fresh(images), y, rtol=0, atol=1e-6)
     fresh.freeze_task()
     assert fresh.adapters[0].dir_slot.tolist() == [0] * 4 + [1] * 4
+
+
+def test_head_init_zeros_starts_new_classes_at_logit_zero_and_keeps_old_rows():
+    from avalanche_sdlora.head import FrozenPastHead
+
+    head = FrozenPastHead(8, init="zeros")
+    head.add_classes([0, 1])
+    with torch.no_grad():
+        head.weights[0].add_(1.0)
+    head.add_classes([2])
+    logits = head(torch.randn(5, 8))
+    assert torch.equal(logits[:, 2], torch.zeros(5))  # the new class starts at exactly 0
+    assert not torch.equal(logits[:, 0], torch.zeros(5))  # the old rows kept their trained values
+    assert not head.weights[0].requires_grad and head.weights[1].requires_grad
+    linear = FrozenPastHead(8)
+    linear.add_classes([0])
+    assert linear.weights[0].abs().sum() > 0  # nn.Linear's default init, the authors'
+    with pytest.raises(ValueError, match="unknown head init 'orthogonal'"):
+        FrozenPastHead(8, init="orthogonal")
+
+
+def test_sdlora_vit_passes_head_init(tiny_vit):
+    assert tiny_vit(head_init="zeros").head.init == "zeros"
