@@ -107,3 +107,13 @@ def test_a_failing_method_does_not_cost_the_others_and_leaves_the_run_unfinished
     monkeypatch.setattr(compare, "run_method", real)  # the cause is fixed: resume reruns only the failed run
     compare.main(TINY + ["--methods", "lwf", "ncm", "--resume", str(run_dir)])
     assert (run_dir / "DONE").exists() and (run_dir / "parts" / "lwf-seed0.csv").exists()
+
+
+def test_resume_refuses_another_ewc_lambda(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    copy = tmp_path / "cifar100-cpu" / "ewc"
+    shutil.copytree(run_dir, copy)
+    assert json.loads((copy / "config.json").read_text())["ewc_lambda"] == 100.0
+    with pytest.raises(SystemExit, match="ran ewc with --ewc-lambda 100.0"):
+        compare.main(TINY + ["--methods", "ewc", "--seeds", "1", "--resume", str(copy), "--ewc-lambda", "1000"])
+    assert not (copy / "parts" / "ewc-seed1.csv").exists()
