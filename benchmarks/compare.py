@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> Path:
         rows.append(row)
         mine = [r for r in rows if (r["method"], r["seed"]) == (row["method"], row["seed"])]
         atomic_write_csv(pd.DataFrame(mine), _part(run_dir, row["method"], row["seed"]))
-        atomic_write_csv(pd.DataFrame(rows), run_dir / "per_task.csv")
+        atomic_write_csv(gather_parts(run_dir), run_dir / "per_task.csv")  # every part, not only this call's
         if not args.quiet:
             print(f"[{row['method']} seed {row['seed']}] experience {row['experience']}: "
                   f"seen-class accuracy {100 * row['acc_seen']:.2f}% ({row['train_seconds']:.0f}s train)", flush=True)
@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> Path:
             except Exception as err:  # noqa: BLE001 - reported, and the run is left unfinished
                 report_failure((method, seed), err)
             if rows:
-                write_reports(pd.DataFrame(rows), run_dir)
+                write_reports(gather_parts(run_dir), run_dir)
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> Path:
                 except Exception as err:  # noqa: BLE001
                     report_failure(futures[fut], err)
                     continue
-                write_reports(gather_parts(run_dir, args.methods), run_dir)
+                write_reports(gather_parts(run_dir), run_dir)
                 if not args.quiet:
                     print(f"finished {futures[fut]} ({len(futures)} runs in this call)", flush=True)
     config["wall_seconds"] = round(time.perf_counter() - t_start, 1)
@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> Path:
     atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
     if failed:
         if (run_dir / "parts").exists():
-            write_reports(gather_parts(run_dir, args.methods), run_dir)
+            write_reports(gather_parts(run_dir), run_dir)
         lines = "\n".join(f"  {k}: {e}" for k, e in config["failed"].items())
         raise SystemExit(f"error: {len(failed)} of {len(jobs)} runs failed (rows they finished are kept in "
                          f"{run_dir / 'parts'}):\n{lines}\nfix the cause, then rerun only these with --resume {run_dir}")

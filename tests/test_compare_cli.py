@@ -86,6 +86,11 @@ def test_resume_adds_seeds_to_a_finished_run_and_keeps_its_parts(tiny_run, tmp_p
     compare.main(TINY + ["--methods", "ncm", "--seeds", "0", "1", "--resume", str(copy)])
     assert (copy / "parts" / "ncm-seed0.csv").read_bytes() == before
     assert (copy / "parts" / "ncm-seed1.csv").exists() and (copy / "DONE").exists()
+    # the reports of a resumed run cover every method in it, not only those named in the resuming call
+    summary = pd.read_csv(copy / "summary.csv")
+    assert set(summary["method"]) == set(METHODS)
+    assert int(summary.loc[summary["method"] == "ncm", "n_seeds"].iloc[0]) == 2
+    assert set(pd.read_csv(copy / "per_task.csv")["method"]) == set(METHODS)
 
 
 def test_a_failing_method_does_not_cost_the_others_and_leaves_the_run_unfinished(tmp_path, monkeypatch, capsys):
