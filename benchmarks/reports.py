@@ -67,17 +67,21 @@ def run_records(per_task: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def summarize(per_task: pd.DataFrame) -> pd.DataFrame:
-    """One row per method: mean and std over seeds of Acc, AAA, forgetting, BWT, plus costs."""
+    """One row per method: mean and std over finished seeds of Acc, AAA, forgetting, BWT, plus costs.
+
+    A run that stopped before its last experience (a NaN-loss stop, a kill, or still running) is left out of the
+    means but counted in ``n_unfinished``, so a table never hides a seed that did not make it.
+    """
     runs = run_records(per_task, ["method", "seed"])
-    runs = runs[runs["finished"]]
     out = []
-    for method, g in runs.groupby("method", sort=False):
+    for method, everything in runs.groupby("method", sort=False):
+        g = everything[everything["finished"]]
         out.append({
             "method": method, "acc_mean": g["acc"].mean(), "acc_std": g["acc"].std(ddof=1),
             "aaa_mean": g["aaa"].mean(), "aaa_std": g["aaa"].std(ddof=1), "forgetting": g["forgetting"].mean(),
-            "bwt": g["bwt"].mean(), "trainable_params": int(g["trainable_params"].max()),
-            "stored_params": int(g["stored_params"].max()), "train_seconds": g["train_seconds"].mean(),
-            "eval_seconds": g["eval_seconds"].mean(), "n_seeds": len(g),
+            "bwt": g["bwt"].mean(), "trainable_params": int(everything["trainable_params"].max()),
+            "stored_params": int(everything["stored_params"].max()), "train_seconds": g["train_seconds"].mean(),
+            "eval_seconds": g["eval_seconds"].mean(), "n_seeds": len(g), "n_unfinished": len(everything) - len(g),
         })
     return pd.DataFrame.from_records(out)
 
@@ -86,16 +90,23 @@ def markdown_table(summary: pd.DataFrame) -> str:
     """Accuracies in percent as mean ± sample std (ddof=1) over seeds; one seed has no std."""
 
     def pm(mean: float, std: float) -> str:
+        if np.isnan(mean):
+            return "n/a"
         return f"{100 * mean:.2f}" if np.isnan(std) else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+    def pct(v: float) -> str:
+        return "n/a" if np.isnan(v) else f"{100 * v:.2f}"
 
     lines = ["| method | Acc (%) | AAA (%) | forgetting | BWT | trainable params | stored params | train s | seeds |",
              "|---|---|---|---|---|---|---|---|---|"]
     for _, r in summary.sort_values("acc_mean", ascending=False).iterrows():
-        aaa = "n/a" if np.isnan(r["aaa_mean"]) else pm(r["aaa_mean"], r["aaa_std"])
-        fg = "n/a" if np.isnan(r["forgetting"]) else f"{100 * r['forgetting']:.2f}"
-        bwt = "n/a" if np.isnan(r["bwt"]) else f"{100 * r['bwt']:.2f}"
-        lines.append(f"| {r['method']} | {pm(r['acc_mean'], r['acc_std'])} | {aaa} | {fg} | {bwt} | "
-                     f"{int(r['trainable_params']):,} | {int(r['stored_params']):,} | {r['train_seconds']:.0f} | {int(r['n_seeds'])} |")
+        seeds = f"{int(r['n_seeds'])}"
+        if int(r.get("n_unfinished", 0) or 0):
+            seeds += f" (+{int(r['n_unfinished'])} unfinished)"
+        secs = "n/a" if np.isnan(r["train_seconds"]) else f"{r['train_seconds']:.0f}"
+        lines.append(f"| {r['method']} | {pm(r['acc_mean'], r['acc_std'])} | {pm(r['aaa_mean'], r['aaa_std'])} | "
+                     f"{pct(r['forgetting'])} | {pct(r['bwt'])} | {int(r['trainable_params']):,} | "
+                     f"{int(r['stored_params']):,} | {secs} | {seeds} |")
     return "\n".join(lines) + "\n"
 
 
@@ -123,6 +134,7 @@ def plot(per_task: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> None:
     if len(summary):
         s = summary.sort_values("acc_mean", ascending=False)
         fig, ax = plt.subplots(figsize=(7, 4))
+        s = s[s["n_seeds"] > 0]
         ax.bar(s["method"], 100 * s["acc_mean"], yerr=100 * s["acc_std"].fillna(0), capsize=3)
         ax.set_ylabel("final accuracy Acc (%)")
         ax.tick_params(axis="x", rotation=30)

@@ -28,3 +28,17 @@ def test_summary_uses_sample_std_and_table_omits_std_of_one_seed():
     table = markdown_table(summarize(per_task))
     assert "| a | 55.00 ± 7.07 | 70.00 ± 7.07 |" in table
     assert "| b | 40.00 | 55.00 |" in table
+
+
+def test_a_stopped_seed_is_counted_not_averaged_and_a_method_with_none_finished_still_shows():
+    stopped = _rows("a", 2, [0.9, 0.6, 0.4])[:2]  # diverged before its last experience
+    stopped = [{**r, "n_experiences": 3} for r in stopped]
+    per_task = pd.DataFrame(_rows("a", 0, [0.9, 0.6, 0.3]) + _rows("a", 1, [0.8, 0.5, 0.5]) + stopped
+                            + [{**r, "n_experiences": 3} for r in _rows("c", 0, [0.9, 0.1, 0.1])[:1]])
+    s = summarize(per_task).set_index("method")
+    assert s.loc["a", "acc_mean"] == pytest.approx(0.4) and s.loc["a", "n_seeds"] == 2
+    assert s.loc["a", "n_unfinished"] == 1
+    assert s.loc["c", "n_seeds"] == 0 and s.loc["c", "n_unfinished"] == 1 and np.isnan(s.loc["c", "acc_mean"])
+    table = markdown_table(summarize(per_task))
+    assert "| a | 40.00 ± 14.14 |" in table and "| 2 (+1 unfinished) |" in table
+    assert "| c | n/a | n/a | n/a | n/a | 10 | 20 | n/a | 0 (+1 unfinished) |" in table
