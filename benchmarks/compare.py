@@ -355,9 +355,11 @@ def main(argv: list[str] | None = None) -> Path:
             raise SystemExit(f"error: '{run_dir}' was run with SD-LoRA options {saved['sdlora_effective']}, but these "
                              f"flags and the library's current defaults give {config['sdlora_effective']}; pass the "
                              "run's options explicitly (e.g. --direction-norm) or start a new run")
+        earlier_failures = saved.get("failed", {})
         # Extending a finished run (more seeds or methods) keeps its finished parts; it is unfinished until this ends.
         (run_dir / "DONE").unlink(missing_ok=True)
     else:
+        earlier_failures = {}
         atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
     rows: list[dict] = []
 
@@ -414,7 +416,10 @@ def main(argv: list[str] | None = None) -> Path:
                 if not args.quiet:
                     print(f"finished {futures[fut]} ({len(futures)} runs in this call)", flush=True)
     config["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-    config["failed"] = {f"{m}-seed{s}": e for (m, s), e in failed.items()}
+    # Failures of earlier calls that this call did not retry stay on record (and keep the run unfinished).
+    retried = {f"{m}-seed{s}" for m, s in jobs}
+    config["failed"] = {**{k: e for k, e in earlier_failures.items() if k not in retried},
+                        **{f"{m}-seed{s}": e for (m, s), e in failed.items()}}
     atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
     if failed:
         if (run_dir / "parts").exists():
@@ -422,7 +427,11 @@ def main(argv: list[str] | None = None) -> Path:
         lines = "\n".join(f"  {k}: {e}" for k, e in config["failed"].items())
         raise SystemExit(f"error: {len(failed)} of {len(jobs)} runs failed (rows they finished are kept in "
                          f"{run_dir / 'parts'}):\n{lines}\nfix the cause, then rerun only these with --resume {run_dir}")
-    atomic_write_text(run_dir / "DONE", "")
+    if config["failed"]:
+        print(f"note: {run_dir} stays unfinished: earlier failures not retried here: {sorted(config['failed'])}; "
+              f"retry them with --resume {run_dir} --methods ... --seeds ...", flush=True)
+    else:
+        atomic_write_text(run_dir / "DONE", "")
     print(f"results in {run_dir}\n" + (run_dir / "table.md").read_text())
     return run_dir
 

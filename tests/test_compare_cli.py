@@ -109,7 +109,11 @@ def test_a_failing_method_does_not_cost_the_others_and_leaves_the_run_unfinished
     assert (run_dir / "parts" / "ncm-seed0.csv").exists() and not (run_dir / "DONE").exists()
     assert json.loads((run_dir / "config.json").read_text())["failed"] == {
         "lwf-seed0": "FloatingPointError: loss is nan at experience 1"}
-    monkeypatch.setattr(compare, "run_method", real)  # the cause is fixed: resume reruns only the failed run
+    monkeypatch.setattr(compare, "run_method", real)
+    compare.main(TINY + ["--methods", "ncm", "--seeds", "1", "--resume", str(run_dir)])  # lwf not retried here
+    assert "lwf-seed0" in json.loads((run_dir / "config.json").read_text())["failed"]
+    assert not (run_dir / "DONE").exists()
+    # the cause is fixed: resume reruns only the failed run
     compare.main(TINY + ["--methods", "lwf", "ncm", "--resume", str(run_dir)])
     assert (run_dir / "DONE").exists() and (run_dir / "parts" / "lwf-seed0.csv").exists()
 
