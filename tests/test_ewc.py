@@ -44,3 +44,24 @@ def test_trainable_ewc_trains_exactly_like_avalanches_and_stores_less():
     # the penalty really acted: without it the second experience moves the head further
     free_model, _ = _run(EWCPlugin(ewc_lambda=0.0))
     assert not torch.allclose(free_model[2].weight, model[2].weight, atol=1e-4)
+
+
+def test_loss_parts_trace_separates_the_penalty_from_cross_entropy(capsys):
+    from types import SimpleNamespace
+
+    from benchmarks.ewc_trace import LossPartsTrace
+
+    out = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    y = torch.tensor([0, 1])
+    ce = float(torch.nn.functional.cross_entropy(out, y))
+    model = torch.nn.Module()
+    model.classifier = torch.nn.Linear(2, 2)
+    strategy = SimpleNamespace(loss=torch.tensor(ce + 3.5), mb_output=out, mb_y=y, model=model,
+                               clock=SimpleNamespace(train_iterations=16),
+                               experience=SimpleNamespace(current_experience=2))
+    LossPartsTrace().before_backward(strategy)
+    line = capsys.readouterr().out
+    assert line.startswith("exp 2 it 16 ") and "penalty 3.5 " in line and f"ce {ce:.4g} " in line
+    strategy.clock.train_iterations = 17  # not a multiple of 8, finite loss: silent
+    LossPartsTrace().before_backward(strategy)
+    assert capsys.readouterr().out == ""

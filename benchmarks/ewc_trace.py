@@ -1,0 +1,76 @@
+"""Why EWC stops with a NaN loss: ``python -m benchmarks.ewc_trace [--ewc-lambda 1000] [--seed 0]``.
+
+Reruns compare's ``ewc`` run of ``cifar100-cpu`` exactly (same seeding, evaluator and evaluation between
+experiences) with one extra plugin that prints, every 8 iterations and at the end of experience 2 onwards, the
+total loss, its cross-entropy part and the EWC penalty part (total minus cross-entropy), the norms of the LoRA
+and head weights and the largest logit. With lambda 1000 the penalty, not the cross-entropy, runs away first.
+Results go to a temporary folder; nothing in ``results/`` is touched. About 8 minutes on one CPU thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+from pathlib import Path
+
+import torch
+from avalanche.core import SupervisedPlugin
+
+from avalanche_sdlora.assets import default_asset
+
+from . import compare
+from .methods import MethodConfig, build_strategy
+from .protocols import PROTOCOLS
+
+
+class LossPartsTrace(SupervisedPlugin):
+    """Prints the loss split into cross-entropy and everything the plugins added (here: the EWC penalty)."""
+
+    def __init__(self, every: int = 8, dense_from: int = 250) -> None:
+        super().__init__()
+        self.every, self.dense_from = every, dense_from
+
+    def before_backward(self, strategy, **kwargs) -> None:
+        total = float(strategy.loss.detach())
+        ce = float(torch.nn.functional.cross_entropy(strategy.mb_output.detach(), strategy.mb_y))
+        it = strategy.clock.train_iterations
+        if it % self.every and math.isfinite(total) and it < self.dense_from:
+            return
+        named = list(strategy.model.named_parameters())
+        lora = sum(float(p.detach().norm() ** 2) for n, p in named if "lora" in n) ** 0.5
+        head = sum(float(p.detach().norm() ** 2) for n, p in named if "classifier" in n) ** 0.5
+        print(f"exp {strategy.experience.current_experience} it {it} loss {total:.4g} ce {ce:.4g} "
+              f"penalty {total - ce:.4g} lora {lora:.4g} head {head:.4g} "
+              f"maxlogit {float(strategy.mb_output.detach().abs().max()):.4g}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ewc_trace", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ewc-lambda", type=float, default=1000.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", help="cifar100.npz (default: the shared assets)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    proto = PROTOCOLS["cifar100-cpu"]
+    checkpoint = default_asset(f"{proto.model}.safetensors")
+    if checkpoint is None:
+        raise SystemExit(f"error: no weights for '{proto.model}': set $SDLORA_ASSETS")
+    cfg = MethodConfig(model=proto.model, checkpoint=str(checkpoint), img_size=proto.img_size, epochs=proto.epochs,
+                       batch_size=proto.batch_size, lr=proto.lr, eval_batch_size=proto.eval_batch_size, device="cpu",
+                       rank=10, num_classes=100, sdlora_kwargs={}, ewc_lambda=args.ewc_lambda)
+
+    def with_trace(method, cfg, evaluator, plugins=None):
+        strategy = build_strategy(method, cfg, evaluator, plugins)
+        strategy.plugins.append(LossPartsTrace())  # after EWC's plugin, so its penalty is in the loss
+        return strategy
+
+    compare.build_strategy = with_trace
+    benchmark = compare._benchmark(proto, args.data, None, None)
+    compare.run_method("ewc", args.seed, proto, benchmark, cfg, Path(tempfile.mkdtemp()), True,
+                       lambda row: print(f"experience {row['experience']} done: seen-class accuracy "
+                                         f"{100 * row['acc_seen']:.2f}%", flush=True))
+
+
+if __name__ == "__main__":
+    main()
