@@ -87,7 +87,9 @@ def gather(out: Path, reuse: list[str] | None = None, methods: list[str] | None 
         forgetting=("forgetting", "mean"), final_update_norm=("final_update_norm", "mean"),
         train_seconds=("train_seconds", "mean"), n_seeds=("seed", "nunique")).reset_index()
     atomic_write_csv(cells, out / "cells.csv")
-    _plots(per_task, cells, out)
+    # Plots show finished runs only: a stopped, diverged run (e.g. lr 0.05, norms ~1e6) would flatten every other line.
+    finished = per_task.merge(runs[keys[:1] + ["seed"] + keys[1:]], on=keys[:1] + ["seed"] + keys[1:])
+    _plots(finished, cells, out)
     return cells
 
 
