@@ -157,8 +157,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             run_dir = out / "runs" / "cifar100-cpu" / cell_id(epochs, n, lr)
             flags = ["--methods", *args.methods, "--seeds", *map(str, args.seeds), "--epochs", str(epochs),
                      "--train-per-class", str(n), "--lr", str(lr), "--jobs", str(args.jobs), "--quiet", *extra]
-            if (run_dir / "DONE").exists():
-                continue
+            # A finished cell is resumed too: compare keeps its finished runs and runs only seeds or methods added.
             if run_dir.exists():
                 compare.main(flags + ["--resume", str(run_dir)])
             else:

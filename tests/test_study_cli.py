@@ -22,6 +22,14 @@ def test_study_grid_and_outputs(tmp_path):
     before = (tmp_path / "per_task.csv").read_text()
     study.main(args + TINY)  # every cell finished: nothing reruns, same rows
     assert (tmp_path / "per_task.csv").read_text() == before
+    # a finished cell asked for another seed runs only that seed
+    seeds = args.index("--seeds")
+    more = args[:seeds] + ["--seeds", "0", "1"] + args[seeds + 2:]
+    more[more.index("--lrs") + 1: more.index("--lrs") + 3] = ["0.01"]
+    study.main(more + TINY)
+    per_task = pd.read_csv(tmp_path / "per_task.csv")
+    assert set(per_task.loc[per_task["lr"] == 0.01, "seed"]) == {0, 1}
+    assert set(per_task.loc[per_task["lr"] == 0.05, "seed"]) == {0}
 
 
 def test_study_reuses_a_comparison_run_as_a_cell(tmp_path):
