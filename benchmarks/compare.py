@@ -341,10 +341,10 @@ def main(argv: list[str] | None = None) -> Path:
               "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if args.resume:
         saved = json.loads((run_dir / "config.json").read_text())
-        if "sdlora_effective" not in saved:  # written before options were recorded with their defaults
-            saved["sdlora_effective"] = {**config["sdlora_effective"], **saved.get("sdlora_options", {})}
-        # An option added after the run was made (e.g. head_init) ran with the behaviour its default keeps.
-        saved["sdlora_effective"] = {**config["sdlora_effective"], **saved["sdlora_effective"]}
+        # A run written before options were recorded with their defaults (no "sdlora_effective"), or before an
+        # option existed (e.g. head_init), ran with the behaviour today's defaults keep.
+        saved["sdlora_effective"] = {**config["sdlora_effective"],
+                                     **saved.get("sdlora_effective", saved.get("sdlora_options", {}))}
         if saved.get("ewc_lambda", args.ewc_lambda) != args.ewc_lambda and "ewc" in args.methods:
             raise SystemExit(f"error: '{run_dir}' ran ewc with --ewc-lambda {saved['ewc_lambda']}; resume it with the same "
                              "value or start a new run")

@@ -101,7 +101,7 @@ def markdown_table(summary: pd.DataFrame) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for _, r in summary.sort_values("acc_mean", ascending=False).iterrows():
         seeds = f"{int(r['n_seeds'])}"
-        if int(r.get("n_unfinished", 0) or 0):
+        if r["n_unfinished"]:
             seeds += f" (+{int(r['n_unfinished'])} unfinished)"
         secs = "n/a" if np.isnan(r["train_seconds"]) else f"{r['train_seconds']:.0f}"
         lines.append(f"| {r['method']} | {pm(r['acc_mean'], r['acc_std'])} | {pm(r['aaa_mean'], r['aaa_std'])} | "

@@ -77,7 +77,8 @@ def gather(out: Path, reuse: list[str] | None = None, methods: list[str] | None 
         per_task = per_task[per_task["method"].isin(methods)]
     atomic_write_csv(per_task, out / "per_task.csv")
     keys = ["method", "epochs", "train_per_class", "lr"]
-    runs = run_records(per_task, keys[:1] + ["seed"] + keys[1:])
+    run_keys = keys[:1] + ["seed"] + keys[1:]
+    runs = run_records(per_task, run_keys)
     if runs.empty:
         return runs
     runs = runs[runs["finished"]].drop(columns="finished")  # unfinished rows stay in per_task.csv only
@@ -88,7 +89,7 @@ def gather(out: Path, reuse: list[str] | None = None, methods: list[str] | None 
         train_seconds=("train_seconds", "mean"), n_seeds=("seed", "nunique")).reset_index()
     atomic_write_csv(cells, out / "cells.csv")
     # Plots show finished runs only: a stopped, diverged run (e.g. lr 0.05, norms ~1e6) would flatten every other line.
-    finished = per_task.merge(runs[keys[:1] + ["seed"] + keys[1:]], on=keys[:1] + ["seed"] + keys[1:])
+    finished = per_task.merge(runs[run_keys], on=run_keys)
     _plots(finished, cells, out)
     return cells
 
