@@ -13,6 +13,7 @@ import contextlib
 import inspect
 import json
 import os
+import platform
 import random
 import sys
 import threading
@@ -75,6 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="bfloat16 autocast for evaluation (true/false; default: the protocol's)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads (one per process when running two at once)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="DataLoader worker processes per run (0: load in the training process, right for a CPU run; "
+                        "a GPU run at 224 px is otherwise bound by the per-sample conversion)")
     p.add_argument("--out", default="results", help="results root; the run goes to <out>/<protocol>/<run-id>")
     p.add_argument("--run-id", help="run folder name (default: UTC timestamp)")
     p.add_argument("--report-only", metavar="RUN_DIR",
@@ -95,6 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value <= 0:
             p.error(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if args.workers < 0:
+        p.error(f"--workers must be 0 or more, got {args.workers}")
     return args
 
 
@@ -120,6 +126,36 @@ def effective_sdlora_options(args: argparse.Namespace) -> dict:
                 defaults[name] = param.default
     given = sdlora_options(args)
     return {n: given.get(n, defaults.get(n)) for n in SDLORA_OPTIONS}
+
+
+def device_name(device: str) -> str:
+    """What the run ran on, for the reports (a study mixes CPU and GPU cells)."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def resolve_checkpoint(proto: Protocol, given: str | None) -> str:
+    """The weights file: the one given, else ``<model>.safetensors`` in the assets folder; a clear error if neither."""
+    checkpoint = given or default_asset(f"{proto.model}.safetensors")
+    if checkpoint is None:
+        raise SystemExit(f"error: no weights for '{proto.model}': pass --checkpoint PATH or set $SDLORA_ASSETS")
+    return str(checkpoint)
+
+
+def method_config(proto: Protocol, checkpoint: str, *, device: str, rank: int = 10, num_classes: int = 100,
+                  sdlora_kwargs: dict | None = None, ewc_lambda: float = 100.0, num_workers: int = 0) -> MethodConfig:
+    """What every method of a run shares, taken from the protocol (one place, so a trace reruns a run exactly)."""
+    return MethodConfig(model=proto.model, checkpoint=checkpoint, img_size=proto.img_size, epochs=proto.epochs,
+                        batch_size=proto.batch_size, lr=proto.lr, eval_batch_size=proto.eval_batch_size,
+                        device=device, rank=rank, num_classes=num_classes, sdlora_kwargs=dict(sdlora_kwargs or {}),
+                        ewc_lambda=ewc_lambda, num_workers=num_workers)
 
 
 def seed_everything(seed: int) -> None:
@@ -173,7 +209,7 @@ def make_evaluator(log_dir: Path, quiet: bool) -> tuple[EvaluationPlugin, Parame
 
 
 def run_method(method: str, seed: int, proto: Protocol, benchmark, cfg: MethodConfig, run_dir: Path, quiet: bool,
-               on_row, prior_rows: list[dict] | None = None) -> None:
+               on_row, prior_rows: list[dict] | None = None, plugins: list | None = None) -> None:
     """Train ``method`` experience by experience; ``on_row`` receives each finished experience's metrics.
 
     SD-LoRA-family models are checkpointed after every experience (safetensors + JSON); with
@@ -182,7 +218,7 @@ def run_method(method: str, seed: int, proto: Protocol, benchmark, cfg: MethodCo
     seed_everything(seed)
     log_dir = run_dir / "csv" / method / f"seed{seed}"
     evaluator, params = make_evaluator(log_dir, quiet)
-    strategy = build_strategy(method, cfg, evaluator)
+    strategy = build_strategy(method, cfg, evaluator, plugins)
     ckpt_dir = run_dir / "checkpoints" / f"{method}-seed{seed}"
     checkpointable = method in SDLORA_FAMILY
     start = 0
@@ -206,11 +242,11 @@ def run_method(method: str, seed: int, proto: Protocol, benchmark, cfg: MethodCo
         if i < start:
             continue
         t0 = time.perf_counter()
-        strategy.train(train_exp)
+        strategy.train(train_exp, num_workers=cfg.num_workers)
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         with amp:
-            res = strategy.eval(benchmark.test_stream[: i + 1])
+            res = strategy.eval(benchmark.test_stream[: i + 1], num_workers=cfg.num_workers)
         eval_s = time.perf_counter() - t0
         row = {"method": method, "seed": seed, "experience": i, "n_experiences": T,
                "acc_seen": res["Top1_Acc_Stream/eval_phase/test_stream/Task000"]}
@@ -310,9 +346,7 @@ def main(argv: list[str] | None = None) -> Path:
     proto = base.override(n_experiences=args.n_experiences, class_order_seed=args.class_order_seed,
                           train_per_class=args.train_per_class, epochs=args.epochs, batch_size=args.batch_size,
                           lr=args.lr, img_size=args.img_size, model=args.model, eval_amp=args.eval_amp)
-    checkpoint = args.checkpoint or default_asset(f"{proto.model}.safetensors")
-    if checkpoint is None:
-        raise SystemExit(f"error: no weights for '{proto.model}': pass --checkpoint PATH or set $SDLORA_ASSETS")
+    checkpoint = resolve_checkpoint(proto, args.checkpoint)
     run_id = args.run_id or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     run_dir = Path(args.resume) if args.resume else Path(args.out) / proto.name / run_id
     if (run_dir / "DONE").exists() and not args.resume:
@@ -327,16 +361,15 @@ def main(argv: list[str] | None = None) -> Path:
     classes = list(range(args.classes)) if args.classes else None
     benchmark = _benchmark(proto, args.data, args.test_per_class, classes)
     n_classes = sum(len(e.classes_in_this_experience) for e in benchmark.train_stream)
-    cfg = MethodConfig(model=proto.model, checkpoint=str(checkpoint), img_size=proto.img_size, epochs=proto.epochs,
-                       batch_size=proto.batch_size, lr=proto.lr, eval_batch_size=proto.eval_batch_size,
-                       device=args.device, rank=args.rank, num_classes=n_classes, sdlora_kwargs=sdlora_options(args),
-                       ewc_lambda=args.ewc_lambda)
+    cfg = method_config(proto, checkpoint, device=args.device, rank=args.rank, num_classes=n_classes,
+                        sdlora_kwargs=sdlora_options(args), ewc_lambda=args.ewc_lambda, num_workers=args.workers)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = {"protocol": proto.as_dict(), "methods": args.methods, "seeds": args.seeds, "checkpoint": str(checkpoint),
               "test_per_class": args.test_per_class, "classes": args.classes, "rank": args.rank,
               "ewc_lambda": args.ewc_lambda,
               "sdlora_options": sdlora_options(args), "sdlora_effective": effective_sdlora_options(args),
-              "device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "device": args.device, "device_name": device_name(args.device), "workers": args.workers,
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
               "command": " ".join(["python -m benchmarks.compare"] + (argv if argv is not None else sys.argv[1:])),
               "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if args.resume:

@@ -17,10 +17,7 @@ from pathlib import Path
 import torch
 from avalanche.core import SupervisedPlugin
 
-from avalanche_sdlora.assets import default_asset
-
 from . import compare
-from .methods import MethodConfig, build_strategy
 from .protocols import PROTOCOLS
 
 
@@ -31,7 +28,9 @@ class LossPartsTrace(SupervisedPlugin):
         super().__init__()
         self.every, self.dense_from = every, dense_from
 
-    def before_backward(self, strategy, **kwargs) -> None:
+    def after_backward(self, strategy, **kwargs) -> None:
+        # After the backward pass every plugin's before_backward has run (ours runs before EWC's, which adds the
+        # penalty there), so strategy.loss holds cross-entropy + penalty.
         total = float(strategy.loss.detach())
         ce = float(torch.nn.functional.cross_entropy(strategy.mb_output.detach(), strategy.mb_y))
         it = strategy.clock.train_iterations
@@ -53,24 +52,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     proto = PROTOCOLS["cifar100-cpu"]
-    checkpoint = default_asset(f"{proto.model}.safetensors")
-    if checkpoint is None:
-        raise SystemExit(f"error: no weights for '{proto.model}': set $SDLORA_ASSETS")
-    cfg = MethodConfig(model=proto.model, checkpoint=str(checkpoint), img_size=proto.img_size, epochs=proto.epochs,
-                       batch_size=proto.batch_size, lr=proto.lr, eval_batch_size=proto.eval_batch_size, device="cpu",
-                       rank=10, num_classes=100, sdlora_kwargs={}, ewc_lambda=args.ewc_lambda)
-
-    def with_trace(method, cfg, evaluator, plugins=None):
-        strategy = build_strategy(method, cfg, evaluator, plugins)
-        strategy.plugins.append(LossPartsTrace())  # after EWC's plugin, so its penalty is in the loss
-        return strategy
-
-    compare.build_strategy = with_trace
+    cfg = compare.method_config(proto, compare.resolve_checkpoint(proto, None), device="cpu",
+                                ewc_lambda=args.ewc_lambda)
     benchmark = compare._benchmark(proto, args.data, None, None)
     compare.run_method("ewc", args.seed, proto, benchmark, cfg, Path(tempfile.mkdtemp()), True,
                        lambda row: print(f"experience {row['experience']} done: seen-class accuracy "
-                                         f"{100 * row['acc_seen']:.2f}%", flush=True))
-
+                                         f"{100 * row['acc_seen']:.2f}%", flush=True), plugins=[LossPartsTrace()])
 
 if __name__ == "__main__":
     main()

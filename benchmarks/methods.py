@@ -38,6 +38,7 @@ class MethodConfig:
     num_classes: int = 100
     sdlora_kwargs: dict | None = None
     ewc_lambda: float = 100.0
+    num_workers: int = 0  # DataLoader worker processes for training and evaluation (0: in the training process)
 
 
 def add_plain_lora_pair(model, rank: int) -> None:

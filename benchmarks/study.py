@@ -68,6 +68,8 @@ def gather(out: Path, reuse: list[str] | None = None, methods: list[str] | None 
         proto = config["protocol"]
         df["epochs"], df["train_per_class"], df["lr"] = proto["epochs"], proto["train_per_class"], proto["lr"]
         df["test_per_class"] = config.get("test_per_class") or "all"
+        # Cells of one study may come from different machines (CPU here, a lent GPU for the large budgets).
+        df["device"] = config.get("device_name") or config.get("device", "cpu")
         df["source"] = str(run_dir)
         frames.append(df)
     if not frames:
@@ -77,21 +79,50 @@ def gather(out: Path, reuse: list[str] | None = None, methods: list[str] | None 
         per_task = per_task[per_task["method"].isin(methods)]
     atomic_write_csv(per_task, out / "per_task.csv")
     keys = ["method", "epochs", "train_per_class", "lr"]
-    run_keys = keys[:1] + ["seed"] + keys[1:]
+    run_keys = keys[:1] + ["seed"] + keys[1:] + ["device"]
     runs = run_records(per_task, run_keys)
     if runs.empty:
         return runs
+    stopped = unfinished_cells(per_task, runs, keys)
+    (out / "unfinished.csv").unlink(missing_ok=True)
+    if len(stopped):
+        atomic_write_csv(stopped, out / "unfinished.csv")
     runs = runs[runs["finished"]].drop(columns="finished")  # unfinished rows stay in per_task.csv only
     atomic_write_csv(runs, out / "runs.csv")
     cells = runs.groupby(keys).agg(
         acc_mean=("acc", "mean"), acc_std=("acc", "std"), aaa_mean=("aaa", "mean"), aaa_std=("aaa", "std"),
         forgetting=("forgetting", "mean"), final_update_norm=("final_update_norm", "mean"),
-        train_seconds=("train_seconds", "mean"), n_seeds=("seed", "nunique")).reset_index()
+        train_seconds=("train_seconds", "mean"), n_seeds=("seed", "nunique"),
+        device=("device", lambda d: " + ".join(sorted(set(map(str, d)))))).reset_index()
     atomic_write_csv(cells, out / "cells.csv")
     # Plots show finished runs only: a stopped, diverged run (e.g. lr 0.05, norms ~1e6) would flatten every other line.
     finished = per_task.merge(runs[run_keys], on=run_keys)
     _plots(finished, cells, out)
     return cells
+
+
+def unfinished_cells(per_task: pd.DataFrame, runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Cells with a run that stopped early, compared at the last experience that every run of the cell reached.
+
+    A cell cut short (e.g. a lent GPU taken back mid-run) still says something, but only at a matched point:
+    comparing one method's task 9 with another's task 7 would flatter the method that stopped earlier.
+    """
+    budget = keys[1:]
+    open_cells = runs.loc[~runs["finished"], budget].drop_duplicates()
+    rows = []
+    for values in open_cells.itertuples(index=False):
+        cell = dict(zip(budget, values))  # itertuples keeps each column's dtype (iterrows would make floats)
+        sel = per_task[(per_task[budget] == list(values)).all(axis=1)]
+        reached = sel.groupby(["method", "seed"])["experience"].max()
+        common = int(reached.min())
+        at = sel[sel["experience"] == common]
+        for method, g in at.groupby("method"):
+            rows.append({**cell, "method": method, "experience": common,
+                         "acc_seen_mean": g["acc_seen"].mean(), "acc_seen_std": g["acc_seen"].std(),
+                         "update_norm": g["update_norm"].mean() if "update_norm" in g else np.nan,
+                         "n_seeds": g["seed"].nunique(),
+                         "last_experience_per_seed": " ".join(f"{s}:{e}" for (m, s), e in reached.items() if m == method)})
+    return pd.DataFrame(rows)
 
 
 def _plots(per_task: pd.DataFrame, cells: pd.DataFrame, out: Path) -> None:

@@ -126,3 +126,17 @@ def test_resume_refuses_another_ewc_lambda(tiny_run, tmp_path):
     with pytest.raises(SystemExit, match="ran ewc with --ewc-lambda 100.0"):
         compare.main(TINY + ["--methods", "ewc", "--seeds", "1", "--resume", str(copy), "--ewc-lambda", "1000"])
     assert not (copy / "parts" / "ewc-seed1.csv").exists()
+
+
+def test_workers_load_in_dataloader_processes_and_are_recorded(tmp_path):
+    run_dir = compare.main(TINY + ["--methods", "sdlora", "--workers", "1", "--out", str(tmp_path), "--run-id", "w"])
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["workers"] == 1 and config["device"] == "cpu" and config["device_name"]
+    per_task = pd.read_csv(run_dir / "per_task.csv")
+    assert per_task["experience"].tolist() == [0, 1] and per_task["acc_seen"].between(0, 1).all()
+
+
+def test_negative_workers_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--workers", "-1"])
+    assert "--workers must be 0 or more" in capsys.readouterr().err

@@ -59,9 +59,33 @@ def test_loss_parts_trace_separates_the_penalty_from_cross_entropy(capsys):
     strategy = SimpleNamespace(loss=torch.tensor(ce + 3.5), mb_output=out, mb_y=y, model=model,
                                clock=SimpleNamespace(train_iterations=16),
                                experience=SimpleNamespace(current_experience=2))
-    LossPartsTrace().before_backward(strategy)
+    LossPartsTrace().after_backward(strategy)
     line = capsys.readouterr().out
     assert line.startswith("exp 2 it 16 ") and "penalty 3.5 " in line and f"ce {ce:.4g} " in line
     strategy.clock.train_iterations = 17  # not a multiple of 8, finite loss: silent
-    LossPartsTrace().before_backward(strategy)
+    LossPartsTrace().after_backward(strategy)
     assert capsys.readouterr().out == ""
+
+
+def test_run_method_passes_extra_plugins_to_the_strategy(tmp_path):
+    # how ewc_trace attaches its printer: through run_method, not by patching build_strategy
+    from avalanche.core import SupervisedPlugin
+
+    from benchmarks import compare
+    from benchmarks.protocols import PROTOCOLS
+
+    class CountBackward(SupervisedPlugin):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def after_backward(self, strategy, **kwargs):
+            self.n += 1
+
+    proto = PROTOCOLS["cifar100-cpu"].override(n_experiences=2, train_per_class=4, epochs=1, batch_size=4, img_size=32)
+    benchmark = compare._benchmark(proto, None, 3, [0, 1, 2, 3])
+    cfg = compare.method_config(proto, compare.resolve_checkpoint(proto, None), device="cpu", num_classes=4)
+    counter, rows = CountBackward(), []
+    compare.run_method("ewc", 0, proto, benchmark, cfg, tmp_path, True, rows.append, plugins=[counter])
+    assert [r["experience"] for r in rows] == [0, 1]
+    assert counter.n == 4  # 2 experiences x 8 images / batch 4

@@ -1,6 +1,7 @@
 """The budget study gathers compare runs into tidy CSVs and plots, and skips finished cells."""
 
 import pandas as pd
+import pytest
 
 from benchmarks import study
 
@@ -11,10 +12,10 @@ def test_study_grid_and_outputs(tmp_path):
     args = ["--methods", "sdlora", "seq-lora", "--epochs", "1", "--train-per-class", "4", "--lrs", "0.01", "0.05",
             "--seeds", "0", "--jobs", "1", "--out", str(tmp_path)]
     cells = study.main(args + TINY)
-    assert len(cells) == 4 and set(cells["lr"]) == {0.01, 0.05}
+    assert len(cells) == 4 and set(cells["lr"]) == {0.01, 0.05} and cells["device"].str.len().gt(0).all()
     per_task = pd.read_csv(tmp_path / "per_task.csv")
     assert {"method", "seed", "epochs", "train_per_class", "lr", "experience", "acc_seen", "alphas",
-            "update_norm"} <= set(per_task.columns)
+            "update_norm", "device"} <= set(per_task.columns)
     sd = per_task[per_task["method"] == "sdlora"]
     assert (sd["update_norm"] > 0).all()
     for f in ("cells.csv", "final_vs_budget.png", "alphas.png", "drift.png"):
@@ -41,3 +42,22 @@ def test_study_reuses_a_comparison_run_as_a_cell(tmp_path):
     assert cells[["method", "epochs", "train_per_class"]].values.tolist() == [["ncm", 2, 4]]  # seq-lora filtered out
     runs = pd.read_csv(tmp_path / "s" / "runs.csv")
     assert {"acc", "aaa", "forgetting", "final_update_norm"} <= set(runs.columns)
+
+
+def test_cut_short_cells_are_compared_at_the_last_experience_every_run_reached():
+    # sdlora stopped after experience 1 on seed 0; seq-lora went on to 2: compare both at experience 1, never at 2.
+    rows = [("sdlora", 0, 0, 0.9), ("sdlora", 0, 1, 0.8), ("sdlora", 1, 0, 0.9), ("sdlora", 1, 1, 0.7),
+            ("sdlora", 1, 2, 0.6), ("seq-lora", 0, 0, 0.95), ("seq-lora", 0, 1, 0.75), ("seq-lora", 0, 2, 0.5)]
+    per_task = pd.DataFrame(rows, columns=["method", "seed", "experience", "acc_seen"]).assign(
+        epochs=10, train_per_class=500, lr=0.01, n_experiences=3, update_norm=1.0)
+    finished = pd.DataFrame({"method": ["sdlora", "sdlora", "seq-lora"], "seed": [0, 1, 0], "epochs": 10,
+                             "train_per_class": 500, "lr": 0.01, "finished": [False, True, True]})
+    out = study.unfinished_cells(per_task, finished, ["method", "epochs", "train_per_class", "lr"])
+    assert out["experience"].tolist() == [1, 1]
+    got = dict(zip(out["method"], out["acc_seen_mean"]))
+    assert got["sdlora"] == pytest.approx(0.75) and got["seq-lora"] == pytest.approx(0.75)
+    assert out.loc[out["method"] == "sdlora", "last_experience_per_seed"].item() == "0:1 1:2"
+    assert out["epochs"].dtype.kind == "i"
+    # a study whose runs all finished writes no unfinished.csv
+    assert study.unfinished_cells(per_task, finished.assign(finished=True), ["method", "epochs", "train_per_class",
+                                                                            "lr"]).empty
