@@ -133,16 +133,21 @@ def _plots(per_task: pd.DataFrame, cells: pd.DataFrame, out: Path) -> None:
 
     budgets = cells.assign(budget=cells["epochs"] * cells["train_per_class"])
     lrs = sorted(budgets["lr"].unique())
+    # One colour per method in every panel; filled markers for CPU cells, hollow for GPU ones.
+    colours = {m: f"C{k}" for k, m in enumerate(sorted(budgets["method"].unique()))}
     fig, axes = plt.subplots(1, len(lrs), figsize=(5 * len(lrs), 4), squeeze=False)
     for ax, lr in zip(axes[0], lrs):
         for method, g in budgets[budgets["lr"] == lr].groupby("method"):
             g = g.sort_values("budget")
-            ax.errorbar(g["budget"], 100 * g["acc_mean"], yerr=100 * g["acc_std"].fillna(0), marker="o", label=method,
-                        capsize=3)
+            ax.errorbar(g["budget"], 100 * g["acc_mean"], yerr=100 * g["acc_std"].fillna(0), marker="", label=method,
+                        capsize=3, color=colours[method])
+            gpu = g["device"].str.contains("GPU|NVIDIA|cuda", case=False, regex=True)
+            ax.plot(g["budget"][~gpu], 100 * g["acc_mean"][~gpu], "o", color=colours[method])
+            ax.plot(g["budget"][gpu], 100 * g["acc_mean"][gpu], "o", mfc="white", color=colours[method])
+        ax.set_title(f"lr {lr:g} (filled: CPU, hollow: GPU cells)")
         ax.set_xscale("log")
         ax.set_xlabel("epochs x images per class")
         ax.set_ylabel("final accuracy (%)")
-        ax.set_title(f"lr {lr:g}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -153,10 +158,17 @@ def _plots(per_task: pd.DataFrame, cells: pd.DataFrame, out: Path) -> None:
     if len(sd):
         last = sd[sd["experience"] == sd["n_experiences"] - 1]
         fig, ax = plt.subplots(figsize=(6, 4))
-        for _, r in last.iterrows():
-            a = np.array([float(v) for v in str(r["alphas"]).split()])
-            ax.plot(np.arange(1, len(a) + 1), a, marker=".", alpha=0.7,
-                    label=f"e{r['epochs']} n{r['train_per_class']} lr{r['lr']:g} s{r['seed']}")
+        # Mean over seeds per cell (seeds as thin lines), one colour per budget as in drift.png.
+        cells_sd = sorted(last.groupby(["epochs", "train_per_class", "lr"]).groups)
+        all_budgets = sorted(per_task.groupby(["epochs", "train_per_class", "lr"]).groups)
+        for e, n, lr in cells_sd:
+            g = last[(last["epochs"] == e) & (last["train_per_class"] == n) & (last["lr"] == lr)]
+            a = np.array([[float(v) for v in str(x).split()] for x in g["alphas"]])
+            colour = f"C{all_budgets.index((e, n, lr)) % 10}"
+            k = np.arange(1, a.shape[1] + 1)
+            for row in a:
+                ax.plot(k, row, color=colour, alpha=0.25, lw=0.8)
+            ax.plot(k, a.mean(0), marker=".", color=colour, label=f"e{e} n{n} lr{lr:g} ({len(a)} seeds)")
         ax.set_xlabel("task k")
         ax.set_ylabel("magnitude alpha_k after the last task")
         ax.grid(alpha=0.3)
@@ -167,14 +179,22 @@ def _plots(per_task: pd.DataFrame, cells: pd.DataFrame, out: Path) -> None:
     if "update_norm" in per_task:
         drift = per_task[per_task["update_norm"].notna()]
         if len(drift):
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for (method, e, n, lr), g in drift.groupby(["method", "epochs", "train_per_class", "lr"]):
-                s = g.groupby("experience")["update_norm"].mean()
-                ax.plot(s.index + 1, s.values, marker=".", label=f"{method} e{e} n{n} lr{lr:g}")
-            ax.set_xlabel("experience")
-            ax.set_ylabel("||accumulated update||_F")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=6)
+            # One panel per method, one colour per budget in every panel, so the two methods compare cell by cell.
+            methods = sorted(drift["method"].unique())
+            budgets = sorted(per_task.groupby(["epochs", "train_per_class", "lr"]).groups)
+            fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 4), sharey=True, squeeze=False)
+            for ax, method in zip(axes[0], methods):
+                for k, (e, n, lr) in enumerate(budgets):
+                    g = drift[(drift["method"] == method) & (drift["epochs"] == e) & (drift["train_per_class"] == n)
+                              & (drift["lr"] == lr)]
+                    if len(g):
+                        s = g.groupby("experience")["update_norm"].mean()
+                        ax.plot(s.index + 1, s.values, marker=".", color=f"C{k % 10}", label=f"e{e} n{n} lr{lr:g}")
+                ax.set_title(method)
+                ax.set_xlabel("experience")
+                ax.grid(alpha=0.3)
+                ax.legend(fontsize=7)
+            axes[0][0].set_ylabel("||accumulated update||_F (mean over seeds)")
             fig.tight_layout()
             fig.savefig(out / "drift.png", dpi=120)
             plt.close(fig)
