@@ -301,6 +301,10 @@ def _part(run_dir: Path, method: str, seed: int) -> Path:
     return run_dir / "parts" / f"{method}-seed{seed}.csv"
 
 
+def _has_parts(run_dir: Path) -> bool:
+    return any((run_dir / "parts").glob("*.csv"))
+
+
 def _part_complete(run_dir: Path, method: str, seed: int, n_experiences: int) -> bool:
     part = _part(run_dir, method, seed)
     if not part.exists():
@@ -394,11 +398,12 @@ def main(argv: list[str] | None = None) -> Path:
     else:
         earlier_failures = {}
         atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
-    rows: list[dict] = []
+    # This call's rows per (method, seed); each list is its part file's content (reports read the part files).
+    part_rows: dict[tuple[str, int], list[dict]] = {}
 
     def on_row(row: dict) -> None:
-        rows.append(row)
-        mine = [r for r in rows if (r["method"], r["seed"]) == (row["method"], row["seed"])]
+        mine = part_rows.setdefault((row["method"], row["seed"]), [])
+        mine.append(row)
         atomic_write_csv(pd.DataFrame(mine), _part(run_dir, row["method"], row["seed"]))
         atomic_write_csv(gather_parts(run_dir), run_dir / "per_task.csv")  # every part, not only this call's
         if not args.quiet:
@@ -410,7 +415,6 @@ def main(argv: list[str] | None = None) -> Path:
     jobs = [(m, s) for s in args.seeds for m in args.methods]
     if args.resume:
         done = {(m, s) for m, s in jobs if _part_complete(run_dir, m, s, proto.n_experiences)}
-        rows = [r for m, s in jobs if (m, s) in done for r in pd.read_csv(_part(run_dir, m, s)).to_dict("records")]
         jobs = [j for j in jobs if j not in done]
         print(f"resuming {run_dir}: {len(done)} finished (method, seed) runs kept, {len(jobs)} to run", flush=True)
     # One (method, seed) failing (e.g. a diverging baseline) must not cost the others: its error is printed at
@@ -430,7 +434,7 @@ def main(argv: list[str] | None = None) -> Path:
                 run_method(method, seed, proto, benchmark, cfg, run_dir, args.quiet, on_row, prior_rows=prior)
             except Exception as err:  # noqa: BLE001 - reported, and the run is left unfinished
                 report_failure((method, seed), err)
-            if rows:
+            if _has_parts(run_dir):
                 write_reports(gather_parts(run_dir), run_dir)
     else:
         import multiprocessing as mp
@@ -442,12 +446,12 @@ def main(argv: list[str] | None = None) -> Path:
             for fut in as_completed(futures):
                 try:
                     fut.result()  # a worker's error is re-raised here, as soon as that worker ends
+                    if not args.quiet:
+                        print(f"finished {futures[fut]} ({len(futures)} runs in this call)", flush=True)
                 except Exception as err:  # noqa: BLE001
                     report_failure(futures[fut], err)
-                    continue
-                write_reports(gather_parts(run_dir), run_dir)
-                if not args.quiet:
-                    print(f"finished {futures[fut]} ({len(futures)} runs in this call)", flush=True)
+                if _has_parts(run_dir):  # after a failure too: the failed run's finished rows are reported
+                    write_reports(gather_parts(run_dir), run_dir)
     config["wall_seconds"] = round(time.perf_counter() - t_start, 1)
     # Failures of earlier calls that this call did not retry stay on record (and keep the run unfinished).
     retried = {f"{m}-seed{s}" for m, s in jobs}
@@ -455,8 +459,6 @@ def main(argv: list[str] | None = None) -> Path:
                         **{f"{m}-seed{s}": e for (m, s), e in failed.items()}}
     atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
     if failed:
-        if (run_dir / "parts").exists():
-            write_reports(gather_parts(run_dir), run_dir)
         lines = "\n".join(f"  {k}: {e}" for k, e in config["failed"].items())
         raise SystemExit(f"error: {len(failed)} of {len(jobs)} runs failed (rows they finished are kept in "
                          f"{run_dir / 'parts'}):\n{lines}\nfix the cause, then rerun only these with --resume {run_dir}")

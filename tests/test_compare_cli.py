@@ -140,3 +140,15 @@ def test_negative_workers_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         compare.parse_args(["--workers", "-1"])
     assert "--workers must be 0 or more" in capsys.readouterr().err
+
+
+def test_parallel_run_reports_a_failed_run_s_finished_rows(tmp_path, capsys):
+    # --jobs 2 (worker processes): lr 1e9 makes naive's loss NaN in its second experience, after one finished row
+    with pytest.raises(SystemExit, match="1 of 2 runs failed"):
+        compare.main(TINY + ["--methods", "naive", "ncm", "--lr", "1e9", "--jobs", "2", "--out", str(tmp_path),
+                             "--run-id", "p"])
+    assert "naive seed 0 failed, the other runs go on" in capsys.readouterr().err
+    run_dir = tmp_path / "cifar100-cpu" / "p"
+    summary = pd.read_csv(run_dir / "summary.csv").set_index("method")
+    assert summary.loc["naive", "n_unfinished"] == 1 and summary.loc["ncm", "n_seeds"] == 1
+    assert "0 (+1 unfinished)" in (run_dir / "table.md").read_text()
