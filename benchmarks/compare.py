@@ -301,6 +301,11 @@ def _part(run_dir: Path, method: str, seed: int) -> Path:
     return run_dir / "parts" / f"{method}-seed{seed}.csv"
 
 
+def _call_record(config: dict) -> dict:
+    return {k: config.get(k) for k in ("command", "started_utc", "wall_seconds", "methods", "seeds", "device",
+                                       "device_name", "threads", "workers")}
+
+
 def _has_parts(run_dir: Path) -> bool:
     return any((run_dir / "parts").glob("*.csv"))
 
@@ -393,10 +398,11 @@ def main(argv: list[str] | None = None) -> Path:
                              f"flags and the library's current defaults give {config['sdlora_effective']}; pass the "
                              "run's options explicitly (e.g. --direction-norm) or start a new run")
         earlier_failures = saved.get("failed", {})
+        earlier_calls = saved.get("calls") or [_call_record(saved)]
         # Extending a finished run (more seeds or methods) keeps its finished parts; it is unfinished until this ends.
         (run_dir / "DONE").unlink(missing_ok=True)
     else:
-        earlier_failures = {}
+        earlier_failures, earlier_calls = {}, []
         atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
     # This call's rows per (method, seed); each list is its part file's content (reports read the part files).
     part_rows: dict[tuple[str, int], list[dict]] = {}
@@ -453,6 +459,8 @@ def main(argv: list[str] | None = None) -> Path:
                 if _has_parts(run_dir):  # after a failure too: the failed run's finished rows are reported
                     write_reports(gather_parts(run_dir), run_dir)
     config["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+    # Every call that wrote into this folder, oldest first (a resumed run's top-level fields describe the last one).
+    config["calls"] = earlier_calls + [_call_record(config)]
     # Failures of earlier calls that this call did not retry stay on record (and keep the run unfinished).
     retried = {f"{m}-seed{s}" for m, s in jobs}
     config["failed"] = {**{k: e for k, e in earlier_failures.items() if k not in retried},

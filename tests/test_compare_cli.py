@@ -91,6 +91,10 @@ def test_resume_adds_seeds_to_a_finished_run_and_keeps_its_parts(tiny_run, tmp_p
     assert set(summary["method"]) == set(METHODS)
     assert int(summary.loc[summary["method"] == "ncm", "n_seeds"].iloc[0]) == 2
     assert set(pd.read_csv(copy / "per_task.csv")["method"]) == set(METHODS)
+    # config.json keeps every call that wrote into the folder, the first one included
+    calls = json.loads((copy / "config.json").read_text())["calls"]
+    assert len(calls) == 2 and calls[0]["methods"] == list(METHODS) and calls[1]["seeds"] == [0, 1]
+    assert "--resume" in calls[1]["command"] and calls[1]["wall_seconds"] is not None
 
 
 def test_a_failing_method_does_not_cost_the_others_and_leaves_the_run_unfinished(tmp_path, monkeypatch, capsys):
