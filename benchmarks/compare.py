@@ -77,8 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, help="torch CPU threads (one per process when running two at once)")
     p.add_argument("--workers", type=int, default=0,
-                   help="DataLoader worker processes per run (0: load in the training process, right for a CPU run; "
-                        "a GPU run at 224 px is otherwise bound by the per-sample conversion)")
+                   help="DataLoader worker processes per run for the per-sample conversion and flip (0, the default: "
+                        "in the training process, right for a CPU run; a few for a GPU run)")
     p.add_argument("--out", default="results", help="results root; the run goes to <out>/<protocol>/<run-id>")
     p.add_argument("--run-id", help="run folder name (default: UTC timestamp)")
     p.add_argument("--report-only", metavar="RUN_DIR",

@@ -59,5 +59,6 @@ def main(argv: list[str] | None = None) -> None:
                        lambda row: print(f"experience {row['experience']} done: seen-class accuracy "
                                          f"{100 * row['acc_seen']:.2f}%", flush=True), plugins=[LossPartsTrace()])
 
+
 if __name__ == "__main__":
     main()
