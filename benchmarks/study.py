@@ -68,8 +68,7 @@ def gather(out: Path, reuse: list[str] | None = None, methods: list[str] | None 
         proto = config["protocol"]
         df["epochs"], df["train_per_class"], df["lr"] = proto["epochs"], proto["train_per_class"], proto["lr"]
         df["test_per_class"] = config.get("test_per_class") or "all"
-        # Cells of one study may come from different machines (CPU here, a lent GPU for the large budgets).
-        df["device"] = config.get("device_name") or config.get("device", "cpu")
+        df["device"] = device_label(config)
         df["source"] = str(run_dir)
         frames.append(df)
     if not frames:
@@ -99,6 +98,16 @@ def gather(out: Path, reuse: list[str] | None = None, methods: list[str] | None 
     finished = per_task.merge(runs[run_keys], on=run_keys)
     _plots(finished, cells, out)
     return cells
+
+
+def device_label(config: dict) -> str:
+    """"cpu", or the GPU's name: cells of one study may come from different machines (a lent GPU for large budgets).
+
+    Read from the recorded ``device`` (every run has it) rather than ``device_name`` (newer runs only), so one
+    machine gets one label whatever version of compare wrote the folder.
+    """
+    device = str(config.get("device", "cpu"))
+    return device if not device.startswith("cuda") else (config.get("device_name") or device)
 
 
 def unfinished_cells(per_task: pd.DataFrame, runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -141,7 +150,7 @@ def _plots(per_task: pd.DataFrame, cells: pd.DataFrame, out: Path) -> None:
             g = g.sort_values("budget")
             ax.errorbar(g["budget"], 100 * g["acc_mean"], yerr=100 * g["acc_std"].fillna(0), marker="", label=method,
                         capsize=3, color=colours[method])
-            gpu = g["device"].str.contains("GPU|NVIDIA|cuda", case=False, regex=True)
+            gpu = g["device"] != "cpu"
             ax.plot(g["budget"][~gpu], 100 * g["acc_mean"][~gpu], "o", color=colours[method])
             ax.plot(g["budget"][gpu], 100 * g["acc_mean"][gpu], "o", mfc="white", color=colours[method])
         ax.set_title(f"lr {lr:g} (filled: CPU, hollow: GPU cells)")

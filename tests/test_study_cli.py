@@ -12,7 +12,7 @@ def test_study_grid_and_outputs(tmp_path):
     args = ["--methods", "sdlora", "seq-lora", "--epochs", "1", "--train-per-class", "4", "--lrs", "0.01", "0.05",
             "--seeds", "0", "--jobs", "1", "--out", str(tmp_path)]
     cells = study.main(args + TINY)
-    assert len(cells) == 4 and set(cells["lr"]) == {0.01, 0.05} and cells["device"].str.len().gt(0).all()
+    assert len(cells) == 4 and set(cells["lr"]) == {0.01, 0.05} and (cells["device"] == "cpu").all()
     per_task = pd.read_csv(tmp_path / "per_task.csv")
     assert {"method", "seed", "epochs", "train_per_class", "lr", "experience", "acc_seen", "alphas",
             "update_norm", "device"} <= set(per_task.columns)
@@ -61,3 +61,10 @@ def test_cut_short_cells_are_compared_at_the_last_experience_every_run_reached()
     # a study whose runs all finished writes no unfinished.csv
     assert study.unfinished_cells(per_task, finished.assign(finished=True), ["method", "epochs", "train_per_class",
                                                                             "lr"]).empty
+
+
+def test_device_label_is_cpu_or_the_gpu_name_for_old_and_new_run_folders():
+    assert study.device_label({"device": "cpu"}) == "cpu"  # written before device_name was recorded
+    assert study.device_label({"device": "cpu", "device_name": "AMD EPYC"}) == "cpu"
+    assert study.device_label({"device": "cuda", "device_name": "NVIDIA H100 80GB HBM3"}) == "NVIDIA H100 80GB HBM3"
+    assert study.device_label({"device": "cuda:1"}) == "cuda:1"
