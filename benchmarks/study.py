@@ -140,6 +140,9 @@ def _plots(per_task: pd.DataFrame, cells: pd.DataFrame, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    budget_keys = ["epochs", "train_per_class", "lr"]
+    # One colour per budget cell, shared by alphas.png and drift.png.
+    budget_colour = {b: f"C{k % 10}" for k, b in enumerate(sorted(per_task.groupby(budget_keys).groups))}
     budgets = cells.assign(budget=cells["epochs"] * cells["train_per_class"])
     lrs = sorted(budgets["lr"].unique())
     # One colour per method in every panel; filled markers for CPU cells, hollow for GPU ones.
@@ -167,13 +170,10 @@ def _plots(per_task: pd.DataFrame, cells: pd.DataFrame, out: Path) -> None:
     if len(sd):
         last = sd[sd["experience"] == sd["n_experiences"] - 1]
         fig, ax = plt.subplots(figsize=(6, 4))
-        # Mean over seeds per cell (seeds as thin lines), one colour per budget as in drift.png.
-        cells_sd = sorted(last.groupby(["epochs", "train_per_class", "lr"]).groups)
-        all_budgets = sorted(per_task.groupby(["epochs", "train_per_class", "lr"]).groups)
-        for e, n, lr in cells_sd:
-            g = last[(last["epochs"] == e) & (last["train_per_class"] == n) & (last["lr"] == lr)]
+        # Mean over seeds per cell (seeds as thin lines).
+        for (e, n, lr), g in last.groupby(budget_keys):
             a = np.array([[float(v) for v in str(x).split()] for x in g["alphas"]])
-            colour = f"C{all_budgets.index((e, n, lr)) % 10}"
+            colour = budget_colour[(e, n, lr)]
             k = np.arange(1, a.shape[1] + 1)
             for row in a:
                 ax.plot(k, row, color=colour, alpha=0.25, lw=0.8)
@@ -188,17 +188,14 @@ def _plots(per_task: pd.DataFrame, cells: pd.DataFrame, out: Path) -> None:
     if "update_norm" in per_task:
         drift = per_task[per_task["update_norm"].notna()]
         if len(drift):
-            # One panel per method, one colour per budget in every panel, so the two methods compare cell by cell.
+            # One panel per method, the same colour for a budget in every panel, so the methods compare cell by cell.
             methods = sorted(drift["method"].unique())
-            budgets = sorted(per_task.groupby(["epochs", "train_per_class", "lr"]).groups)
             fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 4), sharey=True, squeeze=False)
             for ax, method in zip(axes[0], methods):
-                for k, (e, n, lr) in enumerate(budgets):
-                    g = drift[(drift["method"] == method) & (drift["epochs"] == e) & (drift["train_per_class"] == n)
-                              & (drift["lr"] == lr)]
-                    if len(g):
-                        s = g.groupby("experience")["update_norm"].mean()
-                        ax.plot(s.index + 1, s.values, marker=".", color=f"C{k % 10}", label=f"e{e} n{n} lr{lr:g}")
+                for (e, n, lr), g in drift[drift["method"] == method].groupby(budget_keys):
+                    s = g.groupby("experience")["update_norm"].mean()
+                    ax.plot(s.index + 1, s.values, marker=".", color=budget_colour[(e, n, lr)],
+                            label=f"e{e} n{n} lr{lr:g}")
                 ax.set_title(method)
                 ax.set_xlabel("experience")
                 ax.grid(alpha=0.3)
