@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from avalanche_sdlora import sdlora_vit
 from avalanche_sdlora.checkpoint import latest_checkpoint, load_checkpoint
+
+from . import compare
 
 
 def main(argv: list[str] | None = None) -> list[float]:
@@ -39,4 +42,4 @@ def main(argv: list[str] | None = None) -> list[float]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(compare.cli(main=main))  # errors as one line, as compare's

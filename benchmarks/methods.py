@@ -57,6 +57,9 @@ class SingleLoRAPlugin(SupervisedPlugin):
     def before_training_exp(self, strategy, **kwargs) -> None:
         if len(strategy.model.magnitudes) == 0:
             add_plain_lora_pair(strategy.model, self.rank)
+        # Every experience, not only when the pair is made: a model restored from a checkpoint has its magnitude
+        # re-created by load_state_dict as a new, trainable parameter.
+        strategy.model.magnitudes.alpha.requires_grad_(False)
         strategy.make_optimizer(reset_optimizer_state=True)
 
 

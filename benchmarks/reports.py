@@ -14,13 +14,21 @@ from avalanche_sdlora.metrics import average_anytime_accuracy, backward_transfer
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    path = Path(path)
+    _atomic_write(Path(path), lambda f: f.write(text.encode()))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """``write(binary file)`` to ``.<name>.<random>.tmp`` beside ``path``, fsync, rename over ``path``, fsync the folder.
+
+    The folder's fsync makes the rename itself durable: without it a power loss after the rename can bring back
+    the old file (or none) although the new one was reported written.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -28,6 +36,16 @@ def atomic_write_text(path: Path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make renames and new entries in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -144,6 +162,4 @@ def plot(per_task: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> None:
 
 
 def _atomic_savefig(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    _atomic_write(Path(path), lambda f: fig.savefig(f, dpi=120, format="png"))

@@ -117,3 +117,78 @@ def test_experience_with_no_samples():
     s.experience = SimpleNamespace(dataset=[], classes_in_this_experience=[0], current_experience=3)
     with pytest.raises(ValueError, match="experience 3 has no samples"):
         s._before_training_exp()
+
+
+# The command line: every error before the run loop is one line "error: ..." naming the flag, and exit status 1.
+CLI_TINY = ["--classes", "6", "--n-experiences", "3", "--train-per-class", "4", "--test-per-class", "3",
+            "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--quiet", "--threads", "1", "--methods", "ncm"]
+
+
+def _cli_error(capsys, argv):
+    from benchmarks import compare
+
+    assert compare.cli(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--seeds", "-1"], "--seeds must be integers from 0 to 4294967295 (numpy's seed range), got -1"),
+    (["--class-order-seed", "-5"], "--class-order-seed must be integers from 0"),
+    (["--img-size", "8"], "--img-size 8 is not a multiple of vit_tiny_patch16_224's patch size 16"),
+    (["--img-size", "33"], "--img-size 33 is not a multiple of vit_tiny_patch16_224's patch size 16 (the last pixels "
+                           "would be ignored); pass e.g. --img-size 32 or 48"),
+    (["--model", "resnet18"], "--model 'resnet18' is not a timm ViT"),
+    (["--model", "vit_tinyy"], "--model 'vit_tinyy' is not a timm model name"),
+    (["--classes", "150"], "--classes 150: CIFAR-100 has 100 classes; pass at most 100"),
+    (["--train-per-class", "9999"], "--train-per-class 9999: "),
+    (["--test-per-class", "101"], "--test-per-class 101: "),
+    (["--eval-amp", "ture"], "expected true or false, got 'ture'"),
+    (["--lr", "-0.1"], "--lr must be a positive number, got -0.1"),
+    (["--lr", "nan"], "--lr must be a positive number, got nan"),
+    (["--methods", "lora-magic"], "unknown method(s) ['lora-magic']"),
+    (["--resume", "/nonexistent/run"], "--resume '/nonexistent/run' is not a run folder"),
+    (["--data", "/nonexistent/c.npz"], "--data '/nonexistent/c.npz' is not a file"),
+])
+def test_cli_errors_are_one_line_naming_the_flag(capsys, argv, expected):
+    err = _cli_error(capsys, CLI_TINY + argv)
+    assert expected in err, err
+
+
+def test_cli_per_class_limit_says_what_the_data_has(capsys):
+    err = _cli_error(capsys, CLI_TINY + ["--train-per-class", "9999"])
+    assert "has 500 images per class (the fewest of the chosen classes); pass at most 500" in err
+
+
+def test_library_errors_before_the_run_loop_are_one_line_and_verbose_shows_the_traceback(tmp_path, capsys):
+    from benchmarks import compare
+
+    bad = tmp_path / "garbage.npz"
+    bad.write_bytes(b"not a zip")
+    argv = CLI_TINY + ["--data", str(bad), "--out", str(tmp_path), "--run-id", "g"]
+    err = _cli_error(capsys, argv)
+    assert "not a readable npz" in err and "--verbose prints the traceback" in err
+    assert compare.cli(argv + ["--verbose"]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+    assert not (tmp_path / "cifar100-cpu" / "g").exists()  # nothing was created for a run that never started
+
+
+def test_a_damaged_run_folder_checkpoint_is_named(tmp_path, monkeypatch):
+    from benchmarks import compare
+
+    argv = CLI_TINY[:-1] + ["sdlora", "--out", str(tmp_path), "--run-id", "d"]
+    run_dir = compare.main(argv)
+    (run_dir / "DONE").unlink()
+    part = run_dir / "parts" / "sdlora-seed0.csv"
+    part.write_text("".join(part.read_text().splitlines(keepends=True)[:3]))  # rows of experiences 0 and 1
+
+    def damaged(directory, experience, *args, **kwargs):
+        raise ValueError("invalid safetensors header")
+
+    monkeypatch.setattr(compare, "load_checkpoint", damaged)
+    with pytest.raises(SystemExit, match="1 of 1 runs failed") as err:
+        compare.main(CLI_TINY[:-1] + ["sdlora", "--resume", str(run_dir)])
+    ckpt = run_dir / "checkpoints" / "sdlora-seed0"
+    assert f"'{ckpt / 'exp1.safetensors'}' (and exp1.json): invalid safetensors header" in str(err.value)
+    assert f"delete '{ckpt}'" in str(err.value)

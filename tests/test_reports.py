@@ -42,3 +42,48 @@ def test_a_stopped_seed_is_counted_not_averaged_and_a_method_with_none_finished_
     table = markdown_table(summarize(per_task))
     assert "| a | 40.00 ± 14.14 |" in table and "| 2 (+1 unfinished) |" in table
     assert "| c | n/a | n/a | n/a | n/a | 10 | 20 | n/a | 0 (+1 unfinished) |" in table
+
+
+def _trace_durability(monkeypatch):
+    """Record fsyncs (of a file or a folder) and renames, in order."""
+    import os
+    import stat
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", os.path.basename(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def test_atomic_writes_are_durable_renames(tmp_path, monkeypatch):
+    # the file's data is on disk before the rename, and the rename itself (the folder entry) after it
+    from benchmarks.reports import atomic_write_text
+
+    events = _trace_durability(monkeypatch)
+    atomic_write_text(tmp_path / "table.md", "| a |\n")
+    assert events == [("fsync", "file"), ("rename", "table.md"), ("fsync", "dir")]
+    assert (tmp_path / "table.md").read_text() == "| a |\n" and [p.name for p in tmp_path.iterdir()] == ["table.md"]
+
+
+def test_plots_are_written_atomically_and_durably(tmp_path, monkeypatch):
+    from benchmarks.reports import plot
+
+    per_task = pd.DataFrame(_rows("sdlora", 0, [0.9, 0.8]))
+    summary = summarize(per_task)
+    events = _trace_durability(monkeypatch)
+    plot(per_task, summary, tmp_path)
+    for name in ("seen_accuracy.png", "final_accuracy.png"):
+        k = events.index(("rename", name))
+        assert events[k - 1] == ("fsync", "file") and events[k + 1] == ("fsync", "dir"), events
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final_accuracy.png", "seen_accuracy.png"]

@@ -1,51 +1,165 @@
-"""Exact resume: a run killed after an experience and resumed equals an uninterrupted run, bit for bit on CPU."""
+"""Exact resume: a run killed at chosen points and resumed equals an uninterrupted run, bit for bit on CPU."""
 
+import json
+import shutil
+
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from benchmarks import compare
 
 TINY = ["--classes", "6", "--n-experiences", "3", "--train-per-class", "4", "--test-per-class", "3",
         "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--quiet", "--threads", "1"]
-COLS = ["experience", "acc_seen", "acc_exp_0", "acc_exp_1", "acc_exp_2", "alphas", "stored_params"]
+METHODS = ["naive", "seq-lora", "sdlora"]  # an Avalanche baseline (restarts) and two checkpointed methods
+LOGS = ("training_results.csv", "eval_results.csv")
 
 
-def _table(run_dir):
-    df = pd.read_csv(run_dir / "per_task.csv")
-    return df[df["method"] == "sdlora-kd"].sort_values("experience")[COLS].reset_index(drop=True)
+def _rows(path):
+    """A CSV of rows as written (every field as text), without the wall-clock columns."""
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return df.drop(columns=[c for c in df.columns if c.endswith("_seconds")])
 
 
-def test_killed_run_resumes_to_identical_metrics(tmp_path, monkeypatch):
-    args = TINY + ["--methods", "sdlora-kd", "--out", str(tmp_path)]
-    clean = _table(compare.main(args + ["--run-id", "clean"]))
+def _assert_same_run(resumed, clean):
+    pd.testing.assert_frame_equal(_rows(resumed / "per_task.csv"), _rows(clean / "per_task.csv"))
+    for method in METHODS:
+        pd.testing.assert_frame_equal(_rows(resumed / "parts" / f"{method}-seed0.csv"),
+                                      _rows(clean / "parts" / f"{method}-seed0.csv"))
+        for log in LOGS:
+            got = (resumed / "csv" / method / "seed0" / log).read_text()
+            assert got == (clean / "csv" / method / "seed0" / log).read_text(), (method, log)
+    pd.testing.assert_frame_equal(_rows(resumed / "summary.csv"), _rows(clean / "summary.csv"))
 
-    real_save = compare.save_checkpoint
 
-    def crash_after_exp1(directory, experience, *a, **kw):
+def test_killed_runs_resume_to_identical_rows_and_logs(tmp_path, monkeypatch):
+    args = TINY + ["--methods", *METHODS]
+    clean = compare.main(args + ["--out", str(tmp_path), "--run-id", "clean"])
+    killed = tmp_path / "cifar100-cpu" / "killed"
+    real_save, real_write = compare.save_checkpoint, compare.atomic_write_csv
+
+    # kill 1: while naive's row of experience 1 is being written (the part keeps experience 0 only)
+    def kill_in_naive_row(df, path):
+        if path.name == "naive-seed0.csv" and len(df) == 2:
+            raise KeyboardInterrupt("kill")
+        return real_write(df, path)
+
+    monkeypatch.setattr(compare, "atomic_write_csv", kill_in_naive_row)
+    with pytest.raises(KeyboardInterrupt):
+        compare.main(args + ["--out", str(tmp_path), "--run-id", "killed"])
+    assert len(pd.read_csv(killed / "parts" / "naive-seed0.csv")) == 1
+    monkeypatch.setattr(compare, "atomic_write_csv", real_write)
+
+    # kill 2: seq-lora, as its third experience ends (rows and checkpoints of experiences 0 and 1 exist)
+    def kill_before_seq_lora_exp2(directory, experience, *a, **kw):
+        if "seq-lora" in str(directory) and experience == 2:
+            raise KeyboardInterrupt("kill")
+        return real_save(directory, experience, *a, **kw)
+
+    monkeypatch.setattr(compare, "save_checkpoint", kill_before_seq_lora_exp2)
+    with pytest.raises(KeyboardInterrupt):
+        compare.main(args + ["--resume", str(killed)])
+    assert len(pd.read_csv(killed / "parts" / "seq-lora-seed0.csv")) == 2
+
+    # kill 3: sdlora, after experience 1's checkpoint but before its row (it resumes from experience 0's)
+    def kill_after_sdlora_exp1(directory, experience, *a, **kw):
         path = real_save(directory, experience, *a, **kw)
-        if experience == 1:
-            raise KeyboardInterrupt("simulated kill")
+        if "sdlora-seed0" in str(directory) and experience == 1:
+            raise KeyboardInterrupt("kill")
         return path
 
-    monkeypatch.setattr(compare, "save_checkpoint", crash_after_exp1)
+    monkeypatch.setattr(compare, "save_checkpoint", kill_after_sdlora_exp1)
     with pytest.raises(KeyboardInterrupt):
-        compare.main(args + ["--run-id", "killed"])
-    killed = tmp_path / "cifar100-cpu" / "killed"
-    assert len(pd.read_csv(killed / "per_task.csv")) == 1  # experience 0's row survived the crash
+        compare.main(args + ["--resume", str(killed)])
     monkeypatch.setattr(compare, "save_checkpoint", real_save)
-    resumed = _table(compare.main(TINY + ["--methods", "sdlora-kd", "--resume", str(killed)]))
-    pd.testing.assert_frame_equal(resumed, clean, check_exact=True)
+    compare.main(args + ["--resume", str(killed)])
+    _assert_same_run(killed, clean)
+    # seq-lora's magnitude stayed fixed at 1 through the resume (it trained to 3.0 when a restored model unfroze it)
+    seq = pd.read_csv(killed / "parts" / "seq-lora-seed0.csv")
+    assert (seq["alphas"].astype(float) == 1.0).all()
 
 
 def test_same_seed_same_numbers_twice(tmp_path):
     args = TINY + ["--methods", "sdlora", "--out", str(tmp_path)]
-    a = pd.read_csv(compare.main(args + ["--run-id", "a"]) / "per_task.csv")
-    b = pd.read_csv(compare.main(args + ["--run-id", "b"]) / "per_task.csv")
-    pd.testing.assert_frame_equal(a[COLS], b[COLS], check_exact=True)
+    a = compare.main(args + ["--run-id", "a"])
+    b = compare.main(args + ["--run-id", "b"])
+    pd.testing.assert_frame_equal(_rows(a / "per_task.csv"), _rows(b / "per_task.csv"))
 
 
-def test_resume_with_other_configuration_is_refused(tmp_path):
-    run_dir = compare.main(TINY + ["--methods", "ncm", "--out", str(tmp_path), "--run-id", "r"])
-    (run_dir / "DONE").unlink()
-    with pytest.raises(SystemExit, match="another configuration"):
-        compare.main(TINY + ["--methods", "ncm", "--epochs", "2", "--resume", str(run_dir)])
+@pytest.fixture(scope="module")
+def finished_ncm(tmp_path_factory):
+    """A finished one-method run (ncm trains in one pass: cheap) to resume with other settings."""
+    out = tmp_path_factory.mktemp("ncm")
+    return compare.main(TINY + ["--methods", "ncm", "--out", str(out), "--run-id", "r"])
+
+
+@pytest.mark.parametrize("change, named", [
+    (["--epochs", "2"], "--epochs: the run's 1, this call's 2"),
+    (["--classes", "12"], "--classes: the run's 6, this call's 12"),
+    (["--test-per-class", "2"], "--test-per-class: the run's 3, this call's 2"),
+    (["--threads", "2"], "--threads (torch threads per (method, seed); --jobs 2 or more means 1): the run's 1"),
+    (["--workers", "1"], "--workers"),
+    (["--ewc-lambda", "1000"], "--ewc-lambda: the run's 100.0, this call's 1000.0"),
+    (["--data", "OTHER_NPZ"], "--data (the npz's content): the run's 'cifar100.npz'"),
+    (["--checkpoint", "OTHER_WEIGHTS"], "--checkpoint (the weights' content)"),
+])
+def test_resume_refuses_every_setting_that_changes_a_number(finished_ncm, tmp_path, change, named):
+    if "OTHER_NPZ" in change:  # another npz (content differs); it is refused before it is read as data
+        np.savez(tmp_path / "other.npz", x_train=np.zeros((24, 32, 32, 3), np.uint8), y_train=np.arange(24) % 6,
+                 x_test=np.zeros((18, 32, 32, 3), np.uint8), y_test=np.arange(18) % 6)
+        change = ["--data", str(tmp_path / "other.npz")]
+    if "OTHER_WEIGHTS" in change:
+        (tmp_path / "w.safetensors").write_bytes(b"other weights")
+        change = ["--checkpoint", str(tmp_path / "w.safetensors")]
+    before, threads = (finished_ncm / "config.json").read_text(), torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit, match="was run with other settings") as err:
+            compare.main(TINY + change + ["--methods", "ncm", "--seeds", "1", "--resume", str(finished_ncm)])
+    finally:
+        torch.set_num_threads(threads)
+    assert named in str(err.value) and "another --run-id" in str(err.value)
+    assert (finished_ncm / "config.json").read_text() == before and not (finished_ncm / "parts" / "ncm-seed1.csv").exists()
+
+
+def test_resume_accepts_the_same_weights_moved_elsewhere(finished_ncm, tmp_path):
+    weights = json.loads((finished_ncm / "config.json").read_text())["checkpoint"]
+    moved = tmp_path / "elsewhere.safetensors"
+    shutil.copy(weights, moved)  # another name, path and mtime; the same content
+    assert compare.main(TINY + ["--methods", "ncm", "--checkpoint", str(moved), "--resume", str(finished_ncm)]) == finished_ncm
+    assert json.loads((finished_ncm / "config.json").read_text())["checkpoint"] == str(moved)
+
+
+def test_a_run_folder_from_before_identity_is_checked_on_what_it_recorded(finished_ncm, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(finished_ncm, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["identity"]  # as written by earlier versions of compare
+    (old / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match="--classes: the run's 6, this call's 12"):
+        compare.main(TINY + ["--classes", "12", "--methods", "ncm", "--resume", str(old)])
+    compare.main(TINY + ["--methods", "ncm", "--resume", str(old)])  # same settings: accepted, identity recorded
+    assert json.loads((old / "config.json").read_text())["identity"]["data"]["name"] == "cifar100.npz"
+
+
+def test_kill_while_writing_the_reports_then_resume_rebuilds_them(tmp_path, monkeypatch):
+    real = compare.markdown_table
+    monkeypatch.setattr(compare, "markdown_table", lambda s: (_ for _ in ()).throw(KeyboardInterrupt("kill")))
+    with pytest.raises(KeyboardInterrupt):
+        compare.main(TINY + ["--methods", "ncm", "--out", str(tmp_path), "--run-id", "k"])
+    run_dir = tmp_path / "cifar100-cpu" / "k"
+    assert (run_dir / "per_task.csv").exists() and not (run_dir / "table.md").exists()
+    # temporary files left by a killed writer are removed when the next writer takes the folder
+    (run_dir / ".summary.csv.abc123.tmp").write_text("half")
+    (run_dir / "parts" / ".ncm-seed0.csv.def456.tmp").write_text("half")
+    # a resume with nothing left to run still rebuilds the reports; killed while doing so, it writes no DONE
+    monkeypatch.setattr(compare, "plot", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt("kill")))
+    monkeypatch.setattr(compare, "markdown_table", real)
+    with pytest.raises(KeyboardInterrupt):
+        compare.main(TINY + ["--methods", "ncm", "--resume", str(run_dir)])
+    assert not (run_dir / "DONE").exists()
+    monkeypatch.undo()
+    compare.main(TINY + ["--methods", "ncm", "--resume", str(run_dir)])
+    for f in ("table.md", "summary.csv", "seen_accuracy.png", "DONE"):
+        assert (run_dir / f).exists(), f
+    assert not list(run_dir.rglob("*.tmp")) and not (run_dir / ".lock").exists()
