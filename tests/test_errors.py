@@ -37,7 +37,7 @@ def test_weights_of_another_width(tmp_path):
     small = create_backbone("vit_small_patch16_224", img_size=32)
     p = tmp_path / "small.safetensors"
     save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(p))
-    with pytest.raises(ValueError, match=r"do not fit 'vit_tiny_patch16_224'.*--model or --checkpoint"):
+    with pytest.raises(ValueError, match=r"do not fit 'vit_tiny_patch16_224'.*model_name= that matches checkpoint="):
         create_backbone("vit_tiny_patch16_224", checkpoint=p, img_size=32)
 
 
