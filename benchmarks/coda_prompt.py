@@ -97,9 +97,8 @@ class ComponentPool(nn.Module):
         self.length, self.prompt_dim, self.key_dim = length, prompt_dim, key_dim
         self.P, self.K, self.A = nn.ParameterList(), nn.ParameterList(), nn.ParameterList()
 
-    def add_task(self, n: int) -> None:
+    def add_task(self, n: int, device: torch.device | str = "cpu") -> None:
         """Freeze every existing block; add ``n`` components orthogonal to all earlier ones (P, K, A separately)."""
-        device = self.P[0].device if len(self.P) else torch.device("cpu")
         for plist, width in ((self.P, self.length * self.prompt_dim), (self.K, self.key_dim), (self.A, self.key_dim)):
             old = torch.cat([p.detach().reshape(p.shape[0], -1) for p in plist]) if len(plist) else \
                 torch.zeros(0, width)
@@ -169,8 +168,9 @@ class CodaPromptViT(nn.Module):
         if t >= self.n_tasks:
             raise ValueError(f"task {t} exceeds n_tasks={self.n_tasks} the pool was divided over; build with "
                              "n_experiences equal to the benchmark's")
+        device = self.task.device  # the model may already sit on an accelerator (Avalanche moves it first)
         for pool in self.pools:
-            pool.add_task(self.per_task)
+            pool.add_task(self.per_task, device=device)
         self.task.fill_(t)
 
     def end_task(self) -> None:
