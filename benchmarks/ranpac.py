@@ -24,8 +24,11 @@ The projection comes from a seeded ``torch.Generator``, so one integer could reg
 
 Cost of the M x M solve on the project's 2-core CPU, one thread (``torch.linalg.solve``, ``(G + lambda I) W = Q`` with
 100 classes; peak resident memory of the process): M 4000: float32 0.51 s, float64 0.83 s; M 6000: 1.56 s / 2.66 s,
-1.0 / 1.4 GB; M 10000: float32 7.0 s, 1.7 GB, float64 12.2 s, 2.8 GB (``G`` alone 0.38 / 0.76 GB). One solve per
-experience, so the reference's M = 10000 stays the default (about two minutes of solves over ten experiences).
+1.0 / 1.4 GB; M 10000: float32 7.0 s, 1.7 GB, float64 12.2 s, 2.8 GB (``G`` alone 0.38 / 0.76 GB). A whole update
+after a 1000-image experience (``G``/``Q`` accumulation, lambda selection, solve) took 24-27 s and 3.3 GB at M 10000
+in float64 (15-18 s, 2.1 GB in float32; 5.6 s, 1.6 GB at M 5000) with the machine shared (load ~5). One solve per
+experience, so the reference's M = 10000 stays the default: a few minutes over ten experiences, less than the
+feature passes themselves on the CPU protocol.
 """
 
 from __future__ import annotations
