@@ -27,7 +27,7 @@ from safetensors.torch import save as save_bytes
 
 from .adapter_io import (adapter_config, adapter_state_dict, load_adapter_state, read_checked_tensors, require_sdlora,
                          sha256_hex, write_atomic)
-from .evaluator_state import evaluator_state, keyed_by_class, restore_evaluator_state
+from .evaluator_state import evaluator_state, has_state_dict, keyed_by_class, restore_evaluator_state
 
 FORMAT = "avalanche-sdlora-checkpoint/2"
 FORMAT_V1 = "avalanche-sdlora-checkpoint/1"  # whole model state dict, no checksum: still loaded
@@ -138,7 +138,7 @@ def load_checkpoint(directory: str | Path, experience: int, model: torch.nn.Modu
     ``model`` is built as for the saved run (same timm model, image size, options and base weights file):
     the base is checked against the recorded fingerprint and the adapter tensors are loaded strictly. A
     checkpoint written with another ``config`` is refused with the differing keys named; a damaged one with
-    its file named. Nothing changes in the model or the RNGs unless every check passes.
+    its file named. The file, the configuration and the base are checked before anything is changed.
     """
     json_path, tensor_path = _paths(directory, experience)
     meta = _read_meta(json_path)
@@ -220,10 +220,6 @@ class CheckpointPlugin(SupervisedPlugin):
         return last + 1
 
 
-def _has_state(obj) -> bool:
-    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
-
-
 def strategy_state(strategy) -> dict:
     """The small non-tensor state of a strategy (JSON-serialisable).
 
@@ -235,7 +231,7 @@ def strategy_state(strategy) -> dict:
     state: dict = {"seen_classes": sorted(int(c) for c in getattr(strategy, "_seen_classes", set()))}
     plugins = {}
     for key, p in keyed_by_class(strategy.plugins):
-        if _has_state(p):
+        if has_state_dict(p):
             plugins[key] = p.state_dict()
             try:
                 json.dumps(plugins[key])
@@ -263,7 +259,7 @@ def restore_strategy_state(strategy, state: dict) -> None:
         strategy._seen_classes = set(state.get("seen_classes", []))
     saved = dict(state.get("plugins", {}))
     for key, p in keyed_by_class(strategy.plugins):
-        if _has_state(p) and key in saved:
+        if has_state_dict(p) and key in saved:
             p.load_state_dict(saved.pop(key))
         elif isinstance(p, RankReductionPlugin) and "rank_reduction_task" in state:
             p.task = state["rank_reduction_task"]
@@ -273,8 +269,8 @@ def restore_strategy_state(strategy, state: dict) -> None:
         warnings.warn(f"the checkpoint holds state of plugins this strategy does not have: {sorted(saved)}; "
                       "build the strategy with the same plugins to restore it", RuntimeWarning, stacklevel=2)
     clock = getattr(strategy, "clock", None)
-    for k, v in state.get("clock", {}).items():
-        if clock is not None:
+    if clock is not None:
+        for k, v in state.get("clock", {}).items():
             setattr(clock, k, v)
     evaluator = getattr(strategy, "evaluator", None)
     if evaluator is not None and "evaluator" in state:

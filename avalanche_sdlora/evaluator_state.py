@@ -55,6 +55,11 @@ def _hashable(key):
     return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
 
 
+def has_state_dict(obj) -> bool:
+    """Whether ``obj`` keeps its own checkpoint state (``state_dict()`` and ``load_state_dict()``)."""
+    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
+
+
 def _is_metric(obj) -> bool:
     return Metric in type(obj).__mro__
 
@@ -114,7 +119,7 @@ def evaluator_state(evaluator) -> dict:
     not_saved: list[str] = []
     metrics = {}
     for key, m in keyed_by_class(getattr(evaluator, "metrics", [])):
-        if callable(getattr(m, "state_dict", None)) and callable(getattr(m, "load_state_dict", None)):
+        if has_state_dict(m):
             try:
                 metrics[key] = {"state_dict": encode(m.state_dict())}
             except NotPlain as exc:
