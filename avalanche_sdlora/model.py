@@ -218,6 +218,19 @@ class SDLoRAViT(nn.Module):
     def trainable_params(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
+    # ------------------------------------------------------------------ adapters on disk (PEFT-style)
+    def save_adapters(self, path: str | Path) -> Path:
+        """Adapters, head and options to a folder, without the backbone (:func:`.adapter_io.save_adapters`)."""
+        from .adapter_io import save_adapters
+
+        return save_adapters(self, path)
+
+    def load_adapters(self, path: str | Path) -> "SDLoRAViT":
+        """Load a :meth:`save_adapters` folder into this (unmerged) model, strictly (:func:`.adapter_io.load_adapters`)."""
+        from .adapter_io import load_adapters
+
+        return load_adapters(path, model=self)
+
 
 @takes_options()
 def sdlora_vit(model_name: str, *, checkpoint: str | Path | None = None, img_size: int | None = None,

@@ -14,8 +14,8 @@ from avalanche_sdlora.data import ImageTensorDataset, load_cifar100, split_cifar
 from avalanche_sdlora.model import read_state_dict
 
 
-def test_missing_asset_path_names_flag(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"not found at .*nope\.npz.*--data"):
+def test_missing_asset_path_names_the_argument(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"not found at .*nope\.npz.*path="):
         load_cifar100(tmp_path / "nope.npz")
 
 
