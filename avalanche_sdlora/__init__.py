@@ -2,9 +2,11 @@
 
 from .adapter import Magnitudes, SDLoRAQKV
 from .model import SDLoRAViT, create_backbone, sdlora_vit
-from .plugins import AdapterGrowthPlugin, DistillationPlugin, RankReductionPlugin
+from .options import SDLoRAOptions
+from .plugins import AdapterGrowthPlugin, DistillationPlugin, FiniteLossPlugin, RankReductionPlugin
 from .strategy import SDLoRA, SDLoRAKD, SDLoRARR
 
-__all__ = ["SDLoRA", "SDLoRARR", "SDLoRAKD", "sdlora_vit", "create_backbone", "SDLoRAViT", "SDLoRAQKV",
-           "Magnitudes", "AdapterGrowthPlugin", "RankReductionPlugin", "DistillationPlugin"]
+__all__ = ["SDLoRA", "SDLoRARR", "SDLoRAKD", "SDLoRAOptions", "sdlora_vit", "create_backbone", "SDLoRAViT",
+           "SDLoRAQKV", "Magnitudes", "AdapterGrowthPlugin", "RankReductionPlugin", "DistillationPlugin",
+           "FiniteLossPlugin"]
 __version__ = "0.1.0"

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .options import DIRECTION_NORMS
+
 SLICES = ("q", "v")
 
 
@@ -63,7 +65,8 @@ class Magnitudes(nn.Module):
         key = prefix + "alpha"
         if key in state_dict and state_dict[key].shape != self.alpha.shape:
             # A checkpoint taken after more tasks: grow to its shape before copying.
-            self.alpha = nn.Parameter(torch.zeros_like(state_dict[key]), requires_grad=self.alpha.requires_grad)
+            # (on this module's device, whatever device the checkpoint's tensor is on)
+            self.alpha = nn.Parameter(self.alpha.new_zeros(state_dict[key].shape), requires_grad=self.alpha.requires_grad)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -94,8 +97,8 @@ class SDLoRAQKV(nn.Module):
         super().__init__()
         if not isinstance(base_layer, nn.Linear) or base_layer.out_features % 3 != 0:
             raise TypeError(f"SDLoRAQKV wraps a fused qkv nn.Linear with 3*dim outputs, got {base_layer!r}")
-        if direction_norm not in ("frobenius", "factors"):
-            raise ValueError(f"direction_norm must be 'frobenius' or 'factors', got {direction_norm!r}")
+        if direction_norm not in DIRECTION_NORMS:
+            raise ValueError(f"direction_norm must be one of {', '.join(map(repr, DIRECTION_NORMS))}, got {direction_norm!r}")
         self.base_layer = base_layer
         for p in self.base_layer.parameters():
             p.requires_grad_(False)
@@ -114,7 +117,11 @@ class SDLoRAQKV(nn.Module):
         self.lora_A: nn.Parameter | None = None
         self.lora_B: nn.Parameter | None = None
         self.current_slot: int | None = None
-        self.merged = False
+        # Saved with the weights: a merged state dict holds W0 + update in base_layer.weight, and loading it
+        # into an unmerged module would add the update a second time. ``_merged`` mirrors it for forward
+        # (reading a CUDA tensor there would synchronise every call).
+        self.register_buffer("merged", torch.zeros((), dtype=torch.bool, device=w.device))
+        self._merged = False
 
     # ------------------------------------------------------------------ task lifecycle
     @property
@@ -130,6 +137,7 @@ class SDLoRAQKV(nn.Module):
         """Start a new task: trainable A (Kaiming-uniform, as in LoRA) and B = 0, scaled by ``alpha[slot]``."""
         if rank <= 0:
             raise ValueError(f"rank must be a positive integer, got {rank}")
+        self._refuse_if_merged("add a pair")
         if self.lora_A is not None:
             raise RuntimeError("the current pair must be frozen (freeze_pair) before a new one is added")
         w = self.base_layer.weight
@@ -150,6 +158,7 @@ class SDLoRAQKV(nn.Module):
         """End the task: store the pair as a frozen direction normalised per slice."""
         if self.lora_A is None:
             return
+        self._refuse_if_merged("freeze the pair")
         A, B = self.lora_A.detach(), self.lora_B.detach()
         rank = A.shape[1]
         norms = torch.stack([self._pair_norm(B[s], A[s]) for s in range(2)])
@@ -165,6 +174,7 @@ class SDLoRAQKV(nn.Module):
     @torch.no_grad()
     def drop_slot(self, slot: int) -> None:
         """Remove every stored direction scaled by ``slot`` (used by knowledge distillation)."""
+        self._refuse_if_merged("drop a direction")
         keep = self.dir_slot != slot
         self.dir_A, self.dir_B = self.dir_A[:, keep], self.dir_B[:, :, keep]
         self.dir_scale, self.dir_slot = self.dir_scale[:, keep], self.dir_slot[keep]
@@ -199,7 +209,12 @@ class SDLoRAQKV(nn.Module):
         return torch.cat([dq, torch.zeros_like(dq), dv], dim=0)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.merged or (self.stored_rank == 0 and self.lora_A is None):
+        if self._merged:
+            if self.training and self.lora_A is not None and torch.is_grad_enabled():
+                raise RuntimeError("this SD-LoRA model is merged, so its current pair would get no gradient; call "
+                                   "model.unmerge() before training it (the strategies' growth plugin does)")
+            return self.base_layer(x)
+        if self.stored_rank == 0 and self.lora_A is None:
             return self.base_layer(x)
         weight = self.base_layer.weight + self.full_delta_weight()
         return F.linear(x, weight, self.base_layer.bias)
@@ -208,31 +223,47 @@ class SDLoRAQKV(nn.Module):
     @torch.no_grad()
     def merge(self) -> None:
         """Fold the update into the base weight: zero inference overhead until ``unmerge``."""
-        if not self.merged:
+        if not self._merged:
             self.base_layer.weight += self.full_delta_weight()
-            self.merged = True
+            self._set_merged(True)
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        if self.merged:
+        """Take the update out again: W0 comes back up to float rounding of (W0 + dW) - dW, not bit for bit."""
+        if self._merged:
             self.base_layer.weight -= self.full_delta_weight()
-            self.merged = False
+            self._set_merged(False)
+
+    def _set_merged(self, value: bool) -> None:
+        self.merged.fill_(value)
+        self._merged = value
+
+    def _refuse_if_merged(self, what: str) -> None:
+        # Changing the update while it is folded into W0 would make unmerge() subtract another update.
+        if self._merged:
+            raise RuntimeError(f"cannot {what} while the SD-LoRA update is merged into the base weights; call "
+                               "model.unmerge() first (the strategies' growth plugin does)")
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Stored directions grow with tasks: resize the buffers to the checkpoint's shapes first.
+        # New tensors live on this module's device (the checkpoint's tensors may be elsewhere).
+        w = self.base_layer.weight
         for name in ("dir_A", "dir_B", "dir_scale", "dir_slot"):
             key = prefix + name
             if key in state_dict:
-                setattr(self, name, torch.zeros_like(state_dict[key], device=getattr(self, name).device))
+                setattr(self, name, getattr(self, name).new_zeros(state_dict[key].shape))
         if prefix + "lora_A" in state_dict and self.lora_A is None:
-            self.lora_A = nn.Parameter(torch.zeros_like(state_dict[prefix + "lora_A"]))
-            self.lora_B = nn.Parameter(torch.zeros_like(state_dict[prefix + "lora_B"]))
+            self.lora_A = nn.Parameter(w.new_zeros(state_dict[prefix + "lora_A"].shape))
+            self.lora_B = nn.Parameter(w.new_zeros(state_dict[prefix + "lora_B"].shape))
         if self.lora_A is not None and self.current_slot is None:
             # Stored slots are 0..n-1 (distillation renumbers), so the live pair's magnitude is slot n.
             slots = state_dict.get(prefix + "dir_slot", self.dir_slot)
             self.current_slot = int(slots.max()) + 1 if slots.numel() else 0
+        if prefix + "merged" not in state_dict:  # written before the flag was saved: never merged
+            state_dict[prefix + "merged"] = torch.zeros((), dtype=torch.bool)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._merged = bool(state_dict[prefix + "merged"])
 
     def extra_repr(self) -> str:
         cur = 0 if self.lora_A is None else self.lora_A.shape[1]
-        return f"dim={self.dim}, stored_rank={self.stored_rank}, current_rank={cur}, merged={self.merged}"
+        return f"dim={self.dim}, stored_rank={self.stored_rank}, current_rank={cur}, merged={self._merged}"

@@ -34,13 +34,17 @@ def default_asset(filename: str) -> Path | None:
     return None
 
 
-def require_file(path: str | os.PathLike, what: str, flag: str) -> Path:
-    """Check that ``path`` is a readable file, with an error that says how to fix it."""
+def require_file(path: str | os.PathLike, what: str, how: str) -> Path:
+    """Check that ``path`` is a readable file, with an error that says how to fix it.
+
+    ``how`` says how the caller's user passes the path: a function argument for the library
+    (``"split_cifar100(path=...)"``), a flag for a command line (``"--data"``).
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(
-            f"{what} not found at '{p}'. Pass the right path with {flag} or set ${ENV_VAR} to the folder "
+            f"{what} not found at '{p}'. Pass the right path with {how} or set ${ENV_VAR} to the folder "
             f"holding it (the default is ../shared/assets beside the project).")
     if not os.access(p, os.R_OK):
-        raise PermissionError(f"{what} at '{p}' is not readable; fix its permissions or pass another path with {flag}.")
+        raise PermissionError(f"{what} at '{p}' is not readable; fix its permissions or pass another path with {how}.")
     return p

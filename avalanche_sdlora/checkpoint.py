@@ -1,79 +1,169 @@
 """Exact resume from the last finished experience: safetensors + JSON, never pickle.
 
-Avalanche's own checkpointing pickles the whole strategy with dill, which fails on these models
-and would execute code on load. Here a checkpoint is the model's state dict (safetensors), the
-torch RNG state (a uint8 tensor in the same file) and a JSON file with the experience index, the
-Python/NumPy RNG states and each plugin's own small state. Loading runs no code from the file.
+A checkpoint ``exp<k>`` is two files. ``exp<k>.safetensors`` holds the adapter state (stored directions,
+current pair, magnitudes, head chunks: :func:`~avalanche_sdlora.adapter_io.adapter_state_dict`, never the
+frozen backbone, which is rebuilt from its weights file) and the torch RNG states. ``exp<k>.json``, written
+last, holds the experience index, the Python/NumPy RNG states, the strategy's state (classes seen, each
+plugin's ``state_dict()``, Avalanche's clock and the evaluator's metric state), the adapter config with a
+fingerprint of the base weights, and the sha256 of the tensor file, verified on load.
+
+Avalanche's own ``save_checkpoint`` pickles the whole strategy with dill. The models pickle; in this
+torch/dill combination the optimizer does not (``PicklingError: Can't pickle sentinel``, for any model and
+strategy). More to the point, unpickling a file executes code from it, so this format stores only tensors
+and JSON: loading a checkpoint cannot run code.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from avalanche.core import SupervisedPlugin
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save as save_bytes
 
-FORMAT = "avalanche-sdlora-checkpoint/1"
+from .adapter_io import (adapter_config, adapter_state_dict, load_adapter_state, read_checked_tensors, require_sdlora,
+                         sha256_hex, write_atomic)
+from .evaluator_state import evaluator_state, has_state_dict, keyed_by_class, restore_evaluator_state
+
+FORMAT = "avalanche-sdlora-checkpoint/2"
+FORMAT_V1 = "avalanche-sdlora-checkpoint/1"  # whole model state dict, no checksum: still loaded
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+def _paths(directory: str | Path, experience: int) -> tuple[Path, Path]:
+    d = Path(directory)
+    return d / f"exp{experience}.json", d / f"exp{experience}.safetensors"
+
+
+def clean_stale_temp(directory: str | Path) -> list[Path]:
+    """Remove temporary files a killed writer left in a checkpoint folder; returns what was removed."""
+    removed = []
+    for p in Path(directory).glob(".exp*.tmp"):
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
 
 
 def save_checkpoint(directory: str | Path, experience: int, model: torch.nn.Module, extra: dict | None = None,
                     config: dict | None = None) -> Path:
-    """Write ``exp<k>.safetensors`` and ``exp<k>.json``; the JSON is written last and marks completeness."""
+    """Write ``exp<k>.safetensors`` then ``exp<k>.json`` (which marks completeness); returns the JSON path.
+
+    ``model`` must be an ``SDLoRAViT``: only its adapters and head are stored. ``extra`` is any
+    JSON-serialisable state (``strategy_state(strategy)``); ``config`` is checked on load.
+    """
+    require_sdlora(model, "save_checkpoint")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    clean_stale_temp(d)
+    adapters = adapter_config(model)
+    tensors = {f"model.{k}": v for k, v in adapter_state_dict(model).items()}
     tensors["rng.torch"] = torch.get_rng_state()
-    _atomic(d / f"exp{experience}.safetensors", lambda p: save_file(tensors, str(p)))
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    data = save_bytes(tensors)
+    py = random.getstate()
     np_state = np.random.get_state()
     meta = {"format": FORMAT, "experience": experience, "config": config or {}, "extra": extra or {},
-            "rng_python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+            "adapters": adapters, "sha256": sha256_hex(data),
+            "rng_python": [py[0], list(py[1]), py[2]],
             "rng_numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
-    _atomic(d / f"exp{experience}.json", lambda p: p.write_text(json.dumps(meta)))
-    return d / f"exp{experience}.json"
+    try:
+        text = json.dumps(meta)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"save_checkpoint(extra=...) must be JSON-serialisable ({exc})") from exc
+    json_path, tensor_path = _paths(d, experience)
+    write_atomic(tensor_path, data)
+    write_atomic(json_path, text.encode())
+    return json_path
+
+
+def _read_meta(json_path: Path) -> dict:
+    try:
+        meta = json.loads(json_path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no checkpoint '{json_path}'; latest_checkpoint(directory) names the last one") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"checkpoint '{json_path}' is damaged ({exc}); resume from an earlier one "
+                         "(latest_checkpoint skips damaged ones) or start a new run") from exc
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, FORMAT_V1):
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ValueError(f"'{json_path}' is not an avalanche-sdlora checkpoint (format {found!r})")
+    return meta
+
+
+def _read_tensors(json_path: Path, tensor_path: Path, meta: dict) -> dict:
+    fix = "resume from an earlier checkpoint (latest_checkpoint skips damaged ones) or start a new run"
+    if meta["format"] == FORMAT and "sha256" not in meta:
+        raise ValueError(f"checkpoint '{json_path}' records no sha256 for its tensors; {fix}")
+    return read_checked_tensors(tensor_path, meta.get("sha256"), fix)
+
+
+def checkpoint_problem(directory: str | Path, experience: int) -> str | None:
+    """Why checkpoint ``experience`` cannot be loaded (damaged, truncated, checksum mismatch), or None."""
+    json_path, tensor_path = _paths(directory, experience)
+    try:
+        _read_tensors(json_path, tensor_path, _read_meta(json_path))
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    return None
 
 
 def latest_checkpoint(directory: str | Path, upto: int | None = None) -> int | None:
-    """Index of the last experience (<= ``upto``) with a complete checkpoint (its JSON exists), or None."""
+    """Index of the last experience (<= ``upto``) with a complete, undamaged checkpoint, or None.
+
+    A damaged one (unreadable JSON, truncated tensors, checksum mismatch) is skipped with a warning naming
+    its file, so one bad file does not block every resume.
+    """
     d = Path(directory)
-    found = [int(p.stem[3:]) for p in d.glob("exp*.json") if p.stem[3:].isdigit()] if d.is_dir() else []
-    found = [k for k in found if upto is None or k <= upto]
-    return max(found) if found else None
+    found = sorted((int(p.stem[3:]) for p in d.glob("exp*.json") if p.stem[3:].isdigit()), reverse=True) \
+        if d.is_dir() else []
+    for k in found:
+        if upto is not None and k > upto:
+            continue
+        problem = checkpoint_problem(d, k)
+        if problem is None:
+            return k
+        warnings.warn(f"skipping checkpoint exp{k} in '{d}': {problem}", RuntimeWarning, stacklevel=2)
+    return None
 
 
 def load_checkpoint(directory: str | Path, experience: int, model: torch.nn.Module,
                     config: dict | None = None) -> dict:
-    """Restore model weights and RNG states; returns the saved ``extra`` dict.
+    """Restore the adapters into ``model`` and the RNG states; returns the saved ``extra`` dict.
 
-    A checkpoint written with another configuration is refused with the differing keys named.
+    ``model`` is built as for the saved run (same timm model, image size, options and base weights file):
+    the base is checked against the recorded fingerprint and the adapter tensors are loaded strictly. A
+    checkpoint written with another ``config`` is refused with the differing keys named; a damaged one with
+    its file named. The file, the configuration and the base are checked before anything is changed.
     """
-    d = Path(directory)
-    meta = json.loads((d / f"exp{experience}.json").read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"'{d}/exp{experience}.json' is not an avalanche-sdlora checkpoint (format {meta.get('format')!r})")
+    json_path, tensor_path = _paths(directory, experience)
+    meta = _read_meta(json_path)
     if config is not None:
         diff = {k: (meta["config"].get(k), v) for k, v in config.items() if meta["config"].get(k) != v}
         if diff:
-            raise ValueError(f"checkpoint in '{d}' comes from another configuration: {diff} (saved, requested); "
+            raise ValueError(f"checkpoint '{json_path}' comes from another configuration: {diff} (saved, requested); "
                              "resume with the same settings or start a new run")
-    tensors = load_file(str(d / f"exp{experience}.safetensors"))
+    tensors = _read_tensors(json_path, tensor_path, meta)
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"checkpoint in '{d}' does not match this model ({' '.join(str(exc).split())[:300]}); "
-                         "build the model with the same --model, --img-size and --rank") from exc
+    if meta["format"] == FORMAT:
+        load_adapter_state(model, state, meta["adapters"], str(tensor_path))
+    else:  # format 1: the whole model, backbone included
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"checkpoint '{tensor_path}' does not match this model ({' '.join(str(exc).split())[:300]}); "
+                             "build the model as the saved run did (same sdlora_vit(model_name, img_size=..., "
+                             "rank=...))") from exc
     torch.set_rng_state(tensors["rng.torch"])
+    cuda = []
+    while f"rng.cuda.{len(cuda)}" in tensors:
+        cuda.append(tensors[f"rng.cuda.{len(cuda)}"])
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda[:torch.cuda.device_count()])
     v, s, g = meta["rng_python"]
     random.setstate((v, tuple(s), g))
     kind, keys, pos, has_gauss, cached = meta["rng_numpy"]
@@ -82,51 +172,106 @@ def load_checkpoint(directory: str | Path, experience: int, model: torch.nn.Modu
 
 
 class CheckpointPlugin(SupervisedPlugin):
-    """For a plain Avalanche script: checkpoint after every training experience, resume with ``resume()``.
+    """Checkpoints for a plain Avalanche script; ``resume()`` continues exactly where the last one was taken.
 
     Use: ``plugin = CheckpointPlugin(dir)``; build the strategy with it; ``start = plugin.resume(strategy)``;
-    then train from ``benchmark.train_stream[start:]``.
+    then ``for t, exp in enumerate(benchmark.train_stream[start:], start): strategy.train(exp); strategy.eval(...)``.
+
+    The checkpoint of experience k is written when the next ``train`` call starts, not when experience k ends:
+    whatever the script does between the two calls (evaluations, which draw from the torch RNG and update the
+    forgetting, BWT and AAA metrics) is then part of it, and a resumed run continues with the same RNG and
+    metric state as an uninterrupted one. A run killed between ``train`` calls resumes from the experience
+    before (it is trained again, to the same result). ``save(strategy)`` writes the last one on demand (after
+    the loop, for instance).
     """
 
     def __init__(self, directory: str | Path, config: dict | None = None) -> None:
         super().__init__()
         self.directory = Path(directory)
         self.config = config or {}
+        self._finished: int | None = None  # last experience trained in this process
+        self._saved: int | None = None
 
     def after_training_exp(self, strategy, **kwargs) -> None:
-        exp = strategy.experience.current_experience
-        save_checkpoint(self.directory, exp, strategy.model, extra=strategy_state(strategy), config=self.config)
+        self._finished = strategy.experience.current_experience
+
+    def before_training(self, strategy, **kwargs) -> None:
+        # Runs before Avalanche's evaluator and periodic-eval hooks of this call (they follow user plugins).
+        if self._finished is not None and self._finished != self._saved:
+            self.save(strategy)
+
+    def save(self, strategy) -> Path | None:
+        """Checkpoint the state now, as the end of the last trained experience; None if none was trained."""
+        if self._finished is None:
+            return None
+        path = save_checkpoint(self.directory, self._finished, strategy.model, extra=strategy_state(strategy),
+                               config=self.config)
+        self._saved = self._finished
+        return path
 
     def resume(self, strategy) -> int:
-        """Load the latest checkpoint into ``strategy``; returns the index of the next experience to train."""
+        """Load the latest valid checkpoint into ``strategy``; returns the index of the next experience to train."""
         last = latest_checkpoint(self.directory)
         if last is None:
             return 0
         extra = load_checkpoint(self.directory, last, strategy.model, config=self.config)
         restore_strategy_state(strategy, extra)
+        self._finished = self._saved = last
         return last + 1
 
 
 def strategy_state(strategy) -> dict:
-    """The small non-tensor state of an SD-LoRA strategy and its plugins (JSON-serialisable)."""
+    """The small non-tensor state of a strategy (JSON-serialisable).
+
+    Classes seen so far (``strategy._seen_classes``), every plugin's ``state_dict()`` (any plugin with both
+    ``state_dict`` and ``load_state_dict``), Avalanche's clock counters and the evaluator's metric state.
+    """
     from .plugins import DistillationPlugin, RankReductionPlugin
 
-    state = {"seen_classes": sorted(getattr(strategy, "_seen_classes", set()))}
-    for p in strategy.plugins:
-        if isinstance(p, RankReductionPlugin):
+    state: dict = {"seen_classes": sorted(int(c) for c in getattr(strategy, "_seen_classes", set()))}
+    plugins = {}
+    for key, p in keyed_by_class(strategy.plugins):
+        if has_state_dict(p):
+            plugins[key] = p.state_dict()
+            try:
+                json.dumps(plugins[key])
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"{key}.state_dict() must return JSON-serialisable data for a checkpoint ({exc})") from exc
+        elif isinstance(p, RankReductionPlugin):  # plugins written before they had state_dict()
             state["rank_reduction_task"] = p.task
-        if isinstance(p, DistillationPlugin):
+        elif isinstance(p, DistillationPlugin):
             state["distillation_history"] = p.history
+    state["plugins"] = plugins
+    clock = getattr(strategy, "clock", None)
+    if clock is not None:
+        state["clock"] = {k: v for k, v in vars(clock).items() if type(v) is int}
+    evaluator = getattr(strategy, "evaluator", None)
+    if evaluator is not None:
+        state["evaluator"] = evaluator_state(evaluator)
     return state
 
 
 def restore_strategy_state(strategy, state: dict) -> None:
+    """Inverse of :func:`strategy_state`; also reads checkpoints written before plugins had ``state_dict()``."""
     from .plugins import DistillationPlugin, RankReductionPlugin
 
     if hasattr(strategy, "_seen_classes"):
         strategy._seen_classes = set(state.get("seen_classes", []))
-    for p in strategy.plugins:
-        if isinstance(p, RankReductionPlugin):
-            p.task = state.get("rank_reduction_task", 0)
-        if isinstance(p, DistillationPlugin):
-            p.history = state.get("distillation_history", [])
+    saved = dict(state.get("plugins", {}))
+    for key, p in keyed_by_class(strategy.plugins):
+        if has_state_dict(p) and key in saved:
+            p.load_state_dict(saved.pop(key))
+        elif isinstance(p, RankReductionPlugin) and "rank_reduction_task" in state:
+            p.task = state["rank_reduction_task"]
+        elif isinstance(p, DistillationPlugin) and "distillation_history" in state:
+            p.history = state["distillation_history"]
+    if saved:
+        warnings.warn(f"the checkpoint holds state of plugins this strategy does not have: {sorted(saved)}; "
+                      "build the strategy with the same plugins to restore it", RuntimeWarning, stacklevel=2)
+    clock = getattr(strategy, "clock", None)
+    if clock is not None:
+        for k, v in state.get("clock", {}).items():
+            setattr(clock, k, v)
+    evaluator = getattr(strategy, "evaluator", None)
+    if evaluator is not None and "evaluator" in state:
+        restore_evaluator_state(evaluator, state["evaluator"])

@@ -1,4 +1,4 @@
-"""Split CIFAR-100 from the shared npz through Avalanche's ``nc_benchmark``.
+"""Split CIFAR-100 from the shared npz through Avalanche 0.6's ``class_incremental_benchmark``.
 
 Images are resized once (bicubic) and cached as uint8 so a CPU run spends its time in the model;
 normalisation (mean = std = 0.5) and the flip augmentation happen per sample.
@@ -9,12 +9,16 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
+from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
+from avalanche.benchmarks.scenarios.task_aware import with_task_labels
+from avalanche.benchmarks.utils import _make_taskaware_classification_dataset
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
@@ -22,17 +26,22 @@ from torchvision.transforms import v2
 from .assets import default_asset, require_file
 
 CIFAR_KEYS = ("x_train", "y_train", "x_test", "y_test")
+N_CLASSES = 100
+_PATH_ARG = "load_cifar100(path=...) or split_cifar100(path=...)"
 _CACHE: dict[tuple, Tensor] = {}
 
 
 def load_cifar100(path: str | Path | None = None) -> dict[str, np.ndarray]:
-    """Arrays of the shared CIFAR-100 npz, checked for the expected keys and shapes."""
+    """Arrays of the shared CIFAR-100 npz, checked for keys, shapes, dtypes, pixel range and labels.
+
+    Float images (for instance in [0, 1]) or NaNs would otherwise train silently on wrong pixels.
+    """
     if path is None:
         path = default_asset("cifar100.npz")
         if path is None:
-            raise FileNotFoundError("cifar100.npz not found: pass --data PATH or set $SDLORA_ASSETS to the folder "
+            raise FileNotFoundError(f"cifar100.npz not found: pass {_PATH_ARG} or set $SDLORA_ASSETS to the folder "
                                     "holding it (default ../shared/assets beside the project)")
-    p = require_file(path, "CIFAR-100 npz", "--data")
+    p = require_file(path, "CIFAR-100 npz", _PATH_ARG)
     try:
         with np.load(p, allow_pickle=False) as f:
             missing = [k for k in CIFAR_KEYS if k not in f.files]
@@ -40,13 +49,47 @@ def load_cifar100(path: str | Path | None = None) -> dict[str, np.ndarray]:
                 raise KeyError(f"'{p}' lacks keys {missing} (has {sorted(f.files)}); expected x_train, y_train, "
                                "x_test, y_test as in ../shared/README.md")
             data = {k: f[k] for k in CIFAR_KEYS}
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"'{p}' is not a readable npz file ({exc}); pass the shared cifar100.npz with --data") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise ValueError(f"'{p}' is not a readable npz file, truncated or damaged ({type(exc).__name__}: {exc}); "
+                         f"pass {_PATH_ARG} a complete copy of cifar100.npz (its sha256 is in ../shared/README.md)") from exc
     for split in ("train", "test"):
         x, y = data[f"x_{split}"], data[f"y_{split}"]
-        if x.ndim != 4 or x.shape[-1] != 3 or len(x) != len(y):
-            raise ValueError(f"'{p}': x_{split} must be (N, H, W, 3) uint8 with one label each, got {x.shape} and {y.shape}")
+        if x.ndim != 4 or x.shape[-1] != 3 or y.ndim != 1 or len(x) != len(y):
+            raise ValueError(f"'{p}': x_{split} must be (N, H, W, 3) uint8 with one label each in y_{split}, got "
+                             f"{x.shape} and {y.shape}")
+        check_images(x, f"'{p}' key x_{split}")
+        check_labels(y, N_CLASSES, f"'{p}' key y_{split}")
     return data
+
+
+def check_images(x: np.ndarray, where: str) -> None:
+    """Refuse anything but uint8 pixels, saying what the array holds and how to convert it."""
+    if x.dtype == np.uint8:
+        return
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise ValueError(f"{where} has dtype {x.dtype}; store the images as uint8 pixels 0..255")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        raise ValueError(f"{where} holds {int((~np.isfinite(x)).sum())} non-finite values (NaN or inf); "
+                         "repair the images and store them as uint8 pixels 0..255")
+    lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+    if lo < 0 or hi > 255:
+        raise ValueError(f"{where} holds values in [{lo:g}, {hi:g}], outside 0..255; store the images as uint8 "
+                         "pixels 0..255")
+    if np.issubdtype(x.dtype, np.floating) and hi <= 1.0:
+        raise ValueError(f"{where} is {x.dtype} in [{lo:g}, {hi:g}], not uint8 pixels 0..255; convert it with "
+                         "np.round(x * 255).astype(np.uint8)")
+    raise ValueError(f"{where} is {x.dtype} in [{lo:g}, {hi:g}], not uint8; convert it with "
+                     "np.round(x).astype(np.uint8)")
+
+
+def check_labels(y: np.ndarray, n_classes: int, where: str) -> None:
+    """Refuse labels that are not integers in 0..n_classes-1."""
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{where} has dtype {y.dtype}; labels must be integers 0..{n_classes - 1}")
+    if y.size and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        bad = y[(y < 0) | (y >= n_classes)]
+        raise ValueError(f"{where} holds {len(bad)} labels outside 0..{n_classes - 1} (for instance {int(bad[0])}); "
+                         f"CIFAR-100 fine labels are 0..{n_classes - 1}")
 
 
 def resize_images(x: np.ndarray, size: int, batch: int = 2000, cache_dir: str | Path | None = None) -> Tensor:
@@ -85,7 +128,11 @@ def resize_images(x: np.ndarray, size: int, batch: int = 2000, cache_dir: str | 
 
 
 def _load_mapped(path: Path, shape: tuple[int, ...]) -> Tensor:
-    arr = np.load(path, mmap_mode="r")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"image cache '{path}' is truncated or damaged ({exc}); delete it (it is rebuilt on the "
+                         "next run)") from exc
     if arr.shape != shape or arr.dtype != np.uint8:
         raise ValueError(f"image cache '{path}' holds {arr.shape} {arr.dtype}, expected {shape} uint8; delete it "
                          "(it is rebuilt on the next run)")
@@ -108,12 +155,12 @@ class ImageTensorDataset(Dataset):
         return self.images[i].float().div_(127.5).sub_(1.0), self.targets[i]
 
 
-def first_per_class(y: np.ndarray, n: int | None) -> np.ndarray:
+def first_per_class(y: np.ndarray, n: int | None, name: str = "train_per_class") -> np.ndarray:
     """Indices of the first ``n`` samples of each class, in file order (all when ``n`` is None)."""
     if n is None:
         return np.arange(len(y))
     if n <= 0:
-        raise ValueError(f"train_per_class must be positive, got {n}")
+        raise ValueError(f"{name} must be positive, got {n}")
     idx = [np.flatnonzero(y == c)[:n] for c in np.unique(y)]
     return np.sort(np.concatenate(idx))
 
@@ -126,32 +173,60 @@ def class_order(n_classes: int, seed: int) -> list[int]:
 def split_cifar100(*, n_experiences: int = 10, class_order_seed: int = 1993, train_per_class: int | None = 100,
                    test_per_class: int | None = None, img_size: int = 128, path: str | Path | None = None,
                    augment: bool = True, classes: list[int] | None = None):
-    """Class-incremental Split CIFAR-100 built by Avalanche's ``nc_benchmark``.
+    """Class-incremental Split CIFAR-100 built by Avalanche's ``class_incremental_benchmark``.
 
     ``classes`` restricts the benchmark to a subset (for quick tests); the fixed order is the
-    protocol's permutation filtered to that subset. Labels are remapped so experience t holds
-    classes [t*k, (t+1)*k).
+    protocol's permutation filtered to that subset. Labels are remapped to the position in that order, so
+    experience t holds classes [t*k, (t+1)*k): Avalanche 0.6 counts a benchmark's classes as 1 + the largest
+    label, so labels must be 0..n-1. Experiences hold the samples nc_benchmark gave, in its order (below);
+    training samples are flipped at random (``augment``), test samples are not.
     """
     if n_experiences <= 0:
         raise ValueError(f"n_experiences must be positive, got {n_experiences}")
-    data = load_cifar100(path)
-    order = class_order(100, class_order_seed)
+    order = class_order(N_CLASSES, class_order_seed)
     if classes is not None:
-        wanted = set(int(c) for c in classes)
+        wanted = {int(c) for c in classes}
+        outside = sorted(c for c in wanted if not 0 <= c < N_CLASSES)
+        if outside or not wanted:
+            raise ValueError(f"classes must be CIFAR-100 class ids 0..{N_CLASSES - 1}, got "
+                             f"{outside[:5] if outside else 'an empty list'}")
         order = [c for c in order if c in wanted]
     if len(order) % n_experiences:
         raise ValueError(f"{len(order)} classes cannot be split evenly into {n_experiences} experiences; "
-                         f"choose --n-experiences dividing {len(order)}")
+                         f"choose n_experiences dividing {len(order)}")
+    data = load_cifar100(path)
+    position = np.full(N_CLASSES, -1, dtype=np.int64)
+    position[order] = np.arange(len(order))
 
-    def subset(split: str, per_class: int | None) -> ImageTensorDataset:
+    def subset(split: str, per_class: int | None, group: str):
         x, y = data[f"x_{split}"], data[f"y_{split}"]
         keep = np.flatnonzero(np.isin(y, order))
-        keep = keep[first_per_class(y[keep], per_class)]
+        keep = keep[first_per_class(y[keep], per_class, f"{split}_per_class")]
         if len(keep) == 0:
-            raise ValueError(f"no {split} samples for classes {order[:5]}...; check --train-per-class and the npz")
-        return ImageTensorDataset(resize_images(x[keep], img_size), y[keep])
+            raise ValueError(f"no {split} samples for classes {order[:5]}...; check {split}_per_class and the npz")
+        images = ImageTensorDataset(resize_images(x[keep], img_size), position[y[keep]])
+        flip = v2.RandomHorizontalFlip() if augment else None
+        return _make_taskaware_classification_dataset(images, transform_groups={"train": (flip, None), "eval": (None, None)},
+                                                      initial_transform_group=group)
 
-    train, test = subset("train", train_per_class), subset("test", test_per_class)
-    return nc_benchmark(train, test, n_experiences=n_experiences, task_labels=False, shuffle=False,
-                        fixed_class_order=order, class_ids_from_zero_from_first_exp=True,
-                        train_transform=v2.RandomHorizontalFlip() if augment else None, eval_transform=None)
+    k = len(order) // n_experiences
+    # Sample order inside an experience, kept from the nc_benchmark these results were made with: class by class
+    # in the iteration order of the Python set of the experience's original class ids (nc_scenario.py builds
+    # ``set(classes_order_original_ids[start:end])`` and walks it), file order within a class. Changing it
+    # would reshuffle every minibatch and change every number in results/.
+    within = [[int(position[c]) for c in set(order[t * k:(t + 1) * k])] for t in range(n_experiences)]
+    # class_incremental_benchmark builds an experience by prepending class after class (0.6:
+    # ``data_by_class[c].concat(curr_data)``), so each experience's classes are given last-to-first.
+    reversed_within = [c for classes_t in within for c in reversed(classes_t)]
+    benchmark = class_incremental_benchmark({"train": subset("train", train_per_class, "train"),
+                                             "test": subset("test", test_per_class, "eval")},
+                                            class_order=reversed_within, num_experiences=n_experiences)
+    # Every sample has task label 0; exposing it on the experiences keeps Avalanche's metric names (".../Task000").
+    benchmark = with_task_labels(benchmark)
+    # class_incremental_benchmark gives these as sets; Avalanche's own LearningToPrompt passes them to
+    # np.setdiff1d, which takes a set for one object and masks every logit (NaN loss). nc_benchmark gave sorted lists.
+    for stream in benchmark.streams.values():
+        for exp in stream:
+            for attr in ("classes_in_this_experience", "previous_classes", "classes_seen_so_far", "future_classes"):
+                setattr(exp, attr, sorted(getattr(exp, attr)))
+    return benchmark

@@ -4,6 +4,10 @@ Avalanche's ``IncrementalClassifier`` re-creates one ``nn.Linear`` per expansion
 earlier classes stay in the same trainable tensor as the new ones. SD-LoRA trains only the new
 rows; keeping each experience's rows in its own parameter lets the optimizer see exactly the
 trainable set and leaves old rows bit-identical whatever the optimizer does.
+
+Like ``IncrementalClassifier`` the head also widens in *eval* adaptation, to every class of the
+experience being evaluated, without rows for classes not trained yet: their logits are
+``mask_value`` (-1000, Avalanche's), so ``strategy.eval(benchmark.test_stream)`` gets a finite loss.
 """
 
 from __future__ import annotations
@@ -13,17 +17,20 @@ from avalanche.benchmarks.scenarios import CLExperience
 from avalanche.models import DynamicModule
 from torch import Tensor, nn
 
+from .options import HEAD_INITS
+
 
 class FrozenPastHead(DynamicModule):
     """Linear classifier over pre-logits features that grows by the classes of each experience.
 
-    Logits of classes not seen yet are ``mask_value`` so they never win the argmax. During
-    training adaptation the rows of earlier experiences are frozen (``requires_grad=False``).
+    Logits of classes not trained yet are ``mask_value`` so they never win the argmax. During
+    training adaptation the rows of earlier experiences are frozen (``requires_grad=False``) and rows
+    for the experience's classes are added; eval adaptation only widens the output (``out_features``).
     ``init`` sets the new rows: ``"linear"`` is ``nn.Linear``'s default (as in the authors' code), ``"zeros"``
     starts every new class at logit 0, so the first steps do not push features toward random rows.
     """
 
-    HEAD_INITS = ("linear", "zeros")
+    HEAD_INITS = HEAD_INITS
 
     def __init__(self, in_features: int, mask_value: float = -1000.0, init: str = "linear") -> None:
         super().__init__()
@@ -35,10 +42,17 @@ class FrozenPastHead(DynamicModule):
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         self.register_buffer("class_ids", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("out_features", torch.zeros((), dtype=torch.long))
 
     @property
     def num_classes(self) -> int:
-        return int(self.class_ids.max()) + 1 if self.class_ids.numel() else 0
+        """Output width: 1 + the largest class id trained or evaluated so far."""
+        return int(self.out_features)
+
+    @torch.no_grad()
+    def widen(self, width: int) -> None:
+        """Output at least ``width`` logits; columns without a trained row give ``mask_value``."""
+        self.out_features.fill_(max(self.num_classes, int(width)))
 
     @torch.no_grad()
     def add_classes(self, classes: list[int]) -> None:
@@ -57,17 +71,21 @@ class FrozenPastHead(DynamicModule):
         self.weights.append(nn.Parameter(layer.weight.detach().clone()))
         self.biases.append(nn.Parameter(layer.bias.detach().clone()))
         self.class_ids = torch.cat([self.class_ids, torch.tensor(new, dtype=torch.long, device=device)])
+        self.widen(max(new) + 1)
 
     def adaptation(self, experience: CLExperience) -> None:
+        classes = [int(c) for c in getattr(experience, "classes_in_this_experience", None) or ()]
         if self.training:
-            self.add_classes(list(experience.classes_in_this_experience))
+            self.add_classes(classes)
+        elif classes:
+            self.widen(max(classes) + 1)
 
     def forward(self, x: Tensor) -> Tensor:
         n = self.num_classes
-        if n == 0:
-            return x.new_zeros(x.shape[0], 0)
-        logits = torch.cat([x @ w.T + b for w, b in zip(self.weights, self.biases)], dim=1)
         out = x.new_full((x.shape[0], n), self.mask_value)
+        if len(self.weights) == 0:
+            return out
+        logits = torch.cat([x @ w.T + b for w, b in zip(self.weights, self.biases)], dim=1)
         return out.index_copy(1, self.class_ids, logits)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -82,4 +100,8 @@ class FrozenPastHead(DynamicModule):
                 self.weights.append(nn.Parameter(torch.zeros(n, self.in_features, device=device), trainable))
                 self.biases.append(nn.Parameter(torch.zeros(n, device=device), trainable))
             self.class_ids = torch.zeros_like(state_dict[prefix + "class_ids"], device=device)
+        if prefix + "out_features" not in state_dict and prefix + "class_ids" in state_dict:
+            # written before the width was saved: it was 1 + the largest trained class
+            ids = state_dict[prefix + "class_ids"]
+            state_dict[prefix + "out_features"] = torch.tensor(int(ids.max()) + 1 if ids.numel() else 0)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
+from avalanche.evaluation.metric_utils import default_metric_name_template, generic_get_metric_name, stream_type
 from avalanche.evaluation.metrics import Accuracy
 
 
@@ -54,32 +55,70 @@ def backward_transfer(R: np.ndarray) -> float:
 
 
 class AverageAnytimeAccuracy(PluginMetric[float]):
-    """AAA as an Avalanche metric: after every ``eval`` call, the mean of the stream accuracies so far.
+    """AAA as an Avalanche metric, per eval stream: the mean over training experiences of the seen-class accuracy.
 
-    Call ``strategy.eval`` once after each training experience on the experiences seen so far
-    (the protocol of the paper); the emitted value is then AAA up to that experience.
+    After training experience i, the value recorded for a stream is the accuracy, in the last eval of that
+    stream before the next training experience starts, on its samples of the classes trained so far
+    (experiences 0..i). Samples of classes not trained yet are left out, so evaluating on the whole test stream
+    (``strategy.eval(benchmark.test_stream)``) gives the same AAA as the paper's protocol
+    (``strategy.eval(benchmark.test_stream[: i + 1])``). Evals during training (periodic evaluation,
+    ``eval_every >= 0``) and before the first experience record nothing. Emitted as ``AAA/eval_phase/<stream>``
+    (``AAA/eval_phase/test_stream`` for the test stream) after every eval that records a value.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._accuracy = Accuracy()
-        self._history: list[float] = []
+        self._seen: set[int] = set()
+        self._finished = 0  # training experiences finished
+        self._training = False
+        self._history: dict[str, dict[int, float]] = {}  # stream -> {training experience: seen-class accuracy}
+        self._current: dict[str, Accuracy] = {}
 
     def reset(self) -> None:
-        self._history = []
+        self._history = {}
 
-    def result(self) -> float:
-        return float(np.mean(self._history)) if self._history else 0.0
+    def result(self, stream: str = "test") -> float:
+        values = self._history.get(stream, {})
+        return float(np.mean([values[k] for k in sorted(values)])) if values else 0.0
+
+    def before_training_exp(self, strategy) -> None:
+        self._training = True
+
+    def after_training_exp(self, strategy) -> None:
+        self._training = False
+        self._finished += 1
+        self._seen |= {int(c) for c in strategy.experience.classes_in_this_experience}
 
     def before_eval(self, strategy) -> None:
-        self._accuracy.reset()
+        self._current = {}
 
     def after_eval_iteration(self, strategy) -> None:
-        self._accuracy.update(strategy.mb_output, strategy.mb_y)
+        if self._training or not self._seen:
+            return
+        y = strategy.mb_y
+        keep = torch.isin(y, torch.tensor(sorted(self._seen), device=y.device))
+        if keep.any():
+            stream = stream_type(strategy.experience)
+            self._current.setdefault(stream, Accuracy()).update(strategy.mb_output[keep], y[keep])
 
     def after_eval(self, strategy):
-        self._history.append(self._accuracy.result())
-        return [MetricValue(self, "AAA/eval_phase/test_stream", self.result(), strategy.clock.train_iterations)]
+        values = []
+        for stream, acc in self._current.items():
+            self._history.setdefault(stream, {})[self._finished - 1] = acc.result()
+            name = generic_get_metric_name(default_metric_name_template,
+                                           {"metric_name": str(self), "phase_name": "eval", "stream_name": stream})
+            values.append(MetricValue(self, name, self.result(stream), strategy.clock.train_iterations))
+        return values
+
+    def state_dict(self) -> dict:
+        """JSON-serialisable state, so a resumed run continues the same average."""
+        return {"seen": sorted(self._seen), "finished": self._finished,
+                "history": {s: [[k, v] for k, v in sorted(h.items())] for s, h in self._history.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._seen = {int(c) for c in state["seen"]}
+        self._finished = int(state["finished"])
+        self._history = {s: {int(k): float(v) for k, v in h} for s, h in state["history"].items()}
 
     def __str__(self) -> str:
         return "AAA"

@@ -16,9 +16,10 @@ from safetensors.torch import load_file
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import Tensor, nn
 
-from .adapter import Magnitudes, SDLoRAQKV, lowrank_inner
+from .adapter import Magnitudes, SDLoRAQKV
 from .assets import default_asset, require_file
 from .head import FrozenPastHead
+from .options import DEFAULTS, SDLoRAOptions, takes_options
 
 
 def _check_vit(model: nn.Module, name: str) -> None:
@@ -32,15 +33,15 @@ def _check_vit(model: nn.Module, name: str) -> None:
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read weights without executing code: safetensors, or a torch file loaded with weights_only=True."""
-    p = require_file(path, "model weights", "--checkpoint")
+    p = require_file(path, "model weights", "sdlora_vit(checkpoint=PATH)")
     try:
         if p.suffix == ".safetensors":
             sd = load_file(str(p))
         else:
             sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or foreign file
-        raise ValueError(f"could not read weights from '{p}' ({exc}); give a safetensors file or a torch "
-                         "state dict saved with torch.save(model.state_dict(), path)") from exc
+        raise ValueError(f"could not read weights from '{p}' ({exc}); pass checkpoint= a safetensors file or a "
+                         "torch state dict saved with torch.save(model.state_dict(), path)") from exc
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
@@ -65,12 +66,12 @@ def create_backbone(model_name: str, *, checkpoint: str | Path | None = None, im
         kwargs["img_size"] = img_size
     if checkpoint is None and pretrained:
         checkpoint = default_asset(f"{model_name}.safetensors")
-        if checkpoint is None:  # only works online; offline machines must pass --checkpoint
+        if checkpoint is None:  # only works online; offline machines must pass checkpoint=
             try:
                 return timm.create_model(model_name, pretrained=True, **kwargs)
             except Exception as exc:
                 raise FileNotFoundError(f"no local weights for '{model_name}' and the download failed ({exc}); "
-                                        "pass --checkpoint PATH or set $SDLORA_ASSETS") from exc
+                                        "pass checkpoint=PATH (sdlora_vit or create_backbone) or set $SDLORA_ASSETS") from exc
     try:
         model = timm.create_model(model_name, pretrained=False, **kwargs)
     except TypeError as exc:
@@ -83,33 +84,47 @@ def create_backbone(model_name: str, *, checkpoint: str | Path | None = None, im
             model.load_state_dict(sd, strict=True)
         except (RuntimeError, KeyError, ValueError) as exc:
             raise ValueError(f"weights in '{checkpoint}' do not fit '{model_name}' (another architecture or width?): "
-                             f"{' '.join(str(exc).split())[:300]}. Pass the matching --model or --checkpoint.") from exc
+                             f"{' '.join(str(exc).split())[:300]}. Pass the model_name= that matches checkpoint= "
+                             "(or another checkpoint=).") from exc
     return model
 
 
 class SDLoRAViT(nn.Module):
-    """Frozen timm ViT + SD-LoRA adapters + a growing head; owns the shared magnitudes once."""
+    """Frozen timm ViT + SD-LoRA adapters + a growing head; owns the shared magnitudes once.
 
-    def __init__(self, backbone: VisionTransformer, *, rank: int = 10, normalize_current: bool = False,
-                 direction_norm: str = "factors", head_init: str = "linear") -> None:
+    ``options`` (:class:`~avalanche_sdlora.options.SDLoRAOptions`) are the model's options, and the defaults of
+    :meth:`add_task` and of a strategy built on this model; explicit keywords override them.
+    """
+
+    @takes_options()
+    def __init__(self, backbone: VisionTransformer, *, options: SDLoRAOptions | None = None, rank: int = DEFAULTS.rank,
+                 normalize_current: bool = DEFAULTS.normalize_current, direction_norm: str = DEFAULTS.direction_norm,
+                 head_init: str = DEFAULTS.head_init) -> None:
         super().__init__()
         _check_vit(backbone, type(backbone).__name__)
-        if rank <= 0:
-            raise ValueError(f"rank must be a positive integer, got {rank}")
-        self.rank = rank
+        self.options = options
         self.backbone = backbone
         for p in backbone.parameters():
             p.requires_grad_(False)
         self.magnitudes = Magnitudes()
         for block in backbone.blocks:
-            block.attn.qkv = SDLoRAQKV(block.attn.qkv, self.magnitudes, normalize_current=normalize_current,
-                                       direction_norm=direction_norm)
-        self.head = FrozenPastHead(backbone.num_features, init=head_init)
+            block.attn.qkv = SDLoRAQKV(block.attn.qkv, self.magnitudes, normalize_current=options.normalize_current,
+                                       direction_norm=options.direction_norm)
+        self.head = FrozenPastHead(backbone.num_features, init=options.head_init)
+
+    @property
+    def rank(self) -> int:
+        """Rank of a new pair when ``add_task`` is given none."""
+        return self.options.rank
 
     # ------------------------------------------------------------------ structure
     @property
     def adapters(self) -> list[SDLoRAQKV]:
         return [b.attn.qkv for b in self.backbone.blocks]
+
+    @property
+    def merged(self) -> bool:
+        return any(a._merged for a in self.adapters)
 
     @property
     def num_directions(self) -> int:
@@ -121,64 +136,39 @@ class SDLoRAViT(nn.Module):
 
     # ------------------------------------------------------------------ task lifecycle
     @torch.no_grad()
-    def add_task(self, rank: int | None = None, alpha_init: float = 0.8, reset_alphas: bool = False) -> None:
-        """New trainable pair in every adapter and a new magnitude; optionally reset the old ones."""
-        rank = self.rank if rank is None else rank
-        if rank <= 0:
-            raise ValueError(f"rank must be a positive integer, got {rank}")
-        if reset_alphas:
-            self.magnitudes.fill_(alpha_init)
-        slot = self.magnitudes.append(alpha_init)
+    def add_task(self, rank: int | None = None, alpha_init: float | None = None, reset_alphas: bool | None = None) -> None:
+        """New trainable pair in every adapter and a new magnitude; optionally reset the old ones.
+
+        Arguments left at None come from ``self.options`` (by default: rank 10, alpha 0.8, old alphas reset).
+        A merged model is refused: the update folded into W0 would change under it.
+        """
+        opts = self.options.replace(**{k: v for k, v in (("rank", rank), ("alpha_init", alpha_init),
+                                                         ("reset_alphas", reset_alphas)) if v is not None})
+        if self.merged:
+            raise RuntimeError("add_task() on a merged SD-LoRA model: call model.unmerge() first (the strategies' "
+                               "growth plugin does it itself)")
+        if opts.reset_alphas:
+            self.magnitudes.fill_(opts.alpha_init)
+        slot = self.magnitudes.append(opts.alpha_init)
         for a in self.adapters:
-            a.add_pair(rank, slot)
+            a.add_pair(opts.rank, slot)
 
     @torch.no_grad()
     def freeze_task(self) -> None:
         for a in self.adapters:
             a.freeze_pair()
 
-    def _flat_gram(self) -> Tensor:
-        """Gram matrix of the stored task directions, each flattened over all adapted weights."""
-        n = self.num_directions
-        G = torch.zeros(n, n, dtype=torch.float64)
-        for a in self.adapters:
-            dirs = [list(a.directions(k)) for k in range(n)]
-            for i in range(n):
-                for j in range(i, n):
-                    g = float(sum(lowrank_inner(*dirs[i][s], *dirs[j][s]) for s in range(2)))
-                    G[i, j] += g  # summed over every adapted layer: one coefficient per task for all of them
-                    if i != j:
-                        G[j, i] += g
-        return G
-
-    @staticmethod
-    def _fit(G: Tensor, k: int) -> tuple[Tensor, float]:
-        """Least squares of direction k on directions 0..k-1 from the Gram matrix G."""
-        G_old, b, dd = G[:k, :k], G[:k, k], G[k, k]
-        coef = torch.linalg.lstsq(G_old, b[:, None], driver="gelsd").solution[:, 0]
-        residual = dd - 2 * coef @ b + coef @ G_old @ coef
-        rel = float((residual / dd).clamp_min(0)) if dd > 0 else 0.0
-        return coef, rel
-
-    def fit_last_direction(self) -> tuple[Tensor, float]:
-        """Least-squares coefficients of the last stored direction on the earlier ones.
-
-        One coefficient per old task over all adapted weights together (alpha is shared by all
-        layers); returns (coefficients, ||residual||^2 / ||D_t||^2).
-        """
-        n = self.num_directions
-        if n < 2:
-            raise ValueError("knowledge distillation needs at least two stored directions")
-        return self._fit(self._flat_gram(), n - 1)
-
     def direction_residuals(self) -> list[float]:
-        """Relative residual of each stored direction k >= 1 on the directions before it (KD's test statistic)."""
-        G = self._flat_gram()
-        return [self._fit(G, k)[1] for k in range(1, self.num_directions)]
+        """KD's test statistic per stored direction; kept for callers, the algebra is in plugins/distillation.py."""
+        from .plugins.distillation import direction_residuals
+
+        return direction_residuals(self)
 
     @torch.no_grad()
     def absorb_last_direction(self, coef: Tensor) -> None:
-        """alpha_k += alpha_t * c_k, then drop the last direction and its magnitude."""
+        """alpha_k += alpha_t * c_k, then drop the last direction and its magnitude (the model loses a task)."""
+        if self.merged:
+            raise RuntimeError("absorb_last_direction() on a merged SD-LoRA model: call model.unmerge() first")
         alpha = self.magnitudes.alpha
         alpha[:-1] += alpha[-1] * coef.to(alpha)
         last = len(self.magnitudes) - 1
@@ -209,7 +199,7 @@ class SDLoRAViT(nn.Module):
                 continue  # adapter buffers and pairs
             out[key.replace(".qkv.base_layer.", ".qkv.")] = value.clone()
         for i, a in enumerate(self.adapters):
-            if not a.merged:
+            if not a._merged:
                 out[f"blocks.{i}.attn.qkv.weight"] += a.full_delta_weight()
         n = self.head.num_classes
         w = torch.zeros(n, self.head.in_features)
@@ -228,18 +218,40 @@ class SDLoRAViT(nn.Module):
     def trainable_params(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
+    # ------------------------------------------------------------------ adapters on disk (PEFT-style)
+    def save_adapters(self, path: str | Path) -> Path:
+        """Adapters, head and options to a folder, without the backbone (:func:`.adapter_io.save_adapters`)."""
+        from .adapter_io import save_adapters
 
+        return save_adapters(self, path)
+
+    def load_adapters(self, path: str | Path) -> "SDLoRAViT":
+        """Load a :meth:`save_adapters` folder into this (unmerged) model, strictly (:func:`.adapter_io.load_adapters`)."""
+        from .adapter_io import load_adapters
+
+        return load_adapters(path, model=self)
+
+
+@takes_options()
 def sdlora_vit(model_name: str, *, checkpoint: str | Path | None = None, img_size: int | None = None,
-               rank: int = 10, pretrained: bool = False, normalize_current: bool = False,
-               direction_norm: str = "factors", head_init: str = "linear") -> SDLoRAViT:
+               pretrained: bool = False, options: SDLoRAOptions | None = None, rank: int = DEFAULTS.rank,
+               normalize_current: bool = DEFAULTS.normalize_current, direction_norm: str = DEFAULTS.direction_norm,
+               head_init: str = DEFAULTS.head_init) -> SDLoRAViT:
     """Build a timm ViT by name with SD-LoRA adapters on every qkv (see :class:`SDLoRAViT`).
 
-    ``normalize_current=False`` follows the authors' code (the current pair is unnormalised while it
+    ``options`` (an :class:`~avalanche_sdlora.options.SDLoRAOptions`) gives every option at once; the keywords
+    override it. ``normalize_current=False`` follows the authors' code (the current pair is unnormalised while it
     trains); ``True`` is the paper's form. ``direction_norm='factors'`` (default) divides a finished pair by
     ||B||_F ||A||_F as the authors' code does and reproduces their result; ``'frobenius'`` stores the paper's
     unit-Frobenius directions, which re-inflate old updates when magnitudes are reset (13 points lower on cifar100-cpu).
     ``head_init`` sets new classifier rows (``"linear"``: ``nn.Linear``'s default, the authors'; ``"zeros"``).
     """
     backbone = create_backbone(model_name, checkpoint=checkpoint, img_size=img_size, pretrained=pretrained)
-    return SDLoRAViT(backbone, rank=rank, normalize_current=normalize_current, direction_norm=direction_norm,
-                     head_init=head_init)
+    return SDLoRAViT(backbone, options=options)
+
+
+def require_sdlora_model(model: nn.Module, who: str) -> SDLoRAViT:
+    """``model`` if it is an :class:`SDLoRAViT`, else one sentence naming ``who`` needs one."""
+    if not isinstance(model, SDLoRAViT):
+        raise TypeError(f"{who} needs a model built by sdlora_vit(...) (an SDLoRAViT), got {type(model).__name__}")
+    return model

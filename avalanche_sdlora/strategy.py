@@ -2,54 +2,94 @@
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins.evaluation import default_evaluator
 from avalanche.training.templates import SupervisedTemplate
-from torch import nn
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .model import SDLoRAViT
+from .options import DEFAULTS, MODEL_OPTIONS, SDLoRAOptions, takes_options
 from .plugins import AdapterGrowthPlugin, DistillationPlugin, FiniteLossPlugin, RankReductionPlugin
+
+
+def _model_options(arguments: dict[str, Any]) -> SDLoRAOptions | None:
+    return getattr(arguments.get("model"), "options", None)
 
 
 class SDLoRA(SupervisedTemplate):
     """Scalable Decoupled LoRA (Wu et al., ICLR 2025), used exactly like ``avalanche.training.Naive``.
 
-    Pass ``model.parameters()`` (or any parameters) as the optimizer's: at each experience the
-    optimizer is re-pointed at exactly the trainable set (current pair, magnitudes, new head rows),
-    with ``alpha_lr`` for the magnitudes when given. The loss is cross-entropy over the current
-    experience's classes only (``current_classes_only``), as in the paper.
+    Pass ``model.parameters()`` (or any parameters) as the optimizer's: at each experience every parameter
+    group is re-pointed at the trainable parameters it holds (current pair, magnitudes, new head rows),
+    keeping its hyperparameters and scheduler keys; parameters the optimizer has not held before join the
+    first group. ``alpha_lr`` puts the magnitudes in a group of their own (added once, after the user's
+    groups); a scheduler should then be built on an optimizer that already has that group, e.g.
+    ``SGD([{"params": others}, {"params": [model.magnitudes.alpha], "lr": a}])``, which needs no ``alpha_lr``.
+    The optimizer state is fresh at every experience.
+
+    Loss (``current_classes_only=True``, the paper's): the criterion sees only the logit columns of the current
+    experience's classes plus any other class among the minibatch's targets (replayed samples, e.g. from
+    ``ReplayPlugin``), with targets renumbered to those columns; other classes are left out as if absent. Without
+    replay this is cross-entropy over the current classes; replayed samples thus pull their own class up against
+    the current classes and the other replayed classes present. ``current_classes_only=False``: the loss over
+    every head column. Any criterion taking (logits, targets) works.
+
+    Options (``rank``, ``alpha_init``, ``reset_alphas``, ``alpha_lr``) come from ``options`` or, without one, the
+    model's; explicit keywords override either (see :mod:`avalanche_sdlora.options`).
     """
 
+    @takes_options(base=_model_options)
     def __init__(self, *, model: SDLoRAViT, optimizer: Optimizer, criterion: nn.Module | None = None,
                  train_mb_size: int = 1, train_epochs: int = 1, eval_mb_size: int | None = None,
                  device: str | torch.device = "cpu", plugins: Sequence[SupervisedPlugin] | None = None,
-                 evaluator=default_evaluator, eval_every: int = -1, rank: int | None = None,
-                 alpha_init: float = 0.8, reset_alphas: bool = True, alpha_lr: float | None = None,
-                 current_classes_only: bool = True, growth: SupervisedPlugin | None = None,
-                 **base_kwargs) -> None:
+                 evaluator=default_evaluator, eval_every: int = -1, peval_mode: str = "epoch",
+                 options: SDLoRAOptions | None = None, rank: int | None = None,
+                 alpha_init: float = DEFAULTS.alpha_init, reset_alphas: bool = DEFAULTS.reset_alphas,
+                 alpha_lr: float | None = DEFAULTS.alpha_lr, current_classes_only: bool = True,
+                 growth: SupervisedPlugin | None = None, **base_kwargs) -> None:
         if not isinstance(model, SDLoRAViT):
-            raise TypeError(f"SDLoRA needs a model built by sdlora_vit(...), got {type(model).__name__}")
+            raise TypeError(f"{type(self).__name__} needs a model built by sdlora_vit(...), got {type(model).__name__}")
+        for name in MODEL_OPTIONS:
+            if getattr(options, name) != getattr(model.options, name):
+                raise ValueError(f"options.{name}={getattr(options, name)!r} differs from the model's "
+                                 f"{getattr(model.options, name)!r}; it is fixed when the model is built: pass it "
+                                 "to sdlora_vit(...) instead")
         for name, value in (("train_mb_size", train_mb_size), ("train_epochs", train_epochs)):
             if int(value) <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
-        self.alpha_lr = alpha_lr
+        self.options = options
+        self.alpha_lr = options.alpha_lr
         self.current_classes_only = current_classes_only
-        # ``growth`` replaces the adapter-growth plugin (the benchmarks' sequential-LoRA baseline uses it).
-        own = [growth or AdapterGrowthPlugin(rank=rank, alpha_init=alpha_init, reset_alphas=reset_alphas),
-               FiniteLossPlugin()]
-        self._seen_classes: set[int] = set()
         user = list(plugins or [])
+        user_growth = [p for p in user if isinstance(p, AdapterGrowthPlugin)]
+        if len(user_growth) > 1 or (user_growth and growth is not None):
+            raise ValueError("pass one adapter-growth plugin (growth= or one AdapterGrowthPlugin/RankReductionPlugin "
+                             "in plugins=); each adds a task per experience")
+        # A growth plugin in ``plugins`` (e.g. RankReductionPlugin) or ``growth`` replaces the default one
+        # (the benchmarks' sequential-LoRA baseline passes ``growth``).
+        own = [] if user_growth else [growth or self._growth_plugin(options)]
+        own += [FiniteLossPlugin()] + self._extra_plugins(options)
+        self._seen_classes: set[int] = set()
+        self._trained_in: dict[int, int] = {}  # class -> experience that trained it (for error messages)
+        self._param_group: dict[str, int] | None = None  # parameter name -> optimizer group index
+        self._columns: Tensor | None = None  # the current experience's classes, as logit columns
         super().__init__(model=model, optimizer=optimizer, criterion=criterion or nn.CrossEntropyLoss(),
                          train_mb_size=train_mb_size, train_epochs=train_epochs, eval_mb_size=eval_mb_size,
-                         device=device, plugins=own + self._extra_plugins() + user, evaluator=evaluator,
-                         eval_every=eval_every, **base_kwargs)
+                         device=device, plugins=own + user, evaluator=evaluator,
+                         eval_every=eval_every, peval_mode=peval_mode, **base_kwargs)
 
-    def _extra_plugins(self) -> list[SupervisedPlugin]:
+    def _growth_plugin(self, options: SDLoRAOptions) -> AdapterGrowthPlugin:
+        return AdapterGrowthPlugin(rank=options.rank, alpha_init=options.alpha_init, reset_alphas=options.reset_alphas)
+
+    def _extra_plugins(self, options: SDLoRAOptions) -> list[SupervisedPlugin]:
         return []
 
     def _before_training_exp(self, **kwargs) -> None:
@@ -60,55 +100,118 @@ class SDLoRA(SupervisedTemplate):
         classes = {int(c) for c in exp.classes_in_this_experience}
         shared = sorted(classes & self._seen_classes)
         if shared:
-            raise ValueError(f"experience {exp.current_experience} shares classes {shared[:10]} with earlier experiences; "
-                             "SD-LoRA is class-incremental: build the benchmark with nc_benchmark (disjoint classes)")
+            where = sorted({self._trained_in[c] for c in shared if c in self._trained_in})
+            raise ValueError(
+                f"experience {exp.current_experience} shares classes {shared[:10]} with earlier experiences"
+                f"{f' (trained in experience {where})' if where else ''}; SD-LoRA is class-incremental: every "
+                "experience needs classes no earlier experience had (a class-incremental benchmark such as "
+                "class_incremental_benchmark or nc_benchmark gives that), and training one experience twice "
+                "needs a fresh model and strategy")
+        if self.current_classes_only and len(classes) == 1:
+            warnings.warn(f"experience {exp.current_experience} holds a single class ({next(iter(classes))}): the "
+                          "current-classes loss over one class is 0 and trains nothing (unless replayed samples of "
+                          "other classes are in a minibatch); use more classes per experience or "
+                          "current_classes_only=False", UserWarning, stacklevel=2)
+        self._columns = None
         super()._before_training_exp(**kwargs)
 
     def _after_training_exp(self, **kwargs) -> None:
-        self._seen_classes |= {int(c) for c in self.experience.classes_in_this_experience}
+        for c in self.experience.classes_in_this_experience:
+            self._seen_classes.add(int(c))
+            self._trained_in[int(c)] = int(self.experience.current_experience)
         super()._after_training_exp(**kwargs)
 
     def make_optimizer(self, reset_optimizer_state: bool = True, **kwargs) -> None:
-        """Point the optimizer at exactly the trainable parameters, with fresh state."""
-        alphas = [self.model.magnitudes.alpha] if self.model.magnitudes.alpha.requires_grad else []
-        alpha_ids = {id(p) for p in alphas}
-        others = [p for p in self.model.parameters() if p.requires_grad and id(p) not in alpha_ids]
-        self.optimizer.state = defaultdict(dict)
-        self.optimizer.param_groups.clear()
-        self.optimizer.add_param_group({"params": others})
-        if alphas:
-            group = {"params": alphas}
-            if self.alpha_lr is not None:
-                group["lr"] = self.alpha_lr
-            self.optimizer.add_param_group(group)
-        self.optimized_param_id = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        """Re-point every parameter group at the trainable parameters it holds; new ones join group 0.
 
-    def criterion(self):
-        out = self.mb_output
+        Avalanche's ``update_optimizer`` also keeps groups by parameter name, but it places a parameter it has
+        never seen by the groups of its known neighbours in the module tree, and ours are new at every experience
+        (pair, head rows) while their neighbours are frozen: with the magnitudes in a group of their own it put the
+        new pair and head rows into the magnitudes' group (measured: groups of 0 and 27 parameters), training them
+        at the magnitudes' rate. So the mapping is done here; a group's other keys are never touched.
+        """
+        groups = self.optimizer.param_groups
+        named = dict(self.model.named_parameters())
+        if self._param_group is None:  # first call: where the user's optimizer put each parameter
+            where = {id(p): g for g, group in enumerate(groups) for p in group["params"]}
+            self._param_group = {n: where[id(p)] for n, p in named.items() if id(p) in where}
+            if self.alpha_lr is not None:
+                self._alpha_group(groups)
+        for group in groups:
+            group["params"] = []
+        trainable = {n: p for n, p in named.items() if p.requires_grad}
+        for n, p in trainable.items():
+            groups[self._param_group.setdefault(n, 0)]["params"].append(p)
+        if reset_optimizer_state:
+            self.optimizer.state = defaultdict(dict)
+        else:
+            keep = {id(p) for p in trainable.values()}
+            self.optimizer.state = defaultdict(dict, {p: s for p, s in self.optimizer.state.items() if id(p) in keep})
+        self.optimized_param_id = trainable
+
+    def _alpha_group(self, groups: list[dict]) -> None:
+        """Give the magnitudes ``alpha_lr``: in their own group if the user made one, else in a new last group."""
+        alpha = "magnitudes.alpha"
+        g = self._param_group.get(alpha)
+        if g is not None and all(v != g for n, v in self._param_group.items() if n != alpha):
+            group = groups[g]
+        else:  # a copy of the group they shared, hyperparameters and scheduler keys included
+            group = {k: v for k, v in groups[0 if g is None else g].items() if k != "params"}
+            groups.append(group)
+            self._param_group[alpha] = len(groups) - 1
+        group["lr"] = self.alpha_lr
+        if "initial_lr" in group:
+            group["initial_lr"] = self.alpha_lr
+
+    def criterion(self) -> Tensor:
+        out, y = self.mb_output, self.mb_y
         if self.is_training and self.current_classes_only and self.experience is not None:
-            keep = torch.zeros(out.shape[1], dtype=torch.bool, device=out.device)
-            keep[list(self.experience.classes_in_this_experience)] = True
-            out = out.masked_fill(~keep, float("-inf"))
-        return self._criterion(out, self.mb_y)
+            cols = torch.unique(torch.cat([self._current_columns(out.device), y]))  # sorted
+            out, y = out.index_select(1, cols), torch.searchsorted(cols, y)
+        return self._criterion(out, y)
+
+    def _current_columns(self, device: torch.device) -> Tensor:
+        if self._columns is None or self._columns.device != device:  # reset at every training experience
+            classes = sorted(int(c) for c in self.experience.classes_in_this_experience)
+            self._columns = torch.tensor(classes, dtype=torch.long, device=device)
+        return self._columns
+
+
+def _signature_with(base: Any, **extra: tuple[Any, Any]) -> inspect.Signature:
+    """``base``'s signature with keyword-only ``extra`` {name: (default, annotation)} before its ``**kwargs``."""
+    params = list(inspect.signature(base).parameters.values())
+    var_kw = [p for p in params if p.kind is p.VAR_KEYWORD]
+    params = [p for p in params if p.kind is not p.VAR_KEYWORD]
+    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a) for n, (d, a) in extra.items()]
+    return inspect.Signature(params + var_kw)
 
 
 class SDLoRARR(SDLoRA):
-    """SD-LoRA-RR: SD-LoRA whose later tasks get lower-rank pairs (``rank_schedule``)."""
+    """SD-LoRA-RR: SD-LoRA whose later tasks get lower-rank pairs (``rank_schedule``, default the paper's).
 
-    def __init__(self, *, rank_schedule: Mapping[int, int] | None = None, **kwargs) -> None:
-        self._rank_schedule = rank_schedule
-        super().__init__(**kwargs)
+    Takes every SDLoRA argument, in the same order; the ranks come from ``rank_schedule`` (``rank`` is refused).
+    """
 
-    def _extra_plugins(self) -> list[SupervisedPlugin]:
-        return [RankReductionPlugin(self._rank_schedule)]
+    def __init__(self, *args: Any, rank_schedule: Mapping[int, int] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # rank_schedule is in kwargs["options"] (takes_options put it there)
+
+    __init__.__signature__ = _signature_with(SDLoRA.__init__, rank_schedule=(None, "Mapping[int, int] | None"))
+    __init__ = takes_options(base=_model_options, refuse={
+        "rank": "SDLoRARR takes each task's rank from rank_schedule; pass rank_schedule={0: r} for a constant rank r, "
+                "not rank=r"})(__init__)
+
+    def _growth_plugin(self, options: SDLoRAOptions) -> AdapterGrowthPlugin:
+        return RankReductionPlugin(options.schedule, alpha_init=options.alpha_init, reset_alphas=options.reset_alphas)
 
 
 class SDLoRAKD(SDLoRA):
-    """SD-LoRA-KD: a new direction the old ones already span is folded into their magnitudes."""
+    """SD-LoRA-KD: a new direction the old ones already span is folded into their magnitudes (``kd_threshold``)."""
 
-    def __init__(self, *, kd_threshold: float = 9e-4, **kwargs) -> None:
-        self._kd_threshold = kd_threshold
-        super().__init__(**kwargs)
+    def __init__(self, *args: Any, kd_threshold: float = DEFAULTS.kd_threshold, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # kd_threshold is in kwargs["options"]
 
-    def _extra_plugins(self) -> list[SupervisedPlugin]:
-        return [DistillationPlugin(self._kd_threshold)]
+    __init__.__signature__ = _signature_with(SDLoRA.__init__, kd_threshold=(DEFAULTS.kd_threshold, "float"))
+    __init__ = takes_options(base=_model_options)(__init__)
+
+    def _extra_plugins(self, options: SDLoRAOptions) -> list[SupervisedPlugin]:
+        return [DistillationPlugin(options.kd_threshold)]

@@ -41,7 +41,7 @@ from avalanche_sdlora.metrics import AverageAnytimeAccuracy, ParameterCount
 from .methods import LORA_BASELINES, METHODS, SDLORA_FAMILY, MethodConfig, build_strategy
 from .protocols import PROTOCOLS, Protocol
 from .reports import atomic_write_csv, atomic_write_text, markdown_table, plot, summarize
-from .resume import ResumableCSVLogger, close_logs, restore_metric_state
+from .resume import ResumableCSVLogger, close_logs
 from .run_folder import LOCK_NAME, RunLock, clean_stale_temps, file_identity, same_file_content
 
 DEFAULT_METHODS = ("sdlora",)
@@ -325,9 +325,9 @@ def run_method(method: str, seed: int, proto: Protocol, benchmark, cfg: MethodCo
     """Train ``method`` experience by experience; ``on_row`` receives each finished experience's metrics.
 
     SD-LoRA-family models are checkpointed after every experience (safetensors + JSON); with
-    ``prior_rows`` from an interrupted run they resume exactly from the last checkpoint (model, RNG and plugin
-    state from the checkpoint; accumulating metrics and logger files from what the run wrote, see resume.py).
-    Other methods restart from experience 0.
+    ``prior_rows`` from an interrupted run they resume exactly from the last checkpoint (model, RNG, plugin,
+    clock and metric state from the checkpoint; the logger files keep their rows, see resume.py). Other methods
+    restart from experience 0.
     """
     seed_everything(seed)
     log_dir = run_dir / "csv" / method / f"seed{seed}"
@@ -346,18 +346,26 @@ def _run_method(method, seed, proto, benchmark, cfg, run_dir, on_row, prior_rows
     if prior_rows and checkpointable:
         done = {int(r["experience"]) for r in prior_rows}
         contiguous = next((e for e in range(len(done) + 1) if e not in done)) - 1  # rows 0..contiguous exist
-        last = latest_checkpoint(ckpt_dir, upto=contiguous)
+        last = latest_checkpoint(ckpt_dir, upto=contiguous)  # the last undamaged one (a damaged one is named)
         if last is not None:
             try:
                 extra = load_checkpoint(ckpt_dir, last, strategy.model, config={"method": method, "seed": seed})
             except Exception as err:  # noqa: BLE001 - re-raised naming the files
                 raise ValueError(f"cannot resume {method} seed {seed} from its checkpoint "
-                                f"'{ckpt_dir / f'exp{last}.safetensors'}' (and exp{last}.json): {err}; delete "
-                                f"'{ckpt_dir}' to rerun this (method, seed) from its first experience") from err
+                                 f"'{ckpt_dir / f'exp{last}.safetensors'}' (and exp{last}.json): {err}; delete "
+                                 f"'{ckpt_dir}' to rerun this (method, seed) from its first experience") from err
+            if "evaluator" not in extra:
+                # Written before checkpoints held the evaluator's state: forgetting, BWT and AAA of the later rows
+                # would differ from an uninterrupted run's, so this (method, seed) reruns from its first experience.
+                print(f"note: {method} seed {seed}: checkpoint exp{last} in '{ckpt_dir}' holds no metric state "
+                      "(an older format); rerunning from the first experience", flush=True)
+                seed_everything(seed)  # as a fresh start: the loaded weights and RNG states are not wanted
+                strategy = build_strategy(method, cfg, evaluator, plugins)
+                last = None
+        if last is not None:
+            # Model, RNGs, plugins, Avalanche's clock and the evaluator's metric state (forgetting, BWT, AAA).
             restore_strategy_state(strategy, extra)
-            kept = sorted((r for r in prior_rows if int(r["experience"]) <= last), key=lambda r: r["experience"])
-            restore_metric_state(evaluator, kept)
-            for r in kept:
+            for r in sorted((r for r in prior_rows if int(r["experience"]) <= last), key=lambda r: r["experience"]):
                 on_row(r)
             start = last + 1
     for logger in evaluator.loggers:

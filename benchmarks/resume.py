@@ -1,21 +1,15 @@
-"""What a (method, seed) resumed from a checkpoint needs besides the model so that it equals an uninterrupted one.
+"""What a (method, seed) resumed from a checkpoint needs besides the checkpoint to equal an uninterrupted one.
 
-The checkpoint restores the model, the RNG states and the strategy's plugins. Two things live outside it: the
-Avalanche metrics that accumulate over experiences (forgetting and BWT keep each experience's accuracy right
-after it was learned; AAA keeps every earlier seen-class accuracy) and the CSVLogger's files. Both are rebuilt
-from what the run already wrote: the metric state from the kept rows of the run's part (each row holds exactly
-the floats those metrics were fed: ``acc_exp_<j>`` of row j and ``acc_seen``; CSV round-trips them exactly), the
-logger files by keeping their rows up to the checkpoint and appending after them.
+The checkpoint restores the model, the RNG states, the plugins, Avalanche's clock and the evaluator's metric state
+(``avalanche_sdlora.checkpoint.strategy_state``). The CSVLogger's files live outside it: they keep their rows up to
+the checkpoint and the resumed run appends after them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from avalanche.evaluation.metrics.forgetting_bwt import GenericExperienceForgetting
 from avalanche.logging import CSVLogger
-
-from avalanche_sdlora.metrics import AverageAnytimeAccuracy
 
 from .reports import atomic_write_text
 
@@ -60,22 +54,6 @@ def _rows_upto(path: Path, experience: int) -> str:
     col = header.strip().split(",").index("training_exp")
     kept = [r for r in rows if r.strip() and r.split(",")[col] != "None" and int(r.split(",")[col]) <= experience]
     return header + "".join(kept)
-
-
-def restore_metric_state(evaluator, rows: list[dict]) -> None:
-    """Refill the accumulating metrics of ``evaluator`` from the rows of experiences 0..k (sorted).
-
-    Forgetting and BWT (experience and stream) remember R[j, j], the accuracy on experience j right after
-    training it (``acc_exp_<j>`` of row j); AAA remembers the seen-class accuracy after each experience.
-    Every other metric of the harness's evaluator is reset at each evaluation or epoch.
-    """
-    rows = sorted(rows, key=lambda r: int(r["experience"]))
-    for metric in evaluator.metrics:
-        if isinstance(metric, GenericExperienceForgetting):
-            metric.forgetting.initial = {int(r["experience"]): float(r[f"acc_exp_{int(r['experience'])}"])
-                                         for r in rows}
-        elif isinstance(metric, AverageAnytimeAccuracy):
-            metric._history = [float(r["acc_seen"]) for r in rows]
 
 
 def close_logs(evaluator) -> None:

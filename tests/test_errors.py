@@ -14,8 +14,8 @@ from avalanche_sdlora.data import ImageTensorDataset, load_cifar100, split_cifar
 from avalanche_sdlora.model import read_state_dict
 
 
-def test_missing_asset_path_names_flag(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"not found at .*nope\.npz.*--data"):
+def test_missing_asset_path_names_the_argument(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"not found at .*nope\.npz.*path="):
         load_cifar100(tmp_path / "nope.npz")
 
 
@@ -37,7 +37,7 @@ def test_weights_of_another_width(tmp_path):
     small = create_backbone("vit_small_patch16_224", img_size=32)
     p = tmp_path / "small.safetensors"
     save_file({k: v.contiguous() for k, v in small.state_dict().items()}, str(p))
-    with pytest.raises(ValueError, match=r"do not fit 'vit_tiny_patch16_224'.*--model or --checkpoint"):
+    with pytest.raises(ValueError, match=r"do not fit 'vit_tiny_patch16_224'.*model_name= that matches checkpoint="):
         create_backbone("vit_tiny_patch16_224", checkpoint=p, img_size=32)
 
 

@@ -22,20 +22,26 @@ def _rows(path):
     return df.drop(columns=[c for c in df.columns if c.endswith("_seconds")])
 
 
-def _assert_same_run(resumed, clean):
-    pd.testing.assert_frame_equal(_rows(resumed / "per_task.csv"), _rows(clean / "per_task.csv"))
-    for method in METHODS:
+def _assert_same_run(resumed, clean, methods=METHODS):
+    if methods == METHODS:
+        pd.testing.assert_frame_equal(_rows(resumed / "per_task.csv"), _rows(clean / "per_task.csv"))
+        pd.testing.assert_frame_equal(_rows(resumed / "summary.csv"), _rows(clean / "summary.csv"))
+    for method in methods:
         pd.testing.assert_frame_equal(_rows(resumed / "parts" / f"{method}-seed0.csv"),
                                       _rows(clean / "parts" / f"{method}-seed0.csv"))
         for log in LOGS:
             got = (resumed / "csv" / method / "seed0" / log).read_text()
             assert got == (clean / "csv" / method / "seed0" / log).read_text(), (method, log)
-    pd.testing.assert_frame_equal(_rows(resumed / "summary.csv"), _rows(clean / "summary.csv"))
 
 
-def test_killed_runs_resume_to_identical_rows_and_logs(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    """The uninterrupted run every resumed one must equal."""
+    return compare.main(TINY + ["--methods", *METHODS, "--out", str(tmp_path_factory.mktemp("clean")), "--run-id", "c"])
+
+
+def test_killed_runs_resume_to_identical_rows_and_logs(clean, tmp_path, monkeypatch):
     args = TINY + ["--methods", *METHODS]
-    clean = compare.main(args + ["--out", str(tmp_path), "--run-id", "clean"])
     killed = tmp_path / "cifar100-cpu" / "killed"
     real_save, real_write = compare.save_checkpoint, compare.atomic_write_csv
 
@@ -78,6 +84,28 @@ def test_killed_runs_resume_to_identical_rows_and_logs(tmp_path, monkeypatch):
     # seq-lora's magnitude stayed fixed at 1 through the resume (it trained to 3.0 when a restored model unfroze it)
     seq = pd.read_csv(killed / "parts" / "seq-lora-seed0.csv")
     assert (seq["alphas"].astype(float) == 1.0).all()
+
+
+def test_a_checkpoint_without_metric_state_reruns_its_run_from_the_start(clean, tmp_path, monkeypatch, capsys):
+    # checkpoints written before they held the evaluator's state: resuming from one would get forgetting, BWT and
+    # AAA wrong, so the (method, seed) starts again (and still equals the uninterrupted run)
+    real_state, real_save = compare.strategy_state, compare.save_checkpoint
+
+    def kill_after_exp1(directory, experience, *a, **kw):
+        path = real_save(directory, experience, *a, **kw)
+        if experience == 1:
+            raise KeyboardInterrupt("kill")
+        return path
+
+    monkeypatch.setattr(compare, "strategy_state", lambda s: {k: v for k, v in real_state(s).items() if k != "evaluator"})
+    monkeypatch.setattr(compare, "save_checkpoint", kill_after_exp1)
+    args = TINY + ["--methods", "sdlora"]
+    with pytest.raises(KeyboardInterrupt):
+        compare.main(args + ["--out", str(tmp_path), "--run-id", "old"])
+    monkeypatch.undo()
+    run_dir = compare.main(args + ["--resume", str(tmp_path / "cifar100-cpu" / "old")])
+    assert "holds no metric state (an older format); rerunning from the first experience" in capsys.readouterr().out
+    _assert_same_run(run_dir, clean, methods=["sdlora"])
 
 
 def test_same_seed_same_numbers_twice(tmp_path):

@@ -4,15 +4,68 @@ Rule (this implementation is the reference: the authors' repository has none). A
 has been frozen, flatten and concatenate the stored (normalised) q and v directions of every adapted layer
 into one vector per task, solve min_c ||D_t - sum_k c_k D_k||^2 by least squares, and if
 ||r||^2 / ||D_t||^2 <= threshold set alpha_k += alpha_t * c_k and drop D_t and alpha_t.
+
+The least-squares algebra lives here, beside its plugin; the model only offers the structure it works on
+(``adapters[*].directions(k)``) and the structural change (``absorb_last_direction``).
 """
 
 from __future__ import annotations
 
+import torch
 from avalanche.core import SupervisedPlugin
+from torch import Tensor
+
+from ..adapter import lowrank_inner
+from ..model import SDLoRAViT, require_sdlora_model
+
+
+def direction_gram(model: SDLoRAViT) -> Tensor:
+    """Gram matrix of the stored task directions, each flattened over all adapted weights (float64)."""
+    n = model.num_directions
+    G = torch.zeros(n, n, dtype=torch.float64)
+    for a in model.adapters:
+        dirs = [list(a.directions(k)) for k in range(n)]
+        for i in range(n):
+            for j in range(i, n):
+                g = float(sum(lowrank_inner(*dirs[i][s], *dirs[j][s]) for s in range(2)))
+                G[i, j] += g  # summed over every adapted layer: one coefficient per task for all of them
+                if i != j:
+                    G[j, i] += g
+    return G
+
+
+def fit_direction(G: Tensor, k: int) -> tuple[Tensor, float]:
+    """Least squares of direction k on directions 0..k-1 from the Gram matrix G: (coefficients, relative residual)."""
+    G_old, b, dd = G[:k, :k], G[:k, k], G[k, k]
+    coef = torch.linalg.lstsq(G_old, b[:, None], driver="gelsd").solution[:, 0]
+    residual = dd - 2 * coef @ b + coef @ G_old @ coef
+    rel = float((residual / dd).clamp_min(0)) if dd > 0 else 0.0
+    return coef, rel
+
+
+def fit_last_direction(model: SDLoRAViT) -> tuple[Tensor, float]:
+    """Coefficients of the last stored direction on the earlier ones and ||residual||^2 / ||D_t||^2.
+
+    One coefficient per old task over all adapted weights together (alpha is shared by all layers).
+    """
+    n = model.num_directions
+    if n < 2:
+        raise ValueError("knowledge distillation needs at least two stored directions")
+    return fit_direction(direction_gram(model), n - 1)
+
+
+def direction_residuals(model: SDLoRAViT) -> list[float]:
+    """Relative residual of each stored direction k >= 1 on the directions before it (KD's test statistic)."""
+    G = direction_gram(model)
+    return [fit_direction(G, k)[1] for k in range(1, model.num_directions)]
 
 
 class DistillationPlugin(SupervisedPlugin):
-    """Runs after the growth plugin's ``after_training_exp`` (it must come later in the plugin list)."""
+    """After each training experience, absorb the new direction if the old ones span it (``threshold``).
+
+    It freezes the task itself before fitting (freezing twice is a no-op), so it may sit anywhere in the plugin
+    list relative to the growth plugin.
+    """
 
     def __init__(self, threshold: float = 9e-4) -> None:
         super().__init__()
@@ -23,12 +76,20 @@ class DistillationPlugin(SupervisedPlugin):
 
     def after_training_exp(self, strategy, **kwargs) -> None:
         task = strategy.experience.current_experience
-        model = strategy.model
+        model = require_sdlora_model(strategy.model, "DistillationPlugin")
+        model.freeze_task()
         if model.num_directions < 2:
             return
-        coef, rel = model.fit_last_direction()
+        coef, rel = fit_last_direction(model)
         absorbed = rel <= self.threshold
         if absorbed:
             model.absorb_last_direction(coef)
         self.history.append({"task": int(task), "relative_residual": rel,
                              "absorbed": absorbed, "coefficients": coef.tolist()})
+
+    def state_dict(self) -> dict:
+        """Every decision so far (JSON-serialisable), for a resumed run's reports."""
+        return {"history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [dict(h) for h in state["history"]]

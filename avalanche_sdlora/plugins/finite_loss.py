@@ -16,5 +16,5 @@ class FiniteLossPlugin(SupervisedPlugin):
             exp = getattr(strategy.experience, "current_experience", "?")
             raise FloatingPointError(
                 f"loss is {value} at experience {exp}, epoch {strategy.clock.train_exp_epochs}, iteration "
-                f"{strategy.clock.train_epoch_iterations}: training stopped. Lower the learning rate (--lr) or "
-                "check the inputs for NaNs; finished experiences' results are kept.")
+                f"{strategy.clock.train_epoch_iterations}: training stopped. Lower the optimizer's learning rate "
+                "or check the inputs and the criterion for NaNs; finished experiences' results are kept.")

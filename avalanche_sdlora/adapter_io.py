@@ -1,0 +1,255 @@
+"""SD-LoRA adapters on disk without the frozen backbone, in the manner of PEFT's ``save_pretrained``/``from_pretrained``.
+
+``save_adapters(model, folder)`` writes ``adapter_model.safetensors`` (stored directions, the current pair,
+the magnitudes and the head chunks: every tensor that is not the frozen timm backbone) and, last,
+``adapter_config.json`` (timm model name, image size, depth, width, the SD-LoRA options, whether the model was
+merged, which tensors were trainable, a fingerprint of the base weights and the sha256 of the tensor file).
+``load_adapters(folder)`` builds the base by name and loads them strictly; a base of another model, width,
+depth, image size or other weights is refused with one sentence. The backbone is what makes a full state
+dict big (23 MB for ViT-Tiny, ~340 MB for ViT-B) and it never changes, so it is rebuilt from its weights file.
+Nothing is pickled: loading runs no code from the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
+from torch import Tensor
+
+from .adapter import SDLoRAQKV
+
+FORMAT = "avalanche-sdlora-adapters/1"
+TENSORS_FILE = "adapter_model.safetensors"
+CONFIG_FILE = "adapter_config.json"
+OPTIONS = ("rank", "direction_norm", "normalize_current", "head_init")
+
+
+# ---------------------------------------------------------------------- durable files
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary name, fsync it, rename it over ``path`` and fsync the folder.
+
+    A crash leaves either the old file or the new one, never half of one, and a power loss after the
+    call cannot undo the rename.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------------- what belongs to the adapters
+def _adapter_prefixes(model: torch.nn.Module) -> list[str]:
+    return [f"{name}." for name, m in model.named_modules() if isinstance(m, SDLoRAQKV)]
+
+
+def _is_adapter_key(key: str, prefixes: list[str]) -> bool:
+    """Everything outside the backbone (head, magnitudes) and each adapter's own tensors (not its base layer)."""
+    if not key.startswith("backbone."):
+        return True
+    for p in prefixes:
+        if key.startswith(p):
+            return not key.startswith(f"{p}base_layer.")
+    return False
+
+
+def _is_flag(key: str) -> bool:
+    # A merged flag in the state dict would describe the base weight, which is not saved: the flag travels in
+    # the JSON instead and the loaded model is merged again.
+    return key.rsplit(".", 1)[-1] == "merged"
+
+
+def adapter_state_dict(model: torch.nn.Module) -> dict[str, Tensor]:
+    """The entries of ``model.state_dict()`` that are not the frozen backbone (CPU copies)."""
+    prefixes = _adapter_prefixes(model)
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
+            if _is_adapter_key(k, prefixes) and not _is_flag(k)}
+
+
+def base_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 over the frozen backbone's tensors (names, dtypes, shapes, bytes).
+
+    The weights of the adapted qkv layers are left out because ``merge()`` changes them in place; every
+    other backbone tensor (patch embedding, position embedding, norms, MLPs, projections) identifies the base.
+    """
+    prefixes = _adapter_prefixes(model)
+    skip = {f"{p}base_layer.weight" for p in prefixes}
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        if _is_adapter_key(key, prefixes) or key in skip:
+            continue
+        t = value.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{key}|{t.dtype}|{tuple(value.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def adapter_config(model: torch.nn.Module) -> dict:
+    """The facts a base must match to take these adapters, and the options that rebuild the model."""
+    require_sdlora(model, "adapter_config")
+    backbone = model.backbone
+    first = model.adapters[0]
+    return {"format": FORMAT, "model_name": (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture"),
+            "img_size": [int(s) for s in backbone.patch_embed.img_size], "depth": len(backbone.blocks),
+            "width": int(backbone.embed_dim), "rank": int(model.rank), "direction_norm": first.direction_norm,
+            "normalize_current": bool(first.normalize_current), "head_init": model.head.init,
+            "merged": bool(first.merged), "base_sha256": base_fingerprint(model),
+            "requires_grad": sorted(n for n, p in model.named_parameters() if p.requires_grad)}
+
+
+def require_sdlora(model, caller: str) -> None:
+    """Adapters exist only on an ``SDLoRAViT``; anything else gets a TypeError naming ``caller``."""
+    from .model import SDLoRAViT
+
+    if not isinstance(model, SDLoRAViT):
+        raise TypeError(f"{caller} needs a model built by sdlora_vit(...), got {type(model).__name__}")
+
+
+def _describe(cfg: dict) -> str:
+    h, w = cfg["img_size"]
+    size = f"{h} px" if h == w else f"{h}x{w} px"
+    return f"'{cfg['model_name']}' at {size} ({cfg['depth']} blocks, width {cfg['width']})"
+
+
+def _build_hint(cfg: dict) -> str:
+    import inspect
+
+    from .model import sdlora_vit
+
+    h, w = cfg["img_size"]
+    size = h if h == w else (h, w)
+    defaults = inspect.signature(sdlora_vit).parameters
+    opts = "".join(f", {k}={cfg[k]!r}" for k in OPTIONS if k in cfg and (k not in defaults or defaults[k].default != cfg[k]))
+    return f"sdlora_vit('{cfg['model_name']}', img_size={size}{opts}, checkpoint=<the same weights file>)"
+
+
+# ---------------------------------------------------------------------- loading onto a built model
+def load_adapter_state(model: torch.nn.Module, tensors: dict[str, Tensor], saved: dict, where: str) -> None:
+    """Check ``model`` against the saved ``adapter_config`` and load ``tensors`` into it strictly.
+
+    Architecture, options and base weights are checked before the model is touched; ``where`` (a file) is
+    named in every error.
+    """
+    require_sdlora(model, "loading adapters")
+    current = adapter_config(model)
+    if current["merged"]:
+        raise ValueError(f"the model is merged, so its qkv weights hold an update; call model.unmerge() before "
+                         f"loading the adapters of '{where}'")
+    arch = ("model_name", "img_size", "depth", "width")
+    if any(saved.get(k) != current[k] for k in arch if saved.get(k) is not None and current[k] is not None):
+        raise ValueError(f"the adapters in '{where}' were saved on {_describe(saved)} but this model is "
+                         f"{_describe(current)}; build the base with {_build_hint(saved)}")
+    diff = {k: (saved[k], current[k]) for k in OPTIONS if k in saved and saved[k] != current[k]}
+    if diff:
+        raise ValueError(f"the adapters in '{where}' were saved with other options {diff} (saved, this model); "
+                         f"build the model with {_build_hint(saved)}")
+    if saved.get("base_sha256") not in (None, current["base_sha256"]):
+        raise ValueError(f"the base weights of this model differ from those the adapters in '{where}' were trained "
+                         f"on (fingerprint {current['base_sha256'][:12]} vs {saved['base_sha256'][:12]}); build the base "
+                         f"from the same weights file: {_build_hint(saved)}")
+    device = next(model.parameters()).device
+    state = {k: v.to(device) for k, v in tensors.items()}
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise ValueError(f"the adapters in '{where}' do not fit this model ({' '.join(str(exc).split())[:300]}); "
+                         f"build the model with {_build_hint(saved)}") from exc
+    prefixes = _adapter_prefixes(model)
+    missing = sorted(k for k in result.missing_keys if _is_adapter_key(k, prefixes) and not _is_flag(k))
+    if result.unexpected_keys or missing:
+        raise ValueError(f"the adapters in '{where}' do not fit this model (unexpected {result.unexpected_keys[:5]}, "
+                         f"missing {missing[:5]}); load them into a model built with {_build_hint(saved)}")
+    if "requires_grad" in saved:
+        trainable = set(saved["requires_grad"])
+        for name, p in model.named_parameters():
+            if name in state:
+                p.requires_grad_(name in trainable)
+    if saved.get("merged"):
+        model.merge()
+
+
+# ---------------------------------------------------------------------- PEFT-style folder
+def save_adapters(model: torch.nn.Module, path: str | Path) -> Path:
+    """Write the adapters of ``model`` (not its backbone) to the folder ``path``; returns the folder.
+
+    A merged model is saved as it is: the adapters do not change when merged, the JSON records ``merged`` and
+    :func:`load_adapters` merges the loaded model again, so it computes what the saved one computed.
+    """
+    require_sdlora(model, "save_adapters")
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = save_bytes(adapter_state_dict(model))
+    cfg = {**adapter_config(model), "sha256": sha256_hex(data)}
+    write_atomic(folder / TENSORS_FILE, data)
+    write_atomic(folder / CONFIG_FILE, json.dumps(cfg, indent=1).encode())  # last: marks a complete save
+    return folder
+
+
+def read_adapters(path: str | Path) -> tuple[dict[str, Tensor], dict]:
+    """Tensors and config of a :func:`save_adapters` folder, with the file's checksum verified."""
+    folder = Path(path)
+    cfg_path, tensor_path = folder / CONFIG_FILE, folder / TENSORS_FILE
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"'{folder}' has no {CONFIG_FILE}: pass load_adapters(path=...) a folder written by "
+                                "save_adapters (a save that was interrupted has none)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"'{cfg_path}' is damaged ({exc}); save the adapters again") from exc
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise ValueError(f"'{cfg_path}' is not an avalanche-sdlora adapter config (format "
+                         f"{cfg.get('format') if isinstance(cfg, dict) else None!r}, expected {FORMAT!r})")
+    return read_checked_tensors(tensor_path, cfg.get("sha256"), "save the adapters again"), cfg
+
+
+def read_checked_tensors(path: Path, sha256: str | None, fix: str) -> dict[str, Tensor]:
+    """Read a safetensors file whose sha256 was recorded (None: an old file without one)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read '{path}' ({exc}); {fix}") from exc
+    if sha256 is not None and sha256_hex(data) != sha256:
+        raise ValueError(f"'{path}' is damaged (its sha256 differs from the one recorded when it was written); {fix}")
+    try:
+        return load_bytes(data)
+    except Exception as exc:  # safetensors raises its own error types for a bad header
+        raise ValueError(f"'{path}' is not a readable safetensors file ({exc}); {fix}") from exc
+
+
+def load_adapters(path: str | Path, model: torch.nn.Module | None = None, *, checkpoint: str | Path | None = None,
+                  pretrained: bool = False):
+    """Load adapters saved by :func:`save_adapters`, like PEFT's ``PeftModel.from_pretrained``.
+
+    Without ``model`` the base is built by name from the saved config, ``sdlora_vit(name, img_size=...,
+    checkpoint=checkpoint, pretrained=pretrained, ...)``: pass the weights file the adapters were trained on.
+    With ``model`` (an unmerged ``SDLoRAViT``) they are loaded into it. Returns the model.
+    """
+    tensors, cfg = read_adapters(path)
+    where = str(Path(path) / TENSORS_FILE)
+    if model is None:
+        from .model import sdlora_vit
+
+        if not cfg.get("model_name"):
+            raise ValueError(f"'{path}' does not record a timm model name (its backbone was not built by name); "
+                             "pass load_adapters(path, model=...) a model built like the saved one")
+        h, w = cfg["img_size"]
+        model = sdlora_vit(cfg["model_name"], img_size=h if h == w else (h, w), checkpoint=checkpoint,
+                           pretrained=pretrained, **{k: cfg[k] for k in OPTIONS})
+    load_adapter_state(model, tensors, cfg, where)
+    return model

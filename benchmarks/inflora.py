@@ -1,0 +1,414 @@
+"""InfLoRA (Liang & Li, CVPR 2024) as an Avalanche strategy for any timm ViT.
+
+Each task adds a low-rank branch ``B_t A_t`` to the key and the value projection of every block (not the query).
+``A_t`` is set from data before the task and never trained: the left singular vectors of the layer's input
+covariance after projecting out the subspace kept for earlier tasks, so the branch cannot disturb the inputs those
+tasks produced. Only ``B_t`` and the task's head rows train, on the task's own logits. After the task the kept
+subspace grows DualGPM-style. All branches are summed in one forward pass and can be merged into the weights.
+
+Reference: liangyanshuo/InfLoRA@e08b00e ``methods/inflora.py`` (``_train``, ``train_function``, ``update_DualGPM``),
+``models/vit_inflora.py`` (``Attention_LoRA``), ``models/sinet_inflora.py`` (``SiNet``), ``utils/schedulers.py``,
+``configs/cifar100_inflora.json``. Facts checked there:
+
+- covariance: the running mean over all tokens of ``x^T x`` of the attention input (the fused qkv's input), from one
+  no-grad pass over the task's training loader (augmented, ``mode='train'``) before training, with the new branch's
+  ``B = 0``; and a second pass after training, whose covariances feed the subspace update;
+- ``A_t = U[:, :r]^T / sqrt(3)`` where ``U`` are the left singular vectors of the covariance ``C`` (task 0) or of the
+  projected ``C - M M^T C`` ('remove': ``M`` spans the kept space) or ``M M^T C`` ('retain': ``M`` spans its
+  complement); the same ``A_t`` for k and v (the reference stores two equal copies; we store one);
+- ``B`` starts at zero; update ``dW_k = sum_t B_{k,t} A_t`` (likewise v), no further scaling;
+- DualGPM (``update_DualGPM``) runs on the covariance matrices themselves (so its "energy" is the sum of squared
+  singular values of ``C``); threshold ``(lame - lamb) * t / total_sessions + lamb`` with ``t`` the 0-based task just
+  trained, so it never reaches ``lame`` (0.95 ... 0.995 over ten CIFAR tasks); the first task keeps the top ``r``
+  directions with ``r = #{cumulative energy ratio < threshold}`` (one short of reaching it: the ``+1`` is commented
+  out there), at least one; the kept space is stored as its own basis
+  ('remove') while that has fewer than half the dimensions, else as the basis of its complement ('retain'); later
+  tasks add (remove) or take away (retain) the top directions of the projected covariance until the threshold holds;
+- training loss: cross-entropy over the current task's head only (``classifier_pool[numtask-1]``, targets shifted);
+  head rows per task ``nn.Linear(embd_dim, classes)`` with its default init; inference concatenates all task heads;
+- optimiser ``Adam(lr 5e-4, betas (0.9, 0.999), weight_decay 0)``, fresh each task, over all parameters of which only
+  the current ``lora_B_k``/``lora_B_v`` and head require grad; ``CosineSchedule``: ``lr * cos(99 pi e / (200 (K - 1)))``
+  at epoch ``e`` of ``K``, stepped per epoch; 20 epochs, batch 128, rank 10, lamb 0.95 / lame 1.0 on CIFAR-100
+  (ImageNet-R ``mimg10_inflora.json``: lamb 0.98, 50 epochs). Its SGD option pairs SGD(momentum 0.9) with
+  ``CosineAnnealingLR(T_max=epochs)``.
+
+One deliberate difference: when the first task's kept rank is at least half the dimension the reference stores the
+kept basis labelled 'retain' and then fails its own assertion (retain bases must be at most half); we store the
+complement, as its later 'remove' -> 'retain' switch does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from avalanche.core import SupervisedPlugin
+from avalanche.training.plugins import LRSchedulerPlugin
+from avalanche.training.templates import SupervisedTemplate
+from torch import Tensor, nn
+
+from avalanche_sdlora import create_backbone
+from avalanche_sdlora.head import FrozenPastHead
+
+__all__ = ["InfLoRAKV", "InfLoRAViT", "DualGPM", "InfLoRAPlugin", "InfLoRA", "threshold_schedule", "input_matrix",
+           "build_strategy", "stored_params", "REFERENCE_HPARAMS", "INFERENCE_FORWARD_PASSES"]
+
+_REF = "liangyanshuo/InfLoRA"
+_CFG = _REF + " configs/cifar100_inflora.json"
+REFERENCE_HPARAMS: dict[str, tuple[object, str]] = {
+    "rank": (10, _CFG + " rank"),
+    "adapted": ("k and v of every block", _REF + " models/vit_inflora.py Attention_LoRA: lora_A_k/B_k, lora_A_v/B_v"),
+    "input_matrix_scale": (1 / math.sqrt(3), _REF + " methods/inflora.py _train: U[:, :rank].T / math.sqrt(3)"),
+    "threshold_start": (0.95, _CFG + " lamb (ImageNet-R mimg10_inflora.json: 0.98)"),
+    "threshold_end": (1.0, _CFG + " lame"),
+    "threshold_schedule": ("(lame - lamb) * t / total_sessions + lamb, t = 0-based task",
+                           _REF + " methods/inflora.py update_DualGPM"),
+    "optimizer": ("adam", _CFG + " optim; methods/inflora.py: Adam(betas=(0.9, 0.999))"),
+    "lr": (5e-4, _CFG + " init_lr / lrate"),
+    "weight_decay": (0.0, _CFG + " init_weight_decay / weight_decay"),
+    "schedule": ("lr * cos(99 pi e / (200 (K - 1))) per epoch", _REF + " utils/schedulers.py CosineSchedule"),
+    "epochs": (20, _CFG + " init_epoch / epochs (the harness's epochs are used)"),
+    "batch_size": (128, _CFG + " batch_size (the harness's batch size is used)"),
+    "loss": ("cross-entropy on the current task's logits", _REF + " methods/inflora.py train_function"),
+    "head_init": ("nn.Linear default per task", _REF + " models/sinet_inflora.py classifier_pool"),
+}
+INFERENCE_FORWARD_PASSES = 1  # all branches are summed inside the one pass (or merged into the weights)
+
+
+def threshold_schedule(task: int, n_tasks: int, start: float = 0.95, end: float = 1.0) -> float:
+    """The reference's DualGPM energy threshold after 0-based ``task`` of ``n_tasks`` (capped at ``end``)."""
+    return min((end - start) * task / n_tasks + start, end)
+
+
+def input_matrix(cov: Tensor, rank: int) -> Tensor:
+    """``A = U[:, :rank]^T / sqrt(3)`` from the (projected) covariance: InfLoRA's frozen input-side matrix."""
+    if rank > cov.shape[0]:
+        raise ValueError(f"rank {rank} exceeds the layer width {cov.shape[0]}; choose rank <= {cov.shape[0]}")
+    U = torch.linalg.svd(cov, full_matrices=False).U
+    return U[:, :rank].T / math.sqrt(3)
+
+
+class DualGPM:
+    """Per layer, the input subspace kept for earlier tasks, stored on whichever side is smaller.
+
+    ``kinds[i] == 'remove'``: ``bases[i]`` spans the kept space; ``'retain'``: it spans the complement. All float64.
+    """
+
+    def __init__(self) -> None:
+        self.bases: list[Tensor] = []
+        self.kinds: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.bases)
+
+    def numel(self) -> int:
+        return sum(b.numel() for b in self.bases)
+
+    def project(self, layer: int, act: Tensor) -> Tensor:
+        """``act`` with the kept space's directions taken out (identity before the first update)."""
+        if not self.bases:
+            return act
+        M = self.bases[layer].to(act)
+        return act - M @ (M.T @ act) if self.kinds[layer] == "remove" else M @ (M.T @ act)
+
+    def kept_basis(self, layer: int) -> Tensor:
+        """An orthonormal basis of the kept space, whichever side is stored."""
+        M = self.bases[layer]
+        if self.kinds[layer] == "remove":
+            return M
+        return torch.linalg.svd(M, full_matrices=True).U[:, M.shape[1]:]
+
+    @torch.no_grad()
+    def update(self, acts: list[Tensor], threshold: float) -> None:
+        acts = [a.double() for a in acts]
+        if not self.bases:
+            for act in acts:
+                U, S, _ = torch.linalg.svd(act)
+                ratio = S**2 / (S**2).sum()
+                r = int((torch.cumsum(ratio, 0) < threshold).sum())
+                k = max(r, 1)
+                if r < act.shape[0] / 2:
+                    self.bases.append(U[:, :k]); self.kinds.append("remove")
+                else:  # the reference stores U[:, :k] here and then fails its retain assertion; keep the complement
+                    self.bases.append(U[:, k:]); self.kinds.append("retain")
+        else:
+            for i, act in enumerate(acts):
+                self._update_layer(i, act, threshold)
+        for i, (M, kind) in enumerate(zip(self.bases, self.kinds)):
+            if kind == "remove" and M.shape[1] > M.shape[0] / 2:  # store the smaller side
+                self.bases[i] = torch.linalg.svd(M, full_matrices=True).U[:, M.shape[1]:]
+                self.kinds[i] = "retain"
+
+    def _update_layer(self, i: int, act: Tensor, threshold: float) -> None:
+        M, total = self.bases[i], (torch.linalg.svdvals(act) ** 2).sum()
+        if self.kinds[i] == "remove":
+            U, S, _ = torch.linalg.svd(act - M @ (M.T @ act))
+            ratio = S**2 / total
+            acc, r = float(((total - (S**2).sum()) / total)), 0
+            while r < len(ratio) and acc < threshold:  # add directions until the kept energy reaches the threshold
+                acc += float(ratio[r]); r += 1
+            if r:
+                self.bases[i] = torch.cat([M, U[:, :r]], dim=1)[:, : M.shape[0]]
+        else:
+            U, S, _ = torch.linalg.svd(M @ (M.T @ act))
+            ratio = S**2 / total
+            acc, r = float((S**2).sum() / total), 0
+            while r < len(ratio) and acc >= 1 - threshold:  # take directions out of the free side until it is small
+                acc -= float(ratio[r]); r += 1
+            if r:
+                rest = M - U[:, :r] @ (U[:, :r].T @ M)
+                self.bases[i] = torch.linalg.svd(rest, full_matrices=True).U[:, : M.shape[1] - r]
+
+
+class InfLoRAKV(nn.Module):
+    """A frozen fused qkv ``nn.Linear`` plus one branch per task on its k and v slices.
+
+    ``lora_A`` (buffer, tasks x r x in): the frozen input-side matrices; ``lora_B`` (one (2, dim, r) parameter per
+    task, k then v): only the newest trains. ``delta_weight`` is the single place the update is formed.
+    """
+
+    def __init__(self, base_layer: nn.Linear) -> None:
+        super().__init__()
+        if not isinstance(base_layer, nn.Linear) or base_layer.out_features % 3:
+            raise TypeError(f"InfLoRAKV wraps a fused qkv nn.Linear with 3*dim outputs, got {base_layer!r}")
+        self.base_layer = base_layer
+        for p in base_layer.parameters():
+            p.requires_grad_(False)
+        self.dim, self.in_features = base_layer.out_features // 3, base_layer.in_features
+        self.register_buffer("lora_A", base_layer.weight.new_zeros(0, 0, self.in_features))
+        self.lora_B = nn.ParameterList()
+        self.merged = False
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.lora_B)
+
+    @torch.no_grad()
+    def add_branch(self, rank: int) -> None:
+        """Freeze the earlier branches and start a new one (``A`` to be set from data, ``B = 0``)."""
+        if self.merged:
+            raise RuntimeError("unmerge() before adding a branch")
+        if self.num_tasks and rank != self.lora_A.shape[1]:
+            raise ValueError(f"every InfLoRA branch has the same rank; got {rank} after {self.lora_A.shape[1]}")
+        for p in self.lora_B:
+            p.requires_grad_(False)
+        w = self.base_layer.weight
+        old = self.lora_A.reshape(-1, rank, self.in_features)
+        self.lora_A = torch.cat([old, w.new_zeros(1, rank, self.in_features)])
+        self.lora_B.append(nn.Parameter(w.new_zeros(2, self.dim, rank)))
+
+    @torch.no_grad()
+    def set_input_matrix(self, A: Tensor) -> None:
+        self.lora_A[-1].copy_(A)
+
+    def delta_weight(self) -> Tensor:
+        """Update of the k and v slices, shape (2, dim, in): ``sum_t B_t A_t``."""
+        if not self.num_tasks:
+            return self.base_layer.weight.new_zeros(2, self.dim, self.in_features)
+        return torch.einsum("tsdr,tri->sdi", torch.stack(list(self.lora_B)), self.lora_A)
+
+    def full_delta_weight(self) -> Tensor:
+        dk, dv = self.delta_weight().unbind(0)
+        return torch.cat([torch.zeros_like(dk), dk, dv], dim=0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.merged or not self.num_tasks:
+            return self.base_layer(x)
+        return F.linear(x, self.base_layer.weight + self.full_delta_weight(), self.base_layer.bias)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.base_layer.weight += self.full_delta_weight()
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.base_layer.weight -= self.full_delta_weight()
+            self.merged = False
+
+
+class InfLoRAViT(nn.Module):
+    """Frozen timm ViT with :class:`InfLoRAKV` on every block's qkv and a growing head (old rows frozen)."""
+
+    def __init__(self, backbone: nn.Module, rank: int = 10) -> None:
+        super().__init__()
+        blocks = getattr(backbone, "blocks", None)
+        if not blocks or not all(isinstance(getattr(getattr(b, "attn", None), "qkv", None), nn.Linear) for b in blocks):
+            raise TypeError(f"{type(backbone).__name__} has no .blocks[*].attn.qkv nn.Linear; InfLoRA needs a timm "
+                            "VisionTransformer such as 'vit_tiny_patch16_224'")
+        if rank <= 0:
+            raise ValueError(f"rank must be a positive integer, got {rank}")
+        self.rank = rank
+        self.backbone = backbone
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        for block in backbone.blocks:
+            block.attn.qkv = InfLoRAKV(block.attn.qkv)
+        self.head = FrozenPastHead(backbone.num_features)
+
+    @property
+    def adapters(self) -> list[InfLoRAKV]:
+        return [b.attn.qkv for b in self.backbone.blocks]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone(x))
+
+    def add_task(self) -> None:
+        for a in self.adapters:
+            a.add_branch(self.rank)
+
+    @torch.no_grad()
+    def layer_input_covariances(self, images: Iterable[Tensor]) -> list[Tensor]:
+        """Mean of ``x x^T`` over every token that reaches each qkv, from one pass over ``images`` (float64)."""
+        sums = [torch.zeros(a.in_features, a.in_features, dtype=torch.float64, device=a.base_layer.weight.device)
+                for a in self.adapters]
+        counts = [0] * len(sums)
+
+        def hook(i: int):
+            def accumulate(_module, inputs):
+                x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
+                sums[i].add_(x.T @ x)
+                counts[i] += x.shape[0]
+            return accumulate
+
+        handles = [a.register_forward_pre_hook(hook(i)) for i, a in enumerate(self.adapters)]
+        was_training = self.training
+        self.eval()
+        try:
+            for x in images:
+                self.backbone(x)
+        finally:
+            for h in handles:
+                h.remove()
+            self.train(was_training)
+        if not counts[0]:
+            raise ValueError("the covariance pass saw no images; every experience needs training data")
+        return [s / n for s, n in zip(sums, counts)]
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        for a in self.adapters:
+            a.merge()
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        for a in self.adapters:
+            a.unmerge()
+
+
+class InfLoRAPlugin(SupervisedPlugin):
+    """Before each experience: new branches with data-set ``A``; after it: the DualGPM update of the kept space."""
+
+    def __init__(self, n_experiences: int, threshold_start: float = 0.95, threshold_end: float = 1.0) -> None:
+        super().__init__()
+        if n_experiences <= 0:
+            raise ValueError(f"n_experiences must be positive, got {n_experiences}")
+        self.n_experiences = n_experiences
+        self.threshold_start, self.threshold_end = threshold_start, threshold_end
+        self.subspace = DualGPM()
+        self.thresholds: list[float] = []
+
+    @staticmethod
+    def _images(strategy) -> Iterable[Tensor]:
+        return (mb[0].to(strategy.device) for mb in strategy.dataloader)
+
+    def before_training_exp(self, strategy, **kwargs) -> None:
+        model: InfLoRAViT = strategy.model
+        model.add_task()
+        covs = model.layer_input_covariances(self._images(strategy))
+        for i, (a, cov) in enumerate(zip(model.adapters, covs)):
+            a.set_input_matrix(input_matrix(self.subspace.project(i, cov), model.rank).to(a.lora_A))
+        # Avalanche builds the optimizer before this hook; rebuild it over the new trainable set.
+        strategy.make_optimizer(reset_optimizer_state=True)
+
+    def after_training_exp(self, strategy, **kwargs) -> None:
+        covs = strategy.model.layer_input_covariances(self._images(strategy))
+        threshold = threshold_schedule(len(self.thresholds), self.n_experiences, self.threshold_start,
+                                       self.threshold_end)
+        self.subspace.update(covs, threshold)
+        self.thresholds.append(threshold)
+
+
+class InfLoRA(SupervisedTemplate):
+    """InfLoRA: ``SupervisedTemplate`` + :class:`InfLoRAPlugin`; the loss sees the current experience's classes only."""
+
+    def __init__(self, *, model: InfLoRAViT, optimizer: torch.optim.Optimizer, n_experiences: int,
+                 threshold_start: float = 0.95, threshold_end: float = 1.0, criterion: nn.Module | None = None,
+                 plugins: list | None = None, **kwargs) -> None:
+        if not isinstance(model, InfLoRAViT):
+            raise TypeError(f"InfLoRA needs an InfLoRAViT, got {type(model).__name__}")
+        self.subspace_plugin = InfLoRAPlugin(n_experiences, threshold_start, threshold_end)
+        self._seen_classes: set[int] = set()
+        super().__init__(model=model, optimizer=optimizer, criterion=criterion or nn.CrossEntropyLoss(),
+                         plugins=[self.subspace_plugin] + list(plugins or []), **kwargs)
+
+    def _before_training_exp(self, **kwargs) -> None:
+        exp = self.experience
+        shared = sorted({int(c) for c in exp.classes_in_this_experience} & self._seen_classes)
+        if shared:
+            raise ValueError(f"experience {exp.current_experience} shares classes {shared[:10]} with earlier experiences; "
+                             "InfLoRA is class-incremental: build the benchmark with nc_benchmark (disjoint classes)")
+        super()._before_training_exp(**kwargs)
+
+    def _after_training_exp(self, **kwargs) -> None:
+        self._seen_classes |= {int(c) for c in self.experience.classes_in_this_experience}
+        super()._after_training_exp(**kwargs)
+
+    def make_optimizer(self, reset_optimizer_state: bool = True, **kwargs) -> None:
+        """Point the optimizer at exactly the trainable parameters (current ``B`` and head rows), fresh state."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer.state = defaultdict(dict)
+        self.optimizer.param_groups.clear()
+        if params:
+            self.optimizer.add_param_group({"params": params})
+        self.optimized_param_id = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def criterion(self):
+        out = self.mb_output
+        if self.is_training and self.experience is not None:
+            keep = torch.zeros(out.shape[1], dtype=torch.bool, device=out.device)
+            keep[list(self.experience.classes_in_this_experience)] = True
+            out = out.masked_fill(~keep, float("-inf"))
+        return self._criterion(out, self.mb_y)
+
+
+def coda_cosine(epochs: int):
+    """The reference's per-epoch factor ``cos(99 pi e / (200 (K - 1)))`` (constant for a single epoch)."""
+    return lambda e: math.cos(99 * math.pi * e / (200 * (epochs - 1))) if epochs > 1 else 1.0
+
+
+def build_strategy(*, model_name: str, checkpoint: str | None, img_size: int, num_classes: int, n_experiences: int,
+                   epochs: int, batch_size: int, eval_batch_size: int, device: str, evaluator, plugins: list,
+                   lr: float | None = None, optimizer: str | None = None, rank: int = 10,
+                   threshold_start: float = 0.95, threshold_end: float = 1.0,
+                   weight_decay: float = 0.0) -> SupervisedTemplate:
+    """InfLoRA with the reference recipe (``lr``/``optimizer`` None: Adam 5e-4, cosine) or the given overrides."""
+    model = InfLoRAViT(create_backbone(model_name, checkpoint=checkpoint, img_size=img_size), rank=rank)
+    lr = 5e-4 if lr is None else lr
+    placeholder = [nn.Parameter(torch.zeros(1))]  # make_optimizer re-points it at each experience's trainable set
+    name = optimizer or "adam"
+    if name == "adam":
+        opt = torch.optim.Adam(placeholder, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, coda_cosine(epochs))
+    elif name == "sgd":
+        opt = torch.optim.SGD(placeholder, lr=lr, momentum=0.9, weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(int(epochs), 1))
+    else:
+        raise ValueError(f"unknown optimizer '{name}' for InfLoRA; choose 'adam' (the reference's) or 'sgd'")
+    return InfLoRA(model=model, optimizer=opt, n_experiences=n_experiences, threshold_start=threshold_start,
+                   threshold_end=threshold_end, train_mb_size=batch_size, train_epochs=epochs,
+                   eval_mb_size=eval_batch_size, device=device, evaluator=evaluator,
+                   plugins=list(plugins) + [LRSchedulerPlugin(sched)])
+
+
+def stored_params(strategy: SupervisedTemplate) -> int:
+    """Branches (one ``A`` and the k, v ``B`` per task per layer) + DualGPM bases + head: InfLoRA's kept state."""
+    model: InfLoRAViT = strategy.model
+    branches = sum(a.lora_A.numel() + sum(b.numel() for b in a.lora_B) for a in model.adapters)
+    head = sum(p.numel() for p in model.head.parameters())
+    return int(branches + strategy.subspace_plugin.subspace.numel() + head)
