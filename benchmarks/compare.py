@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -346,7 +347,11 @@ def _run_method(method, seed, proto, benchmark, cfg, run_dir, on_row, prior_rows
     if prior_rows and checkpointable:
         done = {int(r["experience"]) for r in prior_rows}
         contiguous = next((e for e in range(len(done) + 1) if e not in done)) - 1  # rows 0..contiguous exist
-        last = latest_checkpoint(ckpt_dir, upto=contiguous)  # the last undamaged one (a damaged one is named)
+        with warnings.catch_warnings(record=True) as skipped:  # a damaged checkpoint is skipped, naming its file
+            warnings.simplefilter("always")
+            last = latest_checkpoint(ckpt_dir, upto=contiguous)
+        for w in skipped:
+            print(f"note: {method} seed {seed}: {w.message}", flush=True)
         if last is not None:
             try:
                 extra = load_checkpoint(ckpt_dir, last, strategy.model, config={"method": method, "seed": seed})

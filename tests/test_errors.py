@@ -1,6 +1,7 @@
 """Bad input gets one clear error that names the problem and the fix."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from avalanche.benchmarks.scenarios.deprecated.generators import nc_benchmark
@@ -174,7 +175,7 @@ def test_library_errors_before_the_run_loop_are_one_line_and_verbose_shows_the_t
     assert not (tmp_path / "cifar100-cpu" / "g").exists()  # nothing was created for a run that never started
 
 
-def test_a_damaged_run_folder_checkpoint_is_named(tmp_path, monkeypatch):
+def test_a_damaged_run_folder_checkpoint_is_named(tmp_path, monkeypatch, capsys):
     from benchmarks import compare
 
     argv = CLI_TINY[:-1] + ["sdlora", "--out", str(tmp_path), "--run-id", "d"]
@@ -186,9 +187,17 @@ def test_a_damaged_run_folder_checkpoint_is_named(tmp_path, monkeypatch):
     def damaged(directory, experience, *args, **kwargs):
         raise ValueError("invalid safetensors header")
 
+    real = compare.load_checkpoint
     monkeypatch.setattr(compare, "load_checkpoint", damaged)
     with pytest.raises(SystemExit, match="1 of 1 runs failed") as err:
         compare.main(CLI_TINY[:-1] + ["sdlora", "--resume", str(run_dir)])
     ckpt = run_dir / "checkpoints" / "sdlora-seed0"
     assert f"'{ckpt / 'exp1.safetensors'}' (and exp1.json): invalid safetensors header" in str(err.value)
     assert f"delete '{ckpt}'" in str(err.value)
+    # a damaged file found by the library's checks is skipped, named, and the run goes on from the one before
+    monkeypatch.setattr(compare, "load_checkpoint", real)
+    (ckpt / "exp1.safetensors").write_bytes(b"\0" * 64)
+    assert compare.main(CLI_TINY[:-1] + ["sdlora", "--resume", str(run_dir)]) == run_dir
+    out = capsys.readouterr().out
+    assert f"note: sdlora seed 0: skipping checkpoint exp1 in '{ckpt}'" in out and "exp1.safetensors" in out, out
+    assert (run_dir / "DONE").exists() and len(pd.read_csv(run_dir / "parts" / "sdlora-seed0.csv")) == 3
