@@ -34,20 +34,60 @@ class Magnitudes(nn.Module):
 
     Stored as one growing parameter vector so the state dict holds exactly one entry,
     ``alpha``, whose length is the number of tasks whose directions are kept.
+
+    Some slots can be held fixed while others train (``freeze``; the frozen-old-magnitudes ablation): torch has no
+    per-element ``requires_grad``, so the adapters read the magnitudes through ``values()``, which detaches the frozen
+    slots (their gradient is exactly 0), and ``restore_frozen_()`` writes their values back after an optimizer step
+    (weight decay or any rule that moves a parameter without a gradient would otherwise shift them). The freeze is
+    not saved: the growth plugin sets it at the start of every task, and any change of length clears it.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.alpha = nn.Parameter(torch.zeros(0))
+        self.register_buffer("frozen_mask", torch.zeros(0, dtype=torch.bool), persistent=False)
+        self.register_buffer("frozen_values", torch.zeros(0), persistent=False)
+        self._any_frozen = False  # mirrors frozen_mask.any() without a device synchronisation per forward
 
     def __len__(self) -> int:
         return int(self.alpha.numel())
+
+    def values(self) -> Tensor:
+        """The magnitudes as the adapters use them: frozen slots carry no gradient.
+
+        A method, not ``forward``: a module call returning its own parameter trips torch's module hooks (FLOP counter).
+        """
+        if not self._any_frozen:
+            return self.alpha
+        return torch.where(self.frozen_mask, self.alpha.detach(), self.alpha)
+
+    @property
+    def frozen_slots(self) -> list[int]:
+        return [int(i) for i in torch.nonzero(self.frozen_mask).flatten()] if self._any_frozen else []
+
+    @torch.no_grad()
+    def freeze(self, slots) -> None:
+        """Hold ``slots`` at their current values (an empty list: every slot trains)."""
+        mask = torch.zeros(len(self), dtype=torch.bool, device=self.alpha.device)
+        slots = [int(k) for k in slots]
+        if any(not 0 <= k < len(self) for k in slots):
+            raise ValueError(f"slots {slots} out of range for {len(self)} magnitudes")
+        mask[slots] = True
+        self.frozen_mask, self.frozen_values = mask, self.alpha.detach().clone()
+        self._any_frozen = bool(slots)
+
+    @torch.no_grad()
+    def restore_frozen_(self) -> None:
+        """Write the frozen slots' values back (after an optimizer step)."""
+        if self._any_frozen:
+            self.alpha.copy_(torch.where(self.frozen_mask, self.frozen_values, self.alpha))
 
     @torch.no_grad()
     def append(self, value: float) -> int:
         """Add a magnitude for a new task; returns its slot index."""
         new = torch.cat([self.alpha.detach(), self.alpha.new_full((1,), float(value))])
         self.alpha = nn.Parameter(new, requires_grad=self.alpha.requires_grad)
+        self.freeze([])
         return len(self) - 1
 
     @torch.no_grad()
@@ -55,6 +95,7 @@ class Magnitudes(nn.Module):
         """Remove the last magnitude (used when knowledge distillation absorbs a task)."""
         last = float(self.alpha[-1])
         self.alpha = nn.Parameter(self.alpha.detach()[:-1].clone(), requires_grad=self.alpha.requires_grad)
+        self.freeze([])
         return last
 
     @torch.no_grad()
@@ -68,6 +109,7 @@ class Magnitudes(nn.Module):
             # (on this module's device, whatever device the checkpoint's tensor is on)
             self.alpha = nn.Parameter(self.alpha.new_zeros(state_dict[key].shape), requires_grad=self.alpha.requires_grad)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.freeze([])
 
 
 def _lowrank_fro_norm(B: Tensor, A: Tensor) -> Tensor:
@@ -172,6 +214,21 @@ class SDLoRAQKV(nn.Module):
         self.current_slot = None
 
     @torch.no_grad()
+    def normalize_pair(self) -> None:
+        """Rescale the live pair's B so that B A is the direction ``freeze_pair`` would store; it stays trainable.
+
+        The single-component ablation's task end: its one pair is never frozen, but is normalised as a finished
+        direction is (``direction_norm``). Under ``normalize_current=True`` this changes only the factors' scale.
+        """
+        if self.lora_A is None:
+            return
+        self._refuse_if_merged("normalise the pair")
+        A, B = self.lora_A.detach(), self.lora_B.detach()
+        norms = torch.stack([self._pair_norm(B[s], A[s]) for s in range(2)])
+        scale = torch.where(norms > self.eps, 1.0 / norms.clamp_min(self.eps), torch.ones_like(norms))
+        self.lora_B.mul_(scale[:, None, None])
+
+    @torch.no_grad()
     def drop_slot(self, slot: int) -> None:
         """Remove every stored direction scaled by ``slot`` (used by knowledge distillation)."""
         self._refuse_if_merged("drop a direction")
@@ -189,7 +246,7 @@ class SDLoRAQKV(nn.Module):
     # ------------------------------------------------------------------ the update
     def delta_weight(self) -> Tensor:
         """Update of the q and v slices, shape (2, dim, in); the one place it is formed."""
-        alpha = self.magnitudes.alpha
+        alpha = self.magnitudes.values()
         w = self.base_layer.weight
         delta = w.new_zeros(2, self.dim, self.in_features)
         if self.stored_rank:

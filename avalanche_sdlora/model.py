@@ -158,6 +158,12 @@ class SDLoRAViT(nn.Module):
         for a in self.adapters:
             a.freeze_pair()
 
+    @torch.no_grad()
+    def normalize_task(self) -> None:
+        """Normalise the live pair in place and keep it trainable (the single-component ablation's task end)."""
+        for a in self.adapters:
+            a.normalize_pair()
+
     def direction_residuals(self) -> list[float]:
         """KD's test statistic per stored direction; kept for callers, the algebra is in plugins/distillation.py."""
         from .plugins.distillation import direction_residuals

@@ -32,6 +32,33 @@ HEAD_INITS = ("linear", "zeros")
 # Options fixed when the model is built (its structure); a strategy cannot change them.
 MODEL_OPTIONS = ("normalize_current", "direction_norm", "head_init")
 
+# The paper's Table 4 ablations as growth variants (``variant``), each one option away from SD-LoRA. The name is the
+# choice; the text is its exact reading (the paper gives one line per row; its numbers are ImageNet-R 5 / 10 tasks Acc).
+# plugins/growth.py implements each name; nothing else in the library branches on it.
+VARIANTS: dict[str, str] = {
+    "full": "SD-LoRA: a new pair and magnitude at every task, the pair frozen into a normalised direction when its "
+            "task ends, every magnitude trainable (paper 79.15 / 77.34).",
+    "fixed-direction": "Table 4 (i), Finding 1(b): the first task is trained as in SD-LoRA and its pair frozen into a "
+                       "normalised direction as SD-LoRA freezes any pair; later tasks add no pair and no magnitude and "
+                       "train only that direction's magnitude (and the new head rows). The magnitude is treated as "
+                       "SD-LoRA treats alpha_1: reset to alpha_init at each task when reset_alphas, else trained on from "
+                       "its learned value, so the row differs from 'full' only by the missing later components "
+                       "(paper 78.17 / 74.82).",
+    "single-component": "Table 4 (ii): one pair and one magnitude, W = W0 + alpha * normalised(B A), trained through "
+                        "every task and never frozen; the magnitude keeps its learned value across tasks (there is no "
+                        "finished component for reset_alphas to reset). Normalised as SD-LoRA normalises its pairs: "
+                        "with normalize_current=True (the paper's form) the pair is the unit-Frobenius B A / ||B A||_F "
+                        "while it trains; with False (the authors' code) it trains as alpha * B A and its B is rescaled "
+                        "at each task end to the direction direction_norm stores, so the network changes there as "
+                        "SD-LoRA's does when it freezes a pair. It differs from sequential LoRA (one pair, alpha fixed "
+                        "at 1, never normalised) exactly by that decoupling: the normalisation and a trainable magnitude "
+                        "starting at alpha_init (paper 73.24 / 70.62).",
+    "frozen-old-magnitudes": "Table 4 (iii), old components fixed without rescaling: as SD-LoRA, but when task t "
+                             "starts every earlier magnitude is frozen at the value it had learned, so only the "
+                             "current pair, alpha_t and the new head rows train; needs reset_alphas=False, since "
+                             "resetting old magnitudes to alpha_init is a rescaling (paper 78.28 / 74.29).",
+}
+
 
 def check_rank_schedule(schedule: Mapping[int, int] | Iterable[tuple[int, int]]) -> dict[int, int]:
     """``{first 0-based task: rank}`` as a sorted dict; it must start at task 0 with positive ranks."""
@@ -52,6 +79,16 @@ def rank_for_task(task: int, schedule: Mapping[int, int]) -> int:
     if not starts:
         raise ValueError(f"rank schedule {dict(schedule)} has no entry for task {task}; add one starting at 0")
     return int(schedule[starts[-1]])
+
+
+def check_variant(variant: Any, reset_alphas: bool) -> None:
+    """One sentence for an unknown variant or for the combination no variant can honour."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(map(repr, VARIANTS))}, got {variant!r}")
+    if variant == "frozen-old-magnitudes" and reset_alphas:
+        raise ValueError("variant='frozen-old-magnitudes' keeps old magnitudes at their learned values, which "
+                         "reset_alphas=True (the default) resets to alpha_init at every task; pass reset_alphas=False "
+                         "with it")
 
 
 def _finite(value: Any) -> bool:
@@ -85,6 +122,8 @@ class SDLoRAOptions:
                              "authors' code", "sdlora_vit", HEAD_INITS)
     kd_threshold: float = _option(9e-4, "SD-LoRA-KD absorbs a new direction when ||r||^2 / ||D_t||^2 is at most this",
                                   "paper", "SDLoRAKD")
+    variant: str = _option("full", "SD-LoRA or one of the paper's Table 4 ablations; VARIANTS says exactly what each "
+                           "trains", "paper (Table 4); readings in VARIANTS", "SDLoRA, SDLoRARR", tuple(VARIANTS))
     rank_schedule: tuple[tuple[int, int], ...] = _option(
         tuple(PAPER_SCHEDULE.items()), "SD-LoRA-RR: {first 0-based task: rank} (AUTHORS_SCHEDULE switches one task "
         "later)", "paper", "SDLoRARR")
@@ -113,6 +152,7 @@ class SDLoRAOptions:
             raise ValueError(f"kd_threshold must be a number >= 0, got {self.kd_threshold!r}")
         put("kd_threshold", float(self.kd_threshold))
         put("rank_schedule", tuple(check_rank_schedule(self.rank_schedule).items()))
+        check_variant(self.variant, self.reset_alphas)
 
     @property
     def schedule(self) -> dict[int, int]:

@@ -42,8 +42,10 @@ class SDLoRA(SupervisedTemplate):
     the current classes and the other replayed classes present. ``current_classes_only=False``: the loss over
     every head column. Any criterion taking (logits, targets) works.
 
-    Options (``rank``, ``alpha_init``, ``reset_alphas``, ``alpha_lr``) come from ``options`` or, without one, the
-    model's; explicit keywords override either (see :mod:`avalanche_sdlora.options`).
+    Options (``rank``, ``alpha_init``, ``reset_alphas``, ``alpha_lr``, ``variant``) come from ``options`` or, without
+    one, the model's; explicit keywords override either (see :mod:`avalanche_sdlora.options`). ``variant`` selects one
+    of the paper's Table 4 ablations (``"fixed-direction"``, ``"single-component"``, ``"frozen-old-magnitudes"``; read
+    exactly in ``options.VARIANTS``); the default ``"full"`` is SD-LoRA.
     """
 
     @takes_options(base=_model_options)
@@ -53,7 +55,8 @@ class SDLoRA(SupervisedTemplate):
                  evaluator=default_evaluator, eval_every: int = -1, peval_mode: str = "epoch",
                  options: SDLoRAOptions | None = None, rank: int | None = None,
                  alpha_init: float = DEFAULTS.alpha_init, reset_alphas: bool = DEFAULTS.reset_alphas,
-                 alpha_lr: float | None = DEFAULTS.alpha_lr, current_classes_only: bool = True,
+                 alpha_lr: float | None = DEFAULTS.alpha_lr, variant: str = DEFAULTS.variant,
+                 current_classes_only: bool = True,
                  growth: SupervisedPlugin | None = None, **base_kwargs) -> None:
         if not isinstance(model, SDLoRAViT):
             raise TypeError(f"{type(self).__name__} needs a model built by sdlora_vit(...), got {type(model).__name__}")
@@ -87,7 +90,8 @@ class SDLoRA(SupervisedTemplate):
                          eval_every=eval_every, peval_mode=peval_mode, **base_kwargs)
 
     def _growth_plugin(self, options: SDLoRAOptions) -> AdapterGrowthPlugin:
-        return AdapterGrowthPlugin(rank=options.rank, alpha_init=options.alpha_init, reset_alphas=options.reset_alphas)
+        return AdapterGrowthPlugin(rank=options.rank, alpha_init=options.alpha_init, reset_alphas=options.reset_alphas,
+                                   variant=options.variant)
 
     def _extra_plugins(self, options: SDLoRAOptions) -> list[SupervisedPlugin]:
         return []
@@ -201,7 +205,8 @@ class SDLoRARR(SDLoRA):
                 "not rank=r"})(__init__)
 
     def _growth_plugin(self, options: SDLoRAOptions) -> AdapterGrowthPlugin:
-        return RankReductionPlugin(options.schedule, alpha_init=options.alpha_init, reset_alphas=options.reset_alphas)
+        return RankReductionPlugin(options.schedule, alpha_init=options.alpha_init, reset_alphas=options.reset_alphas,
+                                   variant=options.variant)
 
 
 class SDLoRAKD(SDLoRA):

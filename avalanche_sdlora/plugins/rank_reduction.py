@@ -18,9 +18,9 @@ class RankReductionPlugin(AdapterGrowthPlugin):
     """
 
     def __init__(self, schedule: Mapping[int, int] | None = None, *, alpha_init: float | None = None,
-                 reset_alphas: bool | None = None) -> None:
+                 reset_alphas: bool | None = None, variant: str = "full") -> None:
         super().__init__(alpha_init=alpha_init, reset_alphas=reset_alphas,
-                         rank_schedule=PAPER_SCHEDULE if schedule is None else schedule)
+                         rank_schedule=PAPER_SCHEDULE if schedule is None else schedule, variant=variant)
 
     @property
     def schedule(self) -> dict[int, int]:
