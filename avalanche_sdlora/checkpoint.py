@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from avalanche.core import SupervisedPlugin
+from avalanche.distributed import DistributedHelper
 from safetensors.torch import save as save_bytes
 
 from .adapter_io import (adapter_config, adapter_state_dict, load_adapter_state, read_checked_tensors, require_sdlora,
@@ -171,7 +172,7 @@ def load_checkpoint(directory: str | Path, experience: int, model: torch.nn.Modu
     return meta["extra"]
 
 
-class CheckpointPlugin(SupervisedPlugin):
+class CheckpointPlugin(SupervisedPlugin, supports_distributed=True):
     """Checkpoints for a plain Avalanche script; ``resume()`` continues exactly where the last one was taken.
 
     Use: ``plugin = CheckpointPlugin(dir)``; build the strategy with it; ``start = plugin.resume(strategy)``;
@@ -183,6 +184,9 @@ class CheckpointPlugin(SupervisedPlugin):
     metric state as an uninterrupted one. A run killed between ``train`` calls resumes from the experience
     before (it is trained again, to the same result). ``save(strategy)`` writes the last one on demand (after
     the loop, for instance).
+
+    Under torch.distributed only rank 0 writes (the ranks hold the same state); ``resume`` loads, on every rank, the
+    checkpoint rank 0 finds, so the folder must be one every rank can read (one node, or a shared file system).
     """
 
     def __init__(self, directory: str | Path, config: dict | None = None) -> None:
@@ -201,8 +205,14 @@ class CheckpointPlugin(SupervisedPlugin):
             self.save(strategy)
 
     def save(self, strategy) -> Path | None:
-        """Checkpoint the state now, as the end of the last trained experience; None if none was trained."""
+        """Checkpoint the state now, as the end of the last trained experience; None if none was trained.
+
+        On ranks other than 0 nothing is written and None is returned.
+        """
         if self._finished is None:
+            return None
+        if not DistributedHelper.is_main_process:
+            self._saved = self._finished
             return None
         path = save_checkpoint(self.directory, self._finished, strategy.model, extra=strategy_state(strategy),
                                config=self.config)
@@ -211,7 +221,8 @@ class CheckpointPlugin(SupervisedPlugin):
 
     def resume(self, strategy) -> int:
         """Load the latest valid checkpoint into ``strategy``; returns the index of the next experience to train."""
-        last = latest_checkpoint(self.directory)
+        last = latest_checkpoint(self.directory) if DistributedHelper.is_main_process else None
+        last = DistributedHelper.broadcast_object(last)  # every rank resumes from the one rank 0 chose
         if last is None:
             return 0
         extra = load_checkpoint(self.directory, last, strategy.model, config=self.config)

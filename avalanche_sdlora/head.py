@@ -43,16 +43,18 @@ class FrozenPastHead(DynamicModule):
         self.biases = nn.ParameterList()
         self.register_buffer("class_ids", torch.zeros(0, dtype=torch.long))
         self.register_buffer("out_features", torch.zeros((), dtype=torch.long))
+        self._width = 0  # mirrors out_features, so forward never reads a device tensor (a GPU synchronisation)
 
     @property
     def num_classes(self) -> int:
         """Output width: 1 + the largest class id trained or evaluated so far."""
-        return int(self.out_features)
+        return self._width
 
     @torch.no_grad()
     def widen(self, width: int) -> None:
         """Output at least ``width`` logits; columns without a trained row give ``mask_value``."""
-        self.out_features.fill_(max(self.num_classes, int(width)))
+        self._width = max(self._width, int(width))
+        self.out_features.fill_(self._width)
 
     @torch.no_grad()
     def add_classes(self, classes: list[int]) -> None:
@@ -105,3 +107,5 @@ class FrozenPastHead(DynamicModule):
             ids = state_dict[prefix + "class_ids"]
             state_dict[prefix + "out_features"] = torch.tensor(int(ids.max()) + 1 if ids.numel() else 0)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "out_features" in state_dict:  # read from the state (this module may be on 'meta')
+            self._width = int(state_dict[prefix + "out_features"])

@@ -15,6 +15,7 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from .distributed import DataParallelMixin
 from .model import SDLoRAViT
 from .options import DEFAULTS, MODEL_OPTIONS, SDLoRAOptions, takes_options
 from .plugins import AdapterGrowthPlugin, DistillationPlugin, FiniteLossPlugin, RankReductionPlugin
@@ -24,7 +25,19 @@ def _model_options(arguments: dict[str, Any]) -> SDLoRAOptions | None:
     return getattr(arguments.get("model"), "options", None)
 
 
-class SDLoRA(SupervisedTemplate):
+def check_autocast_dtype(dtype: Any) -> torch.dtype | None:
+    """None (float32 training) or torch.bfloat16; one sentence for anything else."""
+    if dtype is None or dtype == torch.float32:
+        return None
+    if dtype == torch.float16:
+        raise ValueError("autocast_dtype=torch.float16 needs loss scaling (torch.amp.GradScaler), which SDLoRA does "
+                         "not do; pass autocast_dtype=torch.bfloat16, or None for float32")
+    if dtype != torch.bfloat16:
+        raise ValueError(f"autocast_dtype must be None (float32) or torch.bfloat16, got {dtype!r}")
+    return torch.bfloat16
+
+
+class SDLoRA(DataParallelMixin, SupervisedTemplate):
     """Scalable Decoupled LoRA (Wu et al., ICLR 2025), used exactly like ``avalanche.training.Naive``.
 
     Pass ``model.parameters()`` (or any parameters) as the optimizer's: at each experience every parameter
@@ -46,6 +59,11 @@ class SDLoRA(SupervisedTemplate):
     one, the model's; explicit keywords override either (see :mod:`avalanche_sdlora.options`). ``variant`` selects one
     of the paper's Table 4 ablations (``"fixed-direction"``, ``"single-component"``, ``"frozen-old-magnitudes"``; read
     exactly in ``options.VARIANTS``); the default ``"full"`` is SD-LoRA.
+
+    ``autocast_dtype=torch.bfloat16`` runs the training forward under ``torch.autocast`` (the weights, the optimizer
+    and the loss stay float32; evaluation stays float32); the default None trains in float32, exactly. Under
+    ``torchrun`` (after ``DistributedHelper.init_distributed``) training is data-parallel and evaluation covers the
+    whole set on every rank (:mod:`avalanche_sdlora.distributed`); ``train_mb_size`` is then per rank.
     """
 
     @takes_options(base=_model_options)
@@ -56,7 +74,7 @@ class SDLoRA(SupervisedTemplate):
                  options: SDLoRAOptions | None = None, rank: int | None = None,
                  alpha_init: float = DEFAULTS.alpha_init, reset_alphas: bool = DEFAULTS.reset_alphas,
                  alpha_lr: float | None = DEFAULTS.alpha_lr, variant: str = DEFAULTS.variant,
-                 current_classes_only: bool = True,
+                 current_classes_only: bool = True, autocast_dtype: torch.dtype | None = None,
                  growth: SupervisedPlugin | None = None, **base_kwargs) -> None:
         if not isinstance(model, SDLoRAViT):
             raise TypeError(f"{type(self).__name__} needs a model built by sdlora_vit(...), got {type(model).__name__}")
@@ -71,6 +89,7 @@ class SDLoRA(SupervisedTemplate):
         self.options = options
         self.alpha_lr = options.alpha_lr
         self.current_classes_only = current_classes_only
+        self.autocast_dtype = check_autocast_dtype(autocast_dtype)
         user = list(plugins or [])
         user_growth = [p for p in user if isinstance(p, AdapterGrowthPlugin)]
         if len(user_growth) > 1 or (user_growth and growth is not None):
@@ -83,7 +102,9 @@ class SDLoRA(SupervisedTemplate):
         self._seen_classes: set[int] = set()
         self._trained_in: dict[int, int] = {}  # class -> experience that trained it (for error messages)
         self._param_group: dict[str, int] | None = None  # parameter name -> optimizer group index
-        self._columns: Tensor | None = None  # the current experience's classes, as logit columns
+        self._columns: Tensor | None = None  # the current experience's classes, as logit columns (on the device)
+        self._columns_host: Tensor | None = None  # the same on the CPU
+        self._targets: tuple[Tensor, Tensor] | None = None  # (targets on the device, the loader's CPU copy)
         super().__init__(model=model, optimizer=optimizer, criterion=criterion or nn.CrossEntropyLoss(),
                          train_mb_size=train_mb_size, train_epochs=train_epochs, eval_mb_size=eval_mb_size,
                          device=device, plugins=own + user, evaluator=evaluator,
@@ -116,7 +137,7 @@ class SDLoRA(SupervisedTemplate):
                           "current-classes loss over one class is 0 and trains nothing (unless replayed samples of "
                           "other classes are in a minibatch); use more classes per experience or "
                           "current_classes_only=False", UserWarning, stacklevel=2)
-        self._columns = None
+        self._columns = self._columns_host = None
         super()._before_training_exp(**kwargs)
 
     def _after_training_exp(self, **kwargs) -> None:
@@ -167,17 +188,46 @@ class SDLoRA(SupervisedTemplate):
         if "initial_lr" in group:
             group["initial_lr"] = self.alpha_lr
 
+    def forward(self) -> Tensor:
+        if self.autocast_dtype is None or not self.is_training:
+            return super().forward()
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+            out = super().forward()
+        return out.float()  # the criterion (and any loss a plugin adds) sees float32 logits
+
+    def _unpack_minibatch(self) -> None:
+        y = self.mbatch[1] if len(self.mbatch) > 1 else None
+        super()._unpack_minibatch()
+        self._targets = (self.mbatch[1], y) if isinstance(y, Tensor) and y.device.type == "cpu" else None
+
     def criterion(self) -> Tensor:
         out, y = self.mb_output, self.mb_y
         if self.is_training and self.current_classes_only and self.experience is not None:
-            cols = torch.unique(torch.cat([self._current_columns(out.device), y]))  # sorted
+            cols = self._loss_columns(y, out.device)  # sorted
             out, y = out.index_select(1, cols), torch.searchsorted(cols, y)
         return self._criterion(out, y)
+
+    def _loss_columns(self, y: Tensor, device: torch.device) -> Tensor:
+        """The current classes and any other class among the targets (replay), sorted, as logit columns on ``device``.
+
+        ``torch.unique`` of a device tensor waits for the device (its size is data), so on an accelerator the union is
+        taken on the loader's CPU copy of the targets when they are unchanged since unpacking; on the CPU the two
+        are one tensor and this is the union of the current columns and the targets, as it always was.
+        """
+        host = self._targets[1] if self._targets is not None and self._targets[0] is y else None
+        current = self._current_columns(device)
+        if device.type == "cpu" or host is None:
+            return torch.unique(torch.cat([current, y]))
+        cols = torch.unique(torch.cat([self._columns_host, host]))
+        if len(cols) == len(current):  # no class outside the current ones: the cached device columns
+            return current
+        return (cols.pin_memory() if device.type == "cuda" else cols).to(device, non_blocking=True)
 
     def _current_columns(self, device: torch.device) -> Tensor:
         if self._columns is None or self._columns.device != device:  # reset at every training experience
             classes = sorted(int(c) for c in self.experience.classes_in_this_experience)
-            self._columns = torch.tensor(classes, dtype=torch.long, device=device)
+            self._columns_host = torch.tensor(classes, dtype=torch.long)
+            self._columns = self._columns_host.to(device)
         return self._columns
 
 

@@ -60,7 +60,7 @@ def direction_residuals(model: SDLoRAViT) -> list[float]:
     return [fit_direction(G, k)[1] for k in range(1, model.num_directions)]
 
 
-class DistillationPlugin(SupervisedPlugin):
+class DistillationPlugin(SupervisedPlugin, supports_distributed=True):
     """After each training experience, absorb the new direction if the old ones span it (``threshold``).
 
     It freezes the task itself before fitting (freezing twice is a no-op), so it may sit anywhere in the plugin

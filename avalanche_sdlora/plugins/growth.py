@@ -34,7 +34,7 @@ RULES: dict[str, GrowthRule] = {
 assert set(RULES) == set(VARIANTS), "every variant in options.VARIANTS needs a growth rule"
 
 
-class AdapterGrowthPlugin(SupervisedPlugin):
+class AdapterGrowthPlugin(SupervisedPlugin, supports_distributed=True):
     """Before each training experience add the new pair and alpha; after it freeze the pair.
 
     Arguments left at None come from the model's options (``sdlora_vit(options=...)``; by default the authors'

@@ -10,7 +10,7 @@ from .growth import AdapterGrowthPlugin
 __all__ = ["RankReductionPlugin", "PAPER_SCHEDULE", "AUTHORS_SCHEDULE", "rank_for_task"]
 
 
-class RankReductionPlugin(AdapterGrowthPlugin):
+class RankReductionPlugin(AdapterGrowthPlugin, supports_distributed=True):
     """:class:`AdapterGrowthPlugin` whose pair ranks follow ``schedule`` {first 0-based task: rank}.
 
     The default is the paper's (:data:`PAPER_SCHEDULE`); :data:`AUTHORS_SCHEDULE` switches one task later.
