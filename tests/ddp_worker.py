@@ -168,6 +168,13 @@ def run_main(out: Path, rank: int) -> dict:
     return record
 
 
+def run_resume(out: Path, rank: int) -> dict:
+    """A new strategy on every rank resumes from rank 0's folder (the one a real run shares)."""
+    plugin = CheckpointPlugin(out / "ckpt-rank0")
+    s = build(SDLoRAKD, mb=4, epochs=2, plugins=[plugin])
+    return {"start": plugin.resume(s), **state_digests(s.model)}
+
+
 def run_no_shuffle(out: Path, rank: int, name: str = "no-shuffle", **kwargs) -> dict:
     """SD-LoRA, no shuffle, batch 4 per rank: the same minibatches as one process with batch 8."""
     bm = benchmark()
@@ -230,7 +237,7 @@ def main() -> None:
     DistributedHelper.init_distributed(random_seed=0, use_cuda=False)
     rank = DistributedHelper.rank
     record = {"world": DistributedHelper.world_size, "backend": DistributedHelper.backend}
-    for name, run in (("main", run_main), ("no_shuffle", run_no_shuffle), ("fixed_direction", run_fixed_direction),
+    for name, run in (("main", run_main), ("resume", run_resume), ("no_shuffle", run_no_shuffle), ("fixed_direction", run_fixed_direction),
                       ("twice", run_twice), ("nan", run_nan_on_rank1)):
         record[name] = run(out, rank)
     (out / f"rank{rank}.json").write_text(json.dumps(record))

@@ -133,6 +133,14 @@ def test_only_rank_0_writes_checkpoints_and_logs(ranks):
     assert r1["main"]["logger_refused"]  # Avalanche refuses a logger on another rank
 
 
+def test_every_rank_resumes_from_the_checkpoint_rank_0_wrote(ranks):
+    _, (r0, r1) = ranks
+    final = {k: r0["main"]["exps"][-1][k] for k in ("alpha", "directions", "head")}
+    for r in (r0, r1):
+        assert r["resume"]["start"] == 2
+        assert {k: r["resume"][k] for k in final} == final
+
+
 def test_a_nan_loss_on_one_rank_stops_both_before_the_update(ranks):
     _, (r0, r1) = ranks
     assert r1["nan"]["error"].startswith("loss is nan at experience 0, epoch 0, iteration 1: training stopped.")
