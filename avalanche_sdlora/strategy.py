@@ -20,6 +20,16 @@ from .options import DEFAULTS, MODEL_OPTIONS, SDLoRAOptions, takes_options
 from .plugins import AdapterGrowthPlugin, DistillationPlugin, FiniteLossPlugin, RankReductionPlugin
 
 
+def current_classes_view(logits: Tensor, targets: Tensor, classes: Tensor) -> tuple[Tensor, Tensor]:
+    """The logit columns of ``classes`` and of any other class among ``targets``, targets renumbered to them.
+
+    What SD-LoRA's loss sees (the paper's cross-entropy over the current classes; replayed samples keep their
+    own class): other columns are left out, not set to -inf, so any criterion taking (logits, targets) works.
+    """
+    cols = torch.unique(torch.cat([classes, targets]))  # sorted
+    return logits.index_select(1, cols), torch.searchsorted(cols, targets)
+
+
 def _model_options(arguments: dict[str, Any]) -> SDLoRAOptions | None:
     return getattr(arguments.get("model"), "options", None)
 
@@ -166,8 +176,7 @@ class SDLoRA(SupervisedTemplate):
     def criterion(self) -> Tensor:
         out, y = self.mb_output, self.mb_y
         if self.is_training and self.current_classes_only and self.experience is not None:
-            cols = torch.unique(torch.cat([self._current_columns(out.device), y]))  # sorted
-            out, y = out.index_select(1, cols), torch.searchsorted(cols, y)
+            out, y = current_classes_view(out, y, self._current_columns(out.device))
         return self._criterion(out, y)
 
     def _current_columns(self, device: torch.device) -> Tensor:

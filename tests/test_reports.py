@@ -67,10 +67,10 @@ def _trace_durability(monkeypatch):
 
 def test_atomic_writes_are_durable_renames(tmp_path, monkeypatch):
     # the file's data is on disk before the rename, and the rename itself (the folder entry) after it
-    from benchmarks.reports import atomic_write_text
+    from avalanche_sdlora.atomic import write_text
 
     events = _trace_durability(monkeypatch)
-    atomic_write_text(tmp_path / "table.md", "| a |\n")
+    write_text(tmp_path / "table.md", "| a |\n")
     assert events == [("fsync", "file"), ("rename", "table.md"), ("fsync", "dir")]
     assert (tmp_path / "table.md").read_text() == "| a |\n" and [p.name for p in tmp_path.iterdir()] == ["table.md"]
 

@@ -1,4 +1,4 @@
-"""CODA-Prompt (Smith et al., CVPR 2023): an Avalanche strategy on any timm ViT, prefix-tuned (benchmarks.prefix_vit).
+"""CODA-Prompt (Smith et al., CVPR 2023): an Avalanche strategy on any timm ViT, prefix-tuned (benchmarks.peers.prefix_vit).
 
 Mechanism, from GT-RIPL/CODA-Prompt (``models/zoo.py`` ``CodaPrompt``, ``learners/prompt.py``), which
 LAMDA-PILOT and the SD-LoRA authors' code copy unchanged (mammoth ports it too):
@@ -45,7 +45,7 @@ from avalanche_sdlora.head import FrozenPastHead
 from .prefix_vit import PrefixViT, PromptStrategy, make_optimizer, prompt_backbone
 
 __all__ = ["ComponentPool", "CodaPromptViT", "CODAPrompt", "coda_cosine_factor", "build_strategy", "stored_params",
-           "REFERENCE_HPARAMS", "INFERENCE_FORWARD_PASSES"]
+           "REFERENCE_HPARAMS", "INFERENCE_FORWARD_PASSES", "OPTIONS"]
 
 _CODA = "GT-RIPL/CODA-Prompt"
 REFERENCE_HPARAMS: dict[str, tuple[object, str]] = {
@@ -212,6 +212,7 @@ def coda_cosine_factor(epochs: int):
 
 _MODEL_OPTIONS = ("pool_size", "prompt_length", "layers")
 _STRATEGY_OPTIONS = ("ortho_mu", "schedule", "clip_grad")
+OPTIONS = _MODEL_OPTIONS + _STRATEGY_OPTIONS  # the keywords build_strategy takes beside the common ones
 
 
 def build_strategy(*, model_name: str, checkpoint: str | None, img_size: int, num_classes: int, n_experiences: int,

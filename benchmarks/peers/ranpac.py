@@ -1,6 +1,6 @@
 """RanPAC (McDonnell et al., NeurIPS 2023) as an Avalanche strategy for any timm ViT.
 
-First-session adaptation (AdaptFormer adapter, :mod:`benchmarks.first_session`), then a fixed Gaussian random
+First-session adaptation (AdaptFormer adapter, :mod:`benchmarks.peers.first_session`), then a fixed Gaussian random
 projection of the features to ``M`` dimensions with ReLU, ``h = relu(f W_rand)``; after every experience
 ``G += h^T h`` and ``Q += h^T Y`` over its un-augmented training images, a ridge ``lambda`` is chosen, and the head is
 ``W = (G + lambda I)^-1 Q``. Logits are ``h W^T``; one backbone pass per image.

@@ -1,6 +1,6 @@
 """Prefix-tuning on any timm VisionTransformer, and the strategy shell DualPrompt and CODA-Prompt share.
 
-Both prompt methods (``benchmarks.dualprompt``, ``benchmarks.coda_prompt``) run the same frozen timm ViT
+Both prompt methods (``benchmarks.peers.dualprompt``, ``benchmarks.peers.coda_prompt``) run the same frozen timm ViT
 twice per image: a query pass without prompts gives the feature that chooses or weights the prompts,
 then a prompted pass gives the feature the head classifies. Facts from the reference code:
 

@@ -1,4 +1,4 @@
-"""DualPrompt (Wang et al., ECCV 2022): an Avalanche strategy on any timm ViT, prefix-tuned by benchmarks.prefix_vit.
+"""DualPrompt (Wang et al., ECCV 2022): an Avalanche strategy on any timm ViT, prefix-tuned by benchmarks.peers.prefix_vit.
 
 Mechanism, with the reference each fact was read from:
 
@@ -46,7 +46,7 @@ from avalanche_sdlora.head import FrozenPastHead
 from .prefix_vit import Prefix, PrefixViT, PromptStrategy, make_optimizer, prompt_backbone
 
 __all__ = ["DualPromptViT", "DualPrompt", "build_strategy", "stored_params", "REFERENCE_HPARAMS",
-           "INFERENCE_FORWARD_PASSES"]
+           "INFERENCE_FORWARD_PASSES", "OPTIONS"]
 
 _PILOT = "SD-LoRA authors' exps/dualprompt.json (= LAMDA-PILOT exps/dualprompt.json)"
 _JH = "JH-LEE-KR/dualprompt-pytorch"
@@ -210,6 +210,7 @@ class DualPrompt(PromptStrategy):
 _MODEL_OPTIONS = ("g_layers", "g_length", "e_layers", "e_length", "pool_size", "init_from_previous", "key_match",
                   "batchwise_prompt")
 _STRATEGY_OPTIONS = ("pull_coeff", "clip_grad")
+OPTIONS = _MODEL_OPTIONS + _STRATEGY_OPTIONS  # the keywords build_strategy takes beside the common ones
 
 
 def build_strategy(*, model_name: str, checkpoint: str | None, img_size: int, num_classes: int, n_experiences: int,

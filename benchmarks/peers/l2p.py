@@ -56,7 +56,7 @@ with warnings.catch_warnings():  # timm_vit imports from timm's deprecated `timm
 
 from avalanche_sdlora.model import create_backbone
 
-__all__ = ["L2PStrategy", "L2PInference", "build_l2p", "build_l2p_model", "prompted_vit"]
+__all__ = ["L2PStrategy", "L2PInference", "build_l2p", "build_l2p_model", "prompted_vit", "avalanche_defaults"]
 
 # Arguments LearningToPrompt forwards to create_model for the prompted model (defaults read from it).
 _PROMPT_ARGS = ("prompt_pool", "pool_size", "prompt_length", "top_k", "prompt_key", "drop_rate",
@@ -64,7 +64,8 @@ _PROMPT_ARGS = ("prompt_pool", "pool_size", "prompt_length", "top_k", "prompt_ke
                 "use_prompt_mask")
 
 
-def _avalanche_defaults() -> dict[str, Any]:
+def avalanche_defaults() -> dict[str, Any]:
+    """LearningToPrompt's own defaults of the prompt arguments (pool 20, length 5, top-k 5, ...)."""
     params = inspect.signature(LearningToPrompt.__init__).parameters
     return {k: params[k].default for k in _PROMPT_ARGS}
 
@@ -220,7 +221,7 @@ def build_l2p_model(model_name: str, checkpoint: str | None, img_size: int, num_
         raise TypeError(f"unknown L2P model arguments {sorted(unknown)}; allowed: {list(_PROMPT_ARGS)}")
     backbone = create_backbone(model_name, checkpoint=checkpoint, img_size=img_size)
     create = _factory(backbone, model_name)
-    prompt_model = create(model_name, num_classes=num_classes, **{**_avalanche_defaults(), **prompt_kwargs})
+    prompt_model = create(model_name, num_classes=num_classes, **{**avalanche_defaults(), **prompt_kwargs})
     query_model = create(model_name, num_classes=num_classes)
     query_model.reset_classifier(0)
     for p in query_model.parameters():

@@ -2,7 +2,7 @@
 
 SimpleCIL: the frozen pretrained ViT; each class is the mean of its training features (un-augmented), and an image
 goes to the class of highest cosine similarity. APER: first-session adaptation of the same ViT (AdaptFormer adapter,
-:mod:`benchmarks.first_session`), then SimpleCIL on the concatenation ``[f_pretrained(x), f_adapted(x)]`` for every
+:mod:`benchmarks.peers.first_session`), then SimpleCIL on the concatenation ``[f_pretrained(x), f_adapted(x)]`` for every
 class, the first experience's included. APER costs two backbone passes per image (adapters off, adapters on: one
 copy of the weights serves both), SimpleCIL one.
 
