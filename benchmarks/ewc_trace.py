@@ -1,9 +1,10 @@
 """Why EWC stops with a NaN loss: ``python -m benchmarks.ewc_trace [--ewc-lambda 1000] [--seeds 0]``.
 
-Reruns compare's ``ewc`` run of ``cifar100-tiny128`` (or of the settings its flags, compare's, give) exactly (same seeding, evaluator and evaluation between
-experiences) with one extra plugin that prints, every 8 iterations and at the end of experience 2 onwards, the
-total loss, its cross-entropy part and the EWC penalty part (total minus cross-entropy), the norms of the LoRA
-and head weights and the largest logit. With lambda 1000 the penalty, not the cross-entropy, runs away first.
+Reruns compare's ``ewc`` run of ``cifar100-tiny128`` (or of the settings its flags, compare's own, give) exactly
+(same seeding, evaluator and evaluation between experiences, through ``benchmarks.runner.run``) with one extra
+plugin that prints, every 8 iterations and at the end of experience 2 onwards, the total loss, its cross-entropy
+part and the EWC penalty part (total minus cross-entropy), the norms of the LoRA and head weights and the largest
+logit. With lambda 1000 the penalty, not the cross-entropy, runs away first.
 Results go to a temporary folder; nothing in ``results/`` is touched. About 8 minutes on one CPU thread.
 """
 

@@ -68,3 +68,15 @@ def test_device_label_is_cpu_or_the_gpu_name_for_old_and_new_run_folders():
     assert study.device_label({"device": "cpu", "device_name": "AMD EPYC"}) == "cpu"
     assert study.device_label({"device": "cuda", "device_name": "NVIDIA H100 80GB HBM3"}) == "NVIDIA H100 80GB HBM3"
     assert study.device_label({"device": "cuda:1"}) == "cuda:1"
+
+
+def test_a_study_under_another_protocol_finds_its_own_finished_cells(tmp_path):
+    # cells live in runs/<protocol>/<cell> for every protocol: a rerun resumes them instead of refusing to overwrite
+    args = ["--methods", "ncm", "--epochs", "1", "--train-per-class", "4", "--lr", "0.01", "--seeds", "0", "--jobs", "1",
+            "--protocol", "cifar100-tiny224", "--batch-size", "4", "--out", str(tmp_path)] + TINY
+    study.main(args)
+    cell = tmp_path / "runs" / "cifar100-tiny224" / "e1-n4-lr0.01"
+    assert (cell / "DONE").exists()
+    before = (cell / "parts" / "ncm-seed0.csv").read_text()
+    cells = study.main(args)  # nothing left to run
+    assert (cell / "parts" / "ncm-seed0.csv").read_text() == before and len(cells) == 1

@@ -1,4 +1,4 @@
-"""InfLoRA (Liang & Li, CVPR 2024): :mod:`benchmarks.peers.inflora`, trained with its reference's recipe by default."""
+"""InfLoRA (Liang & Li, CVPR 2024): :mod:`benchmarks.peers.inflora`, by default with its reference's recipe."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from .recipe import builder_options, peer_arguments, peer_recipe
 from .registry import register_method
 
 
-@register_method("inflora", summary="InfLoRA: per-task k/v branches whose input matrices avoid the subspace kept for "
-                 "earlier tasks",
-                 stored_params=peer.stored_params, recipe=peer_recipe("inflora", peer.REFERENCE_HPARAMS),
-                 inference_forward_passes=peer.INFERENCE_FORWARD_PASSES, reference_hparams=peer.REFERENCE_HPARAMS,
-                 options=builder_options(peer.build_strategy))
+@register_method(
+    "inflora", summary="InfLoRA: per-task k/v branches whose input matrices avoid the subspace kept for "
+    "earlier tasks",
+    stored_params=peer.stored_params, recipe=peer_recipe("inflora", peer.REFERENCE_HPARAMS),
+    inference_forward_passes=peer.INFERENCE_FORWARD_PASSES, reference_hparams=peer.REFERENCE_HPARAMS,
+    options=builder_options(peer.build_strategy))
 def build(cfg, num_classes, evaluator, plugins):
     return peer.build_strategy(**peer_arguments(cfg, "inflora", num_classes, evaluator, plugins))

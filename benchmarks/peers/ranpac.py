@@ -28,7 +28,7 @@ Cost of the M x M solve on the project's 2-core CPU, one thread (``torch.linalg.
 after a 1000-image experience (``G``/``Q`` accumulation, lambda selection, solve) took 24-27 s and 3.3 GB at M 10000
 in float64 (15-18 s, 2.1 GB in float32; 5.6 s, 1.6 GB at M 5000) with the machine shared (load ~5). One solve per
 experience, so the reference's M = 10000 stays the default: about 250 s over ten experiences, against 434-504 s for
-a whole ``ncm`` (SimpleCIL) run per seed on the CPU protocol (``results/cifar100-cpu/cpu-3seeds``).
+a whole ``ncm`` (SimpleCIL) run per seed on the CPU protocol (``results/cifar100-tiny128/cpu-3seeds``).
 """
 
 from __future__ import annotations
