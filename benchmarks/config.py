@@ -290,10 +290,14 @@ def add_run_flags(parser: argparse.ArgumentParser, *, only: Iterable[str] | None
         if only is not None and f.dest not in only:
             continue
         shown = json.dumps(defaults[f.dest]) if f.dest in defaults else f.default
-        kw: dict[str, Any] = {"dest": f.dest, "type": f.parse, "help": f"{f.help} (default: {shown})",
-                              "default": defaults.get(f.dest)}
+        text = f.help if "(default:" in f.help and f.dest not in defaults else f"{f.help} (default: {shown})"
+        kw: dict[str, Any] = {"dest": f.dest, "type": f.parse, "help": text, "default": defaults.get(f.dest)}
         if f.choices:
             kw["choices"] = f.choices
+        if f.parse is parse_bool:
+            kw["metavar"] = "true|false"
+        elif f.parse is parse_rank_schedule:
+            kw["metavar"] = "TASK:RANK,..."
         if f.repeat:
             kw["action"] = "append"
             kw["metavar"] = "METHOD.NAME=VALUE"

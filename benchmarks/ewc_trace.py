@@ -47,8 +47,7 @@ class LossPartsTrace(SupervisedPlugin):
 def main(argv: list[str] | None = None) -> None:
     p = compare.Parser(prog="python -m benchmarks.ewc_trace", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    add_run_flags(p)
-    p.set_defaults(ewc_lambda=1000.0, threads=1)  # the lambda that diverged; one thread, as the comparison ran
+    add_run_flags(p, defaults={"ewc_lambda": 1000.0, "threads": 1})  # the lambda that diverged; one thread, as run
     args = p.parse_args(argv)
     try:
         check_seeds(args.seeds)

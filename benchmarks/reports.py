@@ -127,9 +127,7 @@ def plot(per_task: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> None:
     ax.set_ylabel("accuracy on seen classes (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     save_figure(fig, out_dir / "seen_accuracy.png")
-    plt.close(fig)
     if len(summary):
         s = summary.sort_values("acc_mean", ascending=False)
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -137,11 +135,13 @@ def plot(per_task: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> None:
         ax.bar(s["method"], 100 * s["acc_mean"], yerr=100 * s["acc_std"].fillna(0), capsize=3)
         ax.set_ylabel("final accuracy Acc (%)")
         ax.tick_params(axis="x", rotation=30)
-        fig.tight_layout()
         save_figure(fig, out_dir / "final_accuracy.png")
-        plt.close(fig)
 
 
 def save_figure(fig, path: Path, dpi: int = 120) -> None:
-    """A matplotlib figure as PNG, written atomically."""
+    """A matplotlib figure laid out, written atomically as PNG, and closed (every plot of the harness)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
     write_with(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
+    plt.close(fig)

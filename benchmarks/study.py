@@ -175,9 +175,7 @@ def _plots(per_task: pd.DataFrame, cells: pd.DataFrame, out: Path) -> None:
         ax.set_ylabel("final accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
     save_figure(fig, out / "final_vs_budget.png")
-    plt.close(fig)
 
     sd = per_task[(per_task["method"] == "sdlora") & per_task["alphas"].notna()]
     if len(sd):
@@ -195,9 +193,7 @@ def _plots(per_task: pd.DataFrame, cells: pd.DataFrame, out: Path) -> None:
         ax.set_ylabel("magnitude alpha_k after the last task")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-        fig.tight_layout()
         save_figure(fig, out / "alphas.png")
-        plt.close(fig)
     if "update_norm" in per_task:
         drift = per_task[per_task["update_norm"].notna()]
         if len(drift):
@@ -214,9 +210,7 @@ def _plots(per_task: pd.DataFrame, cells: pd.DataFrame, out: Path) -> None:
                 ax.grid(alpha=0.3)
                 ax.legend(fontsize=7)
             axes[0][0].set_ylabel("||accumulated update||_F (mean over seeds)")
-            fig.tight_layout()
             save_figure(fig, out / "drift.png")
-            plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:

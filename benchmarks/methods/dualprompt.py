@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-from ..peers import dualprompt as peer
-from .recipe import builder_options, peer_arguments, peer_recipe
-from .registry import register_method
+from ..peers import dualprompt
+from .recipe import register_peer
 
-
-@register_method(
-    "dualprompt", summary="DualPrompt: a G-prompt shared by all tasks and one E-prompt per task, prefix-tuned, "
-    "key-matched per image",
-    stored_params=peer.stored_params, recipe=peer_recipe("dualprompt", peer.REFERENCE_HPARAMS),
-    inference_forward_passes=peer.INFERENCE_FORWARD_PASSES, reference_hparams=peer.REFERENCE_HPARAMS,
-    options=builder_options(peer.build_strategy, peer.OPTIONS))
-def build(cfg, num_classes, evaluator, plugins):
-    return peer.build_strategy(**peer_arguments(cfg, "dualprompt", num_classes, evaluator, plugins))
+register_peer("dualprompt", dualprompt,
+              summary="DualPrompt: a G-prompt shared by all tasks and one E-prompt per task, prefix-tuned, "
+                      "key-matched per image")

@@ -19,7 +19,7 @@ from avalanche_sdlora.plugins import FiniteLossPlugin
 
 from ..config import RunConfig
 from ..peers.lora_baseline import lora_classifier
-from .registry import Recipe, get_method
+from .registry import Recipe, get_method, register_method
 
 # Keywords every peer module's build_strategy takes; the rest of its keywords are the method's options.
 PEER_ARGUMENTS = ("model_name", "checkpoint", "img_size", "num_classes", "n_experiences", "epochs", "batch_size",
@@ -85,3 +85,17 @@ def lora_baseline_arguments(cfg: RunConfig, evaluator, plugins: Sequence, *own_p
     optimizer = shared_sgd(cfg, [p for p in model.parameters() if p.requires_grad])
     return dict(model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
                 **strategy_kwargs(cfg, evaluator, [*plugins, FiniteLossPlugin(), *own_plugins]))
+
+
+def register_peer(name: str, peer, *, summary: str) -> None:
+    """Register a peer mechanism module as method ``name``: its ``build_strategy`` (common signature, reference
+    recipe unless ``lr``/``optimizer`` are given), ``stored_params``, ``REFERENCE_HPARAMS`` (with the optimizer and
+    lr), ``INFERENCE_FORWARD_PASSES`` and, for a builder taking ``**options``, their names in ``OPTIONS``."""
+
+    def build(cfg: RunConfig, num_classes: int, evaluator, plugins):
+        return peer.build_strategy(**peer_arguments(cfg, name, num_classes, evaluator, plugins))
+
+    register_method(name, summary=summary, stored_params=peer.stored_params,
+                    recipe=peer_recipe(name, peer.REFERENCE_HPARAMS),
+                    inference_forward_passes=peer.INFERENCE_FORWARD_PASSES, reference_hparams=peer.REFERENCE_HPARAMS,
+                    options=builder_options(peer.build_strategy, getattr(peer, "OPTIONS", ())))(build)

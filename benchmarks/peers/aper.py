@@ -20,8 +20,9 @@ zhoudw-zdw/RevisitingCIL. Facts checked there:
   PILOT's CIFAR config, the module RanPAC's CIFAR config uses too (one implementation serves both), and it fits any
   timm ViT through ``block.mlp`` without rewriting attention or patch embedding (SSF and VPT would).
 
-``normalize_features=True`` averages L2-normalised features instead (and normalises the mean): that is the project's
-former ``ncm`` method, kept reachable as an option; the references average raw features.
+``normalize_features=True`` averages L2-normalised features instead (and normalises the mean), as the harness's
+``ncm`` method does through Avalanche's ``NCMClassifier`` (:mod:`benchmarks.peers.ncm`); the references average raw
+features, and so does the ``simplecil`` method.
 """
 
 from __future__ import annotations

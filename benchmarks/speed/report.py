@@ -49,9 +49,7 @@ def plot(timings: pd.DataFrame, args, path: Path) -> None:
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     save_figure(fig, path, dpi=110)
-    plt.close(fig)
 
 
 def readme(args, argv, frames, runtime) -> str:
