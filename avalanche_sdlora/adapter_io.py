@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -23,31 +22,12 @@ from safetensors.torch import save as save_bytes
 from torch import Tensor
 
 from .adapter import SDLoRAQKV
+from .atomic import write_bytes
 
 FORMAT = "avalanche-sdlora-adapters/1"
 TENSORS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
 OPTIONS = ("rank", "direction_norm", "normalize_current", "head_init")
-
-
-# ---------------------------------------------------------------------- durable files
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary name, fsync it, rename it over ``path`` and fsync the folder.
-
-    A crash leaves either the old file or the new one, never half of one, and a power loss after the
-    call cannot undo the rename.
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -196,8 +176,8 @@ def save_adapters(model: torch.nn.Module, path: str | Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     data = save_bytes(adapter_state_dict(model))
     cfg = {**adapter_config(model), "sha256": sha256_hex(data)}
-    write_atomic(folder / TENSORS_FILE, data)
-    write_atomic(folder / CONFIG_FILE, json.dumps(cfg, indent=1).encode())  # last: marks a complete save
+    write_bytes(folder / TENSORS_FILE, data)
+    write_bytes(folder / CONFIG_FILE, json.dumps(cfg, indent=1).encode())  # last: marks a complete save
     return folder
 
 

@@ -27,7 +27,8 @@ from avalanche.distributed import DistributedHelper
 from safetensors.torch import save as save_bytes
 
 from .adapter_io import (adapter_config, adapter_state_dict, load_adapter_state, read_checked_tensors, require_sdlora,
-                         sha256_hex, write_atomic)
+                         sha256_hex)
+from .atomic import remove_stale_temps, write_bytes
 from .evaluator_state import evaluator_state, has_state_dict, keyed_by_class, restore_evaluator_state
 
 FORMAT = "avalanche-sdlora-checkpoint/2"
@@ -41,11 +42,7 @@ def _paths(directory: str | Path, experience: int) -> tuple[Path, Path]:
 
 def clean_stale_temp(directory: str | Path) -> list[Path]:
     """Remove temporary files a killed writer left in a checkpoint folder; returns what was removed."""
-    removed = []
-    for p in Path(directory).glob(".exp*.tmp"):
-        p.unlink(missing_ok=True)
-        removed.append(p)
-    return removed
+    return remove_stale_temps(directory, ".exp*.tmp")
 
 
 def save_checkpoint(directory: str | Path, experience: int, model: torch.nn.Module, extra: dict | None = None,
@@ -77,8 +74,8 @@ def save_checkpoint(directory: str | Path, experience: int, model: torch.nn.Modu
     except (TypeError, ValueError) as exc:
         raise TypeError(f"save_checkpoint(extra=...) must be JSON-serialisable ({exc})") from exc
     json_path, tensor_path = _paths(d, experience)
-    write_atomic(tensor_path, data)
-    write_atomic(json_path, text.encode())
+    write_bytes(tensor_path, data)
+    write_bytes(json_path, text.encode())
     return json_path
 
 

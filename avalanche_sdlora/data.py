@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from .assets import default_asset, require_file
+from .atomic import write_with
 
 CIFAR_KEYS = ("x_train", "y_train", "x_test", "y_test")
 N_CLASSES = 100
@@ -117,11 +118,7 @@ def resize_images(x: np.ndarray, size: int, batch: int = 2000, cache_dir: str | 
             t = F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False)
         out[i:i + batch] = t.round_().clamp_(0, 255).to(torch.uint8)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # another process may be writing the same file
-        with open(tmp, "wb") as f:
-            np.save(f, out.numpy())
-        os.replace(tmp, path)
+        write_with(path, lambda f: np.save(f, out.numpy()))  # a unique temporary name: other processes may write it too
         out = _load_mapped(path, tuple(out.shape))
     _CACHE[key] = out
     return out

@@ -32,8 +32,13 @@ def seen_accuracy(R: np.ndarray, sizes: np.ndarray | None = None) -> np.ndarray:
 
 
 def average_anytime_accuracy(R: np.ndarray, sizes: np.ndarray | None = None) -> float:
-    """AAA: mean over experiences of the seen-class accuracy."""
-    return float(np.mean(seen_accuracy(R, sizes)))
+    """AAA: mean over experiences of the seen-class accuracy; the one definition every report uses.
+
+    ``R`` is the accuracy matrix (2-D; ``sizes`` weights its experiences) or, 1-D, the seen-class accuracies
+    measured after each experience (the harness's ``acc_seen`` column, the metric plugin's history).
+    """
+    R = np.asarray(R, float)
+    return float(np.mean(R if R.ndim == 1 else seen_accuracy(R, sizes)))
 
 
 def forgetting(R: np.ndarray) -> float:
@@ -79,7 +84,7 @@ class AverageAnytimeAccuracy(PluginMetric[float]):
 
     def result(self, stream: str = "test") -> float:
         values = self._history.get(stream, {})
-        return float(np.mean([values[k] for k in sorted(values)])) if values else 0.0
+        return average_anytime_accuracy([values[k] for k in sorted(values)]) if values else 0.0
 
     def before_training_exp(self, strategy) -> None:
         self._training = True

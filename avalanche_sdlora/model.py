@@ -249,7 +249,7 @@ def sdlora_vit(model_name: str, *, checkpoint: str | Path | None = None, img_siz
     override it. ``normalize_current=False`` follows the authors' code (the current pair is unnormalised while it
     trains); ``True`` is the paper's form. ``direction_norm='factors'`` (default) divides a finished pair by
     ||B||_F ||A||_F as the authors' code does and reproduces their result; ``'frobenius'`` stores the paper's
-    unit-Frobenius directions, which re-inflate old updates when magnitudes are reset (13 points lower on cifar100-cpu).
+    unit-Frobenius directions, which re-inflate old updates when magnitudes are reset (13 points lower on cifar100-tiny128).
     ``head_init`` sets new classifier rows (``"linear"``: ``nn.Linear``'s default, the authors'; ``"zeros"``).
     """
     backbone = create_backbone(model_name, checkpoint=checkpoint, img_size=img_size, pretrained=pretrained)

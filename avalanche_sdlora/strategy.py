@@ -21,6 +21,19 @@ from .options import DEFAULTS, MODEL_OPTIONS, SDLoRAOptions, takes_options
 from .plugins import AdapterGrowthPlugin, DistillationPlugin, FiniteLossPlugin, RankReductionPlugin
 
 
+def current_classes_view(logits: Tensor, targets: Tensor, classes: Tensor | None = None, *,
+                         columns: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The logit columns of ``classes`` and of any other class among ``targets``, targets renumbered to them.
+
+    What SD-LoRA's loss sees (the paper's cross-entropy over the current classes; replayed samples keep their
+    own class): other columns are left out, not set to -inf, so any criterion taking (logits, targets) works.
+    ``columns`` passes that sorted union when the caller already has it (the strategy computes it without a
+    device sync).
+    """
+    cols = torch.unique(torch.cat([classes, targets])) if columns is None else columns  # sorted
+    return logits.index_select(1, cols), torch.searchsorted(cols, targets)
+
+
 def _model_options(arguments: dict[str, Any]) -> SDLoRAOptions | None:
     return getattr(arguments.get("model"), "options", None)
 
@@ -203,8 +216,7 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
     def criterion(self) -> Tensor:
         out, y = self.mb_output, self.mb_y
         if self.is_training and self.current_classes_only and self.experience is not None:
-            cols = self._loss_columns(y, out.device)  # sorted
-            out, y = out.index_select(1, cols), torch.searchsorted(cols, y)
+            out, y = current_classes_view(out, y, columns=self._loss_columns(y, out.device))
         return self._criterion(out, y)
 
     def _loss_columns(self, y: Tensor, device: torch.device) -> Tensor:

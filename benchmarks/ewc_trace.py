@@ -1,25 +1,24 @@
-"""Why EWC stops with a NaN loss: ``python -m benchmarks.ewc_trace [--ewc-lambda 1000] [--seed 0]``.
+"""Why EWC stops with a NaN loss: ``python -m benchmarks.ewc_trace [--ewc-lambda 1000] [--seeds 0]``.
 
-Reruns compare's ``ewc`` run of ``cifar100-cpu`` exactly (same seeding, evaluator and evaluation between
-experiences) with one extra plugin that prints, every 8 iterations and at the end of experience 2 onwards, the
-total loss, its cross-entropy part and the EWC penalty part (total minus cross-entropy), the norms of the LoRA
-and head weights and the largest logit. With lambda 1000 the penalty, not the cross-entropy, runs away first.
+Reruns compare's ``ewc`` run of ``cifar100-tiny128`` (or of the settings its flags, compare's own, give) exactly
+(same seeding, evaluator and evaluation between experiences, through ``benchmarks.runner.run``) with one extra
+plugin that prints, every 8 iterations and at the end of experience 2 onwards, the total loss, its cross-entropy
+part and the EWC penalty part (total minus cross-entropy), the norms of the LoRA and head weights and the largest
+logit. With lambda 1000 the penalty, not the cross-entropy, runs away first.
 Results go to a temporary folder; nothing in ``results/`` is touched. About 8 minutes on one CPU thread.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import tempfile
-from pathlib import Path
 
 import torch
 from avalanche.core import SupervisedPlugin
 
-from . import compare
-from .protocols import PROTOCOLS
+from . import compare, inputs, runner
+from .config import add_run_flags, check_seeds, config_from_flags
 
 
 class LossPartsTrace(SupervisedPlugin):
@@ -46,19 +45,21 @@ class LossPartsTrace(SupervisedPlugin):
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.ewc_trace", description=__doc__.split("\n\n")[0])
-    p.add_argument("--ewc-lambda", type=float, default=1000.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", help="cifar100.npz (default: the shared assets)")
+    p = compare.Parser(prog="python -m benchmarks.ewc_trace", description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    add_run_flags(p, defaults={"ewc_lambda": 1000.0, "threads": 1})  # the lambda that diverged; one thread, as run
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    proto = PROTOCOLS["cifar100-cpu"]
-    cfg = compare.method_config(proto, compare.resolve_checkpoint(proto, None), device="cpu",
-                                ewc_lambda=args.ewc_lambda)
-    benchmark = compare._benchmark(proto, args.data, None, None)
-    compare.run_method("ewc", args.seed, proto, benchmark, cfg, Path(tempfile.mkdtemp()), True,
-                       lambda row: print(f"experience {row['experience']} done: seen-class accuracy "
-                                         f"{100 * row['acc_seen']:.2f}%", flush=True), plugins=[LossPartsTrace()])
+    try:
+        check_seeds(args.seeds)
+        cfg = inputs.resolved(config_from_flags(args))
+    except ValueError as exc:
+        p.error(str(exc))
+    torch.set_num_threads(cfg.threads)
+    benchmark = inputs.make_benchmark(cfg)
+    for seed in args.seeds:
+        runner.run("ewc", seed, cfg, benchmark, tempfile.mkdtemp(), plugins=[LossPartsTrace()],
+                   on_row=lambda row: print(f"experience {row['experience']} done: seen-class accuracy "
+                                            f"{100 * row['acc_seen']:.2f}%", flush=True))
 
 
 if __name__ == "__main__":

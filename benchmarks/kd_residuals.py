@@ -1,14 +1,12 @@
 """KD's test statistic for every stored direction of an SD-LoRA checkpoint.
 
-``python -m benchmarks.kd_residuals results/<protocol>/<run>/checkpoints/<method>-seed<k> [--model ...]``
+``python -m benchmarks.kd_residuals <run folder>/checkpoints/<method>-seed<k> [--experience K]``
 prints, for each task k >= 1, ||r||^2 / ||D_k||^2 of its direction on the directions before it, and the
 smallest threshold at which SD-LoRA-KD would have absorbed at least one task.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -16,10 +14,12 @@ from avalanche_sdlora import sdlora_vit
 from avalanche_sdlora.checkpoint import latest_checkpoint, load_checkpoint
 
 from . import compare
+from .config import RunConfig
+from .run_folder import RunFolder
 
 
 def main(argv: list[str] | None = None) -> list[float]:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.kd_residuals", description=__doc__.split("\n\n")[0])
+    p = compare.Parser(prog="python -m benchmarks.kd_residuals", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", help="a checkpoints/<method>-seed<k> folder written by benchmarks.compare")
     p.add_argument("--experience", type=int, help="which checkpoint (default: the last)")
     args = p.parse_args(argv)
@@ -27,11 +27,11 @@ def main(argv: list[str] | None = None) -> list[float]:
     exp = args.experience if args.experience is not None else latest_checkpoint(ckpt)
     if exp is None:
         raise SystemExit(f"error: no checkpoint in '{ckpt}'")
-    config = json.loads((ckpt.parent.parent / "config.json").read_text())
-    proto = config["protocol"]
-    options = config.get("sdlora_options", {})
-    model = sdlora_vit(proto["model"], img_size=proto["img_size"], rank=config.get("rank", 10),
-                       **{k: options[k] for k in ("normalize_current", "direction_norm") if k in options})
+    folder = RunFolder(ckpt.parent.parent)
+    if not folder.has_config():
+        raise SystemExit(f"error: '{ckpt}' is not in a run folder of benchmarks.compare (no {folder.config_path})")
+    cfg = RunConfig.from_json(folder.read_config())
+    model = sdlora_vit(cfg.model, img_size=cfg.img_size, options=cfg.sdlora)
     load_checkpoint(ckpt, exp, model)
     res = model.direction_residuals()
     for k, r in enumerate(res, start=1):

@@ -2,54 +2,28 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from avalanche_sdlora.metrics import average_anytime_accuracy, backward_transfer, final_accuracy, forgetting
+from avalanche_sdlora.atomic import write_text, write_with
+from avalanche_sdlora.metrics import average_anytime_accuracy, backward_transfer, forgetting
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    _atomic_write(Path(path), lambda f: f.write(text.encode()))
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    """A table as CSV, written atomically (the one writer, :mod:`avalanche_sdlora.atomic`)."""
+    write_text(path, df.to_csv(index=False))
 
 
-def _atomic_write(path: Path, write) -> None:
-    """``write(binary file)`` to ``.<name>.<random>.tmp`` beside ``path``, fsync, rename over ``path``, fsync the folder.
-
-    The folder's fsync makes the rename itself durable: without it a power loss after the rename can bring back
-    the old file (or none) although the new one was reported written.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make renames and new entries in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_csv(df: pd.DataFrame, path: Path) -> None:
-    atomic_write_text(path, df.to_csv(index=False))
+def write_reports(per_task: pd.DataFrame, run_dir: Path) -> None:
+    """per_task.csv, summary.csv, table.md and the two plots of a run folder."""
+    run_dir = Path(run_dir)
+    summary = summarize(per_task)
+    write_csv(per_task, run_dir / "per_task.csv")
+    write_csv(summary, run_dir / "summary.csv")
+    write_text(run_dir / "table.md", markdown_table(summary))
+    plot(per_task, summary, run_dir)
 
 
 def accuracy_matrix(rows: pd.DataFrame) -> np.ndarray:
@@ -73,7 +47,7 @@ def run_records(per_task: pd.DataFrame, by: list[str]) -> pd.DataFrame:
         R = accuracy_matrix(g)
         records.append({
             **dict(zip(by, key)), "acc": float(last["acc_seen"]),
-            "aaa": float(g["acc_seen"].mean()) if complete else np.nan,
+            "aaa": average_anytime_accuracy(g["acc_seen"].to_numpy()) if complete else np.nan,
             "forgetting": forgetting(R) if complete else np.nan,
             "bwt": backward_transfer(R) if complete else np.nan,
             "final_update_norm": float(last["update_norm"]) if "update_norm" in g else np.nan,
@@ -104,6 +78,13 @@ def summarize(per_task: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_records(out)
 
 
+def markdown_grid(columns: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table of already formatted cells (every table the harness writes)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def markdown_table(summary: pd.DataFrame) -> str:
     """Accuracies in percent as mean ± sample std (ddof=1) over seeds; one seed has no std."""
 
@@ -115,17 +96,17 @@ def markdown_table(summary: pd.DataFrame) -> str:
     def pct(v: float) -> str:
         return "n/a" if np.isnan(v) else f"{100 * v:.2f}"
 
-    lines = ["| method | Acc (%) | AAA (%) | forgetting | BWT | trainable params | stored params | train s | seeds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    rows = []
     for _, r in summary.sort_values("acc_mean", ascending=False).iterrows():
         seeds = f"{int(r['n_seeds'])}"
         if r["n_unfinished"]:
             seeds += f" (+{int(r['n_unfinished'])} unfinished)"
         secs = "n/a" if np.isnan(r["train_seconds"]) else f"{r['train_seconds']:.0f}"
-        lines.append(f"| {r['method']} | {pm(r['acc_mean'], r['acc_std'])} | {pm(r['aaa_mean'], r['aaa_std'])} | "
-                     f"{pct(r['forgetting'])} | {pct(r['bwt'])} | {int(r['trainable_params']):,} | "
-                     f"{int(r['stored_params']):,} | {secs} | {seeds} |")
-    return "\n".join(lines) + "\n"
+        rows.append([r["method"], pm(r["acc_mean"], r["acc_std"]), pm(r["aaa_mean"], r["aaa_std"]),
+                     pct(r["forgetting"]), pct(r["bwt"]), f"{int(r['trainable_params']):,}",
+                     f"{int(r['stored_params']):,}", secs, seeds])
+    return markdown_grid(["method", "Acc (%)", "AAA (%)", "forgetting", "BWT", "trainable params", "stored params",
+                          "train s", "seeds"], rows)
 
 
 def plot(per_task: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> None:
@@ -146,9 +127,7 @@ def plot(per_task: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> None:
     ax.set_ylabel("accuracy on seen classes (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    _atomic_savefig(fig, out_dir / "seen_accuracy.png")
-    plt.close(fig)
+    save_figure(fig, out_dir / "seen_accuracy.png")
     if len(summary):
         s = summary.sort_values("acc_mean", ascending=False)
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -156,10 +135,13 @@ def plot(per_task: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> None:
         ax.bar(s["method"], 100 * s["acc_mean"], yerr=100 * s["acc_std"].fillna(0), capsize=3)
         ax.set_ylabel("final accuracy Acc (%)")
         ax.tick_params(axis="x", rotation=30)
-        fig.tight_layout()
-        _atomic_savefig(fig, out_dir / "final_accuracy.png")
-        plt.close(fig)
+        save_figure(fig, out_dir / "final_accuracy.png")
 
 
-def _atomic_savefig(fig, path: Path) -> None:
-    _atomic_write(Path(path), lambda f: fig.savefig(f, dpi=120, format="png"))
+def save_figure(fig, path: Path, dpi: int = 120) -> None:
+    """A matplotlib figure laid out, written atomically as PNG, and closed (every plot of the harness)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    write_with(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
+    plt.close(fig)

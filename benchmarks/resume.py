@@ -11,7 +11,7 @@ from pathlib import Path
 
 from avalanche.logging import CSVLogger
 
-from .reports import atomic_write_text
+from avalanche_sdlora.atomic import write_text
 
 LOG_FILES = ("training_results.csv", "eval_results.csv")
 
@@ -39,7 +39,7 @@ class ResumableCSVLogger(CSVLogger):
             return
         folder = Path(self.log_folder)
         for name in LOG_FILES:
-            atomic_write_text(folder / name, _rows_upto(folder / name, keep_upto))
+            write_text(folder / name, _rows_upto(folder / name, keep_upto))
         self.training_file = open(folder / LOG_FILES[0], "a")
         self.eval_file = open(folder / LOG_FILES[1], "a")
 

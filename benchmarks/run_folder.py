@@ -1,23 +1,36 @@
-"""What guards a run folder of ``benchmarks.compare``: one writer at a time, stale temp files, file identities.
+"""A run folder of the harness: every path in it, one writer at a time, and the DONE / failure / calls bookkeeping.
 
-A run folder is written by one command at a time (a second writer would train the same (method, seed) twice
-and mix its rows into the first one's tables), so every writer holds an exclusive ``fcntl.flock`` on
-``<run>/.lock`` for its lifetime; the lock file names the holder for the refusal message. The kernel drops the
-lock when its holder dies (even by ``kill -9``), so a stale lock file never blocks the next writer.
+Layout (one spelling for compare, study and the diagnostics): ``<out>/<protocol>/<run-id>/`` holds
+``config.json`` (the RunConfig, the identity, every call that wrote here, failures), ``parts/<method>-seed<k>.csv``
+(the rows of one (method, seed), written as each experience ends), ``per_task.csv`` (every part), ``summary.csv``,
+``table.md``, the plots, ``csv/<method>/seed<k>/`` (Avalanche's CSVLogger), ``checkpoints/<method>-seed<k>/`` and,
+last, ``DONE``.
+
+A run folder is written by one command at a time (a second writer would train the same (method, seed) twice and
+mix its rows into the first one's tables), so every writer holds an exclusive ``fcntl.flock`` on ``<run>/.lock``
+for its lifetime; the lock file names the holder for the refusal message. The kernel drops the lock when its
+holder dies (even by ``kill -9``), so a stale lock file never blocks the next writer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pandas as pd
+
+from avalanche_sdlora.atomic import remove_stale_temps, write_text
+
+from . import reports
+
 LOCK_NAME = ".lock"
-TEMP_GLOB = ".*.tmp"  # every temporary file the harness writes (reports.atomic_write_text, plots, checkpoints)
+CALL_KEYS = ("command", "started_utc", "wall_seconds", "methods", "seeds", "device", "device_name", "threads",
+             "workers")
 
 
 class RunFolderBusy(SystemExit):
@@ -84,37 +97,157 @@ def holder(lock_path: Path) -> str:
         return "another process (it has not written its name into the lock file yet)"
 
 
-def clean_stale_temps(run_dir: str | Path) -> list[Path]:
-    """Remove temporary files a killed writer left in the run folder; only safe while holding its lock."""
-    removed = []
-    for p in sorted(Path(run_dir).rglob(TEMP_GLOB)):
-        if p.is_file() and p.name != LOCK_NAME:
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
+class RunFolder:
+    """One run folder: its paths, its lock, its parts and reports, and its DONE / failure / calls bookkeeping."""
 
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
 
-_HASHES: dict[tuple, str] = {}
+    @classmethod
+    def new(cls, out: str | Path, protocol: str, run_id: str) -> RunFolder:
+        """The folder of run ``run_id`` of ``protocol`` under the results root ``out``."""
+        return cls(Path(out) / protocol / run_id)
 
+    @classmethod
+    def find(cls, root: str | Path) -> list[RunFolder]:
+        """Every run folder (with a config.json) under ``root``, i.e. ``root/<protocol>/<run-id>``."""
+        return [cls(c.parent) for c in sorted(Path(root).glob("*/*/config.json"))]
 
-def file_identity(path: str | Path) -> dict:
-    """What identifies an input file: its content's SHA-256 (and size); the name is kept for the reader only.
+    def __repr__(self) -> str:
+        return f"RunFolder('{self.path}')"
 
-    Content, not name, size or mtime: the same file moved or copied elsewhere is the same input (a copy gets a
-    new mtime), and a file replaced under the same name is not. Hashing the 167 MB CIFAR-100 npz takes ~0.2 s;
-    the result is memoised per process by (path, size, mtime, inode).
-    """
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns, st.st_ino)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-        _HASHES[key] = h.hexdigest()
-    return {"sha256": _HASHES[key], "size": st.st_size, "name": p.name}
+    def __str__(self) -> str:
+        return str(self.path)
 
+    # ------------------------------------------------------------------ paths
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
 
-def same_file_content(a: dict, b: dict) -> bool:
-    return a.get("sha256") == b.get("sha256") and a.get("size") == b.get("size")
+    @property
+    def done_path(self) -> Path:
+        return self.path / "DONE"
+
+    @property
+    def per_task_path(self) -> Path:
+        return self.path / "per_task.csv"
+
+    def report_path(self, name: str) -> Path:
+        """``summary.csv``, ``table.md``, ``seen_accuracy.png``, ``final_accuracy.png``."""
+        return self.path / name
+
+    def part(self, method: str, seed: int) -> Path:
+        return self.path / "parts" / f"{method}-seed{seed}.csv"
+
+    def log_dir(self, method: str, seed: int) -> Path:
+        return self.path / "csv" / method / f"seed{seed}"
+
+    def checkpoints(self, method: str, seed: int) -> Path:
+        return self.path / "checkpoints" / f"{method}-seed{seed}"
+
+    # ------------------------------------------------------------------ one writer at a time
+    def lock(self, command: str) -> RunLock:
+        return RunLock(self.path, command)
+
+    def clean(self, quiet: bool = False) -> list[Path]:
+        """Remove temporary files a killed writer left (call while holding the lock)."""
+        removed = remove_stale_temps(self.path, recursive=True)
+        if removed and not quiet:
+            print(f"removed {len(removed)} temporary file(s) an interrupted writer left in {self.path}", flush=True)
+        return removed
+
+    def holds_files(self) -> bool:
+        return self.path.is_dir() and any(p.name != LOCK_NAME for p in self.path.iterdir())
+
+    def refuse_existing(self) -> None:
+        """A new run never writes into a finished folder, nor into one that holds files."""
+        if self.is_done():
+            raise SystemExit(f"error: run '{self.path}' is finished and is never overwritten; choose another --run-id, "
+                             f"or add methods or seeds to it with --resume {self.path}")
+        if self.holds_files():
+            raise SystemExit(f"error: run folder '{self.path}' already holds files; resume it with --resume "
+                             f"{self.path} or choose another --run-id")
+
+    # ------------------------------------------------------------------ config.json, DONE, failures, calls
+    def has_config(self) -> bool:
+        return self.config_path.exists()
+
+    def read_config(self) -> dict:
+        return json.loads(self.config_path.read_text())
+
+    def write_config(self, config: dict) -> None:
+        write_text(self.config_path, json.dumps(config, indent=2) + "\n")
+
+    def is_done(self) -> bool:
+        return self.done_path.exists()
+
+    def mark_done(self) -> None:
+        write_text(self.done_path, "")  # last: a folder with DONE has its reports
+
+    def mark_unfinished(self) -> None:
+        self.done_path.unlink(missing_ok=True)
+
+    @staticmethod
+    def call_record(config: dict) -> dict:
+        """What one call that wrote into the folder did (read from its config.json fields)."""
+        return {k: config.get(k) for k in CALL_KEYS}
+
+    @staticmethod
+    def calls_of(saved: dict) -> list[dict]:
+        """Every earlier call, oldest first (folders from before the history existed: their one call)."""
+        return saved.get("calls") or [RunFolder.call_record(saved)]
+
+    @staticmethod
+    def failures_after(saved: dict | None, retried: set[str], failed: dict[str, str]) -> dict[str, str]:
+        """Failures on record after a call: earlier ones it did not retry stay (and keep the run unfinished)."""
+        earlier = (saved or {}).get("failed", {})
+        return {**{k: e for k, e in earlier.items() if k not in retried}, **failed}
+
+    # ------------------------------------------------------------------ parts and reports
+    def read_part(self, method: str, seed: int) -> list[dict]:
+        """A part's rows as they were written (``alphas`` stays text: one magnitude would otherwise parse as a float)."""
+        return pd.read_csv(self.part(method, seed), dtype={"alphas": str}).to_dict("records")
+
+    def write_part(self, method: str, seed: int, rows: list[dict]) -> None:
+        reports.write_csv(pd.DataFrame(rows), self.part(method, seed))
+
+    def has_parts(self) -> bool:
+        return any((self.path / "parts").glob("*.csv"))
+
+    def part_complete(self, method: str, seed: int, n_experiences: int) -> bool:
+        part = self.part(method, seed)
+        if not part.exists():
+            return False
+        return int(pd.read_csv(part)["experience"].max()) == n_experiences - 1
+
+    def parts_signature(self) -> tuple:
+        """Names, mtimes and sizes of the parts: changes whenever a worker writes a row."""
+        sig = []
+        for f in sorted((self.path / "parts").glob("*.csv")):
+            with contextlib.suppress(FileNotFoundError):
+                st = f.stat()
+                sig.append((f.name, st.st_mtime_ns, st.st_size))
+        return tuple(sig)
+
+    def read_parts(self) -> pd.DataFrame:
+        """Every part's rows, in file-name order."""
+        frames = [pd.read_csv(f) for f in sorted((self.path / "parts").glob("*.csv"))]
+        if not frames:
+            raise SystemExit(f"error: '{self.path}' has no parts/*.csv to report on")
+        return pd.concat(frames, ignore_index=True)
+
+    def gather(self) -> pd.DataFrame:
+        """Every (method, seed) part of the run, finished or not, in method order then seed and experience."""
+        from .methods import method_names
+
+        per_task = self.read_parts()
+        order = {m: k for k, m in enumerate(method_names())}
+        return (per_task.assign(_r=per_task["method"].map(order)).sort_values(["_r", "seed", "experience"])
+                .drop(columns="_r"))
+
+    def write_per_task(self) -> None:
+        reports.write_csv(self.gather(), self.per_task_path)
+
+    def write_reports(self) -> None:
+        """per_task.csv, summary.csv, table.md and the plots, from the parts."""
+        reports.write_reports(self.gather(), self.path)

@@ -5,79 +5,91 @@ training images per class and learning rate, each cell a ``benchmarks.compare`` 
 into ``results/study/``: ``per_task.csv`` (method, seed, epochs, train_per_class, lr, experience,
 acc_seen, alphas, update_norm, ...), ``runs.csv`` (Acc, AAA, forgetting, final update norm per run),
 ``cells.csv`` (their mean and std over seeds per method and cell), ``final_vs_budget.png``, ``alphas.png`` and
-``drift.png``. ``--reuse RUN_DIR`` gathers an existing comparison run as a cell (the ``cifar100-cpu`` comparison
-is the cell e3-n100-lr0.01), so its runs are not paid for twice. Finished cells are skipped, so the
-command can be rerun after an interruption or with more cells; long cells can run in the background.
+``drift.png``. ``--reuse RUN_DIR`` gathers an existing comparison run as a cell (the ``cifar100-tiny128``
+comparison is the cell e3-n100-lr0.01), so its runs are not paid for twice. Finished cells are skipped, so the
+command can be rerun after an interruption or with more cells; long cells can run in the background. Every flag
+of ``benchmarks.compare`` applies to every cell; ``--epochs``, ``--train-per-class`` and ``--lr`` take a list.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from . import compare
-from .reports import atomic_write_csv, run_records
+from .config import RunConfig, add_run_flags, check_seeds, config_from_flags
+from .methods import check_method_options
+from .reports import run_records, save_figure, write_csv
+from .run_folder import RunFolder
 
 DEFAULT_METHODS = ("sdlora", "seq-lora", "ncm")
+GRID = {"epochs": [1, 3, 10], "train_per_class": [100, 500], "lr": [0.01, 0.05]}  # the axes and their defaults
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.study", description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None = None):
+    p = compare.Parser(prog="python -m benchmarks.study", description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
-    p.add_argument("--epochs", nargs="+", type=int, default=[1, 3, 10])
-    p.add_argument("--train-per-class", nargs="+", type=int, default=[100, 500])
-    p.add_argument("--lrs", nargs="+", type=float, default=[0.01, 0.05])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    p.add_argument("--out", default="results/study")
+    add_run_flags(p, lists=GRID)  # compare's flags; the grid's axes take one or more values
+    p.add_argument("--out", default="runs/study", help="study folder (default: runs/study, ignored by git; "
+                   "results/study is the README's)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--gather-only", action="store_true", help="only rebuild the CSVs and plots from finished cells")
     p.add_argument("--reuse", nargs="*", default=[], metavar="RUN_DIR",
-                   help="benchmarks.compare run folders gathered as cells too (e.g. the cifar100-cpu comparison, "
+                   help="benchmarks.compare run folders gathered as cells too (e.g. the cifar100-tiny128 comparison, "
                         "which is the cell e3-n100-lr0.01)")
-    p.add_argument("extra", nargs=argparse.REMAINDER, help="after '--': further benchmarks.compare flags")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for axis, default in GRID.items():
+        if getattr(args, axis) is None:
+            setattr(args, axis, default)
+    try:
+        check_seeds(args.seeds)
+        args.cells = {cell_id(e, n, lr): config_from_flags(args, epochs=e, train_per_class=n, lr=lr)
+                      for e, n, lr in itertools.product(args.epochs, args.train_per_class, args.lr)}
+        check_method_options(next(iter(args.cells.values())).method_options)
+    except ValueError as exc:
+        p.error(str(exc))
+    return args
 
 
 def cell_id(epochs: int, train_per_class: int, lr: float) -> str:
     return f"e{epochs}-n{train_per_class}-lr{lr:g}"
 
 
-def _run_dirs(out: Path, reuse: list[str]) -> list[Path]:
-    dirs = sorted(c.parent for c in out.glob("runs/*/*/config.json"))
+def _run_folders(out: Path, reuse: list[str]) -> list[RunFolder]:
+    folders = RunFolder.find(out / "runs")
     for r in reuse:
-        if not (Path(r) / "config.json").exists():
+        if not RunFolder(r).has_config():
             raise SystemExit(f"error: --reuse '{r}' is not a run folder of benchmarks.compare (no config.json)")
-        dirs.append(Path(r))
-    return dirs
+        folders.append(RunFolder(r))
+    return folders
 
 
 def gather(out: Path, reuse: list[str] | None = None, methods: list[str] | None = None) -> pd.DataFrame:
     """All finished and partial cells' rows, tagged with their budget; ``reuse`` adds comparison runs as cells."""
     frames = []
-    for run_dir in _run_dirs(out, list(reuse or [])):
-        parts = sorted((run_dir / "parts").glob("*.csv"))
-        if not parts:
+    for folder in _run_folders(out, list(reuse or [])):
+        if not folder.has_parts():
             continue
-        df = pd.concat([pd.read_csv(f) for f in parts], ignore_index=True)
-        config = json.loads((run_dir / "config.json").read_text())
-        proto = config["protocol"]
-        df["epochs"], df["train_per_class"], df["lr"] = proto["epochs"], proto["train_per_class"], proto["lr"]
-        df["test_per_class"] = config.get("test_per_class") or "all"
-        df["device"] = device_label(config)
-        df["source"] = str(run_dir)
+        df = folder.read_parts()
+        saved = folder.read_config()
+        cfg = RunConfig.from_json(saved)
+        df["epochs"], df["train_per_class"], df["lr"] = cfg.epochs, cfg.train_per_class, cfg.lr
+        df["test_per_class"] = cfg.test_per_class or "all"
+        df["device"] = device_label(saved)
+        df["source"] = str(folder)
         frames.append(df)
     if not frames:
         return pd.DataFrame()
     per_task = pd.concat(frames, ignore_index=True)
     if methods:
         per_task = per_task[per_task["method"].isin(methods)]
-    atomic_write_csv(per_task, out / "per_task.csv")
+    write_csv(per_task, out / "per_task.csv")
     keys = ["method", "epochs", "train_per_class", "lr"]
     run_keys = keys[:1] + ["seed"] + keys[1:] + ["device"]
     runs = run_records(per_task, run_keys)
@@ -86,15 +98,15 @@ def gather(out: Path, reuse: list[str] | None = None, methods: list[str] | None 
     stopped = unfinished_cells(per_task, runs, keys)
     (out / "unfinished.csv").unlink(missing_ok=True)
     if len(stopped):
-        atomic_write_csv(stopped, out / "unfinished.csv")
+        write_csv(stopped, out / "unfinished.csv")
     runs = runs[runs["finished"]].drop(columns="finished")  # unfinished rows stay in per_task.csv only
-    atomic_write_csv(runs, out / "runs.csv")
+    write_csv(runs, out / "runs.csv")
     cells = runs.groupby(keys).agg(
         acc_mean=("acc", "mean"), acc_std=("acc", "std"), aaa_mean=("aaa", "mean"), aaa_std=("aaa", "std"),
         forgetting=("forgetting", "mean"), final_update_norm=("final_update_norm", "mean"),
         train_seconds=("train_seconds", "mean"), n_seeds=("seed", "nunique"),
         device=("device", lambda d: " + ".join(sorted(set(map(str, d)))))).reset_index()
-    atomic_write_csv(cells, out / "cells.csv")
+    write_csv(cells, out / "cells.csv")
     # Plots show finished runs only: a stopped, diverged run (e.g. lr 0.05, norms ~1e6) would flatten every other line.
     finished = per_task.merge(runs[run_keys], on=run_keys)
     _plots(finished, cells, out)
@@ -163,9 +175,7 @@ def _plots(per_task: pd.DataFrame, cells: pd.DataFrame, out: Path) -> None:
         ax.set_ylabel("final accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "final_vs_budget.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "final_vs_budget.png")
 
     sd = per_task[(per_task["method"] == "sdlora") & per_task["alphas"].notna()]
     if len(sd):
@@ -183,9 +193,7 @@ def _plots(per_task: pd.DataFrame, cells: pd.DataFrame, out: Path) -> None:
         ax.set_ylabel("magnitude alpha_k after the last task")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(out / "alphas.png", dpi=120)
-        plt.close(fig)
+        save_figure(fig, out / "alphas.png")
     if "update_norm" in per_task:
         drift = per_task[per_task["update_norm"].notna()]
         if len(drift):
@@ -202,25 +210,22 @@ def _plots(per_task: pd.DataFrame, cells: pd.DataFrame, out: Path) -> None:
                 ax.grid(alpha=0.3)
                 ax.legend(fontsize=7)
             axes[0][0].set_ylabel("||accumulated update||_F (mean over seeds)")
-            fig.tight_layout()
-            fig.savefig(out / "drift.png", dpi=120)
-            plt.close(fig)
+            save_figure(fig, out / "drift.png")
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     out = Path(args.out)
-    extra = [a for a in args.extra if a != "--"]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not args.gather_only:
-        for epochs, n, lr in itertools.product(args.epochs, args.train_per_class, args.lrs):
-            run_dir = out / "runs" / "cifar100-cpu" / cell_id(epochs, n, lr)
-            flags = ["--methods", *args.methods, "--seeds", *map(str, args.seeds), "--epochs", str(epochs),
-                     "--train-per-class", str(n), "--lr", str(lr), "--jobs", str(args.jobs), "--quiet", *extra]
+        command = " ".join(["python -m benchmarks.study", *argv])
+        for cell, cfg in args.cells.items():
+            folder = RunFolder.new(out / "runs", cfg.protocol, cell)
             # A finished cell is resumed too: compare keeps its finished runs and runs only seeds or methods added.
-            if run_dir.exists():
-                compare.main(flags + ["--resume", str(run_dir)])
-            else:
-                compare.main(flags + ["--out", str(out / "runs"), "--run-id", cell_id(epochs, n, lr)])
+            compare.run(cfg, args.methods, args.seeds, folder, jobs=args.jobs, quiet=True, resume=folder.has_config(),
+                        command=f"{command}  # cell {cell}")
             gather(out, args.reuse, args.methods)
     return gather(out, args.reuse, args.methods)
 

@@ -85,3 +85,25 @@ def make_strategy():
         return cls(model=model, optimizer=opt, evaluator=make_evaluator(), device="cpu", **kwargs)
 
     return build
+
+
+# Command-line settings of a tiny comparison: 4 (or 6) CIFAR-100 classes, 2 (or 3) experiences, 32 px, 1 epoch.
+TINY = ["--classes", "4", "--n-experiences", "2", "--train-per-class", "4", "--test-per-class", "3",
+        "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--quiet", "--threads", "1"]
+TINY6 = ["--classes", "6", "--n-experiences", "3", "--train-per-class", "4", "--test-per-class", "3",
+         "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--quiet", "--threads", "1"]
+# RanPAC's reference M = 10000 needs ~3.3 GB and ~25 s per experience on this CPU; the mechanism is the same at 64.
+TINY_METHOD_OPTIONS = ["--method-option", "ranpac.M=64"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """Every registered method through ``benchmarks.compare`` on TINY: (run folder, methods)."""
+    _require_cifar()
+    from benchmarks import compare
+    from benchmarks.methods import method_names
+
+    out = tmp_path_factory.mktemp("results")
+    methods = list(method_names())
+    run_dir = compare.main(TINY + TINY_METHOD_OPTIONS + ["--methods", *methods, "--out", str(out), "--run-id", "t"])
+    return run_dir, methods

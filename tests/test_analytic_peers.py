@@ -12,10 +12,10 @@ from avalanche.core import SupervisedPlugin
 from torch.utils.data import DataLoader
 
 from avalanche_sdlora import create_backbone
-from benchmarks import aper, inflora, ranpac
-from benchmarks.adaptformer import adapters_of
-from benchmarks.inflora import DualGPM, threshold_schedule
-from benchmarks.ranpac import RandomProjectionRidge, ridge_path_losses
+from benchmarks.peers import aper, inflora, ranpac
+from benchmarks.peers.adaptformer import adapters_of
+from benchmarks.peers.inflora import DualGPM, threshold_schedule
+from benchmarks.peers.ranpac import RandomProjectionRidge, ridge_path_losses
 
 from conftest import TINY_IMG, make_evaluator, stream_acc
 

@@ -243,7 +243,8 @@ def test_files_and_their_folder_are_synced_after_each_rename(tmp_path, monkeypat
     for name in ("exp0.safetensors", "exp0.json"):
         final = str(tmp_path / name)
         i = events.index(("replace", final))
-        assert events[i - 1][0] == "fsync" and events[i - 1][1].endswith(f".{name}.tmp")  # data on disk, then rename
+        synced = os.path.basename(events[i - 1][1])
+        assert events[i - 1][0] == "fsync" and synced.startswith(f".{name}.") and synced.endswith(".tmp")  # data, then rename
         assert events[i + 1] == ("fsync", d)  # the rename itself on disk
     assert events.index(("replace", str(tmp_path / "exp0.json"))) > events.index(
         ("replace", str(tmp_path / "exp0.safetensors")))  # the JSON, which marks completeness, last

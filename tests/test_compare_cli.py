@@ -16,21 +16,11 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmarks import compare
-from benchmarks.methods import METHODS
+from benchmarks import compare, runner
+from benchmarks.methods import get_method, method_names
+from conftest import TINY, TINY6, TINY_METHOD_OPTIONS
 
-TINY = ["--classes", "4", "--n-experiences", "2", "--train-per-class", "4", "--test-per-class", "3",
-        "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--quiet", "--threads", "1"]
-TINY6 = ["--classes", "6", "--n-experiences", "3", "--train-per-class", "4", "--test-per-class", "3",
-         "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--quiet", "--threads", "1"]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("results")
-    methods = [m for m in METHODS]
-    run_dir = compare.main(TINY + ["--methods", *methods, "--out", str(out), "--run-id", "t"])
-    return run_dir, methods
+METHODS = method_names()
 
 
 def test_every_method_logs_expected_columns(tiny_run):
@@ -40,7 +30,7 @@ def test_every_method_logs_expected_columns(tiny_run):
                 "stored_params", "train_seconds", "eval_seconds"):
         assert col in per_task.columns, col
     assert set(per_task["method"]) == set(methods)
-    seq = per_task[per_task["method"] != "joint"]
+    seq = per_task[per_task["method"].map(lambda m: get_method(m).schedule != "joint")]
     assert seq.groupby("method")["experience"].apply(list).map(lambda e: e == [0, 1]).all()
     summary = pd.read_csv(run_dir / "summary.csv")
     assert set(summary["method"]) == set(methods)
@@ -65,7 +55,7 @@ def test_finished_run_is_never_overwritten(tiny_run):
     with pytest.raises(SystemExit, match="never overwritten"):
         compare.main(TINY + ["--methods", "ncm", "--out", str(run_dir.parent.parent), "--run-id", "t"])
     assert (run_dir / "per_task.csv").read_bytes() == before
-    assert json.loads((run_dir / "config.json").read_text())["protocol"]["name"] == "cifar100-cpu"
+    assert json.loads((run_dir / "config.json").read_text())["protocol"] == "cifar100-tiny128"
 
 
 def test_unknown_method_is_a_clear_error():
@@ -76,7 +66,7 @@ def test_unknown_method_is_a_clear_error():
 def test_resume_refuses_a_run_made_under_other_sdlora_defaults(tiny_run, tmp_path):
     # e.g. a run started when direction_norm="frobenius" was the default, resumed after it became "factors"
     run_dir, _ = tiny_run
-    copy = tmp_path / "cifar100-cpu" / "old"
+    copy = tmp_path / "cifar100-tiny128" / "old"
     shutil.copytree(run_dir, copy)
     (copy / "DONE").unlink()
     config = json.loads((copy / "config.json").read_text())
@@ -84,17 +74,18 @@ def test_resume_refuses_a_run_made_under_other_sdlora_defaults(tiny_run, tmp_pat
     config["identity"]["direction_norm"] = "frobenius"
     (copy / "config.json").write_text(json.dumps(config))
     with pytest.raises(SystemExit, match='--direction-norm: the run\'s "frobenius", this call\'s "factors"'):
-        compare.main(TINY + ["--methods", "sdlora", "--resume", str(copy)])
+        compare.main(TINY + TINY_METHOD_OPTIONS + ["--methods", "sdlora", "--resume", str(copy)])
     # naming the run's option explicitly is accepted (ncm finished already, so nothing reruns)
-    assert compare.main(TINY + ["--methods", "ncm", "--resume", str(copy), "--direction-norm", "frobenius"]) == copy
+    assert compare.main(TINY + TINY_METHOD_OPTIONS + ["--methods", "ncm", "--resume", str(copy),
+                                                      "--direction-norm", "frobenius"]) == copy
 
 
 def test_resume_adds_seeds_to_a_finished_run_and_keeps_its_parts(tiny_run, tmp_path):
     run_dir, _ = tiny_run
-    copy = tmp_path / "cifar100-cpu" / "more"
+    copy = tmp_path / "cifar100-tiny128" / "more"
     shutil.copytree(run_dir, copy)
     before = (copy / "parts" / "ncm-seed0.csv").read_bytes()
-    compare.main(TINY + ["--methods", "ncm", "--seeds", "0", "1", "--resume", str(copy)])
+    compare.main(TINY + TINY_METHOD_OPTIONS + ["--methods", "ncm", "--seeds", "0", "1", "--resume", str(copy)])
     assert (copy / "parts" / "ncm-seed0.csv").read_bytes() == before
     assert (copy / "parts" / "ncm-seed1.csv").exists() and (copy / "DONE").exists()
     # the reports of a resumed run cover every method in it, not only those named in the resuming call
@@ -109,22 +100,22 @@ def test_resume_adds_seeds_to_a_finished_run_and_keeps_its_parts(tiny_run, tmp_p
 
 
 def test_a_failing_method_does_not_cost_the_others_and_leaves_the_run_unfinished(tmp_path, monkeypatch, capsys):
-    real = compare.run_method
+    real = runner.run
 
     def diverging_lwf(method, *args, **kwargs):
         if method == "lwf":
             raise FloatingPointError("loss is nan at experience 1")
         return real(method, *args, **kwargs)
 
-    monkeypatch.setattr(compare, "run_method", diverging_lwf)
+    monkeypatch.setattr(runner, "run", diverging_lwf)
     with pytest.raises(SystemExit, match=r"1 of 2 runs failed(.|\n)*lwf-seed0: FloatingPointError: loss is nan"):
         compare.main(TINY + ["--methods", "lwf", "ncm", "--out", str(tmp_path), "--run-id", "f"])
-    run_dir = tmp_path / "cifar100-cpu" / "f"
+    run_dir = tmp_path / "cifar100-tiny128" / "f"
     assert "lwf seed 0 failed, the other runs go on" in capsys.readouterr().err
     assert (run_dir / "parts" / "ncm-seed0.csv").exists() and not (run_dir / "DONE").exists()
     assert json.loads((run_dir / "config.json").read_text())["failed"] == {
         "lwf-seed0": "FloatingPointError: loss is nan at experience 1"}
-    monkeypatch.setattr(compare, "run_method", real)
+    monkeypatch.setattr(runner, "run", real)
     compare.main(TINY + ["--methods", "ncm", "--seeds", "1", "--resume", str(run_dir)])  # lwf not retried here
     assert "lwf-seed0" in json.loads((run_dir / "config.json").read_text())["failed"]
     assert not (run_dir / "DONE").exists()
@@ -135,11 +126,12 @@ def test_a_failing_method_does_not_cost_the_others_and_leaves_the_run_unfinished
 
 def test_resume_refuses_another_ewc_lambda(tiny_run, tmp_path):
     run_dir, _ = tiny_run
-    copy = tmp_path / "cifar100-cpu" / "ewc"
+    copy = tmp_path / "cifar100-tiny128" / "ewc"
     shutil.copytree(run_dir, copy)
     assert json.loads((copy / "config.json").read_text())["ewc_lambda"] == 100.0
     with pytest.raises(SystemExit, match="--ewc-lambda: the run's 100.0, this call's 1000.0"):
-        compare.main(TINY + ["--methods", "ewc", "--seeds", "1", "--resume", str(copy), "--ewc-lambda", "1000"])
+        compare.main(TINY + TINY_METHOD_OPTIONS + ["--methods", "ewc", "--seeds", "1", "--resume", str(copy),
+                                                   "--ewc-lambda", "1000"])
     assert not (copy / "parts" / "ewc-seed1.csv").exists()
 
 
@@ -162,7 +154,7 @@ def test_parallel_run_reports_a_failed_run_s_finished_rows(tmp_path, capsys):
         compare.main(TINY + ["--methods", "naive", "ncm", "--lr", "1e9", "--jobs", "2", "--out", str(tmp_path),
                              "--run-id", "p"])
     assert "naive seed 0 failed, the other runs go on" in capsys.readouterr().err
-    run_dir = tmp_path / "cifar100-cpu" / "p"
+    run_dir = tmp_path / "cifar100-tiny128" / "p"
     summary = pd.read_csv(run_dir / "summary.csv").set_index("method")
     assert summary.loc["naive", "n_unfinished"] == 1 and summary.loc["ncm", "n_seeds"] == 1
     assert "0 (+1 unfinished)" in (run_dir / "table.md").read_text()
@@ -178,13 +170,12 @@ def test_a_row_is_not_kept_from_a_model_that_is_not_finite(tmp_path, monkeypatch
                 with torch.no_grad():
                     next(p for p in strategy.model.parameters() if p.requires_grad).fill_(float("nan"))
 
-    real = compare.build_strategy
-    monkeypatch.setattr(compare, "build_strategy",
-                        lambda method, cfg, ev, plugins=None: real(method, cfg, ev, [PoisonAfterExperience1()]))
+    real = runner.run
+    monkeypatch.setattr(runner, "run", lambda *a, **kw: real(*a, **{**kw, "plugins": [PoisonAfterExperience1()]}))
     with pytest.raises(SystemExit, match="1 of 1 runs failed") as err:
         compare.main(TINY6 + ["--methods", "naive", "--out", str(tmp_path), "--run-id", "nan"])
     assert "NaN or inf after training experience 1" in str(err.value)
-    run_dir = tmp_path / "cifar100-cpu" / "nan"
+    run_dir = tmp_path / "cifar100-tiny128" / "nan"
     assert pd.read_csv(run_dir / "parts" / "naive-seed0.csv")["experience"].tolist() == [0]
     assert "after training experience 1" in json.loads((run_dir / "config.json").read_text())["failed"]["naive-seed0"]
 
@@ -193,12 +184,12 @@ def test_a_run_that_fails_before_its_first_row_says_so_and_how_to_go_on(tmp_path
     def fails_at_once(method, *args, **kwargs):
         raise FloatingPointError("loss is nan at experience 0, epoch 0, iteration 0")
 
-    monkeypatch.setattr(compare, "run_method", fails_at_once)
+    monkeypatch.setattr(runner, "run", fails_at_once)
     with pytest.raises(SystemExit) as err:
         compare.main(TINY + ["--methods", "sdlora", "--out", str(tmp_path), "--run-id", "f0"])
     message = str(err.value)
     assert "no rows were kept" in message and "parts" not in message
-    assert not (tmp_path / "cifar100-cpu" / "f0" / "parts").exists()
+    assert not (tmp_path / "cifar100-tiny128" / "f0" / "parts").exists()
     # the advice names what --resume can retry and what needs a new run
     assert "--resume" in message and "another --run-id" in message and "--lr" in message
 
@@ -229,7 +220,7 @@ def _wait_for(condition, timeout):
 
 def test_one_writer_per_run_folder_and_per_task_follows_parallel_workers(tmp_path):
     # compare --jobs 2 runs in a thread of this process; its two worker processes are stopped after a first row.
-    run_dir = tmp_path / "cifar100-cpu" / "par"
+    run_dir = tmp_path / "cifar100-tiny128" / "par"
     argv = TINY6 + ["--methods", "sdlora", "seq-lora", "--jobs", "2", "--out", str(tmp_path), "--run-id", "par"]
     outcome = {}
 
@@ -278,7 +269,7 @@ def test_one_writer_per_run_folder_and_per_task_follows_parallel_workers(tmp_pat
 
 def test_a_killed_writer_does_not_block_the_next_one(tiny_run, tmp_path):
     run_dir, _ = tiny_run
-    copy = tmp_path / "cifar100-cpu" / "k"
+    copy = tmp_path / "cifar100-tiny128" / "k"
     shutil.copytree(run_dir, copy)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; from benchmarks.run_folder import RunLock; "
@@ -288,11 +279,11 @@ def test_a_killed_writer_does_not_block_the_next_one(tiny_run, tmp_path):
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(SystemExit, match=rf"in use by pid {holder.pid} .*\(holder\)"):
-            compare.main(TINY + ["--methods", "ncm", "--resume", str(copy)])
+            compare.main(TINY + TINY_METHOD_OPTIONS + ["--methods", "ncm", "--resume", str(copy)])
         holder.kill()  # kill -9: its lock file stays, its lock goes
         holder.wait(30)
         assert (copy / ".lock").exists()
-        assert compare.main(TINY + ["--methods", "ncm", "--resume", str(copy)]) == copy
+        assert compare.main(TINY + TINY_METHOD_OPTIONS + ["--methods", "ncm", "--resume", str(copy)]) == copy
     finally:
         if holder.poll() is None:
             holder.kill()

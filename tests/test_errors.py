@@ -172,7 +172,7 @@ def test_library_errors_before_the_run_loop_are_one_line_and_verbose_shows_the_t
     assert "not a readable npz" in err and "--verbose prints the traceback" in err
     assert compare.cli(argv + ["--verbose"]) == 1
     assert "Traceback (most recent call last)" in capsys.readouterr().err
-    assert not (tmp_path / "cifar100-cpu" / "g").exists()  # nothing was created for a run that never started
+    assert not (tmp_path / "cifar100-tiny128" / "g").exists()  # nothing was created for a run that never started
 
 
 def test_a_damaged_run_folder_checkpoint_is_named(tmp_path, monkeypatch, capsys):
@@ -187,15 +187,17 @@ def test_a_damaged_run_folder_checkpoint_is_named(tmp_path, monkeypatch, capsys)
     def damaged(directory, experience, *args, **kwargs):
         raise ValueError("invalid safetensors header")
 
-    real = compare.load_checkpoint
-    monkeypatch.setattr(compare, "load_checkpoint", damaged)
+    from benchmarks import runner
+
+    real = runner.load_checkpoint
+    monkeypatch.setattr(runner, "load_checkpoint", damaged)
     with pytest.raises(SystemExit, match="1 of 1 runs failed") as err:
         compare.main(CLI_TINY[:-1] + ["sdlora", "--resume", str(run_dir)])
     ckpt = run_dir / "checkpoints" / "sdlora-seed0"
     assert f"'{ckpt / 'exp1.safetensors'}' (and exp1.json): invalid safetensors header" in str(err.value)
     assert f"delete '{ckpt}'" in str(err.value)
     # a damaged file found by the library's checks is skipped, named, and the run goes on from the one before
-    monkeypatch.setattr(compare, "load_checkpoint", real)
+    monkeypatch.setattr(runner, "load_checkpoint", real)
     (ckpt / "exp1.safetensors").write_bytes(b"\0" * 64)
     assert compare.main(CLI_TINY[:-1] + ["sdlora", "--resume", str(run_dir)]) == run_dir
     out = capsys.readouterr().out

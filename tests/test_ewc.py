@@ -8,7 +8,7 @@ from avalanche.training.plugins import EWCPlugin
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from benchmarks.ewc import TrainableEWCPlugin
+from benchmarks.peers.ewc import TrainableEWCPlugin
 
 
 def _data(seed: int, classes: list[int]):
@@ -67,12 +67,12 @@ def test_loss_parts_trace_separates_the_penalty_from_cross_entropy(capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_run_method_passes_extra_plugins_to_the_strategy(tmp_path):
-    # how ewc_trace attaches its printer: through run_method, not by patching build_strategy
+def test_runner_passes_extra_plugins_to_the_strategy(tmp_path):
+    # how ewc_trace attaches its printer: through the runner's Python API, not by patching a builder
     from avalanche.core import SupervisedPlugin
 
-    from benchmarks import compare
-    from benchmarks.protocols import PROTOCOLS
+    from benchmarks import inputs, runner
+    from benchmarks.config import RunConfig
 
     class CountBackward(SupervisedPlugin):
         def __init__(self):
@@ -82,10 +82,10 @@ def test_run_method_passes_extra_plugins_to_the_strategy(tmp_path):
         def after_backward(self, strategy, **kwargs):
             self.n += 1
 
-    proto = PROTOCOLS["cifar100-cpu"].override(n_experiences=2, train_per_class=4, epochs=1, batch_size=4, img_size=32)
-    benchmark = compare._benchmark(proto, None, 3, [0, 1, 2, 3])
-    cfg = compare.method_config(proto, compare.resolve_checkpoint(proto, None), device="cpu", num_classes=4)
-    counter, rows = CountBackward(), []
-    compare.run_method("ewc", 0, proto, benchmark, cfg, tmp_path, True, rows.append, plugins=[counter])
+    cfg = inputs.resolved(RunConfig.for_protocol(n_experiences=2, train_per_class=4, epochs=1, batch_size=4,
+                                                 img_size=32, classes=4, test_per_class=3, device="cpu"))
+    counter = CountBackward()
+    rows = runner.run("ewc", 0, cfg, inputs.make_benchmark(cfg), tmp_path, plugins=[counter])
     assert [r["experience"] for r in rows] == [0, 1]
     assert counter.n == 4  # 2 experiences x 8 images / batch 4
+    assert len((tmp_path / "parts" / "ewc-seed0.csv").read_text().splitlines()) == 3  # the rows are on disk

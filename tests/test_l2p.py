@@ -1,4 +1,4 @@
-"""Avalanche's LearningToPrompt through benchmarks.l2p: timm 1.x, local weights, any ViT width."""
+"""Avalanche's LearningToPrompt through benchmarks.peers.l2p: timm 1.x, local weights, any ViT width."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import avalanche.training.supervised.l2p as avl_l2p
 from avalanche_sdlora.assets import default_asset
 from avalanche_sdlora.data import split_cifar100
 from avalanche_sdlora.model import create_backbone
-from benchmarks.l2p import L2PStrategy, build_l2p, build_l2p_model
+from benchmarks.peers.l2p import L2PStrategy, build_l2p, build_l2p_model
 
 IMG = 32  # 2x2 patches: 1 cls + 25 prompt + 4 patch tokens
 

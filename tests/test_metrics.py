@@ -21,6 +21,8 @@ def test_final_accuracy():
 def test_seen_and_aaa():
     np.testing.assert_allclose(seen_accuracy(R), [0.9, 0.75, 2.0 / 3])
     assert average_anytime_accuracy(R) == pytest.approx((0.9 + 0.75 + 2.0 / 3) / 3)
+    # the same number from the seen-class accuracies measured after each experience (the harness's acc_seen)
+    assert average_anytime_accuracy(seen_accuracy(R)) == average_anytime_accuracy(R)
 
 
 def test_forgetting_uses_best_earlier_accuracy():

@@ -13,10 +13,10 @@ from conftest import TINY_IMG, make_evaluator, stream_acc
 from timm.layers import Attention
 
 from avalanche_sdlora.model import create_backbone
-from benchmarks import coda_prompt, dualprompt
-from benchmarks.coda_prompt import CodaPromptViT, orthonormal_new
-from benchmarks.dualprompt import DualPromptViT
-from benchmarks.prefix_vit import PrefixAttention, PrefixViT
+from benchmarks.peers import coda_prompt, dualprompt
+from benchmarks.peers.coda_prompt import CodaPromptViT, orthonormal_new
+from benchmarks.peers.dualprompt import DualPromptViT
+from benchmarks.peers.prefix_vit import PrefixAttention, PrefixViT
 
 TINY = "vit_tiny_patch16_224"
 

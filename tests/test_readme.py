@@ -45,3 +45,11 @@ def test_readme_example_runs_on_a_tiny_slice():
     exec(compile(src, "README.md", "exec"), ns)
     plain = timm.create_model("vit_tiny_patch16_224", num_classes=4, img_size=32)
     plain.load_state_dict(ns["state"])  # strict: the export is a plain timm state dict
+
+
+def test_headline_tables_are_the_committed_runs_table():
+    """README.md and results/README.md lead with a table generated from the run's summary.csv (its table.md)."""
+    from benchmarks import headline
+
+    assert headline.main(["--check"]) == []
+    assert headline.table() == (ROOT / headline.RUN / "table.md").read_text()

@@ -67,10 +67,10 @@ def _trace_durability(monkeypatch):
 
 def test_atomic_writes_are_durable_renames(tmp_path, monkeypatch):
     # the file's data is on disk before the rename, and the rename itself (the folder entry) after it
-    from benchmarks.reports import atomic_write_text
+    from avalanche_sdlora.atomic import write_text
 
     events = _trace_durability(monkeypatch)
-    atomic_write_text(tmp_path / "table.md", "| a |\n")
+    write_text(tmp_path / "table.md", "| a |\n")
     assert events == [("fsync", "file"), ("rename", "table.md"), ("fsync", "dir")]
     assert (tmp_path / "table.md").read_text() == "| a |\n" and [p.name for p in tmp_path.iterdir()] == ["table.md"]
 
@@ -87,3 +87,19 @@ def test_plots_are_written_atomically_and_durably(tmp_path, monkeypatch):
         assert events[k - 1] == ("fsync", "file") and events[k + 1] == ("fsync", "dir"), events
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final_accuracy.png", "seen_accuracy.png"]
+
+
+def test_every_committed_summary_regenerates_byte_identical():
+    """What --report-only writes from a committed run's parts is the summary.csv committed with it."""
+    from pathlib import Path
+
+    from benchmarks.run_folder import RunFolder
+
+    root = Path(__file__).resolve().parent.parent / "results"
+    folders = [RunFolder(p.parent) for p in sorted(root.rglob("summary.csv")) if (p.parent / "parts").is_dir()]
+    assert len(folders) >= 13
+    for folder in folders:
+        per_task = folder.gather()
+        assert summarize(per_task).to_csv(index=False) == folder.report_path("summary.csv").read_text(), folder
+        assert markdown_table(summarize(per_task)) == folder.report_path("table.md").read_text(), folder
+        assert per_task.to_csv(index=False) == folder.per_task_path.read_text(), folder

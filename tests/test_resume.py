@@ -8,10 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmarks import compare
-
-TINY = ["--classes", "6", "--n-experiences", "3", "--train-per-class", "4", "--test-per-class", "3",
-        "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--quiet", "--threads", "1"]
+from benchmarks import compare, reports, runner
+from conftest import TINY6 as TINY
 METHODS = ["naive", "seq-lora", "sdlora"]  # an Avalanche baseline (restarts) and two checkpointed methods
 LOGS = ("training_results.csv", "eval_results.csv")
 
@@ -42,8 +40,8 @@ def clean(tmp_path_factory):
 
 def test_killed_runs_resume_to_identical_rows_and_logs(clean, tmp_path, monkeypatch):
     args = TINY + ["--methods", *METHODS]
-    killed = tmp_path / "cifar100-cpu" / "killed"
-    real_save, real_write = compare.save_checkpoint, compare.atomic_write_csv
+    killed = tmp_path / "cifar100-tiny128" / "killed"
+    real_save, real_write = runner.save_checkpoint, reports.write_csv
 
     # kill 1: while naive's row of experience 1 is being written (the part keeps experience 0 only)
     def kill_in_naive_row(df, path):
@@ -51,11 +49,11 @@ def test_killed_runs_resume_to_identical_rows_and_logs(clean, tmp_path, monkeypa
             raise KeyboardInterrupt("kill")
         return real_write(df, path)
 
-    monkeypatch.setattr(compare, "atomic_write_csv", kill_in_naive_row)
+    monkeypatch.setattr(reports, "write_csv", kill_in_naive_row)
     with pytest.raises(KeyboardInterrupt):
         compare.main(args + ["--out", str(tmp_path), "--run-id", "killed"])
     assert len(pd.read_csv(killed / "parts" / "naive-seed0.csv")) == 1
-    monkeypatch.setattr(compare, "atomic_write_csv", real_write)
+    monkeypatch.setattr(reports, "write_csv", real_write)
 
     # kill 2: seq-lora, as its third experience ends (rows and checkpoints of experiences 0 and 1 exist)
     def kill_before_seq_lora_exp2(directory, experience, *a, **kw):
@@ -63,7 +61,7 @@ def test_killed_runs_resume_to_identical_rows_and_logs(clean, tmp_path, monkeypa
             raise KeyboardInterrupt("kill")
         return real_save(directory, experience, *a, **kw)
 
-    monkeypatch.setattr(compare, "save_checkpoint", kill_before_seq_lora_exp2)
+    monkeypatch.setattr(runner, "save_checkpoint", kill_before_seq_lora_exp2)
     with pytest.raises(KeyboardInterrupt):
         compare.main(args + ["--resume", str(killed)])
     assert len(pd.read_csv(killed / "parts" / "seq-lora-seed0.csv")) == 2
@@ -75,10 +73,10 @@ def test_killed_runs_resume_to_identical_rows_and_logs(clean, tmp_path, monkeypa
             raise KeyboardInterrupt("kill")
         return path
 
-    monkeypatch.setattr(compare, "save_checkpoint", kill_after_sdlora_exp1)
+    monkeypatch.setattr(runner, "save_checkpoint", kill_after_sdlora_exp1)
     with pytest.raises(KeyboardInterrupt):
         compare.main(args + ["--resume", str(killed)])
-    monkeypatch.setattr(compare, "save_checkpoint", real_save)
+    monkeypatch.setattr(runner, "save_checkpoint", real_save)
     compare.main(args + ["--resume", str(killed)])
     _assert_same_run(killed, clean)
     # seq-lora's magnitude stayed fixed at 1 through the resume (it trained to 3.0 when a restored model unfroze it)
@@ -89,7 +87,7 @@ def test_killed_runs_resume_to_identical_rows_and_logs(clean, tmp_path, monkeypa
 def test_a_checkpoint_without_metric_state_reruns_its_run_from_the_start(clean, tmp_path, monkeypatch, capsys):
     # checkpoints written before they held the evaluator's state: resuming from one would get forgetting, BWT and
     # AAA wrong, so the (method, seed) starts again (and still equals the uninterrupted run)
-    real_state, real_save = compare.strategy_state, compare.save_checkpoint
+    real_state, real_save = runner.strategy_state, runner.save_checkpoint
 
     def kill_after_exp1(directory, experience, *a, **kw):
         path = real_save(directory, experience, *a, **kw)
@@ -97,13 +95,13 @@ def test_a_checkpoint_without_metric_state_reruns_its_run_from_the_start(clean, 
             raise KeyboardInterrupt("kill")
         return path
 
-    monkeypatch.setattr(compare, "strategy_state", lambda s: {k: v for k, v in real_state(s).items() if k != "evaluator"})
-    monkeypatch.setattr(compare, "save_checkpoint", kill_after_exp1)
+    monkeypatch.setattr(runner, "strategy_state", lambda s: {k: v for k, v in real_state(s).items() if k != "evaluator"})
+    monkeypatch.setattr(runner, "save_checkpoint", kill_after_exp1)
     args = TINY + ["--methods", "sdlora"]
     with pytest.raises(KeyboardInterrupt):
         compare.main(args + ["--out", str(tmp_path), "--run-id", "old"])
     monkeypatch.undo()
-    run_dir = compare.main(args + ["--resume", str(tmp_path / "cifar100-cpu" / "old")])
+    run_dir = compare.main(args + ["--resume", str(tmp_path / "cifar100-tiny128" / "old")])
     assert "holds no metric state (an older format); rerunning from the first experience" in capsys.readouterr().out
     _assert_same_run(run_dir, clean, methods=["sdlora"])
 
@@ -171,18 +169,18 @@ def test_a_run_folder_from_before_identity_is_checked_on_what_it_recorded(finish
 
 
 def test_kill_while_writing_the_reports_then_resume_rebuilds_them(tmp_path, monkeypatch):
-    real = compare.markdown_table
-    monkeypatch.setattr(compare, "markdown_table", lambda s: (_ for _ in ()).throw(KeyboardInterrupt("kill")))
+    real = reports.markdown_table
+    monkeypatch.setattr(reports, "markdown_table", lambda s: (_ for _ in ()).throw(KeyboardInterrupt("kill")))
     with pytest.raises(KeyboardInterrupt):
         compare.main(TINY + ["--methods", "ncm", "--out", str(tmp_path), "--run-id", "k"])
-    run_dir = tmp_path / "cifar100-cpu" / "k"
+    run_dir = tmp_path / "cifar100-tiny128" / "k"
     assert (run_dir / "per_task.csv").exists() and not (run_dir / "table.md").exists()
     # temporary files left by a killed writer are removed when the next writer takes the folder
     (run_dir / ".summary.csv.abc123.tmp").write_text("half")
     (run_dir / "parts" / ".ncm-seed0.csv.def456.tmp").write_text("half")
     # a resume with nothing left to run still rebuilds the reports; killed while doing so, it writes no DONE
-    monkeypatch.setattr(compare, "plot", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt("kill")))
-    monkeypatch.setattr(compare, "markdown_table", real)
+    monkeypatch.setattr(reports, "plot", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt("kill")))
+    monkeypatch.setattr(reports, "markdown_table", real)
     with pytest.raises(KeyboardInterrupt):
         compare.main(TINY + ["--methods", "ncm", "--resume", str(run_dir)])
     assert not (run_dir / "DONE").exists()

@@ -5,11 +5,11 @@ import pytest
 
 from benchmarks import study
 
-TINY = ["--", "--classes", "4", "--n-experiences", "2", "--test-per-class", "3", "--img-size", "32", "--threads", "1"]
+TINY = ["--classes", "4", "--n-experiences", "2", "--test-per-class", "3", "--img-size", "32", "--threads", "1"]
 
 
 def test_study_grid_and_outputs(tmp_path):
-    args = ["--methods", "sdlora", "seq-lora", "--epochs", "1", "--train-per-class", "4", "--lrs", "0.01", "0.05",
+    args = ["--methods", "sdlora", "seq-lora", "--epochs", "1", "--train-per-class", "4", "--lr", "0.01", "0.05",
             "--seeds", "0", "--jobs", "1", "--out", str(tmp_path)]
     cells = study.main(args + TINY)
     assert len(cells) == 4 and set(cells["lr"]) == {0.01, 0.05} and (cells["device"] == "cpu").all()
@@ -26,7 +26,7 @@ def test_study_grid_and_outputs(tmp_path):
     # a finished cell asked for another seed runs only that seed
     seeds = args.index("--seeds")
     more = args[:seeds] + ["--seeds", "0", "1"] + args[seeds + 2:]
-    more[more.index("--lrs") + 1: more.index("--lrs") + 3] = ["0.01"]
+    more[more.index("--lr") + 1: more.index("--lr") + 3] = ["0.01"]
     study.main(more + TINY)
     per_task = pd.read_csv(tmp_path / "per_task.csv")
     assert set(per_task.loc[per_task["lr"] == 0.01, "seed"]) == {0, 1}
@@ -37,7 +37,7 @@ def test_study_reuses_a_comparison_run_as_a_cell(tmp_path):
     from benchmarks import compare
 
     run = compare.main(["--methods", "ncm", "seq-lora", "--seeds", "0", "--epochs", "2", "--train-per-class", "4",
-                        "--batch-size", "4", "--quiet", "--out", str(tmp_path / "cmp"), "--run-id", "r"] + TINY[1:])
+                        "--batch-size", "4", "--quiet", "--out", str(tmp_path / "cmp"), "--run-id", "r"] + TINY)
     cells = study.main(["--gather-only", "--reuse", str(run), "--methods", "ncm", "--out", str(tmp_path / "s")])
     assert cells[["method", "epochs", "train_per_class"]].values.tolist() == [["ncm", 2, 4]]  # seq-lora filtered out
     runs = pd.read_csv(tmp_path / "s" / "runs.csv")
@@ -68,3 +68,15 @@ def test_device_label_is_cpu_or_the_gpu_name_for_old_and_new_run_folders():
     assert study.device_label({"device": "cpu", "device_name": "AMD EPYC"}) == "cpu"
     assert study.device_label({"device": "cuda", "device_name": "NVIDIA H100 80GB HBM3"}) == "NVIDIA H100 80GB HBM3"
     assert study.device_label({"device": "cuda:1"}) == "cuda:1"
+
+
+def test_a_study_under_another_protocol_finds_its_own_finished_cells(tmp_path):
+    # cells live in runs/<protocol>/<cell> for every protocol: a rerun resumes them instead of refusing to overwrite
+    args = ["--methods", "ncm", "--epochs", "1", "--train-per-class", "4", "--lr", "0.01", "--seeds", "0", "--jobs", "1",
+            "--protocol", "cifar100-tiny224", "--batch-size", "4", "--out", str(tmp_path)] + TINY
+    study.main(args)
+    cell = tmp_path / "runs" / "cifar100-tiny224" / "e1-n4-lr0.01"
+    assert (cell / "DONE").exists()
+    before = (cell / "parts" / "ncm-seed0.csv").read_text()
+    cells = study.main(args)  # nothing left to run
+    assert (cell / "parts" / "ncm-seed0.csv").read_text() == before and len(cells) == 1

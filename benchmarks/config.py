@@ -1,0 +1,326 @@
+"""The settings of a run, declared once: ``RunConfig``'s fields make the flags, ``config.json`` and the run's identity.
+
+Each field carries its help, its checks and how it enters the identity (:mod:`benchmarks.identity`); the commands
+(compare, study, ewc_trace, speed) generate their flags from these fields with :func:`add_run_flags`, so a flag
+has one name, one help and one check everywhere. SD-LoRA's own options are the library's
+:class:`~avalanche_sdlora.SDLoRAOptions`, nested as ``RunConfig.sdlora``; their flags come from its fields.
+
+Conventions: a flag is the field's name with dashes (``--batch-size``); a boolean setting is ``--name true|false``
+(a setting whose default is true can be turned off, and a recorded value can be passed back as written); a flag
+left out takes the protocol's value (protocol fields) or the field's default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import math
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from avalanche_sdlora.options import SDLoRAOptions
+
+from .protocols import ALIASES, DEFAULT_PROTOCOL, PROTOCOL_FIELDS, PROTOCOLS, canonical
+
+SEED_MAX = 2**32 - 1  # numpy's limit
+PEER_RECIPES = ("reference", "shared")
+
+
+# ------------------------------------------------------------------------------------------- checks
+def _positive_int(v: Any) -> str | None:
+    return None if isinstance(v, int) and not isinstance(v, bool) and v > 0 else "a positive integer"
+
+
+def _nonneg_int(v: Any) -> str | None:
+    return None if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else "0 or more"
+
+
+def _positive_number(v: Any) -> str | None:
+    return None if isinstance(v, (int, float)) and math.isfinite(v) and v > 0 else "a positive number"
+
+
+def _nonneg_number(v: Any) -> str | None:
+    return None if isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 else "0 or more"
+
+
+def _seed(v: Any) -> str | None:
+    ok = isinstance(v, int) and 0 <= v <= SEED_MAX
+    return None if ok else f"integers from 0 to {SEED_MAX} (numpy's seed range)"
+
+
+def check_seeds(seeds: Iterable[int], flag: str = "--seeds") -> None:
+    """Seeds of ``(method, seed)`` runs: numpy's range; the error names ``flag``."""
+    for s in seeds:
+        if _seed(s):
+            raise ValueError(f"{flag} must be {_seed(s)}, got {s}")
+
+
+# ------------------------------------------------------------------------------------------- fields
+def setting(default: Any, help: str, *, flag: str | None | bool = True, label: str | None = None,
+            choices: tuple | None = None, check: Callable[[Any], str | None] | None = None, identity: bool = True,
+            legacy: Any = dataclasses.MISSING, parse: Callable[[str], Any] | None = None) -> Any:
+    """A RunConfig field. ``flag``: True (the field's name with dashes), a flag name, or None (no flag: a protocol's
+    own constant); ``label``: how a changed value is named when a resume is refused (default: the flag);
+    ``legacy``: the value a run folder that did not record the field ran with (default: the field's default)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "label": label, "choices": choices,
+                                            "check": check, "identity": identity, "legacy": legacy, "parse": parse})
+
+
+def _protocol(name: str, help: str, **kw: Any) -> Any:
+    return setting(PROTOCOLS[DEFAULT_PROTOCOL][name], help, **kw)
+
+
+def parse_bool(value: str) -> bool:
+    v = value.lower()
+    if v in ("1", "true", "yes"):
+        return True
+    if v in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def parse_rank_schedule(value: str) -> tuple[tuple[int, int], ...]:
+    """``0:10,3:8,7:6`` -> ((0, 10), (3, 8), (7, 6))."""
+    try:
+        return tuple((int(k), int(r)) for k, r in (p.split(":") for p in value.split(",")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FIRST_TASK:RANK pairs such as 0:10,3:8,7:6, got {value!r}") from None
+
+
+def parse_method_option(value: str) -> tuple[str, str, Any]:
+    """``METHOD.NAME=VALUE``: VALUE is read as JSON or a Python literal (``64``, ``true``, ``(2, 3)``), else text."""
+    head, eq, raw = value.partition("=")
+    method, dot, name = head.partition(".")
+    if not (eq and dot and method and name):
+        raise argparse.ArgumentTypeError(f"expected METHOD.NAME=VALUE (e.g. ranpac.M=2000), got {value!r}")
+    for read in (json.loads, ast.literal_eval):
+        try:
+            return method, name, _json_normal(read(raw))
+        except (ValueError, SyntaxError):
+            pass
+    return method, name, raw
+
+
+def _json_normal(value: Any) -> Any:
+    """The value as it reads back from config.json (tuples become lists), so saved and new values compare equal."""
+    return json.loads(json.dumps(value))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a run of the harness (what to run and where to write it are the commands' arguments)."""
+
+    protocol: str = setting(DEFAULT_PROTOCOL, "named preset of the protocol's fields below, each of which its own "
+                            "flag overrides", choices=tuple(PROTOCOLS) + tuple(ALIASES))
+    model: str = _protocol("model", "timm model name (any timm ViT)")
+    img_size: int = _protocol("img_size", "input size in pixels, a multiple of the model's patch size",
+                              check=_positive_int)
+    train_per_class: int | None = _protocol("train_per_class", "training images per class (None: all 500)",
+                                            check=_positive_int)
+    epochs: int = _protocol("epochs", "training epochs per experience", check=_positive_int)
+    batch_size: int = _protocol("batch_size", "training minibatch size", check=_positive_int)
+    lr: float = _protocol("lr", "learning rate of the shared recipe (SGD, momentum 0.9; L2P: Adam)",
+                          check=_positive_number)
+    n_experiences: int = _protocol("n_experiences", "experiences the classes are split into", check=_positive_int)
+    class_order_seed: int = _protocol("class_order_seed", "seed of the class order", check=_seed)
+    eval_batch_size: int = _protocol("eval_batch_size", "evaluation minibatch size", flag=None, check=_positive_int,
+                                     label="the protocol's eval_batch_size (no flag: the protocol's definition changed)")
+    eval_amp: bool = _protocol("eval_amp", "bfloat16 autocast for evaluation (training stays float32)",
+                               legacy=False)  # run folders from before the field evaluated in float32
+    classes: int | None = setting(None, "use only the first N classes of the order-free label set (quick runs)",
+                                  check=_positive_int)
+    test_per_class: int | None = setting(None, "test images per class (default: all 100)", check=_positive_int)
+    data: str | None = setting(None, "CIFAR-100 npz (default: cifar100.npz in the assets folder)",
+                               label="--data (the npz's content)")
+    checkpoint: str | None = setting(None, "local weights file (default: <model>.safetensors in the assets folder)",
+                                     label="--checkpoint (the weights' content)")
+    sdlora: SDLoRAOptions = setting(SDLoRAOptions(), "SD-LoRA's options (flags from SDLoRAOptions' fields; --rank is "
+                                    "also the rank of the one LoRA pair of seq-lora and the Avalanche baselines)",
+                                    flag=None)
+    ewc_lambda: float = setting(100.0, "ewc: penalty strength (1000 diverges at lr 0.01 on cifar100-tiny128)",
+                                check=_nonneg_number)
+    peer_recipe: str = setting("reference", "optimizer and lr of the peer methods (dualprompt ... aper): each "
+                               "method's 'reference' recipe, or the protocol's 'shared' one (SGD, momentum 0.9, "
+                               "--lr; the rest of each recipe unchanged)", choices=PEER_RECIPES, legacy="reference")
+    method_options: tuple[tuple[str, str, Any], ...] = setting(
+        (), "METHOD.NAME=VALUE: a keyword of that method's builder (e.g. ranpac.M=2000, dualprompt.lr=0.01); "
+        "repeat for several", flag="--method-option", parse=parse_method_option, legacy={})
+    device: str = setting("cuda" if torch.cuda.is_available() else "cpu", "torch device")
+    workers: int = setting(0, "DataLoader worker processes per run for the per-sample conversion and flip (0: in the "
+                           "training process, right for a CPU run; a few for a GPU run)", check=_nonneg_int,
+                           label="--workers (worker processes draw other random flips)")
+    threads: int | None = setting(None, "torch CPU threads (one per process when running two at once; --jobs 2 or "
+                                  "more runs each (method, seed) on one)", check=_positive_int,
+                                  label="--threads (torch threads per (method, seed); --jobs 2 or more means 1)")
+
+    def __post_init__(self) -> None:
+        if canonical(self.protocol) not in PROTOCOLS:
+            raise ValueError(f"--protocol '{self.protocol}' is not a protocol; choose from {', '.join(PROTOCOLS)}")
+        object.__setattr__(self, "protocol", canonical(self.protocol))
+        if not isinstance(self.sdlora, SDLoRAOptions):
+            raise ValueError(f"sdlora must be an SDLoRAOptions, got {type(self.sdlora).__name__}")
+        for f in dataclasses.fields(self):
+            value, check = getattr(self, f.name), f.metadata["check"]
+            need = check(value) if check is not None and value is not None else None
+            if need:
+                raise ValueError(f"{flag_of(f)} must be {need}, got {value}")
+        merged = {(m, k): _json_normal(v) for m, k, v in self.method_options}
+        object.__setattr__(self, "method_options", tuple((m, k, v) for (m, k), v in sorted(merged.items())))
+
+    @classmethod
+    def for_protocol(cls, name: str = DEFAULT_PROTOCOL, **changes: Any) -> RunConfig:
+        """The protocol's preset with ``changes`` (any field) applied."""
+        if canonical(name) not in PROTOCOLS:
+            raise ValueError(f"--protocol '{name}' is not a protocol; choose from {', '.join(PROTOCOLS)}")
+        return cls(protocol=name, **{**PROTOCOLS[canonical(name)], **changes})
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def options_for(self, method: str) -> dict[str, Any]:
+        """The ``--method-option`` keywords given for ``method``."""
+        return {k: v for m, k, v in self.method_options if m == method}
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields as JSON (``sdlora`` as a dict, ``method_options`` as {method: {name: value}})."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["sdlora"] = self.sdlora.to_dict()
+        options: dict[str, dict] = {}
+        for m, k, v in self.method_options:
+            options.setdefault(m, {})[k] = v
+        out["method_options"] = options
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunConfig:
+        """Inverse of :meth:`to_json`; also reads a ``config.json`` (other keys ignored), those written before
+        RunConfig existed included (protocol fields in a ``protocol`` dict, SD-LoRA options flat)."""
+        data = dict(data)
+        names = {f.name for f in dataclasses.fields(cls)}
+        if isinstance(data.get("protocol"), Mapping):  # before RunConfig: {"protocol": {"name": ..., fields}}
+            proto = dict(data.pop("protocol"))
+            data.update({k: v for k, v in proto.items() if k in PROTOCOL_FIELDS}, protocol=proto["name"])
+            sdlora = {**data.get("sdlora_effective", data.get("sdlora_options", {}))}
+            if "rank" in data:
+                sdlora["rank"] = data["rank"]
+            data["sdlora"] = sdlora
+        given = {k: v for k, v in data.items() if k in names}
+        given["sdlora"] = SDLoRAOptions.from_dict(given.get("sdlora", {}))
+        given["method_options"] = tuple((m, k, v) for m, kv in dict(given.get("method_options") or {}).items()
+                                        for k, v in kv.items())
+        protocol = given.pop("protocol", DEFAULT_PROTOCOL)
+        preset = PROTOCOLS[canonical(protocol)]
+        for f in dataclasses.fields(cls):  # a protocol field the folder did not record ran with its legacy value
+            if f.name in PROTOCOL_FIELDS and f.name not in given and f.metadata["legacy"] is not dataclasses.MISSING:
+                given[f.name] = f.metadata["legacy"]
+        return cls(protocol=protocol, **{**preset, **given})
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    flag = f.metadata.get("flag", True)
+    return "--" + f.name.replace("_", "-") if flag is True or flag is None else flag
+
+
+# ------------------------------------------------------------------------------------------- flags
+@dataclass(frozen=True)
+class Flag:
+    dest: str
+    flag: str
+    parse: Callable[[str], Any]
+    help: str
+    default: str  # as the help shows it
+    choices: tuple | None
+    repeat: bool = False
+    sdlora: bool = False
+
+
+def _value_type(hint: Any) -> Any:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def run_flags() -> list[Flag]:
+    """Every flag a RunConfig field (or an SD-LoRA option) has, in declaration order."""
+    flags = []
+    hints = typing.get_type_hints(RunConfig)
+    for f in dataclasses.fields(RunConfig):
+        if f.name == "sdlora":
+            flags += _sdlora_flags()
+        if f.metadata["flag"] is None:
+            continue
+        kind = _value_type(hints[f.name])
+        parse = f.metadata["parse"] or (parse_bool if kind is bool else kind)
+        default = "the protocol's" if f.name in PROTOCOL_FIELDS else json.dumps(f.default)
+        if f.name == "method_options":
+            default = "none"
+        flags.append(Flag(f.name, flag_of(f), parse, f.metadata["help"], default, f.metadata["choices"],
+                          repeat=f.name == "method_options"))
+    return flags
+
+
+def _sdlora_flags() -> list[Flag]:
+    hints = typing.get_type_hints(SDLoRAOptions)
+    out = []
+    for f in dataclasses.fields(SDLoRAOptions):
+        kind = _value_type(hints[f.name])
+        parse = parse_rank_schedule if f.name == "rank_schedule" else parse_bool if kind is bool else kind
+        default = ",".join(f"{k}:{r}" for k, r in f.default) if f.name == "rank_schedule" else json.dumps(f.default)
+        out.append(Flag(f.name, "--" + f.name.replace("_", "-"), parse, f"SD-LoRA: {f.metadata['help']}",
+                        f"{default}; {f.metadata['source']}", f.metadata["choices"], sdlora=True))
+    return out
+
+
+def add_run_flags(parser: argparse.ArgumentParser, *, only: Iterable[str] | None = None,
+                  lists: Iterable[str] = (), defaults: Mapping[str, Any] | None = None) -> None:
+    """Add the RunConfig flags (``only`` those fields, if given); fields in ``lists`` take one or more values.
+
+    ``defaults`` gives a command's own default for a flag (e.g. speed's image sizes); otherwise a flag left out
+    is None and :func:`config_from_flags` takes the protocol's value or the field's default.
+    """
+    only, lists, defaults = (None if only is None else set(only)), set(lists), dict(defaults or {})
+    for f in run_flags():
+        if only is not None and f.dest not in only:
+            continue
+        shown = json.dumps(defaults[f.dest]) if f.dest in defaults else f.default
+        text = f.help if "(default:" in f.help and f.dest not in defaults else f"{f.help} (default: {shown})"
+        kw: dict[str, Any] = {"dest": f.dest, "type": f.parse, "help": text, "default": defaults.get(f.dest)}
+        if f.choices:
+            kw["choices"] = f.choices
+        if f.parse is parse_bool:
+            kw["metavar"] = "true|false"
+        elif f.parse is parse_rank_schedule:
+            kw["metavar"] = "TASK:RANK,..."
+        if f.repeat:
+            kw["action"] = "append"
+            kw["metavar"] = "METHOD.NAME=VALUE"
+        elif f.dest in lists:
+            kw["nargs"] = "+"
+        parser.add_argument(f.flag, **kw)
+
+
+def config_from_flags(args: argparse.Namespace, **fixed: Any) -> RunConfig:
+    """The RunConfig the parsed flags ask for: given flags over the protocol's preset and the defaults.
+
+    ``fixed`` sets fields regardless of the flags (a study's cell). Errors name the flag (``ValueError``).
+    """
+    changes, sdlora = {}, {}
+    for f in run_flags():
+        value = fixed.get(f.dest, getattr(args, f.dest, None))
+        if value is None or f.dest == "protocol":
+            continue
+        (sdlora if f.sdlora else changes)[f.dest] = tuple(value) if f.repeat else value
+    try:
+        options = SDLoRAOptions().replace(**sdlora)
+    except ValueError as exc:  # the library names its argument; the command line names the flag
+        msg = str(exc)
+        name = next((n for n in sdlora if msg.startswith(n + " ")), None)
+        raise ValueError(msg.replace(name, "--" + name.replace("_", "-"), 1) if name else msg) from None
+    return RunConfig.for_protocol(getattr(args, "protocol", None) or DEFAULT_PROTOCOL, sdlora=options, **changes)

@@ -1,0 +1,25 @@
+"""L2P: Avalanche's own ``LearningToPrompt`` with its defaults, made to run by :mod:`benchmarks.peers.l2p`."""
+
+from __future__ import annotations
+
+from avalanche_sdlora.plugins import FiniteLossPlugin
+
+from ..peers import l2p
+from .registry import Recipe, register_method
+
+
+def stored_params(strategy) -> int:
+    """The prompt pool, its keys and the head: L2P's trainable tensors (the backbones are frozen)."""
+    return sum(p.numel() for p in strategy.model.parameters() if p.requires_grad)
+
+
+@register_method("l2p", summary="Avalanche's LearningToPrompt (pool 20, length 5, top-k 5, Adam at --lr)",
+                 stored_params=stored_params, recipe=lambda cfg: Recipe("adam", cfg.lr, "protocol"),
+                 inference_forward_passes=2,  # the frozen query ViT, then the prompted one
+                 reference_hparams={k: (v, "Avalanche 0.6 LearningToPrompt default")
+                                    for k, v in l2p.avalanche_defaults().items()})
+def build(cfg, num_classes, evaluator, plugins):
+    return l2p.build_l2p(model_name=cfg.model, checkpoint=cfg.checkpoint, img_size=cfg.img_size, optimizer_lr=cfg.lr,
+                         train_mb_size=cfg.batch_size, train_epochs=cfg.epochs, eval_mb_size=cfg.eval_batch_size,
+                         device=cfg.device, evaluator=evaluator, plugins=[*plugins, FiniteLossPlugin()],
+                         num_classes=num_classes)

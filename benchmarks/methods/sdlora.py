@@ -1,0 +1,53 @@
+"""SD-LoRA, SD-LoRA-RR and SD-LoRA-KD: the library's strategies, with the protocol's shared recipe."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from avalanche_sdlora import SDLoRA, SDLoRAKD, SDLoRARR, SDLoRAOptions, sdlora_vit
+from avalanche_sdlora.plugins import DistillationPlugin
+
+from .recipe import shared_recipe, shared_sgd, strategy_kwargs
+from .registry import register_method
+
+REFERENCE_HPARAMS = {
+    **{f.name: (f.default, f.metadata["source"]) for f in dataclasses.fields(SDLoRAOptions)},
+    "optimizer": ("sgd", "authors' code (SGD, momentum 0.9, no weight decay)"),
+    "lr": (0.01, "the protocol's --lr (authors' code: 0.01 on CIFAR-100)"),
+}
+
+
+def stored_params(strategy) -> int:
+    """The head and the stored directions, magnitudes and current pair (``SDLoRAViT.stored_adapter_params``)."""
+    model = strategy.model
+    return sum(p.numel() for p in model.head.parameters()) + model.stored_adapter_params()
+
+
+def kd_columns(strategy, experience: int) -> dict:
+    """SD-LoRA-KD's decision for this experience (relative residual and whether it absorbed the task)."""
+    for p in strategy.plugins:
+        if isinstance(p, DistillationPlugin):
+            last = p.history[-1] if p.history and p.history[-1]["task"] == experience else None
+            return {"kd_relative_residual": last["relative_residual"] if last else np.nan,
+                    "kd_absorbed": bool(last["absorbed"]) if last else False}
+    return {}
+
+
+def _builder(strategy_class):
+    def build(cfg, num_classes, evaluator, plugins):
+        model = sdlora_vit(cfg.model, checkpoint=cfg.checkpoint, img_size=cfg.img_size, options=cfg.sdlora)
+        return strategy_class(model=model, optimizer=shared_sgd(cfg, model.parameters()),
+                              **strategy_kwargs(cfg, evaluator, plugins))
+
+    return build
+
+
+_TRAITS = dict(stored_params=stored_params, recipe=shared_recipe, checkpointable=True,
+               reference_hparams=REFERENCE_HPARAMS)
+register_method("sdlora", summary="SD-LoRA (avalanche_sdlora.SDLoRA)", **_TRAITS)(_builder(SDLoRA))
+register_method("sdlora-rr", summary="SD-LoRA-RR: later tasks get lower ranks (--rank-schedule)",
+                **_TRAITS)(_builder(SDLoRARR))
+register_method("sdlora-kd", summary="SD-LoRA-KD: a direction the old ones span is folded into their magnitudes "
+                "(--kd-threshold)", extra_columns=kd_columns, **_TRAITS)(_builder(SDLoRAKD))

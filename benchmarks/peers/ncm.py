@@ -1,0 +1,59 @@
+"""Nearest class mean on the frozen backbone with L2-normalised prototypes: the harness's ``ncm`` method.
+
+SimpleCIL (:mod:`benchmarks.peers.aper`) averages raw features; ``ncm`` averages L2-normalised ones and normalises
+the mean, through Avalanche's ``NCMClassifier``. Both rank classes by cosine similarity at test time.
+"""
+
+from __future__ import annotations
+
+import torch
+from avalanche.models import NCMClassifier
+from avalanche.training.templates import SupervisedTemplate
+from torch import nn
+
+
+class NCMStrategy(SupervisedTemplate):
+    """Frozen backbone + cosine nearest-class-mean (Avalanche's NCMClassifier, normalize=True).
+
+    Avalanche has no strategy for a training-free prototype classifier, so training is one
+    no-grad pass that averages L2-normalised features per class.
+    """
+
+    def __init__(self, *, backbone: nn.Module, **kwargs) -> None:
+        model = nn.Sequential(backbone, NCMClassifier(normalize=True))
+        for p in model.parameters():
+            p.requires_grad_(False)
+        super().__init__(model=model, optimizer=torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.0),
+                         criterion=nn.CrossEntropyLoss(), **kwargs)
+
+    def make_optimizer(self, **kwargs) -> None:  # nothing to optimise
+        pass
+
+    @torch.no_grad()
+    def training_epoch(self, **kwargs) -> None:
+        backbone, ncm = self.model[0], self.model[1]
+        sums: dict[int, torch.Tensor] = {}
+        counts: dict[int, int] = {}
+        for self.mbatch in self.dataloader:
+            self._unpack_minibatch()
+            f = nn.functional.normalize(backbone(self.mb_x), dim=1)
+            for c in self.mb_y.unique().tolist():
+                sel = f[self.mb_y == c]
+                sums[c] = sums.get(c, 0) + sel.sum(0)
+                counts[c] = counts.get(c, 0) + len(sel)
+        # Unit-norm prototypes: Euclidean distance on unit vectors ranks classes as cosine similarity.
+        ncm.update_class_means_dict({c: nn.functional.normalize(sums[c] / counts[c], dim=0) for c in sums},
+                                    momentum=1.0)
+
+    def train_dataset_adaptation(self, **kwargs) -> None:
+        super().train_dataset_adaptation(**kwargs)
+        self.adapted_dataset = self.adapted_dataset.eval()  # prototypes from un-augmented images
+
+    def criterion(self):
+        return torch.zeros((), device=self.device)
+
+
+def stored_params(strategy: SupervisedTemplate) -> int:
+    """The class means (nothing else is kept beyond the frozen backbone)."""
+    means = strategy.model[1].class_means
+    return 0 if means is None else int(means.numel())
