@@ -228,7 +228,7 @@ def write(runs: RunSet, out: str | Path, reference: str = DEFAULT_REFERENCE, com
     for name, text in texts.items():
         write_text(out / name, text)
     plot(orders, pairs, reference, out / "orders.png")
-    sources = {"runs": runs.relative_to(out), "reference": reference, "command": command}
+    sources = {"runs": runs.specs_relative_to(out), "reference": reference, "command": command}
     write_text(out / SOURCES, json.dumps(sources, indent=2) + "\n")
     return out
 
@@ -250,6 +250,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run folders of benchmarks.compare, one protocol")
     p.add_argument("--out", help="report folder (default: runs/<protocol>/class-orders, ignored by git; "
                    "results/<protocol>/class-orders for the README's)")
+    p.add_argument("--methods", nargs="+", help="only these methods' rows (default: every method of the folders)")
     p.add_argument("--reference", default=DEFAULT_REFERENCE,
                    help=f"the method every other is paired with (default: {DEFAULT_REFERENCE})")
     p.add_argument("--again", metavar="REPORT_DIR",
@@ -269,6 +270,11 @@ def main(argv: list[str] | None = None) -> Path:
         out = Path(args.again)
     else:
         runs, reference = RunSet.read(args.runs), args.reference
+        if args.methods:  # each folder with the methods asked for that it holds; folders with none are left out
+            picked = [(r, [x for x in m.methods if x in args.methods]) for r, m in zip(args.runs, runs.members)]
+            if not any(ms for _, ms in picked):
+                raise SystemExit(f"error: none of these run folders holds rows of --methods {' '.join(args.methods)}")
+            runs = RunSet.read([(r, ms) for r, ms in picked if ms])
         protocol = runs.members[0].settings.get("protocol", "unknown")
         out = Path(args.out) if args.out else Path("runs") / str(protocol) / "class-orders"
     write(runs, out, reference, command)

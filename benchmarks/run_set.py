@@ -54,6 +54,7 @@ class Member:
     methods: tuple[str, ...]  # the methods of the folder the set takes (all of its methods unless told)
     config: dict
     settings: dict
+    given: tuple[str, ...] | None = None  # the methods asked for (None: all)
 
     def value(self, key: str, method: str | None = None) -> Any:
         """The recorded value of ``key`` (``method``: that method's ``--method-option`` keywords only)."""
@@ -85,7 +86,7 @@ class RunSet:
         """The folders of ``specs`` (paths relative to ``root`` if given), each a folder or (folder, methods)."""
         parsed = []
         for spec in specs:
-            path, methods = (spec, None) if isinstance(spec, (str, Path)) else spec
+            path, methods = (spec, None) if isinstance(spec, (str, Path)) else spec  # a pair from JSON is a list
             full = Path(root) / path if root is not None else Path(path)
             folder = RunFolder(full)
             if not folder.has_config():
@@ -99,7 +100,7 @@ class RunSet:
                 if absent:
                     raise SystemExit(f"error: '{full}' has no rows of {', '.join(absent)}; it holds "
                                      f"{', '.join(present)}")
-            parsed.append((str(path), folder, tuple(methods) if methods is not None else tuple(present)))
+            parsed.append((str(path), folder, methods))
         if not parsed:
             raise SystemExit("error: no run folders given")
         names = [Path(p).name for p, _, _ in parsed]
@@ -109,7 +110,9 @@ class RunSet:
                 raise SystemExit(f"error: run folder '{path}' is given twice")
             label = name if names.count(name) == 1 else path  # the folder's name, unless two share it
             config = folder.read_config()
-            members.append(Member(folder, label, methods, config, recorded_settings(config)))
+            given = tuple(methods) if methods is not None else None
+            members.append(Member(folder, label, given or tuple(folder_methods(folder)), config,
+                                  recorded_settings(config), given))
         return cls(members)
 
     # ------------------------------------------------------------------ rows
@@ -168,9 +171,14 @@ class RunSet:
                              "method's rows run with one setting")
         return notes
 
-    def relative_to(self, base: str | Path) -> list[str]:
-        """Each member's folder as a path relative to ``base`` (what an output records, to be read back anywhere)."""
-        return [os.path.relpath(m.folder.path.resolve(), Path(base).resolve()) for m in self.members]
+    def specs_relative_to(self, base: str | Path) -> list[str | list]:
+        """The specs that read this set again from ``base`` (what an output records, to be read back anywhere):
+        each folder relative to ``base``, with its methods if only some were asked for."""
+        out: list[str | list] = []
+        for m in self.members:
+            path = os.path.relpath(m.folder.path.resolve(), Path(base).resolve())
+            out.append(path if m.given is None else [path, list(m.given)])
+        return out
 
 
 def _comparable(value: Any) -> Any:

@@ -1,6 +1,7 @@
 """The class-order report: means over orders, SD-LoRA's paired difference per order checked by hand, the refusal
 of folders that ran another experiment, and every committed report regenerating from its run folders."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -58,6 +59,18 @@ def test_a_report_regenerates_from_its_sources_anywhere(tmp_path, monkeypatch):
     orders.main(["--again", str(out)])
     assert {name: (out / name).read_text() for name in orders.TABLES} == before
     assert "seq-lora minus each method" in before["table.md"]
+    extra = fake_run(tmp_path / "runs" / "more", {("ncm", 1993): [0.9, 0.4], ("sdlora", 1993): [0.9, 0.6]},
+                     class_order_seed=1993)  # sdlora again on 1993
+    with pytest.raises(SystemExit, match="sdlora has 2 runs on class order 1993"):
+        orders.main([*map(str, folders), str(extra), "--out", str(tmp_path / "both")])
+    picked = orders.main([*map(str, folders), str(extra), "--methods", "seq-lora", "ncm", "--reference", "seq-lora",
+                          "--out", str(tmp_path / "picked")])
+    runs = json.loads((picked / "sources.json").read_text())["runs"]
+    assert runs[0] == ["../runs/order1993", ["seq-lora"]] and runs[3] == ["../runs/more", ["ncm"]]
+    table = (picked / "table.md").read_text()
+    assert "| ncm | +15.00 | +15.00 | – | – | 1 of 1 |" in table  # seq-lora's 55 minus ncm's 40 on order 1993
+    orders.main(["--again", str(picked)])
+    assert (picked / "table.md").read_text() == table
 
 
 def test_folders_of_another_experiment_or_a_method_run_two_ways_are_refused(tmp_path):
