@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from . import inputs, runner
-from .config import RunConfig, add_run_flags, check_seeds, config_from_flags
+from .config import ORDER_SEEDS, RunConfig, add_run_flags, check_seeds, config_from_flags, default_seeds
 from .identity import identity_changes, run_identity, saved_identity
 from .methods import check_method_options, get_method, method_names
 from .run_folder import RunFolder
@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = Parser(prog="python -m benchmarks.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
                    help=f"methods to run, or 'all' ({', '.join(method_names())})")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--seeds", nargs="+", type=int, help="seeds of the (method, seed) runs (default: 0; with "
+                   f"--class-order seed: {' '.join(map(str, ORDER_SEEDS))}, each its own class order)")
     add_run_flags(p)
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results root; the run goes to <out>/<protocol>/<run-id> "
                    "(default: runs/, ignored by git; pass --out results only for a run results/README.md names)")
@@ -70,8 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.jobs <= 0:
         p.error(f"--jobs must be a positive integer, got {args.jobs}")
     try:
-        check_seeds(args.seeds)
         args.config = config_from_flags(args)
+        args.seeds = default_seeds(args.config) if args.seeds is None else args.seeds
+        check_seeds(args.seeds)
         check_method_options(args.config.method_options)
     except ValueError as exc:
         p.error(str(exc))
@@ -140,18 +142,20 @@ def run(cfg: RunConfig, methods: Sequence[str], seeds: Sequence[int], folder: Ru
                       "values are recorded as the run's", flush=True)
         else:
             folder.refuse_existing()
-        benchmark = inputs.make_benchmark(cfg)
+        # Built before anything is written (a bad npz fails here); a --class-order seed run builds one per seed.
+        benchmark = inputs.benchmark_for(cfg, seeds[0] if seeds else None)
         if not resume:
             folder.path.mkdir(parents=True, exist_ok=True)
             held.enter_context(folder.lock(command))
             folder.refuse_existing()  # again: another writer may have filled it while the benchmark was built
             folder.clean(quiet)
-        _run_locked(cfg, list(methods), list(seeds), folder, benchmark, jobs, quiet, command, identity, threads, saved)
+        del benchmark  # kept by inputs.benchmark_for for the runs of its order
+        _run_locked(cfg, list(methods), list(seeds), folder, jobs, quiet, command, identity, threads, saved)
     return folder
 
 
-def _run_locked(cfg: RunConfig, methods: list[str], seeds: list[int], folder: RunFolder, benchmark, jobs: int,
-                quiet: bool, command: str, identity: dict, threads: int, saved: dict | None) -> None:
+def _run_locked(cfg: RunConfig, methods: list[str], seeds: list[int], folder: RunFolder, jobs: int, quiet: bool,
+                command: str, identity: dict, threads: int, saved: dict | None) -> None:
     """The run loop, with the run folder locked."""
     config = {**cfg.to_json(), "methods": methods, "seeds": seeds,
               "recipes": _recipes(cfg, methods, folder), "device_name": identity["device_name"],
@@ -189,13 +193,15 @@ def _run_locked(cfg: RunConfig, methods: list[str], seeds: list[int], folder: Ru
     if jobs == 1:
         for method, seed in jobs_todo:
             try:
-                runner.run(method, seed, cfg, benchmark, folder, on_row=on_row, quiet=quiet, resume=saved is not None)
+                runner.run(method, seed, cfg, inputs.benchmark_for(cfg, seed), folder, on_row=on_row, quiet=quiet,
+                           resume=saved is not None)
             except Exception as err:  # noqa: BLE001 - reported, and the run is left unfinished
                 report_failure((method, seed), err)
             if folder.has_parts():
                 folder.write_reports()
                 reported = True
     elif jobs_todo:
+        inputs.forget_benchmarks()  # the workers build their own
         reported = _run_parallel(cfg, jobs_todo, folder, jobs, quiet, report_failure)
     if folder.has_parts() and not reported:  # e.g. a resume with nothing left to run, after a kill mid-report
         folder.write_reports()
@@ -261,7 +267,9 @@ def _worker(job: dict) -> str:
     _exit_with_parent()
     cfg = RunConfig.from_json(job["config"])
     folder = RunFolder(job["folder"])
-    runner.run(job["method"], job["seed"], cfg, inputs.make_benchmark(cfg), folder, quiet=True, resume=True)
+    # A worker keeps the benchmark of the last class order it ran (a fixed-order run: one per worker).
+    runner.run(job["method"], job["seed"], cfg, inputs.benchmark_for(cfg, job["seed"]), folder, quiet=True,
+               resume=True)
     return str(folder.part(job["method"], job["seed"]))
 
 

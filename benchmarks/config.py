@@ -19,7 +19,7 @@ import json
 import math
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,9 @@ from .protocols import ALIASES, DEFAULT_PROTOCOL, PROTOCOL_FIELDS, PROTOCOLS, ca
 
 SEED_MAX = 2**32 - 1  # numpy's limit
 PEER_RECIPES = ("reference", "shared")
+# issue 22: how a run's class order is chosen, and the seeds of a run whose class order is its seed's.
+CLASS_ORDERS = ("fixed", "seed")
+ORDER_SEEDS = (1993, 1994, 1995)  # the first three of the paper's seeds 1993-1997 (../shared/REFERENCE.md)
 
 
 # ------------------------------------------------------------------------------------------- checks
@@ -53,6 +56,10 @@ def _nonneg_number(v: Any) -> str | None:
 def _seed(v: Any) -> str | None:
     ok = isinstance(v, int) and 0 <= v <= SEED_MAX
     return None if ok else f"integers from 0 to {SEED_MAX} (numpy's seed range)"
+
+
+def _class_order(v: Any) -> str | None:
+    return None if v in CLASS_ORDERS else " or ".join(CLASS_ORDERS)
 
 
 def check_seeds(seeds: Iterable[int], flag: str = "--seeds") -> None:
@@ -129,7 +136,8 @@ class RunConfig:
     lr: float = _protocol("lr", "learning rate of the shared recipe (SGD, momentum 0.9; L2P: Adam)",
                           check=_positive_number)
     n_experiences: int = _protocol("n_experiences", "experiences the classes are split into", check=_positive_int)
-    class_order_seed: int = _protocol("class_order_seed", "seed of the class order", check=_seed)
+    class_order_seed: int | None = _protocol("class_order_seed", "seed of the class order (with --class-order "
+                                             "fixed; None with --class-order seed)", check=_seed)
     eval_batch_size: int = _protocol("eval_batch_size", "evaluation minibatch size", flag=None, check=_positive_int,
                                      label="the protocol's eval_batch_size (no flag: the protocol's definition changed)")
     eval_amp: bool = _protocol("eval_amp", "bfloat16 autocast for evaluation (training stays float32)",
@@ -159,6 +167,12 @@ class RunConfig:
     threads: int | None = setting(None, "torch CPU threads (one per process when running two at once; --jobs 2 or "
                                   "more runs each (method, seed) on one)", check=_positive_int,
                                   label="--threads (torch threads per (method, seed); --jobs 2 or more means 1)")
+    # issue 22: the class order tied to the run's seed, as the paper's code does it.
+    class_order: str = setting("fixed", "'fixed': every seed runs on the class order of --class-order-seed; 'seed': "
+                               "seed s runs on class order s (numpy.random.seed(s); permutation(n), as the paper's "
+                               "code, whose runs are seeds 1993-1997), and --seeds defaults to "
+                               + " ".join(map(str, ORDER_SEEDS)), choices=CLASS_ORDERS, check=_class_order,
+                               legacy="fixed")
 
     def __post_init__(self) -> None:
         if canonical(self.protocol) not in PROTOCOLS:
@@ -171,6 +185,10 @@ class RunConfig:
             need = check(value) if check is not None and value is not None else None
             if need:
                 raise ValueError(f"{flag_of(f)} must be {need}, got {value}")
+        if self.class_order == "seed":  # each seed's own order: no run-wide one to record
+            object.__setattr__(self, "class_order_seed", None)
+        elif self.class_order_seed is None:
+            raise ValueError("--class-order-seed is needed with --class-order fixed (or pass --class-order seed)")
         merged = {(m, k): _json_normal(v) for m, k, v in self.method_options}
         object.__setattr__(self, "method_options", tuple((m, k, v) for (m, k), v in sorted(merged.items())))
 
@@ -183,6 +201,19 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
+
+    def order_seed(self, seed: int | None) -> int:
+        """The class-order seed of the (method, seed) run with ``seed`` (issue 22)."""
+        if self.class_order == "fixed":
+            return self.class_order_seed
+        if seed is None:
+            raise ValueError("class_order 'seed' gives each seed its own class order: pass the run's seed")
+        return seed
+
+    def fixed_order(self, seed: int | None) -> RunConfig:
+        """This config with the class order of the run with ``seed`` made fixed: what builds that run's benchmark."""
+        return self if self.class_order == "fixed" else self.replace(class_order="fixed",
+                                                                     class_order_seed=self.order_seed(seed))
 
     def options_for(self, method: str) -> dict[str, Any]:
         """The ``--method-option`` keywords given for ``method``."""
@@ -221,6 +252,12 @@ class RunConfig:
             if f.name in PROTOCOL_FIELDS and f.name not in given and f.metadata["legacy"] is not dataclasses.MISSING:
                 given[f.name] = f.metadata["legacy"]
         return cls(protocol=protocol, **{**preset, **given})
+
+
+def default_seeds(cfg: RunConfig, fixed: Sequence[int] = (0,)) -> list[int]:
+    """A command's seeds when ``--seeds`` is not given: ``fixed`` (the command's own), or ORDER_SEEDS for a run whose
+    class order is its seed's (issue 22)."""
+    return list(ORDER_SEEDS if cfg.class_order == "seed" else fixed)
 
 
 def flag_of(f: dataclasses.Field) -> str:
@@ -317,6 +354,9 @@ def config_from_flags(args: argparse.Namespace, **fixed: Any) -> RunConfig:
         if value is None or f.dest == "protocol":
             continue
         (sdlora if f.sdlora else changes)[f.dest] = tuple(value) if f.repeat else value
+    if changes.get("class_order") == "seed" and "class_order_seed" in changes:
+        raise ValueError("--class-order-seed has no effect with --class-order seed (seed s runs on class order s); "
+                         "drop one of the two")
     try:
         options = SDLoRAOptions().replace(**sdlora)
     except ValueError as exc:  # the library names its argument; the command line names the flag

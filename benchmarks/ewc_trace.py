@@ -18,7 +18,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from . import compare, inputs, runner
-from .config import add_run_flags, check_seeds, config_from_flags
+from .config import add_run_flags, check_seeds, config_from_flags, default_seeds
 
 
 class LossPartsTrace(SupervisedPlugin):
@@ -46,18 +46,18 @@ class LossPartsTrace(SupervisedPlugin):
 
 def main(argv: list[str] | None = None) -> None:
     p = compare.Parser(prog="python -m benchmarks.ewc_trace", description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--seeds", nargs="+", type=int, help="default: 0 (with --class-order seed: 1993 1994 1995)")
     add_run_flags(p, defaults={"ewc_lambda": 1000.0, "threads": 1})  # the lambda that diverged; one thread, as run
     args = p.parse_args(argv)
     try:
-        check_seeds(args.seeds)
         cfg = inputs.resolved(config_from_flags(args))
+        args.seeds = default_seeds(cfg) if args.seeds is None else args.seeds
+        check_seeds(args.seeds)
     except ValueError as exc:
         p.error(str(exc))
     torch.set_num_threads(cfg.threads)
-    benchmark = inputs.make_benchmark(cfg)
     for seed in args.seeds:
-        runner.run("ewc", seed, cfg, benchmark, tempfile.mkdtemp(), plugins=[LossPartsTrace()],
+        runner.run("ewc", seed, cfg, inputs.benchmark_for(cfg, seed), tempfile.mkdtemp(), plugins=[LossPartsTrace()],
                    on_row=lambda row: print(f"experience {row['experience']} done: seen-class accuracy "
                                             f"{100 * row['acc_seen']:.2f}%", flush=True))
 

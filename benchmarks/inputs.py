@@ -7,7 +7,9 @@ content, which is how a run's identity records it.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,11 +107,39 @@ def class_subset(cfg: RunConfig) -> list[int] | None:
     return list(range(cfg.classes)) if cfg.classes else None
 
 
-def make_benchmark(cfg: RunConfig):
-    """The Avalanche benchmark of a run (every method of the run sees this one)."""
+def make_benchmark(cfg: RunConfig, seed: int | None = None):
+    """The Avalanche benchmark of the run with ``seed`` (every method of that seed sees this one; under
+    ``--class-order fixed`` every seed sees the same one, and ``seed`` may be left out)."""
+    cfg = cfg.fixed_order(seed)  # issue 22: under --class-order seed, the seed's own class order
     return split_cifar100(n_experiences=cfg.n_experiences, class_order_seed=cfg.class_order_seed,
                           train_per_class=cfg.train_per_class, test_per_class=cfg.test_per_class,
                           img_size=cfg.img_size, path=cfg.data, classes=class_subset(cfg))
+
+
+# issue 22: the benchmark of a class order, built once per process and order.
+_LAST_BENCHMARK: dict[str, Any] = {}
+
+
+def benchmark_for(cfg: RunConfig, seed: int | None = None):
+    """:func:`make_benchmark`'s benchmark, built once per class order in this process and tagged with its order.
+
+    Runs go seed-major (every method of a seed, then the next seed), so keeping only the last benchmark built is
+    enough: a ``--class-order seed`` run builds one per seed, a fixed-order run one in all, each worker of
+    ``--jobs`` one per order it meets; and at most one (about 1 GB at 128 px, all images) is held.
+    """
+    fixed = cfg.fixed_order(seed)
+    key = json.dumps(fixed.to_json(), sort_keys=True, default=str)
+    if key not in _LAST_BENCHMARK:
+        _LAST_BENCHMARK.clear()  # before building: never two in memory
+        bench = make_benchmark(fixed)
+        bench.sdlora_class_order_seed = fixed.class_order_seed  # what runner.run checks against its seed's order
+        _LAST_BENCHMARK[key] = bench
+    return _LAST_BENCHMARK[key]
+
+
+def forget_benchmarks() -> None:
+    """Drop the benchmark :func:`benchmark_for` keeps (a parent whose workers build their own)."""
+    _LAST_BENCHMARK.clear()
 
 
 _HASHES: dict[tuple, str] = {}

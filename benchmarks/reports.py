@@ -10,6 +10,8 @@ import pandas as pd
 from avalanche_sdlora.atomic import write_text, write_with
 from avalanche_sdlora.metrics import average_anytime_accuracy, backward_transfer, forgetting
 
+from .config import RunConfig
+
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
     """A table as CSV, written atomically (the one writer, :mod:`avalanche_sdlora.atomic`)."""
@@ -24,6 +26,23 @@ def write_reports(per_task: pd.DataFrame, run_dir: Path) -> None:
     write_csv(summary, run_dir / "summary.csv")
     write_text(run_dir / "table.md", markdown_table(summary))
     plot(per_task, summary, run_dir)
+
+
+def with_class_order_seed(per_task: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """``per_task`` with a ``class_order_seed`` in every row (right after ``seed``), for a run folder's ``config``.
+
+    Rows written before rows recorded their class order (issue 22) ran on the run's fixed --class-order-seed,
+    which its config.json holds (under every format :meth:`RunConfig.from_json` reads); under --class-order seed
+    a row's order is its seed.
+    """
+    per_task = per_task.copy()
+    column = per_task["class_order_seed"] if "class_order_seed" in per_task else pd.Series(np.nan, per_task.index)
+    if column.isna().any():
+        cfg = RunConfig.from_json(config)
+        column = column.fillna(per_task["seed"] if cfg.class_order == "seed" else cfg.class_order_seed)
+        per_task = per_task.drop(columns="class_order_seed", errors="ignore")
+        per_task.insert(per_task.columns.get_loc("seed") + 1, "class_order_seed", column.astype("int64"))
+    return per_task
 
 
 def accuracy_matrix(rows: pd.DataFrame) -> np.ndarray:
@@ -86,7 +105,8 @@ def markdown_grid(columns: list[str], rows: list[list[str]]) -> str:
 
 
 def markdown_table(summary: pd.DataFrame) -> str:
-    """Accuracies in percent as mean ± sample std (ddof=1) over seeds; one seed has no std."""
+    """Accuracies in percent as mean ± sample std (ddof=1) over seeds; one seed has no std. A ``run`` column
+    (summaries of several run folders side by side, :mod:`benchmarks.headline`) is shown after the method."""
 
     def pm(mean: float, std: float) -> str:
         if np.isnan(mean):
@@ -102,11 +122,12 @@ def markdown_table(summary: pd.DataFrame) -> str:
         if r["n_unfinished"]:
             seeds += f" (+{int(r['n_unfinished'])} unfinished)"
         secs = "n/a" if np.isnan(r["train_seconds"]) else f"{r['train_seconds']:.0f}"
-        rows.append([r["method"], pm(r["acc_mean"], r["acc_std"]), pm(r["aaa_mean"], r["aaa_std"]),
+        rows.append([r["method"], *([f"`{r['run']}`"] if "run" in r else []), pm(r["acc_mean"], r["acc_std"]),
+                     pm(r["aaa_mean"], r["aaa_std"]),
                      pct(r["forgetting"]), pct(r["bwt"]), f"{int(r['trainable_params']):,}",
                      f"{int(r['stored_params']):,}", secs, seeds])
-    return markdown_grid(["method", "Acc (%)", "AAA (%)", "forgetting", "BWT", "trainable params", "stored params",
-                          "train s", "seeds"], rows)
+    return markdown_grid(["method", *(["run"] if "run" in summary else []), "Acc (%)", "AAA (%)", "forgetting",
+                          "BWT", "trainable params", "stored params", "train s", "seeds"], rows)
 
 
 def plot(per_task: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> None:

@@ -241,6 +241,9 @@ class RunFolder:
         from .methods import method_names
 
         per_task = self.read_parts()
+        if "class_order_seed" in per_task and per_task["class_order_seed"].isna().any() and self.has_config():
+            # Parts written before rows recorded their class order, beside newer ones: a resume keeps the order.
+            per_task = reports.with_class_order_seed(per_task, self.read_config())
         order = {m: k for k, m in enumerate(method_names())}
         return (per_task.assign(_r=per_task["method"].map(order)).sort_values(["_r", "seed", "experience"])
                 .drop(columns="_r"))

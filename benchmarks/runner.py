@@ -76,12 +76,21 @@ def run(method: str, seed: int, cfg: RunConfig, benchmark, folder: RunFolder | s
         resume: bool = False) -> list[Row]:
     """Train and evaluate ``method`` with ``seed``; returns its rows (those replayed from a resumed part included).
 
-    ``plugins`` are added to the method's strategy (e.g. a trace); ``resume`` continues from the part and the
-    checkpoints the folder holds for this (method, seed).
+    ``benchmark``: the one of this seed's class order (``benchmarks.inputs.benchmark_for(cfg, seed)``; one
+    tagged with another order is refused); ``plugins`` are added to the method's strategy (e.g. a trace);
+    ``resume`` continues from the part and the checkpoints the folder holds for this (method, seed).
     """
     folder = folder if isinstance(folder, RunFolder) else RunFolder(folder)
     m = get_method(method)
+    order = cfg.order_seed(seed)
+    built_for = getattr(benchmark, "sdlora_class_order_seed", order)  # set by benchmarks.inputs.benchmark_for
+    if built_for != order:
+        raise ValueError(f"the benchmark given for {method} seed {seed} has class order {built_for}, but this run's "
+                         f"is {order} (--class-order {cfg.class_order}); pass benchmarks.inputs.benchmark_for(cfg, "
+                         "seed)")
     prior = folder.read_part(method, seed) if resume and folder.part(method, seed).exists() else None
+    if prior:  # rows of a part written before rows recorded their class order ran on this run's (its identity)
+        prior = [with_class_order(r, order) for r in prior]
     rows: list[Row] = []
 
     def emit(row: Row) -> None:
@@ -97,6 +106,18 @@ def run(method: str, seed: int, cfg: RunConfig, benchmark, folder: RunFolder | s
     finally:
         close_logs(evaluator)
     return rows
+
+
+def with_class_order(row: Row, order: int) -> Row:
+    """``row`` with its ``class_order_seed`` column (right after ``seed``, as :func:`_row` writes it)."""
+    if "class_order_seed" in row:
+        return row
+    out: Row = {}
+    for k, v in row.items():
+        out[k] = v
+        if k == "seed":
+            out["class_order_seed"] = order
+    return out
 
 
 def _resume_point(m: Method, seed: int, cfg: RunConfig, folder: RunFolder, strategy, prior: list[Row], build,
@@ -166,18 +187,18 @@ def _train(m: Method, seed: int, cfg: RunConfig, benchmark, folder: RunFolder, e
         with amp:
             res = strategy.eval(benchmark.test_stream[: i + 1], num_workers=cfg.workers)
         eval_s = time.perf_counter() - t0
-        row = _row(m, seed, i, T, res, params, strategy, train_s, eval_s)
+        row = _row(m, seed, cfg.order_seed(seed), i, T, res, params, strategy, train_s, eval_s)
         if m.checkpointable:
             save_checkpoint(folder.checkpoints(m.name, seed), i, strategy.model, extra=strategy_state(strategy),
                             config={"method": m.name, "seed": seed})
         emit(row)
 
 
-def _row(m: Method, seed: int, i: int, T: int, res: dict, params: ParameterCount, strategy, train_s: float,
-         eval_s: float) -> Row:
-    """The per_task.csv row of experience ``i`` (the column order is the files')."""
+def _row(m: Method, seed: int, order: int, i: int, T: int, res: dict, params: ParameterCount, strategy,
+         train_s: float, eval_s: float) -> Row:
+    """The per_task.csv row of experience ``i`` (the column order is the files'); ``order``: its class-order seed."""
     model = strategy.model
-    row = {"method": m.name, "seed": seed, "experience": i, "n_experiences": T,
+    row = {"method": m.name, "seed": seed, "class_order_seed": order, "experience": i, "n_experiences": T,
            "acc_seen": res["Top1_Acc_Stream/eval_phase/test_stream/Task000"]}
     for j in range(T):
         row[f"acc_exp_{j}"] = res.get(f"Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp{j:03d}", np.nan)

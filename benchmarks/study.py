@@ -22,9 +22,9 @@ import pandas as pd
 import torch
 
 from . import compare
-from .config import RunConfig, add_run_flags, check_seeds, config_from_flags
+from .config import ORDER_SEEDS, RunConfig, add_run_flags, check_seeds, config_from_flags, default_seeds
 from .methods import check_method_options
-from .reports import run_records, save_figure, write_csv
+from .reports import run_records, save_figure, with_class_order_seed, write_csv
 from .run_folder import RunFolder
 
 DEFAULT_METHODS = ("sdlora", "seq-lora", "ncm")
@@ -34,7 +34,8 @@ GRID = {"epochs": [1, 3, 10], "train_per_class": [100, 500], "lr": [0.01, 0.05]}
 def parse_args(argv: list[str] | None = None):
     p = compare.Parser(prog="python -m benchmarks.study", description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--seeds", nargs="+", type=int, help="default: 0 1; with --class-order seed: "
+                   + " ".join(map(str, ORDER_SEEDS)))
     add_run_flags(p, lists=GRID)  # compare's flags; the grid's axes take one or more values
     p.add_argument("--out", default="runs/study", help="study folder (default: runs/study, ignored by git; "
                    "results/study is the README's)")
@@ -48,10 +49,12 @@ def parse_args(argv: list[str] | None = None):
         if getattr(args, axis) is None:
             setattr(args, axis, default)
     try:
-        check_seeds(args.seeds)
         args.cells = {cell_id(e, n, lr): config_from_flags(args, epochs=e, train_per_class=n, lr=lr)
                       for e, n, lr in itertools.product(args.epochs, args.train_per_class, args.lr)}
-        check_method_options(next(iter(args.cells.values())).method_options)
+        first = next(iter(args.cells.values()))
+        args.seeds = default_seeds(first, (0, 1)) if args.seeds is None else args.seeds
+        check_seeds(args.seeds)
+        check_method_options(first.method_options)
     except ValueError as exc:
         p.error(str(exc))
     return args
@@ -72,12 +75,13 @@ def _run_folders(out: Path, reuse: list[str]) -> list[RunFolder]:
 
 def gather(out: Path, reuse: list[str] | None = None, methods: list[str] | None = None) -> pd.DataFrame:
     """All finished and partial cells' rows, tagged with their budget; ``reuse`` adds comparison runs as cells."""
-    frames = []
+    frames, configs = [], []
     for folder in _run_folders(out, list(reuse or [])):
         if not folder.has_parts():
             continue
         df = folder.read_parts()
         saved = folder.read_config()
+        configs.append(saved)
         cfg = RunConfig.from_json(saved)
         df["epochs"], df["train_per_class"], df["lr"] = cfg.epochs, cfg.train_per_class, cfg.lr
         df["test_per_class"] = cfg.test_per_class or "all"
@@ -86,6 +90,8 @@ def gather(out: Path, reuse: list[str] | None = None, methods: list[str] | None 
         frames.append(df)
     if not frames:
         return pd.DataFrame()
+    if any("class_order_seed" in df for df in frames):  # cells run since rows recorded their class order (issue 22)
+        frames = [with_class_order_seed(df, saved) for df, saved in zip(frames, configs)]
     per_task = pd.concat(frames, ignore_index=True)
     if methods:
         per_task = per_task[per_task["method"].isin(methods)]

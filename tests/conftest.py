@@ -107,3 +107,40 @@ def tiny_run(tmp_path_factory):
     methods = list(method_names())
     run_dir = compare.main(TINY + TINY_METHOD_OPTIONS + ["--methods", *methods, "--out", str(out), "--run-id", "t"])
     return run_dir, methods
+
+
+def fake_run(folder, runs: dict, *, order_column: bool = False, **settings):
+    """A run folder as compare writes it, with made-up rows (tests of reports over several folders).
+
+    ``runs``: {(method, seed): [seen-class accuracy after each experience]}; experience j's own accuracy is
+    the seen-class one while it is current, so forgetting and AAA follow from the list. ``settings``: RunConfig
+    fields (the protocol's preset otherwise). ``order_column``: rows carry ``class_order_seed`` (new code).
+    """
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    import pandas as pd
+
+    from benchmarks.config import RunConfig
+    from benchmarks.run_folder import RunFolder
+
+    cfg = RunConfig.for_protocol(**settings)
+    folder = RunFolder(Path(folder))
+    (folder.path / "parts").mkdir(parents=True)
+    for (method, seed), accs in runs.items():
+        rows = []
+        for i, a in enumerate(accs):
+            row = {"method": method, "seed": seed, **({"class_order_seed": cfg.order_seed(seed)} if order_column
+                                                       else {}),
+                   "experience": i, "n_experiences": len(accs), "acc_seen": a}
+            row.update({f"acc_exp_{j}": (a if j == i else accs[j] - 0.1 if j < i else np.nan)
+                        for j in range(len(accs))})
+            row.update({"trainable_params": 10, "stored_params": 20, "update_norm": 1.0, "train_seconds": 1.0,
+                        "eval_seconds": 0.5})
+            rows.append(row)
+        folder.write_part(method, seed, rows)
+    seeds = sorted({s for _, s in runs})
+    folder.write_config({**cfg.to_json(), "methods": sorted({m for m, _ in runs}), "seeds": seeds})
+    folder.write_reports()
+    return folder.path

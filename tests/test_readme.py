@@ -4,6 +4,8 @@ import ast
 import re
 from pathlib import Path
 
+import pandas as pd
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -47,9 +49,25 @@ def test_readme_example_runs_on_a_tiny_slice():
     plain.load_state_dict(ns["state"])  # strict: the export is a plain timm state dict
 
 
-def test_headline_tables_are_the_committed_runs_table():
-    """README.md and results/README.md lead with a table generated from the run's summary.csv (its table.md)."""
+def test_headline_tables_are_the_committed_runs_tables():
+    """README.md and results/README.md lead with tables generated from the committed runs: the headline from the
+    summary.csv of each run folder of headline.RUNS (one folder: its table.md), the class-order table (once
+    committed) from the class-order report's table.md, which tests/test_orders.py regenerates from its runs."""
     from benchmarks import headline
 
     assert headline.main(["--check"]) == []
-    assert headline.table() == (ROOT / headline.RUN / "table.md").read_text()
+    table = headline.table()
+    if len(headline.RUNS) == 1:
+        assert table == (ROOT / headline._path(headline.RUNS[0]) / "table.md").read_text()
+    for spec in headline.RUNS:  # every method row of every folder is in the table, under the folder's name
+        path = ROOT / headline._path(spec)
+        methods = pd.read_csv(path / "summary.csv")["method"]
+        for method in methods if isinstance(spec, str) else spec[1]:
+            run = "" if len(headline.RUNS) == 1 else f" `{path.name}` |"
+            assert f"| {method} |{run}" in table, (spec, method)
+    orders = headline.class_order_table()
+    texts = [(ROOT / name).read_text() for name in headline.FILES]
+    if orders is not None:
+        assert any(orders in text for text in texts)
+    else:
+        assert not any(headline.CLASS_ORDERS.end in text for text in texts)

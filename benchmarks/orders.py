@@ -1,0 +1,288 @@
+"""Results over class orders: ``python -m benchmarks.orders RUN_DIR [RUN_DIR ...] --out results/<protocol>/...``.
+
+The paper's spread is over class orders (seed s: ``numpy.random.seed(s); permutation(n)``), so a difference
+between two methods means something only if it survives a change of order. This command gathers the rows of
+one or several run folders of one protocol (a ``--class-order seed`` run, or fixed-order runs with one
+``--class-order-seed`` each: the same experiment), one run per (method, class order), and writes into ``--out``:
+
+* ``orders.csv``: per method and order, Acc, AAA, forgetting, BWT, the seed and the run folder it came from;
+* ``orders_summary.csv``: per method, mean and sample std (ddof=1) over orders;
+* ``paired.csv``: per method and order, the reference method (``--reference``, SD-LoRA) minus that method;
+* ``paired_summary.csv``: per method, the mean and std of that paired difference and the orders the reference wins;
+* ``table.md`` (what the README's class-order table is, via ``python -m benchmarks.headline``), ``orders.png``
+  and ``sources.json`` (the folders, relative to ``--out``, and the reference: what regenerates the rest).
+
+Folders whose settings differ other than by class order are refused naming the setting
+(:mod:`benchmarks.run_set`); rows written before rows recorded their class order take their folder's
+``--class-order-seed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from avalanche_sdlora.atomic import write_text
+
+from .methods import method_names
+from .reports import markdown_grid, run_records, save_figure
+from .run_set import ORDER_KEYS, RunSet
+
+DEFAULT_REFERENCE = "sdlora"
+SOURCES = "sources.json"
+TABLES = ("orders.csv", "orders_summary.csv", "paired.csv", "paired_summary.csv", "table.md")
+
+
+def order_runs(runs: RunSet) -> pd.DataFrame:
+    """One record per (method, class order): its run's Acc, AAA, forgetting, BWT and where it came from."""
+    rows = runs.rows()
+    records = run_records(rows, ["method", "class_order_seed", "seed", "run"])
+    twice = records[records.duplicated(["method", "class_order_seed"], keep=False)]
+    if len(twice):
+        (method, order), g = next(iter(twice.groupby(["method", "class_order_seed"])))
+        where = ", ".join(f"seed {s} in {r}" for s, r in zip(g["seed"], g["run"]))
+        raise SystemExit(f"error: {method} has {len(g)} runs on class order {order} ({where}); a class-order table "
+                         "takes one run per method and order (the seeds of a fixed-order run share its order): pass "
+                         "folders holding one each")
+    rank = {m: k for k, m in enumerate(method_names())}
+    records = records.assign(_r=records["method"].map(rank)).sort_values(["_r", "class_order_seed"])
+    cols = ["method", "class_order_seed", "seed", "acc", "aaa", "forgetting", "bwt", "finished", "train_seconds",
+            "run"]
+    return records[cols].reset_index(drop=True)
+
+
+def summarize_orders(orders: pd.DataFrame) -> pd.DataFrame:
+    """Per method: mean and sample std over its finished orders; unfinished runs are counted, not averaged."""
+    out = []
+    for method, every in orders.groupby("method", sort=False):
+        g = every[every["finished"]]
+        out.append({"method": method, "acc_mean": g["acc"].mean(), "acc_std": g["acc"].std(ddof=1),
+                    "aaa_mean": g["aaa"].mean(), "aaa_std": g["aaa"].std(ddof=1),
+                    "forgetting_mean": g["forgetting"].mean(), "forgetting_std": g["forgetting"].std(ddof=1),
+                    "n_orders": len(g), "n_unfinished": len(every) - len(g),
+                    "orders": " ".join(map(str, g["class_order_seed"])), "runs": " ".join(dict.fromkeys(every["run"]))})
+    return pd.DataFrame.from_records(out)
+
+
+def paired(orders: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Per method and class order both finished: the reference's Acc, AAA, forgetting minus the method's."""
+    done = orders[orders["finished"]]
+    ref = done[done["method"] == reference].set_index("class_order_seed")
+    out = []
+    for method, g in done[done["method"] != reference].groupby("method", sort=False):
+        for _, r in g.iterrows():
+            if r["class_order_seed"] not in ref.index:
+                continue
+            q = ref.loc[r["class_order_seed"]]
+            out.append({"method": method, "class_order_seed": r["class_order_seed"], "reference": reference,
+                        **{f"{k}_{suffix}": v for k in ("acc", "aaa", "forgetting")
+                           for suffix, v in (("reference", q[k]), ("method", r[k]), ("diff", q[k] - r[k]))}})
+    cols = ["method", "class_order_seed", "reference"] + [f"{k}_{s}" for k in ("acc", "aaa", "forgetting")
+                                                          for s in ("reference", "method", "diff")]
+    return pd.DataFrame.from_records(out, columns=cols)
+
+
+def summarize_paired(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Per method: mean and std over orders of the paired difference, and the orders the reference wins."""
+    out = []
+    for method, g in pairs.groupby("method", sort=False):
+        row = {"method": method, "reference": g["reference"].iloc[0], "n_orders": len(g)}
+        for k in ("acc", "aaa"):  # AAA is n/a for a method trained once on the whole stream (joint)
+            d = g[f"{k}_diff"].dropna()
+            row.update({f"{k}_diff_mean": d.mean(), f"{k}_diff_std": d.std(ddof=1), f"{k}_orders": len(d),
+                        f"{k}_wins": int((d > 0).sum()), f"{k}_ties": int((d == 0).sum())})
+        out.append(row)
+    return pd.DataFrame.from_records(out)
+
+
+def _pm(mean: float, std: float, sign: bool = False) -> str:
+    if np.isnan(mean):
+        return "n/a"
+    fmt = "{:+.2f}" if sign else "{:.2f}"
+    return fmt.format(100 * mean) + ("" if np.isnan(std) else f" ± {100 * std:.2f}")
+
+
+def _wins(p: pd.Series, k: str) -> str:
+    n, wins, ties = int(p[f"{k}_orders"]), int(p[f"{k}_wins"]), int(p[f"{k}_ties"])
+    return "n/a" if n == 0 else f"{wins} of {n}" + (f" ({ties} tied)" if ties else "")
+
+
+def markdown(orders: pd.DataFrame, summary: pd.DataFrame, pairs: pd.DataFrame, pair_summary: pd.DataFrame,
+             reference: str, where: dict[str, str], notes: list[str]) -> str:
+    """The class-order tables: per method over orders, then the reference minus each method per order."""
+    all_orders = sorted(orders["class_order_seed"].unique())
+    by = summary.sort_values("acc_mean", ascending=False, na_position="last")
+    cell = {(r["method"], r["class_order_seed"]): r for _, r in orders.iterrows()}
+
+    def acc_at(method: str, order: int) -> str:
+        r = cell.get((method, order))
+        return "–" if r is None else f"{100 * r['acc']:.2f}" if r["finished"] else "unfinished"
+
+    rows = []
+    for _, r in by.iterrows():
+        n = f"{int(r['n_orders'])}" + (f" (+{int(r['n_unfinished'])} unfinished)" if r["n_unfinished"] else "")
+        rows.append([r["method"], _pm(r["acc_mean"], r["acc_std"]), _pm(r["aaa_mean"], r["aaa_std"]),
+                     _pm(r["forgetting_mean"], r["forgetting_std"])] + [acc_at(r["method"], o) for o in all_orders]
+                    + [n, ", ".join(r["runs"].split())])
+    head = ["method", "Acc (%)", "AAA (%)", "forgetting"] + [f"Acc, order {o}" for o in all_orders] + ["orders",
+                                                                                                       "runs"]
+    text = [f"Class orders {', '.join(map(str, all_orders))} (seed s: `numpy.random.seed(s); permutation(n)`), one "
+            "run per method and order; accuracies in %, mean ± sample std over the orders a method finished.",
+            markdown_grid(head, rows)]
+    diff = {(r["method"], r["class_order_seed"]): r["acc_diff"] for _, r in pairs.iterrows()}
+    prow = []
+    ps = pair_summary.set_index("method") if len(pair_summary) else pair_summary
+    for method in by["method"]:
+        if method == reference or method not in ps.index:
+            continue
+        p = ps.loc[method]
+        per = ["–" if (method, o) not in diff else f"{100 * diff[(method, o)]:+.2f}" for o in all_orders]
+        prow.append([method, _pm(p["acc_diff_mean"], p["acc_diff_std"], sign=True)] + per
+                    + [_wins(p, "acc"), _pm(p["aaa_diff_mean"], p["aaa_diff_std"], sign=True), _wins(p, "aaa")])
+    text += [f"{reference} minus each method on the same class order, in points (positive: {reference} ahead); "
+             "mean ± sample std over the orders both finished, and on how many of them it is ahead.",
+             markdown_grid(["method", "Acc diff", *(f"order {o}" for o in all_orders), f"{reference} ahead (Acc)",
+                            "AAA diff", f"{reference} ahead (AAA)"], prow)]
+    foot = ["Runs: " + ", ".join(f"`{label}` = `{path}`" for label, path in where.items()) + "."]
+    other = orders[orders["seed"] != orders["class_order_seed"]]
+    if len(other):
+        foot.append("Runs whose seed is not their class order: "
+                    + ", ".join(f"{r.method} order {r.class_order_seed} (seed {r.seed}, {r.run})"
+                                for r in other.itertuples()) + ".")
+    if notes:
+        foot.append("Settings that differ between the runs: " + "; ".join(notes) + ".")
+    return "\n\n".join(part.rstrip("\n") for part in text + foot) + "\n"
+
+
+def plot(orders: pd.DataFrame, pairs: pd.DataFrame, reference: str, path: Path) -> None:
+    """Acc per class order (a line per method) and the paired difference per method (a point per order)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = orders[orders["finished"]]
+    all_orders = sorted(done["class_order_seed"].unique())
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for method, g in done.groupby("method", sort=False):
+        left.plot([all_orders.index(o) for o in g["class_order_seed"]], 100 * g["acc"], marker="o", ms=4,
+                  label=method)
+    left.set_xticks(range(len(all_orders)), [str(o) for o in all_orders])
+    left.set_xlabel("class order (seed)")
+    left.set_ylabel("final accuracy Acc (%)")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    methods = list(dict.fromkeys(pairs["method"]))
+    for k, method in enumerate(methods):
+        d = 100 * pairs.loc[pairs["method"] == method, "acc_diff"].to_numpy()
+        right.plot(np.full(len(d), k), d, "o", color="C0", alpha=0.7)
+        right.plot([k - 0.25, k + 0.25], [d.mean()] * 2, color="C3")
+    right.axhline(0, color="k", lw=0.8)
+    right.set_xticks(range(len(methods)), methods, rotation=30)
+    right.set_ylabel(f"{reference} minus method, Acc (points)")
+    right.set_title("points: class orders; bar: mean", fontsize=9)
+    right.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def shown_paths(runs: RunSet, out: str | Path) -> dict[str, str]:
+    """Each run's folder as a table names it: relative to the checkout holding ``out`` (else absolute), so the
+    table reads the same whatever directory the command ran from."""
+    out = Path(out).resolve()
+    root = next((d for d in (out, *out.parents) if (d / ".git").exists()), None)
+    shown = {}
+    for m in runs.members:
+        path = m.folder.path.resolve()
+        shown[m.label] = str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
+    return shown
+
+
+def build(runs: RunSet, out: str | Path, reference: str = DEFAULT_REFERENCE
+          ) -> tuple[dict[str, str], pd.DataFrame, pd.DataFrame]:
+    """The text of every table of the report to be written into ``out`` (name -> content), and the frames the
+    plot draws."""
+    notes = runs.check(free=ORDER_KEYS, pooled=True)
+    orders = order_runs(runs)
+    if reference not in set(orders["method"]):
+        raise SystemExit(f"error: --reference {reference} has no rows in these run folders; pass one of "
+                         f"{', '.join(dict.fromkeys(orders['method']))}")
+    summary, pairs = summarize_orders(orders), paired(orders, reference)
+    pair_summary = summarize_paired(pairs)
+    files = {"orders.csv": orders, "orders_summary.csv": summary, "paired.csv": pairs,
+             "paired_summary.csv": pair_summary}
+    texts = {name: df.to_csv(index=False) for name, df in files.items()}
+    texts["table.md"] = markdown(orders, summary, pairs, pair_summary, reference, shown_paths(runs, out), notes)
+    return texts, orders, pairs
+
+
+def write(runs: RunSet, out: str | Path, reference: str = DEFAULT_REFERENCE, command: str | None = None) -> Path:
+    """Write the report into ``out`` (every file atomically; the tables are rebuilt whole each time)."""
+    out = Path(out)
+    texts, orders, pairs = build(runs, out, reference)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in texts.items():
+        write_text(out / name, text)
+    plot(orders, pairs, reference, out / "orders.png")
+    sources = {"runs": runs.specs_relative_to(out), "reference": reference, "command": command}
+    write_text(out / SOURCES, json.dumps(sources, indent=2) + "\n")
+    return out
+
+
+def sources_of(out: str | Path) -> tuple[RunSet, str]:
+    """The run folders and reference a written report was made from (its ``sources.json``)."""
+    out = Path(out)
+    path = out / SOURCES
+    if not path.exists():
+        raise SystemExit(f"error: '{out}' has no {SOURCES}: it is not a report of python -m benchmarks.orders")
+    sources = json.loads(path.read_text())
+    return RunSet.read(sources["runs"], root=out), sources["reference"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from .compare import Parser
+
+    p = Parser(prog="python -m benchmarks.orders", description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run folders of benchmarks.compare, one protocol")
+    p.add_argument("--out", help="report folder (default: runs/<protocol>/class-orders, ignored by git; "
+                   "results/<protocol>/class-orders for the README's)")
+    p.add_argument("--methods", nargs="+", help="only these methods' rows (default: every method of the folders)")
+    p.add_argument("--reference", default=DEFAULT_REFERENCE,
+                   help=f"the method every other is paired with (default: {DEFAULT_REFERENCE})")
+    p.add_argument("--again", metavar="REPORT_DIR",
+                   help="rebuild a report from the run folders its sources.json names (after they changed)")
+    args = p.parse_args(argv)
+    if bool(args.runs) == bool(args.again):
+        p.error("pass run folders (RUN_DIR ...) or --again REPORT_DIR, not both nor neither")
+    return args
+
+
+def main(argv: list[str] | None = None) -> Path:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    command = " ".join(["python -m benchmarks.orders", *argv])
+    if args.again:
+        runs, reference = sources_of(args.again)
+        out = Path(args.again)
+    else:
+        runs, reference = RunSet.read(args.runs), args.reference
+        if args.methods:  # each folder with the methods asked for that it holds; folders with none are left out
+            picked = [(r, [x for x in m.methods if x in args.methods]) for r, m in zip(args.runs, runs.members)]
+            if not any(ms for _, ms in picked):
+                raise SystemExit(f"error: none of these run folders holds rows of --methods {' '.join(args.methods)}")
+            runs = RunSet.read([(r, ms) for r, ms in picked if ms])
+        protocol = runs.members[0].settings.get("protocol", "unknown")
+        out = Path(args.out) if args.out else Path("runs") / str(protocol) / "class-orders"
+    write(runs, out, reference, command)
+    print((out / "table.md").read_text() + f"\nwritten to {out}")
+    return out
+
+
+if __name__ == "__main__":
+    from .compare import cli
+
+    sys.exit(cli(main=main))

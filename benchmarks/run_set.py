@@ -1,0 +1,212 @@
+"""Several run folders read as one experiment: their rows side by side, and the refusal of folders that differ.
+
+A table pooling rows of several run folders (the class-order report, :mod:`benchmarks.orders`; the README
+headline over several folders, :mod:`benchmarks.headline`) is only a table if the folders ran the same benchmark
+under the same budget, so :meth:`RunSet.check` compares what each folder recorded (its identity,
+:mod:`benchmarks.identity`) and refuses a difference naming the flag. Settings fall in three groups:
+
+* the experiment (every protocol field but ``--lr``, ``--classes``, ``--test-per-class``, the inputs' content,
+  and any setting not named below): must agree, except those a report varies on purpose (``free``, e.g. the
+  class order);
+* a method's own settings (``--lr``, SD-LoRA's options, ``--ewc-lambda``, ``--peer-recipe``, that method's
+  ``--method-option``): may differ between folders whose rows stay apart (e.g. a folder of L2P at another lr
+  beside the main run), are refused where one method's rows from two folders are pooled (``pooled=True``);
+* how it ran (device, machine, torch, threads, workers): may differ.
+
+Every difference that is not refused is returned as a note for the table to print, so a reader sees it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import pandas as pd
+
+from avalanche_sdlora.options import SDLoRAOptions
+
+from .identity import labels, saved_identity
+from .reports import with_class_order_seed
+from .run_folder import RunFolder
+
+METHOD_KEYS = ("lr", "ewc_lambda", "peer_recipe", "method_options",
+               *(f.name for f in dataclasses.fields(SDLoRAOptions)))
+EXECUTION_KEYS = ("device", "device_name", "torch", "threads", "workers")
+NAME_KEYS = ("protocol",)  # a preset's name: the settings it names are compared one by one
+ORDER_KEYS = ("class_order", "class_order_seed")
+_FILES = ("data", "checkpoint")
+_MISSING = object()
+
+Spec = Union[str, Path, tuple[Union[str, Path], Optional[Sequence[str]]]]  # a folder, or (folder, methods taken)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One run folder of a set: how tables name it, the methods taken from it, what it recorded."""
+
+    folder: RunFolder
+    label: str
+    methods: tuple[str, ...]  # the methods of the folder the set takes (all of its methods unless told)
+    config: dict
+    settings: dict
+    given: tuple[str, ...] | None = None  # the methods asked for (None: all)
+
+    def value(self, key: str, method: str | None = None) -> Any:
+        """The recorded value of ``key`` (``method``: that method's ``--method-option`` keywords only)."""
+        value = self.settings.get(key, _MISSING)
+        if key == "method_options" and value is not _MISSING:
+            value = {m: o for m, o in value.items() if m in ((method,) if method else self.methods)}
+        return value
+
+
+def folder_methods(folder: RunFolder) -> list[str]:
+    """The methods a run folder holds rows of (from its part files), in file-name order."""
+    return sorted({p.stem.rsplit("-seed", 1)[0] for p in (folder.path / "parts").glob("*.csv")})
+
+
+def recorded_settings(config: dict) -> dict:
+    """What a run folder's config.json says it ran with, as identity keys (every format compare has written)."""
+    template = {**{k: None for k in labels()}, **SDLoRAOptions().to_dict()}
+    return saved_identity(config, template)
+
+
+class RunSet:
+    """Run folders whose rows go into one table (read with :meth:`read`, checked with :meth:`check`)."""
+
+    def __init__(self, members: Sequence[Member]) -> None:
+        self.members = list(members)
+
+    @classmethod
+    def read(cls, specs: Iterable[Spec], root: str | Path | None = None) -> RunSet:
+        """The folders of ``specs`` (paths relative to ``root`` if given), each a folder or (folder, methods)."""
+        parsed = []
+        for spec in specs:
+            path, methods = (spec, None) if isinstance(spec, (str, Path)) else spec  # a pair from JSON is a list
+            full = Path(root) / path if root is not None else Path(path)
+            folder = RunFolder(full)
+            if not folder.has_config():
+                raise SystemExit(f"error: '{full}' is not a run folder of benchmarks.compare (no config.json); pass "
+                                 "folders such as results/<protocol>/<run-id>")
+            present = folder_methods(folder)
+            if not present:
+                raise SystemExit(f"error: '{full}' has no parts/*.csv: it holds no rows to report")
+            if methods is not None:
+                absent = [m for m in methods if m not in present]
+                if absent:
+                    raise SystemExit(f"error: '{full}' has no rows of {', '.join(absent)}; it holds "
+                                     f"{', '.join(present)}")
+            parsed.append((str(path), folder, methods))
+        if not parsed:
+            raise SystemExit("error: no run folders given")
+        names = [Path(p).name for p, _, _ in parsed]
+        members = []
+        for (path, folder, methods), name in zip(parsed, names):
+            if [str(f.path.resolve()) for _, f, _ in parsed].count(str(folder.path.resolve())) > 1:
+                raise SystemExit(f"error: run folder '{path}' is given twice")
+            label = name if names.count(name) == 1 else path  # the folder's name, unless two share it
+            config = folder.read_config()
+            given = tuple(methods) if methods is not None else None
+            members.append(Member(folder, label, given or tuple(folder_methods(folder)), config,
+                                  recorded_settings(config), given))
+        return cls(members)
+
+    # ------------------------------------------------------------------ rows
+    def rows(self) -> pd.DataFrame:
+        """Every member's per-experience rows (its methods only), each with its ``class_order_seed`` and ``run``."""
+        frames = []
+        for m in self.members:
+            rows = m.folder.gather()
+            rows = with_class_order_seed(rows[rows["method"].isin(m.methods)], m.config)
+            frames.append(rows.assign(run=m.label))
+        return pd.concat(frames, ignore_index=True)
+
+    def summaries(self) -> pd.DataFrame:
+        """Every member's summary.csv rows (its methods only), each with its ``run``."""
+        frames = []
+        for m in self.members:
+            path = m.folder.report_path("summary.csv")
+            if not path.exists():
+                raise SystemExit(f"error: '{m.folder}' has no summary.csv; write it with python -m "
+                                 f"benchmarks.compare --report-only {m.folder}")
+            s = pd.read_csv(path)
+            frames.append(s[s["method"].isin(m.methods)].assign(run=m.label))
+        return pd.concat(frames, ignore_index=True)
+
+    # ------------------------------------------------------------------ settings
+    def check(self, *, free: Sequence[str] = (), pooled: bool = False) -> list[str]:
+        """Refuse folders that did not run the same experiment (``SystemExit`` naming each setting and folder);
+        return the differences allowed, one line each, for the table to say.
+
+        ``free``: settings the table varies on purpose (not compared); ``pooled``: a method's rows from several
+        folders are pooled, so that method's own settings must agree among them.
+        """
+        names = labels()
+        keys = [k for k in names if any(k in m.settings for m in self.members)]
+        keys += sorted({k for m in self.members for k in m.settings} - set(keys))
+        refused, notes = [], []
+        for key in keys:
+            if key in NAME_KEYS or key in free:
+                continue
+            flag = names.get(key, key).split(" (")[0]
+            if key in METHOD_KEYS and pooled:
+                for method in sorted({x for m in self.members for x in m.methods}):
+                    sharing = [m for m in self.members if method in m.methods]
+                    if _differ([m.value(key, method) for m in sharing]):
+                        refused.append(f"{flag} differs for {method}, whose rows are pooled: "
+                                       + _listing(key, [(m, m.value(key, method)) for m in sharing]))
+            values = [(m, m.value(key)) for m in self.members]
+            recorded = [(m, v) for m, v in values if v is not _MISSING]
+            if key not in METHOD_KEYS + EXECUTION_KEYS and _differ([v for _, v in recorded]):
+                refused.append(f"{flag}: " + _listing(key, recorded))
+            elif _differ([v for _, v in values]):
+                notes.append(f"{flag}: " + _listing(key, values))
+        if refused:
+            raise SystemExit("error: these run folders did not run the same experiment, so one table cannot hold their "
+                             "rows: " + "; ".join(refused) + "; pass folders of one protocol and budget, each "
+                             "method's rows run with one setting")
+        return notes
+
+    def specs_relative_to(self, base: str | Path) -> list[str | list]:
+        """The specs that read this set again from ``base`` (what an output records, to be read back anywhere):
+        each folder relative to ``base``, with its methods if only some were asked for."""
+        out: list[str | list] = []
+        for m in self.members:
+            path = os.path.relpath(m.folder.path.resolve(), Path(base).resolve())
+            out.append(path if m.given is None else [path, list(m.given)])
+        return out
+
+
+def _comparable(value: Any) -> Any:
+    if value is _MISSING:
+        return "\0missing"
+    if isinstance(value, dict) and "sha256" in value:
+        return (value.get("sha256"), value.get("size"))
+    return json.dumps(value, sort_keys=True)
+
+
+def _differ(values: list[Any]) -> bool:
+    return len({_comparable(v) for v in values}) > 1
+
+
+def _show(key: str, value: Any) -> str:
+    if value is _MISSING:
+        return "not recorded"
+    if key in _FILES and isinstance(value, dict):
+        return f"'{value.get('name')}' (sha256 {str(value.get('sha256'))[:12]}...)"
+    if key == "method_options":
+        return ", ".join(f"{m}.{k}={json.dumps(v)}" for m, kv in sorted(value.items()) for k, v in sorted(kv.items())) \
+            or "none"
+    return json.dumps(value)
+
+
+def _listing(key: str, values: list[tuple[Member, Any]]) -> str:
+    """``0.01 (cpu-3seeds, peers), 0.03 (l2p-lr0.03)``: each value once, with the folders that have it."""
+    groups: dict[Any, tuple[str, list[str]]] = {}
+    for m, v in values:
+        groups.setdefault(_comparable(v), (_show(key, v), []))[1].append(m.label)
+    return ", ".join(f"{shown} ({', '.join(who)})" for shown, who in groups.values())

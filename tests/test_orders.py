@@ -1,0 +1,104 @@
+"""The class-order report: means over orders, SD-LoRA's paired difference per order checked by hand, the refusal
+of folders that ran another experiment, and every committed report regenerating from its run folders."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmarks import orders
+from benchmarks.run_set import RunSet
+from conftest import fake_run
+
+ROOT = Path(__file__).resolve().parent.parent
+# Made-up final accuracies on orders 1993, 1994, 1995 (the first experience at 0.9 everywhere):
+# SD-LoRA minus seq-lora is +5, -8 and 0 points (mean -1, std sqrt(43) = 6.56; ahead on 1 of 3, 1 tied);
+# on AAA = (0.9 + Acc) / 2 it is half of that: +2.5, -4, 0 (mean -0.5, std 3.28).
+SDLORA = {1993: 0.60, 1994: 0.50, 1995: 0.55}
+SEQ = {1993: 0.55, 1994: 0.58, 1995: 0.55}
+
+
+def _old_order_folders(root, **settings):
+    """One fixed-order folder per order, rows without class_order_seed (as before issue 22)."""
+    return [fake_run(root / f"order{s}", {("sdlora", s): [0.9, SDLORA[s]], ("seq-lora", s): [0.9, SEQ[s]]},
+                     class_order_seed=s, **settings) for s in SDLORA]
+
+
+def test_paired_differences_and_wins_by_hand(tmp_path):
+    folders = _old_order_folders(tmp_path / "runs")
+    out = orders.main([*map(str, folders), "--out", str(tmp_path / "report")])
+    pairs = pd.read_csv(out / "paired.csv")
+    assert pairs["class_order_seed"].tolist() == [1993, 1994, 1995]
+    assert pairs["acc_diff"].tolist() == pytest.approx([0.05, -0.08, 0.0])
+    assert pairs["aaa_diff"].tolist() == pytest.approx([0.025, -0.04, 0.0])
+    s = pd.read_csv(out / "paired_summary.csv").iloc[0]
+    assert (s["method"], s["reference"], s["n_orders"], s["acc_wins"], s["acc_ties"]) == ("seq-lora", "sdlora", 3, 1, 1)
+    assert s["acc_diff_mean"] == pytest.approx(-0.01) and s["acc_diff_std"] == pytest.approx(43 ** 0.5 / 100)
+    summary = pd.read_csv(out / "orders_summary.csv").set_index("method")
+    assert summary.loc["sdlora", "acc_mean"] == pytest.approx(0.55)
+    assert summary.loc["sdlora", "acc_std"] == pytest.approx(0.05)  # sample std of 0.60, 0.50, 0.55
+    assert summary.loc["seq-lora", "orders"] == "1993 1994 1995"
+    table = (out / "table.md").read_text()
+    assert "| sdlora | 55.00 ± 5.00 | 72.50 ± 2.50 | 10.00 ± 0.00 | 60.00 | 50.00 | 55.00 | 3 | " \
+           "order1993, order1994, order1995 |" in table
+    assert "| seq-lora | -1.00 ± 6.56 | +5.00 | -8.00 | +0.00 | 1 of 3 (1 tied) | -0.50 ± 3.28 | 1 of 3 (1 tied) |" \
+           in table
+    assert f"`order1993` = `{folders[0]}`" in table
+    assert (out / "orders.png").read_bytes()[:4] == b"\x89PNG"
+    orders_csv = pd.read_csv(out / "orders.csv")
+    assert orders_csv[["method", "class_order_seed", "run"]].values.tolist()[:2] == [
+        ["sdlora", 1993, "order1993"], ["sdlora", 1994, "order1994"]]
+
+
+def test_a_report_regenerates_from_its_sources_anywhere(tmp_path, monkeypatch):
+    folders = _old_order_folders(tmp_path / "runs")
+    out = orders.main([*map(str, folders), "--out", str(tmp_path / "report"), "--reference", "seq-lora"])
+    before = {name: (out / name).read_text() for name in orders.TABLES}
+    monkeypatch.chdir(tmp_path / "runs")  # sources.json is relative to the report, not to where it ran
+    orders.main(["--again", str(out)])
+    assert {name: (out / name).read_text() for name in orders.TABLES} == before
+    assert "seq-lora minus each method" in before["table.md"]
+    extra = fake_run(tmp_path / "runs" / "more", {("ncm", 1993): [0.9, 0.4], ("sdlora", 1993): [0.9, 0.6]},
+                     class_order_seed=1993)  # sdlora again on 1993
+    with pytest.raises(SystemExit, match="sdlora has 2 runs on class order 1993"):
+        orders.main([*map(str, folders), str(extra), "--out", str(tmp_path / "both")])
+    picked = orders.main([*map(str, folders), str(extra), "--methods", "seq-lora", "ncm", "--reference", "seq-lora",
+                          "--out", str(tmp_path / "picked")])
+    runs = json.loads((picked / "sources.json").read_text())["runs"]
+    assert runs[0] == ["../runs/order1993", ["seq-lora"]] and runs[3] == ["../runs/more", ["ncm"]]
+    table = (picked / "table.md").read_text()
+    assert "| ncm | +15.00 | +15.00 | – | – | 1 of 1 |" in table  # seq-lora's 55 minus ncm's 40 on order 1993
+    orders.main(["--again", str(picked)])
+    assert (picked / "table.md").read_text() == table
+
+
+def test_folders_of_another_experiment_or_a_method_run_two_ways_are_refused(tmp_path):
+    a, b, _ = _old_order_folders(tmp_path / "runs")
+    c = fake_run(tmp_path / "runs" / "e5", {("sdlora", 1995): [0.9, 0.5]}, class_order_seed=1995, epochs=5)
+    with pytest.raises(SystemExit, match=r"did not run the same experiment.*--epochs: 3 \(order1993, order1994\), "
+                                         r"5 \(e5\)"):
+        orders.build(RunSet.read([a, b, c]), tmp_path / "x")
+    d = fake_run(tmp_path / "runs" / "lr", {("sdlora", 1995): [0.9, 0.5], ("ncm", 1995): [0.9, 0.4]},
+                 class_order_seed=1995, lr=0.05)
+    with pytest.raises(SystemExit, match=r"--lr differs for sdlora, whose rows are pooled: 0.01 \(order1993, "
+                                         r"order1994\), 0.05 \(lr\)"):
+        orders.build(RunSet.read([a, b, d]), tmp_path / "x")
+    # another lr for a method whose rows come from one folder only is that method's setting: said, not refused
+    texts, _, _ = orders.build(RunSet.read([a, b, (d, ["ncm"])]), tmp_path / "x")
+    assert "Settings that differ between the runs: --lr: 0.01 (order1993, order1994), 0.05 (lr)." in texts["table.md"]
+    with pytest.raises(SystemExit, match="--reference ranpac has no rows"):
+        orders.main([str(a), "--reference", "ranpac", "--out", str(tmp_path / "y")])
+    with pytest.raises(SystemExit, match="is not a run folder"):
+        orders.main([str(tmp_path), "--out", str(tmp_path / "y")])
+
+
+def test_every_committed_class_order_report_regenerates_from_its_runs():
+    reports = sorted(p.parent for p in (ROOT / "results").rglob(orders.SOURCES))
+    if not reports:
+        pytest.skip("no class-order report committed yet (python -m benchmarks.orders ... --out results/...)")
+    for report in reports:
+        runs, reference = orders.sources_of(report)
+        texts, _, _ = orders.build(runs, report, reference)
+        for name, text in texts.items():
+            assert (report / name).read_text() == text, (report, name)
