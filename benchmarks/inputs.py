@@ -109,7 +109,7 @@ def make_benchmark(cfg: RunConfig):
     """The Avalanche benchmark of a run (every method of the run sees this one)."""
     return split_cifar100(n_experiences=cfg.n_experiences, class_order_seed=cfg.class_order_seed,
                           train_per_class=cfg.train_per_class, test_per_class=cfg.test_per_class,
-                          img_size=cfg.img_size, path=cfg.data, classes=class_subset(cfg))
+                          img_size=cfg.img_size, path=cfg.data, classes=class_subset(cfg), augment=cfg.augment)
 
 
 _HASHES: dict[tuple, str] = {}
