@@ -8,6 +8,11 @@ only the runs its README names.
 
 Python API: ``run(cfg, methods, seeds, folder)`` runs a comparison into a :class:`~benchmarks.run_folder.RunFolder`;
 ``benchmarks.runner.run`` runs one (method, seed).
+
+Under ``torchrun --nproc_per_node N -m benchmarks.compare ...`` every (method, seed) runs on all N ranks, one after
+another, and rank 0 alone writes (:mod:`benchmarks.distributed`). On a GPU the defaults suit the device: DataLoader
+workers (``--workers``), pinned host memory for the copies (Avalanche's default on CUDA) and the image cache
+(:func:`image_cache`); ``--train-amp bf16`` trains under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from . import inputs, runner
+from . import distributed, inputs, runner
 from .config import ORDER_SEEDS, RunConfig, add_run_flags, check_seeds, config_from_flags, default_seeds
 from .identity import identity_changes, run_identity, saved_identity
 from .methods import check_method_options, get_method, method_names
@@ -61,7 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quiet", action="store_true", help="no InteractiveLogger progress")
     p.add_argument("--verbose", action="store_true", help="print the traceback of an error, not only its message")
     p.add_argument("--jobs", type=int, default=1,
-                   help="(method, seed) runs in parallel processes, one torch thread each (2 on a 2-core CPU)")
+                   help="(method, seed) runs in parallel processes, one torch thread each (2 on a 2-core CPU); not "
+                        "under torchrun, whose processes run each (method, seed) together")
     args = p.parse_args(argv)
     if args.methods == ["all"]:
         args.methods = list(method_names())
@@ -75,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.seeds = default_seeds(args.config) if args.seeds is None else args.seeds
         check_seeds(args.seeds)
         check_method_options(args.config.method_options)
+        check_launch(args.config, args.methods, args.jobs)
     except ValueError as exc:
         p.error(str(exc))
     if args.config.device.startswith("cuda") and not torch.cuda.is_available():
@@ -98,6 +105,8 @@ def main(argv: list[str] | None = None) -> Path:
 
 def report_only(folder: RunFolder, command: str, quiet: bool = False) -> RunFolder:
     """Rebuild a run's reports from its parts (the run's numbers are the parts'; nothing is trained)."""
+    if not distributed.is_main():  # under torchrun: rank 0's job alone
+        return folder
     if not (folder.path / "parts").is_dir():
         raise SystemExit(f"error: --report-only '{folder}' has no parts/ folder; pass a run folder of "
                          "benchmarks.compare (runs/<protocol>/<run-id>)")
@@ -108,27 +117,91 @@ def report_only(folder: RunFolder, command: str, quiet: bool = False) -> RunFold
     return folder
 
 
+def check_launch(cfg: RunConfig, methods: Sequence[str], jobs: int) -> None:
+    """Refuse what this launch cannot run (``ValueError`` naming the flag): ``--train-amp bf16`` for a method that
+    trains in float32 only, and under torchrun several jobs, an uneven batch, a fixed GPU or a single-process method."""
+    if cfg.train_amp != "float32":
+        # A method whose recipe trains nothing (prototype classifiers) has no training precision to refuse.
+        fp32 = [m for m in methods if not get_method(m).train_amp and get_method(m).recipe(cfg).optimizer is not None]
+        if fp32:
+            raise ValueError(f"--train-amp {cfg.train_amp}: {', '.join(fp32)} train in float32 only (bf16 autocast is "
+                             "the SD-LoRA strategies' autocast_dtype); run them in another run with --train-amp "
+                             "float32")
+    distributed.check_launch(cfg, jobs)
+    distributed.check_methods(methods)
+
+
+def image_cache(cfg: RunConfig) -> str | None:
+    """The folder of resized images a run keeps (``avalanche_sdlora.data.resize_images``), None for none.
+
+    ``$SDLORA_IMAGE_CACHE`` when set (set but empty: none); else, on a GPU, the user's cache folder
+    (``$XDG_CACHE_HOME`` or ``~/.cache``, then ``avalanche-sdlora/images``): at 224 px every process of a run otherwise
+    resizes the 60,000 images for minutes on one thread and holds 9 GB of them, and a GPU waits meanwhile. Off on CPU,
+    as before. The images are the same either way (no number changes), so it is recorded but not in the identity.
+    """
+    if IMAGE_CACHE_ENV in os.environ:
+        return os.environ[IMAGE_CACHE_ENV] or None
+    if not cfg.device.startswith("cuda"):
+        return None
+    return str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "avalanche-sdlora" / "images")
+
+
+IMAGE_CACHE_ENV = "SDLORA_IMAGE_CACHE"
+
+
+@contextlib.contextmanager
+def _image_cache_set(cache: str | None):
+    """``$SDLORA_IMAGE_CACHE`` set to ``cache`` while the benchmark is built (the library reads it there)."""
+    before = os.environ.get(IMAGE_CACHE_ENV)
+    if cache is not None:
+        os.environ[IMAGE_CACHE_ENV] = cache
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(IMAGE_CACHE_ENV, None)
+        else:
+            os.environ[IMAGE_CACHE_ENV] = before
+
+
+def make_benchmark(cfg: RunConfig, seed: int | None = None):
+    """The benchmark of the run with ``seed`` (its class order; :func:`inputs.benchmark_for` keeps one per process),
+    with the image cache the device calls for; under torchrun rank 0 builds it first (and fills the cache), then the
+    others build theirs (mapping the cache rank 0 wrote)."""
+    with distributed.main_first(), _image_cache_set(image_cache(cfg)):
+        return inputs.benchmark_for(cfg, seed)
+
+
 def run(cfg: RunConfig, methods: Sequence[str], seeds: Sequence[int], folder: RunFolder | str | Path, *,
         jobs: int = 1, quiet: bool = False, resume: bool = False, command: str | None = None) -> RunFolder:
     """Run every (method, seed) of a comparison into ``folder`` (``resume``: continue the run it holds).
 
     The folder is locked for the whole call; a resume with other settings is refused naming each one (see
     :mod:`benchmarks.identity`). One (method, seed) failing does not stop the others; the call then ends with an
-    error naming the failures and the run stays unfinished (no DONE).
+    error naming the failures and the run stays unfinished (no DONE). Under torchrun (the process group is joined
+    here if the caller has not) every rank calls this; rank 0 alone locks and writes, and a failure ends the call.
     """
     folder = folder if isinstance(folder, RunFolder) else RunFolder(folder)
     command = command or f"benchmarks.compare.run({list(methods)}, seeds={list(seeds)})"
     for m in methods:
         get_method(m)
     check_method_options(cfg.method_options)
+    try:
+        check_launch(cfg, methods, jobs)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     cfg = inputs.resolved(cfg)
     if resume and not folder.has_config():
         raise SystemExit(f"error: --resume '{folder}' is not a run folder of benchmarks.compare (no config.json)")
+    distributed.start(cfg, seed=list(seeds)[0] if len(seeds) else 0)
     threads = 1 if jobs > 1 else torch.get_num_threads()  # per (method, seed): workers run on one thread
     identity = run_identity(cfg, threads)
-    saved = None
     with contextlib.ExitStack() as held:
-        if resume:
+
+        def open_folder() -> dict | None:  # rank 0's: the lock, the identity check, or the refusal of a used folder
+            if not resume:
+                folder.refuse_existing()
+                return None
             held.enter_context(folder.lock(command))
             folder.clean(quiet)
             saved = folder.read_config()
@@ -140,15 +213,19 @@ def run(cfg: RunConfig, methods: Sequence[str], seeds: Sequence[int], folder: Ru
             if unrecorded:
                 print(f"note: '{folder}' was written before compare recorded {', '.join(unrecorded)}; this call's "
                       "values are recorded as the run's", flush=True)
-        else:
-            folder.refuse_existing()
-        # Built before anything is written (a bad npz fails here); a --class-order seed run builds one per seed.
-        benchmark = inputs.benchmark_for(cfg, seeds[0] if seeds else None)
-        if not resume:
+            return saved
+
+        def take_folder() -> None:  # rank 0's, for a new run
             folder.path.mkdir(parents=True, exist_ok=True)
             held.enter_context(folder.lock(command))
             folder.refuse_existing()  # again: another writer may have filled it while the benchmark was built
             folder.clean(quiet)
+
+        saved = distributed.on_main(open_folder)
+        # Built before anything is written (a bad npz fails here); a --class-order seed run builds one per seed.
+        benchmark = make_benchmark(cfg, seeds[0] if seeds else None)
+        if not resume:
+            distributed.on_main(take_folder)
         del benchmark  # kept by inputs.benchmark_for for the runs of its order
         _run_locked(cfg, list(methods), list(seeds), folder, jobs, quiet, command, identity, threads, saved)
     return folder
@@ -156,18 +233,24 @@ def run(cfg: RunConfig, methods: Sequence[str], seeds: Sequence[int], folder: Ru
 
 def _run_locked(cfg: RunConfig, methods: list[str], seeds: list[int], folder: RunFolder, jobs: int, quiet: bool,
                 command: str, identity: dict, threads: int, saved: dict | None) -> None:
-    """The run loop, with the run folder locked."""
+    """The run loop, with the run folder locked (under torchrun: every rank trains, rank 0 alone writes)."""
+    main = distributed.is_main()
     config = {**cfg.to_json(), "methods": methods, "seeds": seeds,
               "recipes": _recipes(cfg, methods, folder), "device_name": identity["device_name"],
               "torch": torch.__version__, "identity": identity, "command": command,
-              "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    if saved is not None:
+              "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "world_size": identity["world_size"], "image_cache": image_cache(cfg)}
+    if not main:
+        config = {}  # nothing to record: rank 0 writes the folder
+    elif saved is not None:
         # Extending a finished run (more seeds or methods) keeps its finished parts; it is unfinished until this ends.
         folder.mark_unfinished()
     else:
         folder.write_config(config)
 
     def on_row(row: dict) -> None:
+        if not main:
+            return
         folder.write_per_task()  # every part, not only this call's
         if not quiet:
             print(f"[{row['method']} seed {row['seed']}] experience {row['experience']}: "
@@ -179,30 +262,43 @@ def _run_locked(cfg: RunConfig, methods: list[str], seeds: list[int], folder: Ru
     if saved is not None:
         done = {(m, s) for m, s in jobs_todo if folder.part_complete(m, s, cfg.n_experiences)}
         jobs_todo = [j for j in jobs_todo if j not in done]
-        print(f"resuming {folder}: {len(done)} finished (method, seed) runs kept, {len(jobs_todo)} to run", flush=True)
+        if main:
+            print(f"resuming {folder}: {len(done)} finished (method, seed) runs kept, {len(jobs_todo)} to run",
+                  flush=True)
     # One (method, seed) failing (e.g. a diverging baseline) must not cost the others: its error is printed at
     # once, the other runs go on, and the run stays unfinished (no DONE) so ``--resume`` retries only the failures.
     failed: dict[tuple[str, int], str] = {}
 
+    launched = distributed.launched()
+
     def report_failure(job: tuple[str, int], err: BaseException) -> None:
         failed[job] = f"{type(err).__name__}: {' '.join(str(err).split())}"
-        print(f"error: {job[0]} seed {job[1]} failed, the other runs go on: {failed[job]}", file=sys.stderr,
-              flush=True)
+        where, then = (f"rank {distributed.rank()}: ", "this call stops (under torchrun a failure ends the call)") \
+            if launched else ("", "the other runs go on")
+        print(f"error: {where}{job[0]} seed {job[1]} failed, {then}: {failed[job]}", file=sys.stderr, flush=True)
 
     reported = False
     if jobs == 1:
         for method, seed in jobs_todo:
             try:
-                runner.run(method, seed, cfg, inputs.benchmark_for(cfg, seed), folder, on_row=on_row, quiet=quiet,
+                runner.run(method, seed, cfg, make_benchmark(cfg, seed), folder, on_row=on_row, quiet=quiet,
                            resume=saved is not None)
             except Exception as err:  # noqa: BLE001 - reported, and the run is left unfinished
                 report_failure((method, seed), err)
-            if folder.has_parts():
+            if main and folder.has_parts():
                 folder.write_reports()
                 reported = True
+            if failed and launched:
+                # The other ranks may still be inside this run's collectives: entering the next run's would mismatch
+                # them. This rank leaves; torchrun stops the others (see benchmarks.distributed).
+                break
     elif jobs_todo:
         inputs.forget_benchmarks()  # the workers build their own
         reported = _run_parallel(cfg, jobs_todo, folder, jobs, quiet, report_failure)
+    if not main:
+        if failed:
+            raise SystemExit(f"error: rank {distributed.rank()}: {len(failed)} run(s) failed (rank 0 records them)")
+        return
     if folder.has_parts() and not reported:  # e.g. a resume with nothing left to run, after a kill mid-report
         folder.write_reports()
     config["wall_seconds"] = round(time.perf_counter() - t_start, 1)
@@ -213,7 +309,9 @@ def _run_locked(cfg: RunConfig, methods: list[str], seeds: list[int], folder: Ru
                                                 {f"{m}-seed{s}": e for (m, s), e in failed.items()})
     folder.write_config(config)
     if failed:
-        raise SystemExit(_failure_message(folder, config["failed"], failed, len(jobs_todo)))
+        not_run = [f"{m}-seed{s}" for m, s in jobs_todo if (m, s) not in failed and not
+                   folder.part_complete(m, s, cfg.n_experiences)] if launched else []
+        raise SystemExit(_failure_message(folder, config["failed"], failed, len(jobs_todo), not_run))
     if config["failed"]:
         print(f"note: {folder} stays unfinished: earlier failures not retried here: {sorted(config['failed'])}; "
               f"retry them with --resume {folder} --methods ... --seeds ...", flush=True)
@@ -268,8 +366,7 @@ def _worker(job: dict) -> str:
     cfg = RunConfig.from_json(job["config"])
     folder = RunFolder(job["folder"])
     # A worker keeps the benchmark of the last class order it ran (a fixed-order run: one per worker).
-    runner.run(job["method"], job["seed"], cfg, inputs.benchmark_for(cfg, job["seed"]), folder, quiet=True,
-               resume=True)
+    runner.run(job["method"], job["seed"], cfg, make_benchmark(cfg, job["seed"]), folder, quiet=True, resume=True)
     return str(folder.part(job["method"], job["seed"]))
 
 
@@ -285,11 +382,14 @@ def _exit_with_parent(poll_seconds: float = 2.0) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _failure_message(folder: RunFolder, on_record: dict, failed: dict, n_jobs: int) -> str:
+def _failure_message(folder: RunFolder, on_record: dict, failed: dict, n_jobs: int,
+                     not_run: Sequence[str] = ()) -> str:
     kept = [f"{m}-seed{s}" for m, s in failed if folder.part(m, s).exists()]
     where = (f"the rows they finished are kept in {folder.path / 'parts'}" if kept else
              "none of them finished an experience, so no rows were kept")
     lines = "\n".join(f"  {k}: {e}" for k, e in on_record.items())
+    if not_run:
+        lines += f"\nnot run (under torchrun a failure ends the call): {', '.join(not_run)}"
     return (f"error: {len(failed)} of {n_jobs} runs failed ({where}):\n{lines}\n"
             f"to retry them with this run's settings (after a fix outside the settings: the code, the data, disk "
             f"space), rerun with --resume {folder}; a fix that changes a setting (e.g. a lower --lr for a NaN loss) is "
@@ -304,7 +404,9 @@ def cli(argv: list[str] | None = None, main=main) -> int:
         return 0
     except SystemExit as exc:
         if isinstance(exc.code, str):
-            print(exc.code, file=sys.stderr)
+            # Under torchrun a refusal is the same on every rank (the same flags, or rank 0's decision): rank 0 says it.
+            if distributed.is_main():
+                print(exc.code, file=sys.stderr)
             return 1
         return exc.code or 0
     except KeyboardInterrupt:
@@ -314,9 +416,13 @@ def cli(argv: list[str] | None = None, main=main) -> int:
         if "--verbose" in argv:
             traceback.print_exc()
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"error: {' '.join(str(message).split())}" + ("" if "--verbose" in argv else
-                                                             " (--verbose prints the traceback)"), file=sys.stderr)
+        where = f"rank {distributed.rank()}: " if distributed.launched() else ""
+        print(f"error: {where}{' '.join(str(message).split())}" + ("" if "--verbose" in argv else
+                                                                    " (--verbose prints the traceback)"),
+              file=sys.stderr)
         return 1
+    finally:
+        distributed.stop()
 
 
 if __name__ == "__main__":

@@ -34,6 +34,14 @@ PEER_RECIPES = ("reference", "shared")
 # issue 22: how a run's class order is chosen, and the seeds of a run whose class order is its seed's.
 CLASS_ORDERS = ("fixed", "seed")
 ORDER_SEEDS = (1993, 1994, 1995)  # the first three of the paper's seeds 1993-1997 (../shared/REFERENCE.md)
+TRAIN_AMPS = ("float32", "bf16")  # issue 20
+GPU_WORKERS = 4  # issue 20: --workers' default on a GPU (0 on CPU, where the training process converts the images)
+
+
+def default_workers(device: str) -> int:
+    """DataLoader workers when --workers is not given: a few on a GPU (the per-sample conversion and flip then overlap
+    the device's work), none on CPU (they would compete with the training threads for the cores)."""
+    return GPU_WORKERS if device.startswith("cuda") else 0
 
 
 # ------------------------------------------------------------------------------------------- checks
@@ -161,9 +169,10 @@ class RunConfig:
         (), "METHOD.NAME=VALUE: a keyword of that method's builder (e.g. ranpac.M=2000, dualprompt.lr=0.01); "
         "repeat for several", flag="--method-option", parse=parse_method_option, legacy={})
     device: str = setting("cuda" if torch.cuda.is_available() else "cpu", "torch device")
-    workers: int = setting(0, "DataLoader worker processes per run for the per-sample conversion and flip (0: in the "
-                           "training process, right for a CPU run; a few for a GPU run)", check=_nonneg_int,
-                           label="--workers (worker processes draw other random flips)")
+    workers: int | None = setting(None, "DataLoader worker processes per run (per rank under torchrun) for the "
+                                  "per-sample conversion and flip (0: in the training process) (default: 0 on CPU, "
+                                  f"{GPU_WORKERS} on a GPU; config.json records the value)", check=_nonneg_int,
+                                  label="--workers (worker processes draw other random flips)", legacy=0)
     threads: int | None = setting(None, "torch CPU threads (one per process when running two at once; --jobs 2 or "
                                   "more runs each (method, seed) on one)", check=_positive_int,
                                   label="--threads (torch threads per (method, seed); --jobs 2 or more means 1)")
@@ -173,11 +182,21 @@ class RunConfig:
                                "code, whose runs are seeds 1993-1997), and --seeds defaults to "
                                + " ".join(map(str, ORDER_SEEDS)), choices=CLASS_ORDERS, check=_class_order,
                                legacy="fixed")
+    # ---- issue 20: GPU precision, and settings that make a torchrun run comparable with one process
+    train_amp: str = setting("float32", "training precision: float32, or bf16 autocast of the training forward "
+                             "(weights, optimizer and loss stay float32; the SD-LoRA strategies and seq-lora; "
+                             "evaluation: --eval-amp)", choices=TRAIN_AMPS, legacy="float32")
+    train_shuffle: bool = setting(True, "shuffle the training images every epoch (false: each experience's own order; "
+                                  "with --augment false a torchrun run then trains the minibatches one process "
+                                  "trains)", legacy=True)
+    augment: bool = setting(True, "random horizontal flip of the training images", legacy=True)
 
     def __post_init__(self) -> None:
         if canonical(self.protocol) not in PROTOCOLS:
             raise ValueError(f"--protocol '{self.protocol}' is not a protocol; choose from {', '.join(PROTOCOLS)}")
         object.__setattr__(self, "protocol", canonical(self.protocol))
+        if self.workers is None:
+            object.__setattr__(self, "workers", default_workers(str(self.device)))
         if not isinstance(self.sdlora, SDLoRAOptions):
             raise ValueError(f"sdlora must be an SDLoRAOptions, got {type(self.sdlora).__name__}")
         for f in dataclasses.fields(self):
@@ -214,6 +233,10 @@ class RunConfig:
         """This config with the class order of the run with ``seed`` made fixed: what builds that run's benchmark."""
         return self if self.class_order == "fixed" else self.replace(class_order="fixed",
                                                                      class_order_seed=self.order_seed(seed))
+    @property
+    def train_autocast_dtype(self) -> torch.dtype | None:
+        """``--train-amp`` as the library's ``autocast_dtype`` (None: float32)."""
+        return torch.bfloat16 if self.train_amp == "bf16" else None
 
     def options_for(self, method: str) -> dict[str, Any]:
         """The ``--method-option`` keywords given for ``method``."""
@@ -364,3 +387,25 @@ def config_from_flags(args: argparse.Namespace, **fixed: Any) -> RunConfig:
         name = next((n for n in sdlora if msg.startswith(n + " ")), None)
         raise ValueError(msg.replace(name, "--" + name.replace("_", "-"), 1) if name else msg) from None
     return RunConfig.for_protocol(getattr(args, "protocol", None) or DEFAULT_PROTOCOL, sdlora=options, **changes)
+
+
+def flags_for(args: argparse.Namespace, **fixed: Any) -> list[str]:
+    """The command-line flags :func:`config_from_flags` reads from ``args`` (and ``fixed``), as a command would pass
+    them: the inverse of the parse for the flags that were given (issue 20: a study's cells as commands).
+
+    Only given flags are written, so a printed command takes each default where it runs (the device, its workers).
+    """
+    out: list[str] = []
+    for f in run_flags():
+        value = fixed.get(f.dest, getattr(args, f.dest, None))
+        if value is None:
+            continue
+        if f.repeat:
+            out += [a for m, k, v in value for a in (f.flag, f"{m}.{k}={json.dumps(v)}")]
+        elif f.parse is parse_bool:
+            out += [f.flag, "true" if value else "false"]
+        elif f.parse is parse_rank_schedule:
+            out += [f.flag, ",".join(f"{k}:{r}" for k, r in value)]
+        else:
+            out += [f.flag, str(value)]
+    return out

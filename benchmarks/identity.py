@@ -3,8 +3,9 @@
 A (method, seed) continued under other settings, or a table row averaging seeds run under two, is no result, so
 ``--resume`` compares this call's identity with the one the run folder recorded and names each difference with its
 flag. The identity is the identity fields of :class:`~benchmarks.config.RunConfig` (SD-LoRA's options flat), the
-input files by content, the machine, the torch threads per (method, seed) (threads change the order of float sums)
-and the torch version.
+input files by content, the machine, the torch threads per (method, seed) (threads change the order of float sums),
+the torch version and the launch: the number of processes and the torch.distributed backend (under torchrun the
+gradient is a mean of per-rank means and each rank draws its own flips, so another world size is another run).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from avalanche_sdlora.options import SDLoRAOptions
 
+from . import distributed
 from .config import RunConfig, flag_of
 from .inputs import file_identity, same_file_content
 from .machine import device_name
@@ -24,6 +26,10 @@ from .protocols import PROTOCOL_FIELDS, canonical
 
 _FILES = ("data", "checkpoint")
 _SDLORA_FIELDS = tuple(f.name for f in dataclasses.fields(SDLoRAOptions))
+# issue 20: the launch, and what every run folder from before it was recorded ran with (one process, no backend)
+_LAUNCH = {"world_size": "the number of processes (torchrun --nproc_per_node; 1 without torchrun)",
+           "backend": "the torch.distributed backend"}
+_LAUNCH_LEGACY = {"world_size": 1, "backend": None}
 
 
 def labels() -> dict[str, str]:
@@ -36,7 +42,7 @@ def labels() -> dict[str, str]:
             out.update({n: "--" + n.replace("_", "-") for n in _SDLORA_FIELDS})
         else:
             out[f.name] = f.metadata["label"] or flag_of(f)
-    return {**out, "device_name": "the machine", "torch": "the torch version"}
+    return {**out, "device_name": "the machine", "torch": "the torch version", **_LAUNCH}
 
 
 def run_identity(cfg: RunConfig, threads: int) -> dict[str, Any]:
@@ -55,6 +61,7 @@ def run_identity(cfg: RunConfig, threads: int) -> dict[str, Any]:
         else:
             identity[f.name] = as_json[f.name]
     identity.update(device_name=device_name(cfg.device), torch=torch.__version__)
+    identity.update(world_size=distributed.world_size(), backend=distributed.backend(cfg))
     assert set(identity) == set(labels()), set(identity) ^ set(labels())
     return identity
 
@@ -99,6 +106,8 @@ def saved_identity(saved: dict, current: dict) -> dict:
         old.update({k: v for k, v in _legacy().items() if k not in _SDLORA_FIELDS})
     if "protocol" in old:
         old["protocol"] = canonical(old["protocol"])
+    for key, value in _LAUNCH_LEGACY.items():
+        old.setdefault(key, value)
     return old
 
 

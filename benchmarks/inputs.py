@@ -113,7 +113,7 @@ def make_benchmark(cfg: RunConfig, seed: int | None = None):
     cfg = cfg.fixed_order(seed)  # issue 22: under --class-order seed, the seed's own class order
     return split_cifar100(n_experiences=cfg.n_experiences, class_order_seed=cfg.class_order_seed,
                           train_per_class=cfg.train_per_class, test_per_class=cfg.test_per_class,
-                          img_size=cfg.img_size, path=cfg.data, classes=class_subset(cfg))
+                          img_size=cfg.img_size, path=cfg.data, classes=class_subset(cfg), augment=cfg.augment)
 
 
 # issue 22: the benchmark of a class order, built once per process and order.

@@ -30,7 +30,7 @@ from . import reports
 
 LOCK_NAME = ".lock"
 CALL_KEYS = ("command", "started_utc", "wall_seconds", "methods", "seeds", "device", "device_name", "threads",
-             "workers")
+             "workers", "world_size", "image_cache")
 
 
 class RunFolderBusy(SystemExit):

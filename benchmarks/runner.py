@@ -5,6 +5,11 @@ evaluates on the test experiences seen so far; each finished experience's row go
 once (then to ``on_row``). A checkpointable method is checkpointed after every experience and, with
 ``resume=True``, continues exactly from its last checkpoint (model, RNG, plugin, clock and metric state; the
 logger files keep their rows, see :mod:`benchmarks.resume`); other methods restart from experience 0.
+
+Under torchrun (:mod:`benchmarks.distributed`) every rank runs this with its strategy made data-parallel; rank 0
+alone writes the part, the checkpoints and the CSV logs, and every rank resumes from what rank 0 wrote. The
+training loop itself is Avalanche's; nothing here reads a device value per step (the per-experience reads below,
+the finite-weights check and the row, are one synchronisation each).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from avalanche_sdlora.checkpoint import (latest_checkpoint, load_checkpoint, res
                                          strategy_state)
 from avalanche_sdlora.metrics import AverageAnytimeAccuracy, ParameterCount
 
+from . import distributed
 from .config import RunConfig
 from .methods import Method, get_method
 from .resume import ResumableCSVLogger, close_logs
@@ -41,9 +47,14 @@ def seed_everything(seed: int) -> None:
 
 
 def make_evaluator(log_dir: Path, quiet: bool) -> tuple[EvaluationPlugin, ParameterCount]:
-    """The evaluator every method shares; its CSV logger opens its files when the run knows where it starts."""
+    """The evaluator every method shares; its CSV logger opens its files when the run knows where it starts.
+
+    Loggers exist on rank 0 only (Avalanche refuses them elsewhere); every rank computes the same metrics.
+    """
     params = ParameterCount()
-    loggers = [ResumableCSVLogger(log_dir)] + ([] if quiet else [InteractiveLogger()])
+    loggers = []
+    if distributed.is_main():
+        loggers = [ResumableCSVLogger(log_dir)] + ([] if quiet else [InteractiveLogger()])
     ev = EvaluationPlugin(accuracy_metrics(experience=True, stream=True), forgetting_metrics(experience=True, stream=True),
                           bwt_metrics(experience=True, stream=True), AverageAnytimeAccuracy(), params, loggers=loggers)
     return ev, params
@@ -95,7 +106,8 @@ def run(method: str, seed: int, cfg: RunConfig, benchmark, folder: RunFolder | s
 
     def emit(row: Row) -> None:
         rows.append(row)
-        folder.write_part(method, seed, rows)
+        if distributed.is_main():
+            folder.write_part(method, seed, rows)
         if on_row is not None:
             on_row(row)
 
@@ -158,7 +170,7 @@ def _train(m: Method, seed: int, cfg: RunConfig, benchmark, folder: RunFolder, e
     n_classes = num_classes(benchmark)
 
     def build():
-        return m.build(cfg, n_classes, evaluator, plugins)
+        return distributed.data_parallel(m.build(cfg, n_classes, evaluator, plugins), m.name)
 
     strategy, start = build(), 0
     if prior and m.checkpointable:
@@ -175,7 +187,8 @@ def _train(m: Method, seed: int, cfg: RunConfig, benchmark, folder: RunFolder, e
         if i < start:
             continue
         t0 = time.perf_counter()
-        strategy.train(train_exp, num_workers=cfg.workers)
+        strategy.train(train_exp, num_workers=cfg.workers, shuffle=cfg.train_shuffle)
+        _wait_for_device(strategy)
         train_s = time.perf_counter() - t0
         # A step can make the weights non-finite without a non-finite loss (the loss is computed before the
         # step): such a model's evaluation would run on NaN logits and its row would look like a result.
@@ -186,12 +199,20 @@ def _train(m: Method, seed: int, cfg: RunConfig, benchmark, folder: RunFolder, e
         t0 = time.perf_counter()
         with amp:
             res = strategy.eval(benchmark.test_stream[: i + 1], num_workers=cfg.workers)
+        _wait_for_device(strategy)
         eval_s = time.perf_counter() - t0
         row = _row(m, seed, cfg.order_seed(seed), i, T, res, params, strategy, train_s, eval_s)
-        if m.checkpointable:
+        if m.checkpointable and distributed.is_main():
             save_checkpoint(folder.checkpoints(m.name, seed), i, strategy.model, extra=strategy_state(strategy),
                             config={"method": m.name, "seed": seed})
         emit(row)
+
+
+def _wait_for_device(strategy) -> None:
+    """Let a GPU finish its queued work, so train_seconds and eval_seconds are the work's, not its queueing's."""
+    device = getattr(strategy, "device", None)
+    if isinstance(device, torch.device) and device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _row(m: Method, seed: int, order: int, i: int, T: int, res: dict, params: ParameterCount, strategy,

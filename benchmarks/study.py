@@ -9,11 +9,16 @@ acc_seen, alphas, update_norm, ...), ``runs.csv`` (Acc, AAA, forgetting, final u
 comparison is the cell e3-n100-lr0.01), so its runs are not paid for twice. Finished cells are skipped, so the
 command can be rerun after an interruption or with more cells; long cells can run in the background. Every flag
 of ``benchmarks.compare`` applies to every cell; ``--epochs``, ``--train-per-class`` and ``--lr`` take a list.
+
+``--print-commands`` prints one ``benchmarks.compare`` command per cell instead of running them (for a Slurm array,
+``xargs`` or a shell loop; ``--launcher 'torchrun --standalone --nproc_per_node 4'`` runs each on 4 GPUs), then
+``--gather-only`` gathers what they wrote.
 """
 
 from __future__ import annotations
 
 import itertools
+import shlex
 import sys
 from pathlib import Path
 
@@ -21,8 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import compare
-from .config import ORDER_SEEDS, RunConfig, add_run_flags, check_seeds, config_from_flags, default_seeds
+from . import compare, distributed
+from .config import ORDER_SEEDS, RunConfig, add_run_flags, check_seeds, config_from_flags, default_seeds, flags_for
 from .methods import check_method_options
 from .reports import run_records, save_figure, with_class_order_seed, write_csv
 from .run_folder import RunFolder
@@ -39,18 +44,37 @@ def parse_args(argv: list[str] | None = None):
     add_run_flags(p, lists=GRID)  # compare's flags; the grid's axes take one or more values
     p.add_argument("--out", default="runs/study", help="study folder (default: runs/study, ignored by git; "
                    "results/study is the README's)")
-    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--jobs", type=int, help="(method, seed) runs of a cell side by side (default: 2; printed "
+                   "commands carry it only when given)")
     p.add_argument("--gather-only", action="store_true", help="only rebuild the CSVs and plots from finished cells")
+    p.add_argument("--print-commands", action="store_true",
+                   help="print one benchmarks.compare command per cell (a cell already started gets --resume) and "
+                        "run nothing: for a Slurm array (line $SLURM_ARRAY_TASK_ID), xargs or a shell loop; then "
+                        "--gather-only")
+    p.add_argument("--launcher", default="python", help="what the printed commands start with, before "
+                   "'-m benchmarks.compare' (default: python; e.g. 'torchrun --standalone --nproc_per_node 4')")
     p.add_argument("--reuse", nargs="*", default=[], metavar="RUN_DIR",
                    help="benchmarks.compare run folders gathered as cells too (e.g. the cifar100-tiny128 comparison, "
                         "which is the cell e3-n100-lr0.01)")
     args = p.parse_args(argv)
+    if distributed.launched() and not args.print_commands:
+        p.error("benchmarks.study does not run under torchrun (each cell is a benchmarks.compare run of its own); "
+                "print one command per cell with --print-commands --launcher 'torchrun --standalone "
+                "--nproc_per_node N' and run those")
+    if args.print_commands and args.gather_only:
+        p.error("--print-commands prints the cells' commands and --gather-only gathers what they wrote; pass one")
+    if args.jobs is not None and args.jobs <= 0:
+        p.error(f"--jobs must be a positive integer, got {args.jobs}")
+    if args.jobs not in (None, 1) and any(w in args.launcher for w in ("torchrun", "torch.distributed.run")):
+        p.error(f"--jobs {args.jobs} with --launcher '{args.launcher}': under torchrun compare runs each "
+                "(method, seed) on all the processes, one after another; leave --jobs out")
     for axis, default in GRID.items():
         if getattr(args, axis) is None:
             setattr(args, axis, default)
     try:
-        args.cells = {cell_id(e, n, lr): config_from_flags(args, epochs=e, train_per_class=n, lr=lr)
-                      for e, n, lr in itertools.product(args.epochs, args.train_per_class, args.lr)}
+        args.axes = {cell_id(e, n, lr): {"epochs": e, "train_per_class": n, "lr": lr}
+                     for e, n, lr in itertools.product(args.epochs, args.train_per_class, args.lr)}
+        args.cells = {cell: config_from_flags(args, **axes) for cell, axes in args.axes.items()}
         first = next(iter(args.cells.values()))
         args.seeds = default_seeds(first, (0, 1)) if args.seeds is None else args.seeds
         check_seeds(args.seeds)
@@ -219,10 +243,32 @@ def _plots(per_task: pd.DataFrame, cells: pd.DataFrame, out: Path) -> None:
             save_figure(fig, out / "drift.png")
 
 
+def cell_commands(args) -> list[str]:
+    """One ``benchmarks.compare`` command per cell, as a shell line: the study's flags with the cell's budget, into the
+    cell's folder (``--resume`` when it holds a run already, as the study itself would)."""
+    out, lines = Path(args.out), []
+    for cell, cfg in args.cells.items():
+        folder = RunFolder.new(out / "runs", cfg.protocol, cell)
+        cmd = [*shlex.split(args.launcher), "-m", "benchmarks.compare", "--methods", *args.methods,
+               "--seeds", *map(str, args.seeds), *flags_for(args, **args.axes[cell]), "--quiet"]
+        if args.jobs is not None:
+            cmd += ["--jobs", str(args.jobs)]
+        cmd += ["--resume", str(folder.path)] if folder.has_config() else ["--out", str(out / "runs"), "--run-id", cell]
+        lines.append(shlex.join(cmd))
+    return lines
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     out = Path(args.out)
+    if args.print_commands:
+        print("\n".join(cell_commands(args)), flush=True)
+        gather_line = ["python", "-m", "benchmarks.study", "--gather-only", "--out", str(out), "--methods",
+                       *args.methods] + (["--reuse", *args.reuse] if args.reuse else [])
+        print(f"# {len(args.cells)} commands; once they have run: {shlex.join(gather_line)}", file=sys.stderr,
+              flush=True)
+        return pd.DataFrame()
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.gather_only:
@@ -230,8 +276,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         for cell, cfg in args.cells.items():
             folder = RunFolder.new(out / "runs", cfg.protocol, cell)
             # A finished cell is resumed too: compare keeps its finished runs and runs only seeds or methods added.
-            compare.run(cfg, args.methods, args.seeds, folder, jobs=args.jobs, quiet=True, resume=folder.has_config(),
-                        command=f"{command}  # cell {cell}")
+            compare.run(cfg, args.methods, args.seeds, folder, jobs=2 if args.jobs is None else args.jobs,
+                        quiet=True, resume=folder.has_config(), command=f"{command}  # cell {cell}")
             gather(out, args.reuse, args.methods)
     return gather(out, args.reuse, args.methods)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ..distributed import SHARDED_COVARIANCES
 from ..peers import inflora
 from .recipe import register_peer
 
 register_peer("inflora", inflora,
-              summary="InfLoRA: per-task k/v branches whose input matrices avoid the subspace kept for earlier tasks")
+              summary="InfLoRA: per-task k/v branches whose input matrices avoid the subspace kept for earlier tasks",
+              single_process_only=SHARDED_COVARIANCES)

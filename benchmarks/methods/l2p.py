@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from avalanche_sdlora.plugins import FiniteLossPlugin
 
+from ..distributed import AVALANCHE_L2P
 from ..peers import l2p
 from .registry import Recipe, register_method
 
@@ -17,7 +18,8 @@ def stored_params(strategy) -> int:
                  stored_params=stored_params, recipe=lambda cfg: Recipe("adam", cfg.lr, "protocol"),
                  inference_forward_passes=2,  # the frozen query ViT, then the prompted one
                  reference_hparams={k: (v, "Avalanche 0.6 LearningToPrompt default")
-                                    for k, v in l2p.avalanche_defaults().items()})
+                                    for k, v in l2p.avalanche_defaults().items()},
+                 single_process_only=AVALANCHE_L2P)
 def build(cfg, num_classes, evaluator, plugins):
     return l2p.build_l2p(model_name=cfg.model, checkpoint=cfg.checkpoint, img_size=cfg.img_size, optimizer_lr=cfg.lr,
                          train_mb_size=cfg.batch_size, train_epochs=cfg.epochs, eval_mb_size=cfg.eval_batch_size,

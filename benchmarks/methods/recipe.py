@@ -17,6 +17,7 @@ from torch import nn
 
 from avalanche_sdlora.plugins import FiniteLossPlugin
 
+from .. import distributed
 from ..config import RunConfig
 from ..peers.lora_baseline import lora_classifier
 from .registry import Recipe, get_method, register_method
@@ -27,9 +28,10 @@ PEER_ARGUMENTS = ("model_name", "checkpoint", "img_size", "num_classes", "n_expe
 
 
 def strategy_kwargs(cfg: RunConfig, evaluator, plugins: Sequence) -> dict[str, Any]:
-    """The SupervisedTemplate arguments every method shares."""
-    return dict(train_mb_size=cfg.batch_size, train_epochs=cfg.epochs, eval_mb_size=cfg.eval_batch_size,
-                device=cfg.device, evaluator=evaluator, plugins=list(plugins))
+    """The SupervisedTemplate arguments every method shares (under torchrun: this rank's share of the batch, this
+    rank's device)."""
+    return dict(train_mb_size=distributed.train_batch(cfg), train_epochs=cfg.epochs, eval_mb_size=cfg.eval_batch_size,
+                device=distributed.device(cfg), evaluator=evaluator, plugins=list(plugins))
 
 
 def shared_sgd(cfg: RunConfig, params) -> torch.optim.Optimizer:
@@ -71,8 +73,9 @@ def peer_arguments(cfg: RunConfig, name: str, num_classes: int, evaluator, plugi
     """The keywords of a peer module's ``build_strategy``: the common ones, the recipe, the method's options."""
     recipe = get_method(name).recipe(cfg)
     return dict(model_name=cfg.model, checkpoint=cfg.checkpoint, img_size=cfg.img_size, num_classes=num_classes,
-                n_experiences=cfg.n_experiences, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                eval_batch_size=cfg.eval_batch_size, device=cfg.device, evaluator=evaluator, plugins=list(plugins),
+                n_experiences=cfg.n_experiences, epochs=cfg.epochs, batch_size=distributed.train_batch(cfg),
+                eval_batch_size=cfg.eval_batch_size, device=distributed.device(cfg), evaluator=evaluator,
+                plugins=list(plugins),
                 **{**cfg.options_for(name), "lr": recipe.lr, "optimizer": recipe.optimizer})
 
 
@@ -87,10 +90,11 @@ def lora_baseline_arguments(cfg: RunConfig, evaluator, plugins: Sequence, *own_p
                 **strategy_kwargs(cfg, evaluator, [*plugins, FiniteLossPlugin(), *own_plugins]))
 
 
-def register_peer(name: str, peer, *, summary: str) -> None:
+def register_peer(name: str, peer, *, summary: str, single_process_only: str | None = None) -> None:
     """Register a peer mechanism module as method ``name``: its ``build_strategy`` (common signature, reference
     recipe unless ``lr``/``optimizer`` are given), ``stored_params``, ``REFERENCE_HPARAMS`` (with the optimizer and
-    lr), ``INFERENCE_FORWARD_PASSES`` and, for a builder taking ``**options``, their names in ``OPTIONS``."""
+    lr), ``INFERENCE_FORWARD_PASSES`` and, for a builder taking ``**options``, their names in ``OPTIONS``;
+    ``single_process_only``: why it cannot run under torchrun (the Method trait)."""
 
     def build(cfg: RunConfig, num_classes: int, evaluator, plugins):
         return peer.build_strategy(**peer_arguments(cfg, name, num_classes, evaluator, plugins))
@@ -98,4 +102,5 @@ def register_peer(name: str, peer, *, summary: str) -> None:
     register_method(name, summary=summary, stored_params=peer.stored_params,
                     recipe=peer_recipe(name, peer.REFERENCE_HPARAMS),
                     inference_forward_passes=peer.INFERENCE_FORWARD_PASSES, reference_hparams=peer.REFERENCE_HPARAMS,
-                    options=builder_options(peer.build_strategy, getattr(peer, "OPTIONS", ())))(build)
+                    options=builder_options(peer.build_strategy, getattr(peer, "OPTIONS", ())),
+                    single_process_only=single_process_only)(build)

@@ -40,7 +40,9 @@ class Method:
     their last finished experience, others restart; ``schedule`` "joint" trains once on the whole stream;
     ``recipe(cfg)`` says which optimizer and lr ``build`` uses; ``extra_columns(strategy, experience)`` adds
     per-experience columns (KD's decision); ``options`` are the builder keywords ``--method-option`` may set;
-    ``reference_hparams`` maps a hyperparameter to (value, source).
+    ``reference_hparams`` maps a hyperparameter to (value, source); ``single_process_only`` says why the method
+    cannot run data-parallel under torchrun (None: it can, see :mod:`benchmarks.distributed`); ``train_amp``: the
+    builder honours ``--train-amp bf16`` (others are refused it, unless nothing of theirs trains by gradient).
     """
 
     name: str
@@ -54,6 +56,8 @@ class Method:
     reference_hparams: Mapping[str, tuple[Any, str]] = field(default_factory=dict)
     extra_columns: Callable[[Any, int], dict] | None = None
     options: tuple[str, ...] = ()
+    single_process_only: str | None = None  # issue 20
+    train_amp: bool = False  # issue 20
 
 
 _METHODS: dict[str, Method] = {}  # in registration order: the order of every table

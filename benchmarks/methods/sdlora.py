@@ -39,13 +39,13 @@ def _builder(strategy_class):
     def build(cfg, num_classes, evaluator, plugins):
         model = sdlora_vit(cfg.model, checkpoint=cfg.checkpoint, img_size=cfg.img_size, options=cfg.sdlora)
         return strategy_class(model=model, optimizer=shared_sgd(cfg, model.parameters()),
-                              **strategy_kwargs(cfg, evaluator, plugins))
+                              autocast_dtype=cfg.train_autocast_dtype, **strategy_kwargs(cfg, evaluator, plugins))
 
     return build
 
 
 _TRAITS = dict(stored_params=stored_params, recipe=shared_recipe, checkpointable=True,
-               reference_hparams=REFERENCE_HPARAMS)
+               reference_hparams=REFERENCE_HPARAMS, train_amp=True)
 register_method("sdlora", summary="SD-LoRA (avalanche_sdlora.SDLoRA)", **_TRAITS)(_builder(SDLoRA))
 register_method("sdlora-rr", summary="SD-LoRA-RR: later tasks get lower ranks (--rank-schedule)",
                 **_TRAITS)(_builder(SDLoRARR))

@@ -13,8 +13,10 @@ from .registry import register_method
 
 
 @register_method("seq-lora", summary="one LoRA pair (alpha fixed at 1) trained on through all tasks, SD-LoRA's head "
-                 "and loss", stored_params=lora_baseline.stored_params, recipe=shared_recipe, checkpointable=True)
+                 "and loss", stored_params=lora_baseline.stored_params, recipe=shared_recipe, checkpointable=True,
+                 train_amp=True)
 def build(cfg, num_classes, evaluator, plugins):
     model = sdlora_vit(cfg.model, checkpoint=cfg.checkpoint, img_size=cfg.img_size, options=cfg.sdlora)
     return SDLoRA(model=model, optimizer=shared_sgd(cfg, model.parameters()),
-                  growth=lora_baseline.SingleLoRAPlugin(cfg.sdlora.rank), **strategy_kwargs(cfg, evaluator, plugins))
+                  growth=lora_baseline.SingleLoRAPlugin(cfg.sdlora.rank), autocast_dtype=cfg.train_autocast_dtype,
+                  **strategy_kwargs(cfg, evaluator, plugins))

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from ..distributed import SHARDED_FIT
 from ..peers import aper
 from .recipe import builder_options, no_training, peer_arguments
 from .registry import register_method
@@ -15,6 +16,7 @@ from .registry import register_method
                  inference_forward_passes=aper.SIMPLECIL_INFERENCE_FORWARD_PASSES,
                  reference_hparams=aper.SIMPLECIL_REFERENCE_HPARAMS,
                  options=tuple(o for o in builder_options(aper.build_simplecil_strategy)
-                               if o not in ("lr", "optimizer")))  # nothing trains
+                               if o not in ("lr", "optimizer")),  # nothing trains
+                 single_process_only=SHARDED_FIT)
 def build(cfg, num_classes, evaluator, plugins):
     return aper.build_simplecil_strategy(**peer_arguments(cfg, "simplecil", num_classes, evaluator, plugins))

@@ -13,7 +13,7 @@ from avalanche.training.plugins import EWCPlugin
 from torch import nn
 
 
-class TrainableEWCPlugin(EWCPlugin):
+class TrainableEWCPlugin(EWCPlugin, supports_distributed=True):
     """``EWCPlugin`` whose saved parameters and importances cover only parameters with ``requires_grad``."""
 
     def after_training_exp(self, strategy, **kwargs) -> None:

@@ -23,7 +23,7 @@ def add_plain_lora_pair(model: SDLoRAViT, rank: int) -> None:
     model.magnitudes.alpha.requires_grad_(False)
 
 
-class SingleLoRAPlugin(SupervisedPlugin):
+class SingleLoRAPlugin(SupervisedPlugin, supports_distributed=True):
     """The paper's vanilla-LoRA ablation: one pair (alpha fixed at 1) trained on through every task."""
 
     def __init__(self, rank: int) -> None:
