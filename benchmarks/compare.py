@@ -157,6 +157,9 @@ def _run_locked(cfg: RunConfig, methods: list[str], seeds: list[int], folder: Ru
               "recipes": _recipes(cfg, methods, folder), "device_name": identity["device_name"],
               "torch": torch.__version__, "identity": identity, "command": command,
               "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    record = inputs.benchmark_record(benchmark)  # issue 18: a paper protocol's split, layout, folder, order, sizes
+    if record is not None:
+        config["benchmark"] = record
     if saved is not None:
         # Extending a finished run (more seeds or methods) keeps its finished parts; it is unfinished until this ends.
         folder.mark_unfinished()
