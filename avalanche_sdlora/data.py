@@ -218,10 +218,18 @@ def split_cifar100(*, n_experiences: int = 10, class_order_seed: int = 1993, tra
     benchmark = class_incremental_benchmark({"train": subset("train", train_per_class, "train"),
                                              "test": subset("test", test_per_class, "eval")},
                                             class_order=reversed_within, num_experiences=n_experiences)
-    # Every sample has task label 0; exposing it on the experiences keeps Avalanche's metric names (".../Task000").
+    return task_labelled(benchmark)
+
+
+def task_labelled(benchmark):
+    """A class-incremental benchmark whose experiences carry task label 0 and sorted class lists, as
+    ``nc_benchmark`` gave them (every sample has task label 0).
+
+    The task label keeps Avalanche's metric names (".../Task000"). ``class_incremental_benchmark`` gives the class
+    lists as sets; Avalanche's own LearningToPrompt passes them to np.setdiff1d, which takes a set for one object and
+    masks every logit (NaN loss).
+    """
     benchmark = with_task_labels(benchmark)
-    # class_incremental_benchmark gives these as sets; Avalanche's own LearningToPrompt passes them to
-    # np.setdiff1d, which takes a set for one object and masks every logit (NaN loss). nc_benchmark gave sorted lists.
     for stream in benchmark.streams.values():
         for exp in stream:
             for attr in ("classes_in_this_experience", "previous_classes", "classes_seen_so_far", "future_classes"):

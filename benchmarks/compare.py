@@ -226,13 +226,14 @@ def run(cfg: RunConfig, methods: Sequence[str], seeds: Sequence[int], folder: Ru
         benchmark = make_benchmark(cfg, seeds[0] if seeds else None)
         if not resume:
             distributed.on_main(take_folder)
+        record = inputs.benchmark_record(benchmark)
         del benchmark  # kept by inputs.benchmark_for for the runs of its order
-        _run_locked(cfg, list(methods), list(seeds), folder, jobs, quiet, command, identity, threads, saved)
+        _run_locked(cfg, list(methods), list(seeds), folder, jobs, quiet, command, identity, threads, saved, record)
     return folder
 
 
 def _run_locked(cfg: RunConfig, methods: list[str], seeds: list[int], folder: RunFolder, jobs: int, quiet: bool,
-                command: str, identity: dict, threads: int, saved: dict | None) -> None:
+                command: str, identity: dict, threads: int, saved: dict | None, record: dict | None) -> None:
     """The run loop, with the run folder locked (under torchrun: every rank trains, rank 0 alone writes)."""
     main = distributed.is_main()
     config = {**cfg.to_json(), "methods": methods, "seeds": seeds,
@@ -240,6 +241,8 @@ def _run_locked(cfg: RunConfig, methods: list[str], seeds: list[int], folder: Ru
               "torch": torch.__version__, "identity": identity, "command": command,
               "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "world_size": identity["world_size"], "image_cache": image_cache(cfg)}
+    if record is not None:  # issue 18: a paper protocol's split, layout, folder, order, sizes (the first seed's)
+        config["benchmark"] = record
     if not main:
         config = {}  # nothing to record: rank 0 writes the folder
     elif saved is not None:

@@ -27,6 +27,7 @@ import torch
 
 from avalanche_sdlora.options import SDLoRAOptions
 
+from .presets import OPTIMIZERS, PRESET_NAMES, get_preset
 from .protocols import ALIASES, DEFAULT_PROTOCOL, PROTOCOL_FIELDS, PROTOCOLS, canonical
 
 SEED_MAX = 2**32 - 1  # numpy's limit
@@ -137,7 +138,7 @@ class RunConfig:
     model: str = _protocol("model", "timm model name (any timm ViT)")
     img_size: int = _protocol("img_size", "input size in pixels, a multiple of the model's patch size",
                               check=_positive_int)
-    train_per_class: int | None = _protocol("train_per_class", "training images per class (None: all 500)",
+    train_per_class: int | None = _protocol("train_per_class", "training images per class (None: all)",
                                             check=_positive_int)
     epochs: int = _protocol("epochs", "training epochs per experience", check=_positive_int)
     batch_size: int = _protocol("batch_size", "training minibatch size", check=_positive_int)
@@ -150,13 +151,16 @@ class RunConfig:
                                      label="the protocol's eval_batch_size (no flag: the protocol's definition changed)")
     eval_amp: bool = _protocol("eval_amp", "bfloat16 autocast for evaluation (training stays float32)",
                                legacy=False)  # run folders from before the field evaluated in float32
-    classes: int | None = setting(None, "use only the first N classes of the order-free label set (quick runs)",
-                                  check=_positive_int)
-    test_per_class: int | None = setting(None, "test images per class (default: all 100)", check=_positive_int)
-    data: str | None = setting(None, "CIFAR-100 npz (default: cifar100.npz in the assets folder)",
-                               label="--data (the npz's content)")
-    checkpoint: str | None = setting(None, "local weights file (default: <model>.safetensors in the assets folder)",
-                                     label="--checkpoint (the weights' content)")
+    classes: int | None = setting(None, "use only the first N classes of the order-free label set (quick runs; on a "
+                                  "paper protocol the folder's class count is then not checked)", check=_positive_int)
+    test_per_class: int | None = setting(None, "test images per class (default: all)", check=_positive_int)
+    data: str | None = setting(None, "the data: the CIFAR-100 npz of the cifar100-tiny*/cifar100-paper protocols "
+                               "(default: cifar100.npz in the assets folder); the dataset's folder for a paper "
+                               "protocol (default: the loaders' variables, e.g. $SDLORA_IMAGENET_R or "
+                               "$SDLORA_DATA/imagenet-r)",
+                               label="--data (the data's content)")
+    checkpoint: str | None = setting(None, "local weights file (default: <model>.safetensors in the assets folder; "
+                                     "required by a paper protocol)", label="--checkpoint (the weights' content)")
     sdlora: SDLoRAOptions = setting(SDLoRAOptions(), "SD-LoRA's options (flags from SDLoRAOptions' fields; --rank is "
                                     "also the rank of the one LoRA pair of seq-lora and the Avalanche baselines)",
                                     flag=None)
@@ -190,6 +194,26 @@ class RunConfig:
                                   "with --augment false a torchrun run then trains the minibatches one process "
                                   "trains)", legacy=True)
     augment: bool = setting(True, "random horizontal flip of the training images", legacy=True)
+    # ---- issue 18: SD-LoRA's recipe by name, and the paper protocols' data (benchmarks/presets.py, protocols.py)
+    preset: str | None = setting(None, "SD-LoRA's recipe by name: 'paper' (Adam 8e-3; magnitudes from 1, kept; "
+                                 "||B A||_F directions; normalised current pair) or 'official' (the authors' code: SGD "
+                                 "at their lr; magnitudes reset to 0.8; ||B|| ||A||); it sets --sdlora-optimizer, "
+                                 "--sdlora-lr and SD-LoRA's options (flags given beside it override it), never the "
+                                 "protocol's epochs or batch size; none: the library's defaults with the shared recipe",
+                                 choices=PRESET_NAMES, legacy=None)
+    sdlora_optimizer: str = setting("sgd", "optimizer of sdlora, sdlora-rr and sdlora-kd: 'sgd' (momentum 0.9, no "
+                                    "weight decay: the shared recipe) or 'adam' (torch's defaults, no weight decay)",
+                                    choices=OPTIMIZERS, legacy="sgd")
+    sdlora_lr: float | None = setting(None, "learning rate of sdlora, sdlora-rr and sdlora-kd (default: the "
+                                      "protocol's --lr)", check=_positive_number, legacy=None)
+    split: str | None = setting(None, "published split of a paper protocol's data: imagenet-r 'aper' (the archive "
+                                "SD-LoRA's code reads) or 'coda' (the original tree with CODA-Prompt's lists); "
+                                "default: the benchmark's own (CIFAR-100: 'official' for torchvision's folder, 'npz')",
+                                legacy=None)
+    lists: str | None = setting(None, "folder of CODA-Prompt's split lists, for imagenet-r --split coda and domainnet "
+                                "(default: $SDLORA_SPLIT_LISTS, then beside the data; their content is part of "
+                                "--data's identity)",
+                                identity=False)
 
     def __post_init__(self) -> None:
         if canonical(self.protocol) not in PROTOCOLS:
@@ -213,10 +237,12 @@ class RunConfig:
 
     @classmethod
     def for_protocol(cls, name: str = DEFAULT_PROTOCOL, **changes: Any) -> RunConfig:
-        """The protocol's preset with ``changes`` (any field) applied."""
+        """The protocol's preset with ``changes`` (any field) applied; ``preset="paper"`` (or ``"official"``) also
+        fills the fields the SD-LoRA preset sets (optimizer, lr, ``sdlora``) that ``changes`` does not give."""
         if canonical(name) not in PROTOCOLS:
             raise ValueError(f"--protocol '{name}' is not a protocol; choose from {', '.join(PROTOCOLS)}")
-        return cls(protocol=name, **{**PROTOCOLS[canonical(name)], **changes})
+        recipe = get_preset(changes["preset"]).fields(name) if changes.get("preset") is not None else {}
+        return cls(protocol=name, **{**PROTOCOLS[canonical(name)], **recipe, **changes})
 
     def replace(self, **changes: Any) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -367,7 +393,8 @@ def add_run_flags(parser: argparse.ArgumentParser, *, only: Iterable[str] | None
 
 
 def config_from_flags(args: argparse.Namespace, **fixed: Any) -> RunConfig:
-    """The RunConfig the parsed flags ask for: given flags over the protocol's preset and the defaults.
+    """The RunConfig the parsed flags ask for: given flags over the SD-LoRA preset (``--preset``), the protocol's
+    fields and the defaults.
 
     ``fixed`` sets fields regardless of the flags (a study's cell). Errors name the flag (``ValueError``).
     """
@@ -380,8 +407,9 @@ def config_from_flags(args: argparse.Namespace, **fixed: Any) -> RunConfig:
     if changes.get("class_order") == "seed" and "class_order_seed" in changes:
         raise ValueError("--class-order-seed has no effect with --class-order seed (seed s runs on class order s); "
                          "drop one of the two")
+    base = get_preset(changes["preset"]).sdlora_options() if "preset" in changes else SDLoRAOptions()
     try:
-        options = SDLoRAOptions().replace(**sdlora)
+        options = base.replace(**sdlora)
     except ValueError as exc:  # the library names its argument; the command line names the flag
         msg = str(exc)
         name = next((n for n in sdlora if msg.startswith(n + " ")), None)

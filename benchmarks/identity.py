@@ -3,9 +3,10 @@
 A (method, seed) continued under other settings, or a table row averaging seeds run under two, is no result, so
 ``--resume`` compares this call's identity with the one the run folder recorded and names each difference with its
 flag. The identity is the identity fields of :class:`~benchmarks.config.RunConfig` (SD-LoRA's options flat), the
-input files by content, the machine, the torch threads per (method, seed) (threads change the order of float sums),
-the torch version and the launch: the number of processes and the torch.distributed backend (under torchrun the
-gradient is a mean of per-rank means and each rank draws its own flips, so another world size is another run).
+input files by content (a data folder by its file list, :func:`benchmarks.inputs.tree_identity`), the machine, the
+torch threads per (method, seed) (threads change the order of float sums), the torch version and the launch: the
+number of processes and the torch.distributed backend (under torchrun the gradient is a mean of per-rank means and
+each rank draws its own flips, so another world size is another run).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from avalanche_sdlora.options import SDLoRAOptions
 
 from . import distributed
 from .config import RunConfig, flag_of
-from .inputs import file_identity, same_file_content
+from .inputs import data_identity, file_identity, same_file_content
 from .machine import device_name
 from .protocols import PROTOCOL_FIELDS, canonical
 
@@ -54,6 +55,8 @@ def run_identity(cfg: RunConfig, threads: int) -> dict[str, Any]:
             continue
         if f.name == "sdlora":
             identity.update(as_json["sdlora"])
+        elif f.name == "data":
+            identity[f.name] = data_identity(cfg)
         elif f.name in _FILES:
             identity[f.name] = file_identity(getattr(cfg, f.name))
         elif f.name == "threads":
@@ -112,6 +115,8 @@ def saved_identity(saved: dict, current: dict) -> dict:
 
 
 def _show(key: str, value: Any) -> str:
+    if key in _FILES and isinstance(value, dict) and "files_sha256" in value:
+        return f"'{value.get('name')}' ({value.get('files')} files, list sha256 {str(value['files_sha256'])[:12]}...)"
     if key in _FILES and isinstance(value, dict):
         return f"'{value.get('name')}' (sha256 {str(value.get('sha256'))[:12]}...)"
     return json.dumps(value)

@@ -369,3 +369,17 @@ def test_a_named_protocol_feeds_one_sdlora_experience(tmp_path, tiny_vit, make_s
     assert 0.0 <= results["Top1_Acc_Stream/eval_phase/test_stream"] <= 1.0 and np.isfinite(float(strategy.loss))
     assert sorted(model.head.class_ids.tolist()) == [0, 1]
     assert all(torch.count_nonzero(a.dir_B) > 0 for a in model.adapters)  # the task's direction was trained
+
+
+def test_first_classes_keep_the_seeds_order_of_the_whole_benchmark(tmp_path):
+    bench = imagenet_r(aper_tree(tmp_path / "r"), n_experiences=2, img_size=TINY_IMG, n_classes=None, classes=4)
+    info = bench.info
+    assert info.n_classes == 4 and info.class_order == tuple(c for c in class_order(6, 1993) if c < 4)
+    assert info.class_names == tuple(sorted(WNIDS))[:4] and (info.train_size, info.test_size) == (12, 8)
+    folders = _class_of_label(bench)
+    for exp in bench.train_stream:
+        for sub in _path_datasets(exp.dataset):
+            for path, label in sub.imgs:
+                assert Path(path).parent.name == folders[label]
+    with pytest.raises(ValueError, match="classes=7: imagenet-r at .* has 6 classes; pass 1 to 6"):
+        imagenet_r(tmp_path / "r", n_experiences=1, img_size=TINY_IMG, n_classes=None, classes=7)

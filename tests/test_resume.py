@@ -127,7 +127,7 @@ def finished_ncm(tmp_path_factory):
     (["--threads", "2"], "--threads (torch threads per (method, seed); --jobs 2 or more means 1): the run's 1"),
     (["--workers", "1"], "--workers"),
     (["--ewc-lambda", "1000"], "--ewc-lambda: the run's 100.0, this call's 1000.0"),
-    (["--data", "OTHER_NPZ"], "--data (the npz's content): the run's 'cifar100.npz'"),
+    (["--data", "OTHER_NPZ"], "--data (the data's content): the run's 'cifar100.npz'"),
     (["--checkpoint", "OTHER_WEIGHTS"], "--checkpoint (the weights' content)"),
 ])
 def test_resume_refuses_every_setting_that_changes_a_number(finished_ncm, tmp_path, change, named):

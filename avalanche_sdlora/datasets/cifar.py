@@ -33,6 +33,11 @@ class ArrayImages(Dataset):
         return Image.fromarray(self.images[i]), self.targets[i]
 
 
+def cifar_folder(root: Path) -> Path:
+    """The ``cifar-100-python`` folder: ``root`` itself or the one inside it."""
+    return root if root.name == FOLDER else root / FOLDER
+
+
 def read_cifar100(root: Path) -> tuple[str, list[str], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """(split name, class names, {split: (uint8 images N x 32 x 32 x 3, fine labels)})."""
     if root.is_file():
@@ -42,8 +47,8 @@ def read_cifar100(root: Path) -> tuple[str, list[str], dict[str, tuple[np.ndarra
 
         arrays = load_cifar100(root)
         return "npz", [], {s: (arrays[f"x_{s}"], np.asarray(arrays[f"y_{s}"])) for s in ("train", "test")}
-    base = root.parent if root.name == FOLDER else root
-    folder = base / FOLDER
+    folder = cifar_folder(root)
+    base = folder.parent
     if not folder.is_dir():
         raise FileNotFoundError(f"CIFAR-100: no '{FOLDER}' folder in '{base}'; expected {LAYOUT}")
     out = {}

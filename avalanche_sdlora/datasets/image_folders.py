@@ -18,6 +18,13 @@ def _images_directly_in(d: Path) -> bool:
     return any(p.is_file() and p.suffix.lower() in IMG_EXTENSIONS for p in d.iterdir())
 
 
+def unpacked_root(root: Path, default_folder: str | None) -> Path:
+    """``root``, or ``root/<default_folder>`` when ``root`` is the folder above the unpacked archive."""
+    if default_folder and not (root / "train").is_dir() and (root / default_folder / "train").is_dir():
+        return root / default_folder
+    return root
+
+
 def read_split_folders(root: Path, *, what: str, layout: str, default_folder: str | None = None
                        ) -> tuple[Path, list[str], dict[str, list[tuple[str, int]]]]:
     """The folder read, class names and, per split, (path, class id) in sorted order; every check names the path
@@ -27,8 +34,7 @@ def read_split_folders(root: Path, *, what: str, layout: str, default_folder: st
     """
     if not root.is_dir():
         raise NotADirectoryError(f"{what}: '{root}' is not a folder; expected {layout}")
-    if default_folder and not (root / "train").is_dir() and (root / default_folder / "train").is_dir():
-        root = root / default_folder
+    root = unpacked_root(root, default_folder)
     missing = [s for s in SPLITS if not (root / s).is_dir()]
     if missing:
         hint = ""

@@ -90,13 +90,20 @@ def check_class_count(what: str, found: int, expected: int | None, where: str) -
                          "subset)")
 
 
+def first_classes(raw: RawSplit, n: int) -> RawSplit:
+    """The items of original classes 0..n-1 only (a quick run on part of a benchmark)."""
+    keep = np.flatnonzero(raw.targets < n)
+    return RawSplit(raw.targets[keep], lambda idx, labels: raw.build(keep[idx], labels))
+
+
 def build_benchmark(train: RawSplit, test: RawSplit, *, n_classes: int, n_experiences: int, seed: int,
                     transforms: tuple[Callable, Callable], train_per_class: int | None = None,
-                    test_per_class: int | None = None) -> CLScenario:
-    """``class_incremental_benchmark`` over both splits with labels remapped to the seed's class order."""
+                    test_per_class: int | None = None, order: Sequence[int] | None = None) -> CLScenario:
+    """``class_incremental_benchmark`` over both splits with labels remapped to the seed's class order
+    (``order``: original class ids in order of appearance, when not ``class_order(n_classes, seed)``)."""
     check_experiences(n_classes, n_experiences)
-    position = np.empty(n_classes, dtype=np.int64)
-    position[class_order(n_classes, seed)] = np.arange(n_classes)
+    position = np.empty(n_classes, dtype=np.int64)  # an order holds the ids 0..n_classes-1 (first_classes)
+    position[list(order) if order is not None else class_order(n_classes, seed)] = np.arange(n_classes)
     streams = {}
     train_tf, eval_tf = transforms
     # the test set is never augmented, whichever group a caller leaves active (class_incremental_benchmark's

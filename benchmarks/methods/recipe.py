@@ -1,8 +1,9 @@
 """What a method's builder takes from a RunConfig: the strategies' shared arguments and the training recipe.
 
-Every method shares the benchmark, backbone, epochs, batch sizes, device and evaluator. The SD-LoRA family, the
-sequential-LoRA baseline and Avalanche's baselines train with the protocol's shared recipe (SGD, momentum 0.9,
-``--lr``); the peer methods with their references' recipe unless ``--peer-recipe shared`` or a ``--method-option``
+Every method shares the benchmark, backbone, epochs, batch sizes, device and evaluator. The sequential-LoRA
+baseline and Avalanche's baselines train with the protocol's shared recipe (SGD, momentum 0.9, ``--lr``); the SD-LoRA
+family too, unless ``--preset``, ``--sdlora-optimizer`` or ``--sdlora-lr`` say otherwise (``sdlora_recipe``); the peer
+methods with their references' recipe unless ``--peer-recipe shared`` or a ``--method-option``
 says otherwise (their builders take ``lr``/``optimizer``; None means the reference's).
 """
 
@@ -41,6 +42,26 @@ def shared_sgd(cfg: RunConfig, params) -> torch.optim.Optimizer:
 
 def shared_recipe(cfg: RunConfig) -> Recipe:
     return Recipe("sgd", cfg.lr, "protocol")
+
+
+def sdlora_recipe(cfg: RunConfig) -> Recipe:
+    """The SD-LoRA family's optimizer and lr: the shared recipe unless a preset or its own flags change them."""
+    if cfg.sdlora_optimizer == "sgd" and cfg.sdlora_lr is None:
+        return shared_recipe(cfg)
+    lr = cfg.lr if cfg.sdlora_lr is None else cfg.sdlora_lr
+    source = f"--preset {cfg.preset}" if cfg.preset else "--sdlora-optimizer/--sdlora-lr"
+    return Recipe(cfg.sdlora_optimizer, lr, source)
+
+
+def sdlora_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+    """The SD-LoRA family's optimizer: :func:`shared_sgd` on the default path; Adam (torch's betas and eps, no weight
+    decay: the paper gives only Adam and its lr) or SGD (momentum 0.9) at the recipe's lr otherwise."""
+    recipe = sdlora_recipe(cfg)
+    if recipe.source == "protocol":
+        return shared_sgd(cfg, params)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr)
+    return torch.optim.SGD(params, lr=recipe.lr, momentum=0.9)
 
 
 def no_training(cfg: RunConfig) -> Recipe:

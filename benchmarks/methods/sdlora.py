@@ -1,4 +1,4 @@
-"""SD-LoRA, SD-LoRA-RR and SD-LoRA-KD: the library's strategies, with the protocol's shared recipe."""
+"""SD-LoRA, SD-LoRA-RR and SD-LoRA-KD: the library's strategies, with the protocol's shared recipe or a preset's."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import numpy as np
 from avalanche_sdlora import SDLoRA, SDLoRAKD, SDLoRARR, SDLoRAOptions, sdlora_vit
 from avalanche_sdlora.plugins import DistillationPlugin
 
-from .recipe import shared_recipe, shared_sgd, strategy_kwargs
+from .recipe import sdlora_optimizer, sdlora_recipe, strategy_kwargs
 from .registry import register_method
 
 REFERENCE_HPARAMS = {
     **{f.name: (f.default, f.metadata["source"]) for f in dataclasses.fields(SDLoRAOptions)},
-    "optimizer": ("sgd", "authors' code (SGD, momentum 0.9, no weight decay)"),
-    "lr": (0.01, "the protocol's --lr (authors' code: 0.01 on CIFAR-100)"),
+    "optimizer": ("sgd", "authors' code (SGD, momentum 0.9, no weight decay); --preset paper: Adam"),
+    "lr": (0.01, "the protocol's --lr (authors' code: 0.008 on CIFAR-100, 0.008-0.01 on ImageNet-R, "
+                 "benchmarks.protocols.AUTHORS_LR; --preset paper: 8e-3)"),
 }
 
 
@@ -38,13 +39,13 @@ def kd_columns(strategy, experience: int) -> dict:
 def _builder(strategy_class):
     def build(cfg, num_classes, evaluator, plugins):
         model = sdlora_vit(cfg.model, checkpoint=cfg.checkpoint, img_size=cfg.img_size, options=cfg.sdlora)
-        return strategy_class(model=model, optimizer=shared_sgd(cfg, model.parameters()),
+        return strategy_class(model=model, optimizer=sdlora_optimizer(cfg, model.parameters()),
                               autocast_dtype=cfg.train_autocast_dtype, **strategy_kwargs(cfg, evaluator, plugins))
 
     return build
 
 
-_TRAITS = dict(stored_params=stored_params, recipe=shared_recipe, checkpointable=True,
+_TRAITS = dict(stored_params=stored_params, recipe=sdlora_recipe, checkpointable=True,
                reference_hparams=REFERENCE_HPARAMS, train_amp=True)
 register_method("sdlora", summary="SD-LoRA (avalanche_sdlora.SDLoRA)", **_TRAITS)(_builder(SDLoRA))
 register_method("sdlora-rr", summary="SD-LoRA-RR: later tasks get lower ranks (--rank-schedule)",
