@@ -45,13 +45,13 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of the runs trained here (default: 0)")
     add_run_flags(p)
     p.add_argument("--runs", metavar="RUN_DIR", help="a benchmarks.compare run folder with sdlora, seq-lora and "
-                   "sdlora-fixed-direction and their checkpoints (Findings 1(b), 2 and 3 read its finished seeds); "
-                   "default: train them into OUT/runs")
+                   "sdlora-fixed-direction and their checkpoints (Findings 1(b), 2 and 3 read its finished seeds; its "
+                   "settings must be this call's); default: train them into OUT/runs with --seeds")
     p.add_argument("--paper-runs", metavar="RUN_DIR", help="a benchmarks.compare run folder with sdlora under the "
                    "paper's recipe (Finding 2); default: train it into OUT/runs with findings.sources.paper_recipe")
     p.add_argument("--only", nargs="+", choices=FINDINGS, default=list(FINDINGS),
                    help="the findings to compute (default: all); the others' CSVs in OUT are kept")
-    p.add_argument("--points", type=int, default=11, help="points on the interpolation path, ends included")
+    p.add_argument("--points", type=int, default=11, help="points on the interpolation path, ends included (default: 11)")
     p.add_argument("--task-init", choices=TASK_INITS, default="same", help="Finding 1(a): every task's LoRA from "
                    "the run's seed ('same' initial pair) or from one seed per task ('distinct')")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="findings folder (default: runs/findings, ignored by git; "
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--jobs", type=int, default=1, help="(method, seed) runs of a comparison in parallel processes")
     p.add_argument("--report-only", action="store_true", help="only rebuild the summaries, plots and README.md from "
                    "the CSVs in OUT")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no per-experience progress lines")
     args = p.parse_args(argv)
     if args.points < 2:
         p.error(f"--points must be at least 2 (the two models), got {args.points}")
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.report_only:
         if not out.is_dir():
             raise SystemExit(f"error: --report-only: '{out}' is not a findings folder; pass its --out")
-        print(report.write(out)[["finding", "verdict"]].to_string(index=False))
+        print(report.write(out)[["finding", "case", "verdict"]].to_string(index=False))
         return out
     if args.threads:
         torch.set_num_threads(args.threads)

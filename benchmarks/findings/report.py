@@ -139,6 +139,12 @@ def _plt():
     return plt
 
 
+def _integer_ticks(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_f1a(rows: pd.DataFrame, path: Path) -> None:
     plt = _plt()
     inits = list(dict.fromkeys(rows["task_init"]))
@@ -166,6 +172,7 @@ def plot_f1b(per_task: pd.DataFrame, path: Path) -> None:
     for method, g in per_task.groupby("method", sort=False):
         s = g.groupby("experience")["acc_seen"].agg(["mean", "std"]).fillna(0.0)
         ax.errorbar(s.index + 1, 100 * s["mean"], yerr=100 * s["std"], marker="o", ms=3, capsize=2, label=method)
+    _integer_ticks(ax)
     ax.set_xlabel("task")
     ax.set_ylabel("accuracy on seen classes (%)")
     ax.grid(alpha=0.3)
@@ -186,7 +193,10 @@ def plot_f2(residuals: pd.DataFrame | None, alphas: pd.DataFrame | None, path: P
             m = g.groupby("direction")["relative_residual"].mean()
             ax.plot(m.index + 1, m.values, "o-", color="C0", label="mean over seeds")
             ax.axhline(g["kd_threshold"].iloc[0], color="C3", ls="--", lw=0.8, label="KD threshold")
+            if (g["relative_residual"] > 0).all():
+                ax.set_yscale("log")  # KD's threshold (9e-4) and residuals near 1 on one axis
             ax.legend(fontsize=7)
+        _integer_ticks(ax)
         ax.set_title(f"{recipe}: residual of the new direction")
         ax.set_xlabel("task")
         ax.set_ylabel("||r||^2 / ||D_t||^2")
@@ -198,6 +208,7 @@ def plot_f2(residuals: pd.DataFrame | None, alphas: pd.DataFrame | None, path: P
                 s = g.loc[k]
                 ax.plot(s.index + 1, s.values, marker=".", label=f"alpha_{k + 1}")
             ax.legend(fontsize=6, ncol=2)
+        _integer_ticks(ax)
         ax.set_title(f"{recipe}: magnitudes after each task")
         ax.set_xlabel("task")
         ax.set_ylabel("alpha_k (mean over seeds)")
