@@ -19,11 +19,11 @@ from ..reports import markdown_grid, save_figure, write_csv
 from .directions import summarize_alphas, summarize_residuals
 from .interpolation import summarize_paths
 from .low_loss import PRETRAINED, summarize_distances
+from .sources import PAPER_OPTIMIZER, PAPER_OPTIONS
 
 CSV = {"f1a": "f1a_distances.csv", "f1b": "f1b_runs.csv", "f2_residuals": "f2_residuals.csv",
        "f2_alphas": "f2_alphas.csv", "f3": "f3_interpolation.csv"}
 PAPER_TABLE4_GAP = 77.34 - 74.82  # SD-LoRA minus fixed-direction, ImageNet-R 10 tasks (the larger of the two gaps)
-PAPER_OPTIMIZER = ("adam", 8e-3)  # ../shared/REFERENCE.md: the paper's recipe
 SMALL_RESIDUAL = 0.5  # "small": the earlier directions explain more than half of the new one's squared norm
 
 CLAIMS = {
@@ -249,6 +249,11 @@ def _sources_text(sources: dict) -> str:
         if "sdlora" in s:
             lines.append(f"  SD-LoRA options: {json.dumps(s['sdlora'])}; recipes: {json.dumps(s.get('recipes', {}))}")
         trained = (s.get("recipes") or {}).get("sdlora") or {}
+        options = s.get("sdlora") or {}
+        other = {k: options.get(k) for k, v in PAPER_OPTIONS.items() if options.get(k) != v}
+        if key == "paper" and other:
+            lines.append(f"  Note: this run's SD-LoRA options differ from the paper's {json.dumps(PAPER_OPTIONS)} in "
+                         f"{json.dumps(other)}")
         if key == "paper" and (trained.get("optimizer"), trained.get("lr")) != PAPER_OPTIMIZER:
             lines.append(f"  Note: the paper trains with {PAPER_OPTIMIZER[0]} at lr {PAPER_OPTIMIZER[1]:g}; this run "
                          f"trained with {trained.get('optimizer')} at lr {trained.get('lr')} (the harness has no "
