@@ -78,6 +78,13 @@ def update_norm(model: torch.nn.Module) -> float:
     return float(sum(a.delta_weight().pow(2).sum() for a in adapters) ** 0.5)
 
 
+def evaluation_autocast(cfg: RunConfig):
+    """The context every evaluation of a run runs in: bfloat16 autocast under ``eval_amp``, else none."""
+    if not cfg.eval_amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda" if cfg.device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+
+
 def num_classes(benchmark) -> int:
     return sum(len(e.classes_in_this_experience) for e in benchmark.train_stream)
 
@@ -179,9 +186,7 @@ def _train(m: Method, seed: int, cfg: RunConfig, benchmark, folder: RunFolder, e
         if isinstance(logger, ResumableCSVLogger):
             logger.start(keep_upto=start - 1 if start else None)
     T = len(benchmark.train_stream)
-    amp = contextlib.nullcontext()
-    if cfg.eval_amp:
-        amp = torch.autocast(device_type="cuda" if cfg.device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+    amp = evaluation_autocast(cfg)
     schedule = [(T - 1, benchmark.train_stream)] if m.schedule == "joint" else list(enumerate(benchmark.train_stream))
     for i, train_exp in schedule:
         if i < start:

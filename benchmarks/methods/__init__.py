@@ -8,5 +8,6 @@ from .registry import Method, Recipe, check_method_options, get_method, method_n
 
 from . import sdlora, seq_lora, ncm, l2p, naive, lwf, ewc, joint  # noqa: E402,F401  (order of the committed tables)
 from . import simplecil, dualprompt, coda_prompt, inflora, ranpac, aper  # noqa: E402,F401
+from . import sdlora_ablations  # noqa: E402,F401  (issue 19: the Table 4 rows)
 
 __all__ = ["Method", "Recipe", "register_method", "get_method", "method_names", "methods", "check_method_options"]

@@ -1,0 +1,5 @@
+import sys
+
+from .command import cli
+
+sys.exit(cli())

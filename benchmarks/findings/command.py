@@ -1,0 +1,209 @@
+"""The paper's three findings, measured: ``python -m benchmarks.findings [compare's flags] [--seeds ...]``.
+
+Writes tidy CSVs, plots and a README (claim, measurement, verdict per finding) to ``--out`` (default
+runs/findings; ``results/findings`` is the README's). The runs it reads, trained here into ``<out>/runs/`` unless
+given: a comparison of ``sdlora``, ``seq-lora`` and ``sdlora-fixed-direction`` (``--runs RUN_DIR``: a compare run
+folder holding them, with checkpoints), SD-LoRA under the paper's recipe (``--paper-runs RUN_DIR``), and one
+``seq-lora`` LoRA per task trained on that task alone from the pretrained weights (always here). Interrupted, it
+continues where it stopped (every run resumes; finished ones are kept). ``--report-only`` rebuilds the plots and
+the README from the CSVs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from avalanche_sdlora import SDLoRAOptions
+from avalanche_sdlora.atomic import write_text
+
+from .. import compare, inputs
+from ..config import add_run_flags, check_seeds, config_from_flags
+from ..methods import check_method_options
+from ..reports import write_csv
+from ..run_folder import RunFolder
+from . import report
+from .directions import alpha_rows, residual_rows
+from .interpolation import interpolation_rows, points
+from .low_loss import dense_update, distance_rows, fixed_direction_runs
+from .sources import (FINDINGS, SINGLE_TASK_METHOD, TASK_INITS, benchmark_for, comparison_folder, folder_config,
+                      given_folder, load_model, methods_for, paper_recipe, single_task_folder, task_seed,
+                      train_comparison, train_single_task)
+
+DEFAULT_OUT = Path("runs/findings")
+SETTINGS_SHOWN = ("protocol", "model", "img_size", "train_per_class", "epochs", "batch_size", "lr", "n_experiences",
+                  "classes", "test_per_class")
+
+
+def parse_args(argv: list[str] | None = None):
+    p = compare.Parser(prog="python -m benchmarks.findings", description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of the runs trained here (default: 0)")
+    add_run_flags(p)
+    p.add_argument("--runs", metavar="RUN_DIR", help="a benchmarks.compare run folder with sdlora, seq-lora and "
+                   "sdlora-fixed-direction and their checkpoints (Findings 1(b), 2 and 3 read its finished seeds; its "
+                   "settings must be this call's); default: train them into OUT/runs with --seeds")
+    p.add_argument("--paper-runs", metavar="RUN_DIR", help="a benchmarks.compare run folder with sdlora under the "
+                   "paper's recipe (Finding 2); default: train it into OUT/runs with findings.sources.paper_recipe")
+    p.add_argument("--only", nargs="+", choices=FINDINGS, default=list(FINDINGS),
+                   help="the findings to compute (default: all); the others' CSVs in OUT are kept")
+    p.add_argument("--points", type=int, default=11, help="points on the interpolation path, ends included (default: 11)")
+    p.add_argument("--task-init", choices=TASK_INITS, default="same", help="Finding 1(a): every task's LoRA from "
+                   "the run's seed ('same' initial pair) or from one seed per task ('distinct')")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="findings folder (default: runs/findings, ignored by git; "
+                   "results/findings is the README's)")
+    p.add_argument("--jobs", type=int, default=1, help="(method, seed) runs of a comparison in parallel processes")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the summaries, plots and README.md from "
+                   "the CSVs in OUT")
+    p.add_argument("--quiet", action="store_true", help="no per-experience progress lines")
+    args = p.parse_args(argv)
+    if args.points < 2:
+        p.error(f"--points must be at least 2 (the two models), got {args.points}")
+    if args.jobs <= 0:
+        p.error(f"--jobs must be a positive integer, got {args.jobs}")
+    try:
+        check_seeds(args.seeds)
+        args.config = config_from_flags(args)
+        check_method_options(args.config.method_options)
+    except ValueError as exc:
+        p.error(str(exc))
+    if args.config.n_experiences < 2 and {"f2", "f3"} & set(args.only):
+        p.error("--n-experiences must be at least 2 for Findings 2 and 3 (they compare tasks)")
+    return args
+
+
+def _costs(folder: RunFolder, seeds: dict[str, list[int]]) -> dict:
+    """What a source run folder is and cost: its methods and seeds, seconds summed over their parts, its recipes."""
+    methods = list(seeds)
+    rows = folder.gather()
+    rows = pd.concat([rows[(rows["method"] == m) & rows["seed"].isin(s)] for m, s in seeds.items()])
+    config = folder.read_config()
+    return {"folders": [str(folder)], "methods": methods, "seeds": {m: list(map(int, s)) for m, s in seeds.items()},
+            "train_seconds": float(rows["train_seconds"].sum()), "eval_seconds": float(rows["eval_seconds"].sum()),
+            "threads": config.get("identity", {}).get("threads", config.get("threads")),
+            "sdlora": config.get("sdlora"), "recipes": {m: config.get("recipes", {}).get(m) for m in methods}}
+
+
+def main(argv: list[str] | None = None) -> Path:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    out = Path(args.out)
+    if args.report_only:
+        if not out.is_dir():
+            raise SystemExit(f"error: --report-only: '{out}' is not a findings folder; pass its --out")
+        print(report.write(out)[["finding", "case", "verdict"]].to_string(index=False))
+        return out
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = " ".join(["python -m benchmarks.findings", *argv])
+    cfg = inputs.resolved(args.config)
+    out.mkdir(parents=True, exist_ok=True)
+    sources_path = out / "sources.json"
+    sources = json.loads(sources_path.read_text()) if sources_path.exists() else {}
+    sources.update(command=command, settings={k: getattr(cfg, k) for k in SETTINGS_SHOWN})
+    sources.setdefault("analysis_seconds", {})
+    only = [f for f in FINDINGS if f in args.only]
+
+    def comparison_runs(run_cfg, methods, name, given, flag):
+        """(folder, seeds per method) of a comparison: the given folder's finished seeds, or trained here."""
+        if given:
+            folder, seeds = given_folder(given, flag, methods, cfg)
+        else:
+            folder, seeds = comparison_folder(out, run_cfg, name), {m: list(args.seeds) for m in methods}
+            train_comparison(run_cfg, methods, args.seeds, folder, jobs=args.jobs, quiet=args.quiet,
+                             command=f"{command}  # {name}")
+        sources[name] = {**_costs(folder, seeds), "trained_here": not given}
+        return folder, seeds
+
+    # Training first (each run resumes where an interrupted call left it), then the analyses.
+    if methods_for(only):
+        comparison, seeds = comparison_runs(cfg, methods_for(only), "comparison", args.runs, "--runs")
+    if "f2" in only:
+        paper, paper_seeds = comparison_runs(paper_recipe(cfg), ["sdlora"], "paper", args.paper_runs, "--paper-runs")
+    if "f1a" in only:
+        finding_1a(cfg, args, out, sources, command)
+    if "f1b" in only:
+        finding_1b(comparison, seeds, out)
+    if "f2" in only:
+        t0 = time.perf_counter()
+        finding_2([(comparison, seeds["sdlora"]), (paper, paper_seeds["sdlora"])], out)
+        sources["analysis_seconds"]["f2"] = time.perf_counter() - t0
+    if "f3" in only:
+        t0 = time.perf_counter()
+        rows = [{"method": m, **r} for m in methods_for(["f3"]) for seed in seeds[m]
+                for r in interpolation_rows(comparison, m, seed, points(args.points))]
+        write_csv(pd.DataFrame(rows), out / report.CSV["f3"])
+        sources["analysis_seconds"]["f3"] = time.perf_counter() - t0
+    write_text(sources_path, json.dumps(sources, indent=2) + "\n")
+    verdicts = report.write(out)
+    if not args.quiet:
+        print(verdicts[["finding", "case", "verdict"]].to_string(index=False))
+    print(f"findings in {out}", flush=True)
+    return out
+
+
+def finding_1a(cfg, args, out: Path, sources: dict, command: str) -> None:
+    """One seq-lora LoRA per task, each trained on that task alone from W0; their pairwise and W0 distances."""
+    init = args.task_init
+    benchmark = benchmark_for(cfg)
+    folders = [single_task_folder(out, cfg, t, init) for t in range(cfg.n_experiences)]
+    for t, folder in enumerate(folders):
+        train_single_task(cfg, benchmark, t, args.seeds, init, folder, quiet=args.quiet,
+                          command=f"{command}  # finding 1(a), task {t}")
+    t0, rows = time.perf_counter(), []
+    for seed in args.seeds:
+        updates = {t: dense_update(load_model(f, SINGLE_TASK_METHOD, task_seed(seed, t, init), 0))
+                   for t, f in enumerate(folders)}
+        rows += [{"task_init": init, "seed": seed, **r} for r in distance_rows(updates)]
+    sources["analysis_seconds"]["f1a"] = time.perf_counter() - t0
+    _merge_csv(out / report.CSV["f1a"], pd.DataFrame(rows), "task_init")
+    costs = [_costs(f, {SINGLE_TASK_METHOD: [task_seed(s, t, init) for s in args.seeds]})
+             for t, f in enumerate(folders)]
+    sources[f"single-task LoRAs, task init {init}"] = {
+        **costs[0], "folders": [str(f) for f in folders], "seeds": list(args.seeds), "task_init": init,
+        "trained_here": True, "train_seconds": sum(c["train_seconds"] for c in costs),
+        "eval_seconds": sum(c["eval_seconds"] for c in costs)}
+
+
+def finding_1b(comparison: RunFolder, seeds: dict[str, list[int]], out: Path) -> None:
+    """The fixed-direction, seq-lora and SD-LoRA rows of the comparison, per run and per experience."""
+    methods = methods_for(["f1b"])
+    write_csv(fixed_direction_runs(comparison, {m: seeds[m] for m in methods}), out / report.CSV["f1b"])
+    per_task = comparison.gather()
+    keep = pd.concat([per_task[(per_task["method"] == m) & per_task["seed"].isin(seeds[m])] for m in methods])
+    write_csv(keep[["method", "seed", "experience", "acc_seen", "stored_params"]], out / "f1b_per_task.csv")
+
+
+def finding_2(runs: list[tuple[RunFolder, list[int]]], out: Path) -> None:
+    """Residuals after every experience and magnitudes, of the comparison's SD-LoRA and the paper-recipe run's.
+
+    The comparison's recipe is named "authors" when its SD-LoRA options are the library defaults (the authors'
+    code's), else "comparison".
+    """
+    res, alphas = [], []
+    for (folder, ss), paper in zip(runs, (False, True)):
+        options = folder_config(folder).sdlora
+        recipe = "paper" if paper else "authors" if options == SDLoRAOptions() else "comparison"
+        for seed in ss:
+            res += [{"recipe": recipe, "kd_threshold": options.kd_threshold, **r}
+                    for r in residual_rows(folder, "sdlora", seed)]
+        alphas += [{"recipe": recipe, "alpha_init": options.alpha_init, **r} for r in alpha_rows(folder, "sdlora", ss)]
+    write_csv(pd.DataFrame(res), out / report.CSV["f2_residuals"])
+    write_csv(pd.DataFrame(alphas), out / report.CSV["f2_alphas"])
+
+
+def _merge_csv(path: Path, new: pd.DataFrame, key: str) -> None:
+    """Write ``new`` into ``path``, replacing only the rows with its ``key`` values (Finding 1(a)'s two task inits
+    are separate calls, each with its own runs)."""
+    if path.exists():
+        old = pd.read_csv(path)
+        new = pd.concat([old[~old[key].isin(set(new[key]))], new], ignore_index=True)
+    write_csv(new, path)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    return compare.cli(argv, main=main)
