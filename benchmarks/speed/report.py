@@ -13,6 +13,7 @@ import torch
 
 from ..machine import cpu_name
 from ..reports import markdown_grid, save_figure
+from .peers import PAPER_GFLOPS, PAPER_SOURCE, PEER_EVERY, PROMPT_SETTINGS, SETTING_METHOD
 
 
 def fmt(v: float) -> str:
@@ -50,6 +51,137 @@ def plot(timings: pd.DataFrame, args, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     save_figure(fig, path, dpi=110)
+
+
+def _value(rows: list[dict], **match) -> float:
+    """The value of the one row matching ``match`` (nan when there is none)."""
+    for r in rows:
+        if all(str(r.get(k)) == str(v) for k, v in match.items()):
+            return r["value"]
+    return float("nan")
+
+
+def _g(v: float) -> float:
+    return v / 1e9
+
+
+def _nth(n: int) -> str:
+    return {1: "", 2: "2nd", 3: "3rd"}.get(n, f"{n}th")
+
+
+def peer_section(args, frames) -> str:
+    """The --peers tables: inference, training step, analytic updates, the paper's cost claim, stored state."""
+    fl, ra, ti, pa = frames["flops"], frames["ratios"], frames["timings"], frames["params"]
+    model, paper, pimg = args.model, args.paper_model, args.paper_img_size
+    here = {"model": model, "batch": args.batch_size}  # this run's rows (the paper architecture's have batch 1)
+    here_ratio = {"model": model, "setting": f"batch={args.batch_size}"}
+    inf, train, update, claim = [], [], [], []
+    for img in args.img_size:
+        for k in SETTING_METHOD:
+            passes = [r for r in fl if r["measure"] == "infer_forward_passes_per_image" and r["setting"] == k
+                      and r["img_size"] == img and r.get("batch") == args.batch_size and r["model"] == model]
+            inf.append({"img_size": img, "setting": k,
+                        "passes (counted)": passes[0]["value"] if passes else float("nan"),
+                        "trait": str(passes[0]["trait"]) if passes else "",
+                        "GFLOPs/img": _g(_value(fl, **here, img_size=img, setting=k, measure="infer_flops_per_image")),
+                        "FLOPs vs backbone": 1.0 if k == "backbone" else
+                        _value(ra, **here_ratio, img_size=img, measure=f"infer_flops_ratio_{k}_vs_backbone"),
+                        "img/s": _value(ti, img_size=img, setting=k, measure="infer_images_per_second"),
+                        "throughput vs backbone": 1.0 if k == "backbone" else
+                        _value(ra, img_size=img, measure=f"infer_throughput_ratio_{k}_vs_backbone")})
+        for k in ("backbone_head_only", "sdlora_9stored", "dualprompt", "coda_prompt", "l2p", "inflora",
+                  "ranpac_first_session", "aper_first_session"):
+            train.append({"img_size": img, "setting": k,
+                          "s/step": _value(ti, img_size=img, setting=k, measure="train_step_seconds"),
+                          "vs backbone": 1.0 if k == "backbone_head_only" else
+                          _value(ra, img_size=img, measure=f"train_step_time_ratio_{k}_vs_backbone"),
+                          "vs SD-LoRA": 1.0 if k == "sdlora_9stored" else
+                          _value(ra, img_size=img, measure=f"train_step_time_ratio_{k}_vs_sdlora"),
+                          "train GFLOPs/img": _g(_value(fl, img_size=img, setting=k,
+                                                        measure="train_step_flops_per_image"))})
+        for k in PROMPT_SETTINGS:
+            claim.append({"model": model, "img_size": img, "setting": k,
+                          "GFLOPs/img": _g(_value(fl, **here, img_size=img, setting=k,
+                                                  measure="infer_flops_per_image")),
+                          "FLOPs vs SD-LoRA": _value(ra, **here_ratio, img_size=img,
+                                                     measure=f"infer_flops_ratio_{k}_vs_sdlora_merged"),
+                          "SD-LoRA throughput vs it": _value(ra, img_size=img,
+                                                             measure=f"infer_throughput_ratio_sdlora_merged_vs_{k}")})
+    for r in (r for r in ti if r["measure"] == "analytic_update_seconds_per_experience"):
+        row = {"method": r["setting"], "s/experience": r["value"], "what": r["note"],
+               "extra passes/train image": _value(fl, img_size=args.img_size[0], setting=r["setting"],
+                                                  measure="experience_extra_passes_per_train_image")}
+        for img in args.img_size:
+            row[f"vs backbone pass, {img}px"] = _value(
+                ra, img_size=img, measure=f"analytic_update_time_ratio_{r['setting']}_vs_backbone_feature_pass")
+        update.append(row)
+    there = {"model": paper, "img_size": pimg, "batch": 1, "measure": "infer_flops_per_image"}
+    sd_paper = _value(fl, **there, setting="sdlora_merged")
+    claim = [{"model": paper, "img_size": pimg, "setting": k, "GFLOPs/img": _g(_value(fl, **there, setting=k)),
+              "FLOPs vs SD-LoRA": _value(fl, **there, setting=k) / sd_paper,
+              "paper GFLOPs": PAPER_GFLOPS.get(k, float("nan")),
+              "paper vs SD-LoRA": PAPER_GFLOPS.get(k, float("nan")) / PAPER_GFLOPS["sdlora_merged"],
+              "SD-LoRA throughput vs it": float("nan")}
+             for k in ("backbone", "sdlora_merged", "inflora_merged", "inflora_branches", *PROMPT_SETTINGS)] + claim
+    prompt_ratios = [c["FLOPs vs SD-LoRA"] for c in claim if c["setting"] in PROMPT_SETTINGS]
+    speed_ratios = [c["SD-LoRA throughput vs it"] for c in claim if c["setting"] in PROMPT_SETTINGS
+                    and not math.isnan(c["SD-LoRA throughput vs it"])]
+    holds = all(v >= 1.9 for v in prompt_ratios) and all(v >= 1.9 for v in speed_ratios)
+    verdict = (f"**{'Holds' if holds else 'Does not hold everywhere'}**: every prompt method costs "
+               f"{min(prompt_ratios):.2f}-{max(prompt_ratios):.2f}x SD-LoRA's FLOPs per image"
+               + (f", and merged SD-LoRA runs {min(speed_ratios):.2f}-{max(speed_ratios):.2f}x as many images per "
+                  "second" if speed_ratios else "") + " (target: >= 1.9).")
+    stored = {}
+    for r in (r for r in pa if r.get("measure") == "stored_params_after_10_tasks"):
+        w = stored.setdefault(r["method"], {"method": r["method"], "stored params": float("nan"), "parts": "",
+                                            "note": ""})
+        if r["part"] == "total":
+            w["stored params"] = float(r["value"])
+        else:
+            w["parts"] += f"{'; ' if w['parts'] else ''}{r['part']} {int(r['value']):,}"
+        if r.get("note"):
+            w["note"] = f"{w['note']}; {r['note']}" if w["note"] else r["note"]
+    cols = lambda rows: list(rows[0]) if rows else []  # noqa: E731
+    claim_cols = ["model", "img_size", "setting", "GFLOPs/img", "FLOPs vs SD-LoRA", "paper GFLOPs",
+                  "paper vs SD-LoRA", "SD-LoRA throughput vs it"]
+    return f"""
+## Peer methods (`--peers`; issues 16, 17)
+
+Each built by its registered builder (`benchmarks.methods`, the reference recipe) and set up as during the last of
+10 tasks (prompts or components of 10 tasks, 10 InfLoRA branches, RanPAC/APER adapted with their classifier fitted,
+100-class heads); values training would set are random (costs depend on shapes). Peers are timed every
+{_nth(PEER_EVERY['infer'])} inference and every {_nth(PEER_EVERY['train'])} training repetition, interleaved with
+the backbone and SD-LoRA.
+Forward passes are counted (images through every timm `PatchEmbed` per input image) and must equal the
+method's registered trait. `inflora_branches` sums its 10 branches into the weights once per batch (the unmerged
+form); `inflora_merged` has them merged, as SD-LoRA.
+
+### Inference, relative to the frozen backbone
+
+{table(inf, cols(inf))}
+### Training step of the last task (each method's own loss and optimizer)
+
+`backbone_head_only`: the frozen backbone training only its head's last chunk (one forward, no backward through the
+ViT); `sdlora_9stored`: SD-LoRA in its 10th task. RanPAC and APER train only in the first session (that step).
+
+{table(train, cols(train))}
+### Per-experience analytic updates
+
+Timed once (one experience: 10 classes x 100 images); "vs backbone pass": the update's time over the frozen
+backbone's forward over those images; "extra passes": forward passes per training image outside SGD steps
+(InfLoRA's two covariance passes, the classifiers' feature pass), counted.
+
+{table(update, cols(update)) if update else 'none timed'}
+### The paper's claim: SD-LoRA's inference is about 2x cheaper than every prompt method's
+
+`{paper}` at {args.paper_img_size} px: random weights, batch 1, FLOPs only (not timed; FLOPs depend on the
+architecture alone), set beside the paper's numbers ({PAPER_SOURCE}). `{model}` rows: this run's models (FLOPs at
+batch {args.batch_size}, throughput timed). {verdict}
+
+{table(claim, claim_cols)}
+### Stored state after 10 tasks (numbers kept beyond the frozen backbone, each method's `stored_params`)
+
+{table(list(stored.values()), ['method', 'stored params', 'parts', 'note'])}"""
 
 
 def readme(args, argv, frames, runtime) -> str:
@@ -102,5 +234,6 @@ SD-LoRA's column is the KD upper bound. RR follows the paper's schedule (ranks 1
 ## End to end
 
 {table(e2e, ['method', 'img_size', 'measure', 'setting', 'value', 'unit', 'complete']) if e2e else 'no per_task.csv found'}
+{peer_section(args, frames) if getattr(args, "peers", False) else ""}
 Files: `ratios.csv`, `timings.csv`, `memory.csv`, `flops.csv`, `params.csv`, `end_to_end.csv`, `train_step_vs_tasks.png`.
 """
