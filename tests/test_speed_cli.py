@@ -142,3 +142,17 @@ def test_flop_count_includes_attention_on_cpu():
     b, h, n, d = 2, 3, 17, 8
     q, k, v = (torch.randn(b, h, n, d) for _ in range(3))
     assert count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)) == 2 * 2 * b * h * n * n * d
+
+
+def test_claim_verdict_follows_the_measured_flops_not_the_timings():
+    """The paper's claim is a FLOP count: slow timings are reported beside it, low FLOP ratios break it."""
+    from benchmarks.speed.report import FLOPS_VS_SD, SD_SPEED_VS, claim_verdict
+
+    def rows(flops, speed):
+        return [{"model": "m", "img_size": 32, "setting": k, FLOPS_VS_SD: f, SD_SPEED_VS: s}
+                for k, f, s in zip(("dualprompt", "coda_prompt", "l2p"), flops, speed)]
+
+    slow = claim_verdict(rows((2.0, 2.01, 4.5), (1.7, 2.2, 3.0)))
+    assert slow.startswith("**Holds**") and "2.00-4.50x" in slow and "missed by dualprompt (1.700x" in slow
+    low = claim_verdict(rows((1.5, 2.0, 2.0), (float("nan"),) * 3))
+    assert low.startswith("**Does not hold**") and "below it: dualprompt (1.500x" in low and "Timed" not in low

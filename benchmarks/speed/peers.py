@@ -39,6 +39,8 @@ from .timing import PassCounter, batch, step_fn, train_step_fn
 # Registry names of the peer methods, in table order.
 PEER_METHODS = ("dualprompt", "coda-prompt", "l2p", "inflora", "ranpac", "aper", "simplecil")
 PROMPT_SETTINGS = ("dualprompt", "coda_prompt", "l2p")
+# The paper's claim: every prompt method costs about 2x merged SD-LoRA at inference; a ratio must reach this.
+CLAIM_TARGET = 1.9
 SGD_PEERS = ("dualprompt", "coda-prompt", "l2p", "inflora")  # trained by SGD steps in every task (their state is kept)
 PEER_EVERY = {"infer": 3, "train": 2}  # peers run every n-th repetition of the interleaved runs (as L2P at inference)
 # Setting of the speed tables -> registry name (whose INFERENCE_FORWARD_PASSES trait the counted passes must equal).
