@@ -50,12 +50,15 @@ class PlainLoRAQKV(nn.Module):
 
 
 def weights(args) -> str | None:
-    """The weights file (``--checkpoint``, else the assets folder's); None measures a randomly initialised ViT."""
+    """The weights file (``--checkpoint``, else the assets folder's); None measures a randomly initialised ViT
+    (always, where ``args.random_weights``: FLOP counts of an architecture we have no weights for)."""
+    if getattr(args, "random_weights", False):
+        return None
     c = args.checkpoint or default_asset(f"{args.model}.safetensors")
     return None if c is None else str(c)
 
 
-def _fill_head(head, n_tasks: int = N_HEAD_TASKS) -> None:
+def fill_head(head, n_tasks: int = N_HEAD_TASKS) -> None:
     per = N_CLASSES // N_HEAD_TASKS
     for t in range(n_tasks):
         head.add_classes(list(range(t * per, (t + 1) * per)))  # earlier rows frozen, last chunk trainable
@@ -86,7 +89,7 @@ def build_sdlora(args, img: int, stored: int, current: bool = True, merged: bool
         else:
             m.add_task(args.rank)
         _randomize_pair(m, gen)
-    _fill_head(m.head)
+    fill_head(m.head)
     if merged:
         m.merge()
     return m.to(args.device)

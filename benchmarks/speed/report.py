@@ -6,6 +6,7 @@ import math
 import os
 import platform
 import shlex
+from argparse import Namespace
 from pathlib import Path
 
 import pandas as pd
@@ -13,9 +14,11 @@ import torch
 
 from ..machine import cpu_name
 from ..reports import markdown_grid, save_figure
+from .peers import CLAIM_TARGET, PAPER_GFLOPS, PAPER_SOURCE, PEER_EVERY, PROMPT_SETTINGS, SETTING_METHOD
 
 
 def fmt(v: float) -> str:
+    """A table cell: n/a for nan, thousands separators for large or whole numbers, else 3 decimals."""
     if isinstance(v, float) and math.isnan(v):
         return "n/a"
     if abs(v) >= 1e6 or (isinstance(v, float) and v.is_integer()):
@@ -24,11 +27,12 @@ def fmt(v: float) -> str:
 
 
 def table(rows: list[dict], cols: list[str]) -> str:
+    """A Markdown table of ``cols`` of ``rows`` (floats through :func:`fmt`)."""
     return markdown_grid(cols, [[fmt(r[c]) if isinstance(r.get(c), float) else str(r.get(c, "")) for c in cols]
                                 for r in rows])
 
 
-def plot(timings: pd.DataFrame, args, path: Path) -> None:
+def plot(timings: pd.DataFrame, args: Namespace, path: Path) -> None:
     """Train-step time against the number of stored tasks, per image size, with plain LoRA as a line."""
     import matplotlib
 
@@ -52,7 +56,228 @@ def plot(timings: pd.DataFrame, args, path: Path) -> None:
     save_figure(fig, path, dpi=110)
 
 
-def readme(args, argv, frames, runtime) -> str:
+def _value(rows: list[dict], **match) -> float:
+    """The value of the one row matching ``match`` (nan when there is none)."""
+    for r in rows:
+        if all(str(r.get(k)) == str(v) for k, v in match.items()):
+            return r["value"]
+    return float("nan")
+
+
+def _g(v: float) -> float:
+    return v / 1e9
+
+
+def _nth(n: int) -> str:
+    return {1: "", 2: "2nd", 3: "3rd"}.get(n, f"{n}th")
+
+
+def _cols(rows: list[dict]) -> list[str]:
+    return list(rows[0]) if rows else []
+
+
+# Column names of the --peers tables; "x REF" is a ratio to REF (REF = 1).
+FLOPS_VS_SD, PAPER_VS_SD = "FLOPs/img (x SD-LoRA)", "paper FLOPs/img (x SD-LoRA)"
+SD_SPEED_VS = "SD-LoRA img/s (x this method's)"
+
+
+def _inference_rows(args: Namespace, fl: list[dict], ra: list[dict], ti: list[dict]) -> list[dict]:
+    """Per inference setting of this run: counted forward passes, FLOPs and throughput, and both relative to the
+    frozen backbone (the backbone's own rows are 1 by definition)."""
+    here = {"model": args.model, "batch": args.batch_size}  # this run's rows (the paper architecture's have batch 1)
+    here_ratio = {"model": args.model, "setting": f"batch={args.batch_size}"}
+    rows = []
+    for img in args.img_size:
+        for k in SETTING_METHOD:
+            passes = [r for r in fl if r["measure"] == "infer_forward_passes_per_image" and r["setting"] == k
+                      and r["img_size"] == img and r.get("batch") == args.batch_size and r["model"] == args.model]
+            ref = k == "backbone"
+            rows.append({
+                "img_size": img, "setting": k,
+                "forward passes/img (counted)": passes[0]["value"] if passes else float("nan"),
+                "registered passes": str(passes[0]["trait"]) if passes else "",
+                "GFLOPs/img": _g(_value(fl, **here, img_size=img, setting=k, measure="infer_flops_per_image")),
+                "FLOPs/img (x backbone)": 1.0 if ref else
+                _value(ra, **here_ratio, img_size=img, measure=f"infer_flops_ratio_{k}_vs_backbone"),
+                "img/s": _value(ti, img_size=img, setting=k, measure="infer_images_per_second"),
+                "img/s (x backbone)": 1.0 if ref else
+                _value(ra, img_size=img, measure=f"infer_throughput_ratio_{k}_vs_backbone")})
+    return rows
+
+
+TRAIN_SETTINGS = ("backbone_head_only", "sdlora_9stored", "dualprompt", "coda_prompt", "l2p", "inflora",
+                  "ranpac_first_session", "aper_first_session")
+
+
+def _training_rows(args: Namespace, fl: list[dict], ra: list[dict], ti: list[dict]) -> list[dict]:
+    """Per method: the median seconds of one training step of its last task, relative to the frozen backbone's
+    head-only step and to SD-LoRA's 10th-task step, and its forward + backward FLOPs."""
+    rows = []
+    for img in args.img_size:
+        for k in TRAIN_SETTINGS:
+            rows.append({
+                "img_size": img, "setting": k,
+                "s/step": _value(ti, img_size=img, setting=k, measure="train_step_seconds"),
+                "s/step (x backbone)": 1.0 if k == "backbone_head_only" else
+                _value(ra, img_size=img, measure=f"train_step_time_ratio_{k}_vs_backbone"),
+                "s/step (x SD-LoRA)": 1.0 if k == "sdlora_9stored" else
+                _value(ra, img_size=img, measure=f"train_step_time_ratio_{k}_vs_sdlora"),
+                "train GFLOPs/img (fwd + bwd)": _g(_value(fl, img_size=img, setting=k,
+                                                          measure="train_step_flops_per_image"))})
+    return rows
+
+
+def _update_rows(args: Namespace, fl: list[dict], ra: list[dict], ti: list[dict]) -> list[dict]:
+    """Per method with an analytic per-experience update: its seconds, relative to the backbone's forward pass
+    over the same images, and the forward passes per training image it needs outside the SGD steps."""
+    rows = []
+    for r in (r for r in ti if r["measure"] == "analytic_update_seconds_per_experience"):
+        m = r["setting"]
+        row = {"method": m, "s/experience": r["value"], "what is timed": r["note"],
+               "extra forward passes/train img": _value(fl, img_size=args.img_size[0], setting=m,
+                                                        measure="experience_extra_passes_per_train_image")}
+        for img in args.img_size:
+            row[f"s (x backbone pass), {img}px"] = _value(
+                ra, img_size=img, measure=f"analytic_update_time_ratio_{m}_vs_backbone_feature_pass")
+        rows.append(row)
+    return rows
+
+
+def _claim_rows(args: Namespace, fl: list[dict], ra: list[dict]) -> list[dict]:
+    """FLOPs per image relative to merged SD-LoRA: the paper architecture's settings beside Table 5's numbers, then
+    this run's prompt methods with SD-LoRA's measured throughput relative to theirs."""
+    nan = float("nan")
+    there = {"model": args.paper_model, "img_size": args.paper_img_size, "batch": 1,
+             "measure": "infer_flops_per_image"}
+    sd = _value(fl, **there, setting="sdlora_merged")
+    rows = [{"model": args.paper_model, "img_size": args.paper_img_size, "setting": k,
+             "GFLOPs/img": _g(_value(fl, **there, setting=k)), FLOPS_VS_SD: _value(fl, **there, setting=k) / sd,
+             "paper GFLOPs/img": PAPER_GFLOPS.get(k, nan),
+             PAPER_VS_SD: PAPER_GFLOPS.get(k, nan) / PAPER_GFLOPS["sdlora_merged"], SD_SPEED_VS: nan}
+            for k in ("backbone", "sdlora_merged", "inflora_merged", "inflora_branches", *PROMPT_SETTINGS)]
+    here = {"model": args.model, "batch": args.batch_size, "measure": "infer_flops_per_image"}
+    for img in args.img_size:
+        for k in PROMPT_SETTINGS:
+            rows.append({"model": args.model, "img_size": img, "setting": k,
+                         "GFLOPs/img": _g(_value(fl, **here, img_size=img, setting=k)),
+                         FLOPS_VS_SD: _value(ra, model=args.model, setting=f"batch={args.batch_size}", img_size=img,
+                                             measure=f"infer_flops_ratio_{k}_vs_sdlora_merged"),
+                         "paper GFLOPs/img": nan, PAPER_VS_SD: nan,
+                         SD_SPEED_VS: _value(ra, img_size=img, measure=f"infer_throughput_ratio_sdlora_merged_vs_{k}")})
+    return rows
+
+
+def _range(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:.2f}x" if round(lo, 2) == round(hi, 2) else f"{lo:.2f}-{hi:.2f}x"
+
+
+def _below(rows: list[dict], col: str, target: float) -> str:
+    """'setting (ratio, model at img px)' for each row whose ``col`` is below ``target``, comma-separated."""
+    return ", ".join(f"{r['setting']} ({r[col]:.3f}x, {r['model']} at {r['img_size']} px)" for r in rows
+                     if r[col] < target)
+
+
+def claim_verdict(claim: list[dict], target: float = CLAIM_TARGET) -> str:
+    """The verdict on the paper's claim, from the measured rows of :func:`_claim_rows`: it holds when every prompt
+    method's FLOPs per image are at least ``target`` times merged SD-LoRA's on every model and size measured (the
+    claim is Table 5's, a FLOP count); the timed throughput ratios follow as a second, load-dependent check."""
+    def measured(col: str) -> list[dict]:
+        return [r for r in claim if r["setting"] in PROMPT_SETTINGS and not math.isnan(r[col])]
+
+    flops, speed = measured(FLOPS_VS_SD), measured(SD_SPEED_VS)
+    if not flops:
+        return "**Not measured**: no prompt method's FLOPs per image were counted."
+    low = _below(flops, FLOPS_VS_SD, target)
+    text = (f"**{'Does not hold' if low else 'Holds'}** (FLOPs): every prompt method costs "
+            f"{_range([r[FLOPS_VS_SD] for r in flops])} merged SD-LoRA's FLOPs per image on every model and input "
+            f"size measured (target: at least {target}x" + (f"; below it: {low})." if low else ")."))
+    if speed:
+        slow = _below(speed, SD_SPEED_VS, target)
+        text += (f" Timed here, merged SD-LoRA processes {_range([r[SD_SPEED_VS] for r in speed])} as many images "
+                 f"per second as each prompt method (same target: {'missed by ' + slow if slow else 'met'}; "
+                 "throughput depends on the machine and its load, FLOPs do not).")
+    return text
+
+
+def _stored_table(pa: list[dict]) -> list[dict]:
+    """One row per method: its stored numbers after 10 tasks (its ``stored_params``) and their parts."""
+    stored = {}
+    for r in (r for r in pa if r.get("measure") == "stored_params_after_10_tasks"):
+        w = stored.setdefault(r["method"], {"method": r["method"], "stored numbers": float("nan"), "parts": "",
+                                            "note": ""})
+        if r["part"] == "total":
+            w["stored numbers"] = float(r["value"])
+        else:
+            w["parts"] += f"{'; ' if w['parts'] else ''}{r['part']} {int(r['value']):,}"
+        if r.get("note"):
+            w["note"] = f"{w['note']}; {r['note']}" if w["note"] else r["note"]
+    rows = list(stored.values())
+    sd = next((w["stored numbers"] for w in rows if w["method"] == "sdlora"), float("nan"))
+    for w in rows:
+        w["x SD-LoRA"] = w["stored numbers"] / sd
+    return [{k: w[k] for k in ("method", "stored numbers", "x SD-LoRA", "parts", "note")} for w in rows]
+
+
+def peer_section(args: Namespace, frames: dict[str, list[dict]]) -> str:
+    """The README's --peers section: inference, training step, analytic updates, the paper's cost claim (its
+    verdict computed from the measured rows) and stored state, each table naming its units and reference."""
+    fl, ra, ti = frames["flops"], frames["ratios"], frames["timings"]
+    inf, train = _inference_rows(args, fl, ra, ti), _training_rows(args, fl, ra, ti)
+    update, claim = _update_rows(args, fl, ra, ti), _claim_rows(args, fl, ra)
+    stored = _stored_table(frames["params"])
+    return f"""
+## Peer methods (`--peers`; issues 16, 17)
+
+Each method is built by its registered builder (`benchmarks.methods`, the reference recipe) and set up as during the
+last of 10 tasks (prompts or components of 10 tasks, 10 InfLoRA branches, RanPAC and APER adapted with their
+classifier fitted, 100-class heads); values training would set are random, since costs depend on shapes only. The
+peers are timed in every {_nth(PEER_EVERY['infer'])} inference and every {_nth(PEER_EVERY['train'])} training
+repetition, interleaved with the backbone and SD-LoRA. Columns "(x REF)" are ratios to REF (REF = 1): for times
+and FLOPs above 1 means costlier, for img/s above 1 means faster. GFLOPs/img: 10^9 floating-point operations per
+image (torch's FlopCounterMode); img/s: images per second (median); s: seconds (median).
+
+Forward passes are counted (images through every timm `PatchEmbed` per input image) and must equal the method's
+registered `inference_forward_passes`. `inflora_branches` sums its 10 branches into the weights once per batch (the
+unmerged form); `inflora_merged` has them merged, as SD-LoRA.
+
+### Inference, relative to the frozen backbone (`{args.model}`, batch {args.batch_size})
+
+{table(inf, _cols(inf))}
+### Training step of the last task (each method's own loss and optimizer, batch {args.batch_size})
+
+Reference rows: `backbone_head_only` is the frozen backbone training only its head's last chunk (one forward, no
+backward through the ViT); `sdlora_9stored` is SD-LoRA in its 10th task (9 stored directions and the current pair).
+RanPAC and APER train only in the first session, so theirs is that session's step.
+
+{table(train, _cols(train))}
+### Per-experience analytic updates
+
+Timed once, on one experience's worth of features (10 classes x 100 images). "s (x backbone pass)": the update's
+seconds over those of the frozen backbone's forward over the same images; "extra forward passes/train img":
+forward passes over each training image outside the SGD steps (InfLoRA's two covariance passes, the classifiers'
+feature pass), counted.
+
+{table(update, _cols(update)) if update else 'none timed'}
+### The paper's claim: SD-LoRA's inference is about 2x cheaper than every prompt method's
+
+`{args.paper_model}` at {args.paper_img_size} px: random weights, batch 1, FLOPs only (not timed; FLOPs depend on
+the architecture alone), beside the paper's numbers: {PAPER_SOURCE}. `{args.model}` rows: this run's models (FLOPs
+at batch {args.batch_size}, throughput timed). L2P prepends prompt_length x top_k prompt tokens to the patch tokens,
+so with few patches (small inputs) its ratio is well above 2; with ViT-B/16's 196 patches it is close to 2.
+
+{claim_verdict(claim)}
+
+{table(claim, _cols(claim))}
+### Stored state after 10 tasks (numbers kept beyond the frozen backbone, each method's `stored_params`)
+
+Counts of numbers stored (each method's `stored_params`), and their ratio to SD-LoRA's (x SD-LoRA).
+
+{table(stored, _cols(stored))}"""
+
+
+def readme(args: Namespace, argv: list[str], frames: dict[str, list[dict]], runtime: float) -> str:
+    """The run's README.md: command, machine, every table, and with ``--peers`` the peer methods' section."""
     cmd = " ".join(["python -m benchmarks.speed"] + [shlex.quote(str(a)) for a in argv])
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     mem = [r for r in frames["memory"] if r["measure"] == "train_step_peak_delta"]
@@ -102,5 +327,6 @@ SD-LoRA's column is the KD upper bound. RR follows the paper's schedule (ranks 1
 ## End to end
 
 {table(e2e, ['method', 'img_size', 'measure', 'setting', 'value', 'unit', 'complete']) if e2e else 'no per_task.csv found'}
+{peer_section(args, frames) if getattr(args, "peers", False) else ""}
 Files: `ratios.csv`, `timings.csv`, `memory.csv`, `flops.csv`, `params.csv`, `end_to_end.csv`, `train_step_vs_tasks.png`.
 """

@@ -9,7 +9,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from timm.layers import PatchEmbed
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from avalanche_sdlora.strategy import current_classes_view
@@ -57,21 +59,26 @@ def paired_ratio(num: list[float | None], den: list[float | None]) -> float:
     return statistics.median(a / b for a, b in zip(num, den) if a is not None and b is not None)
 
 
+def step_fn(model: nn.Module, loss: Callable[[], Tensor], optimizer: torch.optim.Optimizer) -> Callable[[], float]:
+    """One training step: ``loss()`` (the forward and the method's loss) + backward + ``optimizer`` step."""
+    model.train()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        value = loss()
+        value.backward()
+        optimizer.step()
+        return float(value.detach())
+
+    return step
+
+
 def train_step_fn(model: nn.Module, x: Tensor, y: Tensor, classes: list[int]) -> Callable[[], float]:
     """forward + SD-LoRA's loss (cross-entropy over the current classes, the library's) + backward + SGD step."""
-    model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
     columns = torch.tensor(classes, device=x.device)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(*current_classes_view(model(x), y, columns))
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
-
-    return step
+    return step_fn(model, lambda: F.cross_entropy(*current_classes_view(model(x), y, columns)), opt)
 
 
 def infer_fn(model: nn.Module, x: Tensor) -> Callable[[], Tensor]:
@@ -94,6 +101,51 @@ def batch(args, img: int, seed: int = 0) -> tuple[Tensor, Tensor, list[int]]:
 
 
 def count_flops(fn: Callable[[], object]) -> int:
-    with FlopCounterMode(display=False) as fc:
+    """FLOPs of one call of ``fn`` (torch's counter: matrix products, 2 per multiply-add), attention included.
+
+    torch's counter has formulas for the CUDA attention kernels but not for the CPU flash kernel that
+    ``scaled_dot_product_attention`` picks here, whose products it would silently leave out (38.9 MFLOP per image
+    of ViT-Tiny at 128 px); the math kernel computes the same attention as counted matrix products.
+    """
+    with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as fc:
         fn()
     return int(fc.get_total_flops())
+
+
+class PassCounter:
+    """Images through every timm ``PatchEmbed`` of a model while it counts: a ViT's forward passes, whatever the
+    method says (the query pass of a prompt method, APER's frozen branch and its adapted one each embed the image)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        embeds = [m for m in model.modules() if isinstance(m, PatchEmbed)]
+        if not embeds:
+            raise ValueError(f"{type(model).__name__} has no timm PatchEmbed; forward passes are counted on timm ViTs")
+        self.images = 0
+        self._hooks = [e.register_forward_pre_hook(self._count) for e in embeds]
+
+    def _count(self, _module, inputs) -> None:
+        self.images += int(inputs[0].shape[0])
+
+    def stop(self) -> int:
+        for h in self._hooks:
+            h.remove()
+        return self.images
+
+
+def count_flops_and_passes(fn: Callable[[], object], model: nn.Module, batch_size: int) -> tuple[int, float]:
+    """FLOPs of one call of ``fn`` and the forward passes per image it made through ``model``'s ViTs.
+
+    Parameters are counted frozen: FlopCounterMode's module tracker fails on views of trainable tensors made under
+    ``inference_mode`` (a prompt expanded to the batch), and inference computes the same either way.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    counter = PassCounter(model)
+    try:
+        for p in trainable:
+            p.requires_grad_(False)
+        flops = count_flops(fn)
+    finally:
+        images = counter.stop()
+        for p in trainable:
+            p.requires_grad_(True)
+    return flops, images / batch_size
