@@ -93,6 +93,9 @@ def check_labels(y: np.ndarray, n_classes: int, where: str) -> None:
                          f"CIFAR-100 fine labels are 0..{n_classes - 1}")
 
 
+IMAGE_CACHE_ENV = "SDLORA_IMAGE_CACHE"  # the folder resize_images keeps resized images in (read per call)
+
+
 def resize_images(x: np.ndarray, size: int, batch: int = 2000, cache_dir: str | Path | None = None) -> Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, size, size) uint8, bicubic, cached per process.
 
@@ -103,7 +106,7 @@ def resize_images(x: np.ndarray, size: int, batch: int = 2000, cache_dir: str | 
     key = (hashlib.sha1(np.ascontiguousarray(x[:: max(1, len(x) // 64)])).hexdigest(), x.shape, size)
     if key in _CACHE:
         return _CACHE[key]
-    cache_dir = cache_dir or os.environ.get("SDLORA_IMAGE_CACHE") or None
+    cache_dir = cache_dir or os.environ.get(IMAGE_CACHE_ENV) or None
     path = None
     if cache_dir is not None:
         digest = hashlib.sha1(np.ascontiguousarray(x)).hexdigest()[:16]

@@ -29,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from avalanche_sdlora.data import IMAGE_CACHE_ENV
 
 from . import distributed, inputs, runner
 from .config import ORDER_SEEDS, RunConfig, add_run_flags, check_seeds, config_from_flags, default_seeds
@@ -145,8 +146,6 @@ def image_cache(cfg: RunConfig) -> str | None:
         return None
     return str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "avalanche-sdlora" / "images")
 
-
-IMAGE_CACHE_ENV = "SDLORA_IMAGE_CACHE"
 
 
 @contextlib.contextmanager
