@@ -172,14 +172,16 @@ def class_order(n_classes: int, seed: int) -> list[int]:
 
 def split_cifar100(*, n_experiences: int = 10, class_order_seed: int = 1993, train_per_class: int | None = 100,
                    test_per_class: int | None = None, img_size: int = 128, path: str | Path | None = None,
-                   augment: bool = True, classes: list[int] | None = None):
+                   augment: bool = True, classes: list[int] | None = None,
+                   image_cache: str | Path | None = None):
     """Class-incremental Split CIFAR-100 built by Avalanche's ``class_incremental_benchmark``.
 
     ``classes`` restricts the benchmark to a subset (for quick tests); the fixed order is the
     protocol's permutation filtered to that subset. Labels are remapped to the position in that order, so
     experience t holds classes [t*k, (t+1)*k): Avalanche 0.6 counts a benchmark's classes as 1 + the largest
     label, so labels must be 0..n-1. Experiences hold the samples nc_benchmark gave, in its order (below);
-    training samples are flipped at random (``augment``), test samples are not.
+    training samples are flipped at random (``augment``), test samples are not. ``image_cache``: the folder the
+    resized images are kept in (:func:`resize_images`' ``cache_dir``; default ``$SDLORA_IMAGE_CACHE``, else none).
     """
     if n_experiences <= 0:
         raise ValueError(f"n_experiences must be positive, got {n_experiences}")
@@ -204,7 +206,7 @@ def split_cifar100(*, n_experiences: int = 10, class_order_seed: int = 1993, tra
         keep = keep[first_per_class(y[keep], per_class, f"{split}_per_class")]
         if len(keep) == 0:
             raise ValueError(f"no {split} samples for classes {order[:5]}...; check {split}_per_class and the npz")
-        images = ImageTensorDataset(resize_images(x[keep], img_size), position[y[keep]])
+        images = ImageTensorDataset(resize_images(x[keep], img_size, cache_dir=image_cache), position[y[keep]])
         flip = v2.RandomHorizontalFlip() if augment else None
         return _make_taskaware_classification_dataset(images, transform_groups={"train": (flip, None), "eval": (None, None)},
                                                       initial_transform_group=group)

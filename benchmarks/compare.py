@@ -12,7 +12,7 @@ Python API: ``run(cfg, methods, seeds, folder)`` runs a comparison into a :class
 Under ``torchrun --nproc_per_node N -m benchmarks.compare ...`` every (method, seed) runs on all N ranks, one after
 another, and rank 0 alone writes (:mod:`benchmarks.distributed`). On a GPU the defaults suit the device: DataLoader
 workers (``--workers``), pinned host memory for the copies (Avalanche's default on CUDA) and the image cache
-(:func:`image_cache`); ``--train-amp bf16`` trains under bf16 autocast.
+(:func:`benchmarks.inputs.image_cache`); ``--train-amp bf16`` trains under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from avalanche_sdlora.data import IMAGE_CACHE_ENV
 
 from . import distributed, inputs, runner
 from .config import ORDER_SEEDS, RunConfig, add_run_flags, check_seeds, config_from_flags, default_seeds
@@ -132,42 +131,11 @@ def check_launch(cfg: RunConfig, methods: Sequence[str], jobs: int) -> None:
     distributed.check_methods(methods)
 
 
-def image_cache(cfg: RunConfig) -> str | None:
-    """The folder of resized images a run keeps (``avalanche_sdlora.data.resize_images``), None for none.
-
-    ``$SDLORA_IMAGE_CACHE`` when set (set but empty: none); else, on a GPU, the user's cache folder
-    (``$XDG_CACHE_HOME`` or ``~/.cache``, then ``avalanche-sdlora/images``): at 224 px every process of a run otherwise
-    resizes the 60,000 images for minutes on one thread and holds 9 GB of them, and a GPU waits meanwhile. Off on CPU,
-    as before. The images are the same either way (no number changes), so it is recorded but not in the identity.
-    """
-    if IMAGE_CACHE_ENV in os.environ:
-        return os.environ[IMAGE_CACHE_ENV] or None
-    if not cfg.device.startswith("cuda"):
-        return None
-    return str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "avalanche-sdlora" / "images")
-
-
-
-@contextlib.contextmanager
-def _image_cache_set(cache: str | None):
-    """``$SDLORA_IMAGE_CACHE`` set to ``cache`` while the benchmark is built (the library reads it there)."""
-    before = os.environ.get(IMAGE_CACHE_ENV)
-    if cache is not None:
-        os.environ[IMAGE_CACHE_ENV] = cache
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(IMAGE_CACHE_ENV, None)
-        else:
-            os.environ[IMAGE_CACHE_ENV] = before
-
-
 def make_benchmark(cfg: RunConfig, seed: int | None = None):
     """The benchmark of the run with ``seed`` (its class order; :func:`inputs.benchmark_for` keeps one per process),
-    with the image cache the device calls for; under torchrun rank 0 builds it first (and fills the cache), then the
-    others build theirs (mapping the cache rank 0 wrote)."""
-    with distributed.main_first(), _image_cache_set(image_cache(cfg)):
+    with the image cache the device calls for (:func:`inputs.image_cache`); under torchrun rank 0 builds it first (and
+    fills the cache), then the others build theirs (mapping the cache rank 0 wrote)."""
+    with distributed.main_first():
         return inputs.benchmark_for(cfg, seed)
 
 
@@ -239,7 +207,7 @@ def _run_locked(cfg: RunConfig, methods: list[str], seeds: list[int], folder: Ru
               "recipes": _recipes(cfg, methods, folder), "device_name": identity["device_name"],
               "torch": torch.__version__, "identity": identity, "command": command,
               "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "world_size": identity["world_size"], "image_cache": image_cache(cfg)}
+              "world_size": identity["world_size"], "image_cache": inputs.image_cache(cfg)}
     if record is not None:  # issue 18: a paper protocol's split, layout, folder, order, sizes (the first seed's)
         config["benchmark"] = record
     if not main:

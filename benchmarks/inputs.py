@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from avalanche_sdlora.assets import default_asset
-from avalanche_sdlora.data import N_CLASSES, split_cifar100, task_labelled
+from avalanche_sdlora.data import IMAGE_CACHE_ENV, N_CLASSES, split_cifar100, task_labelled
 from avalanche_sdlora.datasets import LOADERS, PAPER_BENCHMARKS, data_location
 
 from .config import RunConfig
@@ -220,6 +220,21 @@ def class_subset(cfg: RunConfig) -> list[int] | None:
     return list(range(cfg.classes)) if cfg.classes else None
 
 
+def image_cache(cfg: RunConfig) -> str | None:
+    """The folder of resized images a run keeps (``avalanche_sdlora.data.resize_images``), None for none.
+
+    ``$SDLORA_IMAGE_CACHE`` when set (set but empty: none); else, on a GPU, the user's cache folder
+    (``$XDG_CACHE_HOME`` or ``~/.cache``, then ``avalanche-sdlora/images``): at 224 px every process of a run otherwise
+    resizes the 60,000 images for minutes on one thread and holds 9 GB of them, and a GPU waits meanwhile. Off on CPU.
+    The images are the same either way (no number changes), so it is recorded but not in the identity.
+    """
+    if IMAGE_CACHE_ENV in os.environ:
+        return os.environ[IMAGE_CACHE_ENV] or None
+    if not cfg.device.startswith("cuda"):
+        return None
+    return str(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "avalanche-sdlora" / "images")
+
+
 def make_benchmark(cfg: RunConfig, seed: int | None = None):
     """The Avalanche benchmark of the run with ``seed`` (every method of that seed sees this one; under
     ``--class-order fixed`` every seed sees the same one, and ``seed`` may be left out)."""
@@ -228,7 +243,8 @@ def make_benchmark(cfg: RunConfig, seed: int | None = None):
         return paper_benchmark_of(cfg)
     return split_cifar100(n_experiences=cfg.n_experiences, class_order_seed=cfg.class_order_seed,
                           train_per_class=cfg.train_per_class, test_per_class=cfg.test_per_class,
-                          img_size=cfg.img_size, path=cfg.data, classes=class_subset(cfg), augment=cfg.augment)
+                          img_size=cfg.img_size, path=cfg.data, classes=class_subset(cfg), augment=cfg.augment,
+                          image_cache=image_cache(cfg))
 
 
 # issue 22: the benchmark of a class order, built once per process and order.

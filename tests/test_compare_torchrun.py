@@ -230,12 +230,12 @@ def test_workers_and_image_cache_defaults_follow_the_device(monkeypatch, tmp_pat
     assert RunConfig.from_json(RunConfig(device="cuda").to_json()).workers == 4  # config.json records the value
     monkeypatch.delenv("SDLORA_IMAGE_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert compare.image_cache(RunConfig(device="cpu")) is None
-    assert compare.image_cache(RunConfig(device="cuda")) == str(tmp_path / "avalanche-sdlora" / "images")
+    assert inputs.image_cache(RunConfig(device="cpu")) is None
+    assert inputs.image_cache(RunConfig(device="cuda")) == str(tmp_path / "avalanche-sdlora" / "images")
     monkeypatch.setenv("SDLORA_IMAGE_CACHE", "")  # set but empty: off, on a GPU too
-    assert compare.image_cache(RunConfig(device="cuda")) is None
+    assert inputs.image_cache(RunConfig(device="cuda")) is None
     monkeypatch.setenv("SDLORA_IMAGE_CACHE", str(tmp_path / "mine"))
-    assert compare.image_cache(RunConfig(device="cpu")) == str(tmp_path / "mine")
+    assert inputs.image_cache(RunConfig(device="cpu")) == str(tmp_path / "mine")
 
 
 def test_the_data_parallel_methods_read_no_device_value_per_training_step(tmp_path):

@@ -37,6 +37,20 @@ def test_a_cache_file_of_another_shape_is_a_clear_error(tmp_path, monkeypatch):
         data.resize_images(x, 16, cache_dir=tmp_path)
 
 
+def test_split_cifar100_keeps_its_images_in_the_cache_it_is_given(tmp_path, monkeypatch):
+    """The harness passes the folder as an argument (no environment variable set around the call)."""
+    monkeypatch.delenv("SDLORA_IMAGE_CACHE", raising=False)
+    monkeypatch.setattr(data, "_CACHE", {})
+    npz = _npz(tmp_path / "c.npz")
+    kw = dict(n_experiences=2, img_size=16, path=npz, classes=[0, 1, 2, 3], augment=False)
+    bench = data.split_cifar100(image_cache=tmp_path / "cache", **kw)
+    assert sorted(f.name.split("-")[2:] for f in (tmp_path / "cache").glob("*.npy")) == [["4", "16px.npy"], ["8", "16px.npy"]]
+    monkeypatch.setattr(data, "_CACHE", {})
+    plain = data.split_cifar100(**kw)  # no cache: the same images
+    for a, b in zip(bench.train_stream, plain.train_stream):
+        assert torch.equal(torch.stack([x for x, *_ in a.dataset]), torch.stack([x for x, *_ in b.dataset]))
+
+
 # ---------------------------------------------------------------------- the npz is checked before anything trains
 def _npz(path, n_per_class=2, n_classes=100, **override):
     """A small npz in the shared file's layout: uint8 HWC images, int64 labels in shuffled file order."""
