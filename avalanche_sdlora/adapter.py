@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .options import DIRECTION_NORMS
+from .options import DIRECTION_NORMS, PAIR_INITS
 
 SLICES = ("q", "v")
 
@@ -175,10 +175,18 @@ class SDLoRAQKV(nn.Module):
         return int(self.dir_slot.numel())
 
     @torch.no_grad()
-    def add_pair(self, rank: int, slot: int, generator: torch.Generator | None = None) -> None:
-        """Start a new task: trainable A (Kaiming-uniform, as in LoRA) and B = 0, scaled by ``alpha[slot]``."""
+    def add_pair(self, rank: int, slot: int, generator: torch.Generator | None = None, init: str = "random") -> None:
+        """Start a new task: trainable A (Kaiming-uniform, as in LoRA) and B = 0, scaled by ``alpha[slot]``.
+
+        ``init="span"`` (``SDLoRAOptions.pair_init``) projects the same draw onto the row span of this slice's stored
+        A and gives each row its drawn norm back, so a new direction starts inside the old ones' input subspace (the
+        random stream is the one ``"random"`` uses; with nothing stored yet, or a row with no component in the span,
+        the draw is kept).
+        """
         if rank <= 0:
             raise ValueError(f"rank must be a positive integer, got {rank}")
+        if init not in PAIR_INITS:
+            raise ValueError(f"init must be one of {', '.join(map(repr, PAIR_INITS))}, got {init!r}")
         self._refuse_if_merged("add a pair")
         if self.lora_A is not None:
             raise RuntimeError("the current pair must be frozen (freeze_pair) before a new one is added")
@@ -186,9 +194,23 @@ class SDLoRAQKV(nn.Module):
         A = torch.empty(2, rank, self.in_features, device=w.device, dtype=w.dtype)
         bound = 1.0 / math.sqrt(self.in_features)  # == kaiming_uniform_(a=sqrt(5)) on a (rank, in) weight
         A.uniform_(-bound, bound, generator=generator)
+        if init == "span" and self.stored_rank:
+            A = self._in_stored_span(A)
         self.lora_A = nn.Parameter(A)
         self.lora_B = nn.Parameter(w.new_zeros(2, self.dim, rank))
         self.current_slot = slot
+
+    def _in_stored_span(self, A: Tensor) -> Tensor:
+        """``A`` (2, r, in) with each slice's rows projected onto the row span of its stored ``dir_A``, norms kept."""
+        out = A.clone()
+        for s in range(2):
+            q, _ = torch.linalg.qr(self.dir_A[s].T.double())  # (in, R): orthonormal basis of the stored rows
+            proj = (A[s].double() @ q) @ q.T
+            norm = proj.norm(dim=1, keepdim=True)
+            ok = norm.squeeze(1) > self.eps
+            scaled = proj * (A[s].double().norm(dim=1, keepdim=True) / norm.clamp_min(self.eps))
+            out[s][ok] = scaled[ok].to(A.dtype)
+        return out
 
     def _pair_norm(self, B: Tensor, A: Tensor) -> Tensor:
         if self.direction_norm == "factors":  # the authors' code: ||B||_F ||A||_F (an upper bound)

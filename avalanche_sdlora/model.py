@@ -151,7 +151,7 @@ class SDLoRAViT(nn.Module):
             self.magnitudes.fill_(opts.alpha_init)
         slot = self.magnitudes.append(opts.alpha_init)
         for a in self.adapters:
-            a.add_pair(opts.rank, slot)
+            a.add_pair(opts.rank, slot, init=opts.pair_init)
 
     @torch.no_grad()
     def freeze_task(self) -> None:
@@ -242,7 +242,7 @@ class SDLoRAViT(nn.Module):
 def sdlora_vit(model_name: str, *, checkpoint: str | Path | None = None, img_size: int | None = None,
                pretrained: bool = False, options: SDLoRAOptions | None = None, rank: int = DEFAULTS.rank,
                normalize_current: bool = DEFAULTS.normalize_current, direction_norm: str = DEFAULTS.direction_norm,
-               head_init: str = DEFAULTS.head_init) -> SDLoRAViT:
+               head_init: str = DEFAULTS.head_init, pair_init: str = DEFAULTS.pair_init) -> SDLoRAViT:
     """Build a timm ViT by name with SD-LoRA adapters on every qkv (see :class:`SDLoRAViT`).
 
     ``options`` (an :class:`~avalanche_sdlora.options.SDLoRAOptions`) gives every option at once; the keywords
@@ -250,7 +250,8 @@ def sdlora_vit(model_name: str, *, checkpoint: str | Path | None = None, img_siz
     trains); ``True`` is the paper's form. ``direction_norm='factors'`` (default) divides a finished pair by
     ||B||_F ||A||_F as the authors' code does and reproduces their result; ``'frobenius'`` stores the paper's
     unit-Frobenius directions, which re-inflate old updates when magnitudes are reset (13 points lower on cifar100-tiny128).
-    ``head_init`` sets new classifier rows (``"linear"``: ``nn.Linear``'s default, the authors'; ``"zeros"``).
+    ``head_init`` sets new classifier rows (``"linear"``: ``nn.Linear``'s default, the authors'; ``"zeros"``);
+    ``pair_init`` a new pair's A (``"random"``: LoRA's; ``"span"``: inside the stored directions' input rows).
     """
     backbone = create_backbone(model_name, checkpoint=checkpoint, img_size=img_size, pretrained=pretrained)
     return SDLoRAViT(backbone, options=options)

@@ -29,6 +29,7 @@ PAPER_SCHEDULE: dict[int, int] = {0: 10, 3: 8, 7: 6}
 AUTHORS_SCHEDULE: dict[int, int] = {0: 10, 4: 8, 8: 6}
 DIRECTION_NORMS = ("factors", "frobenius")
 HEAD_INITS = ("linear", "zeros")
+PAIR_INITS = ("random", "span")
 # Options fixed when the model is built (its structure); a strategy cannot change them.
 MODEL_OPTIONS = ("normalize_current", "direction_norm", "head_init")
 
@@ -120,6 +121,12 @@ class SDLoRAOptions:
                                   "authors' code (reproduces their result)", "sdlora_vit", DIRECTION_NORMS)
     head_init: str = _option("linear", "init of new classifier rows: nn.Linear's default ('linear') or zeros",
                              "authors' code", "sdlora_vit", HEAD_INITS)
+    pair_init: str = _option("random", "init of a new pair's input-side A: LoRA's Kaiming-uniform draw ('random') or "
+                             "that draw projected onto the row span of the stored directions' A of its slice, each "
+                             "row's norm kept ('span', off by default: a test of whether KD's near-orthogonal "
+                             "directions come from A's random start); B = 0 either way",
+                             "authors' code (LoRA's init); 'span' is this project's (issue 19)", "sdlora_vit",
+                             PAIR_INITS)
     kd_threshold: float = _option(9e-4, "SD-LoRA-KD absorbs a new direction when ||r||^2 / ||D_t||^2 is at most this",
                                   "paper", "SDLoRAKD")
     variant: str = _option("full", "SD-LoRA or one of the paper's Table 4 ablations; VARIANTS says exactly what each "
@@ -145,7 +152,8 @@ class SDLoRAOptions:
                 raise ValueError(f"alpha_lr must be a positive number or None (the optimizer's learning rate), "
                                  f"got {self.alpha_lr!r}")
             put("alpha_lr", float(self.alpha_lr))
-        for name, allowed in (("direction_norm", DIRECTION_NORMS), ("head_init", HEAD_INITS)):
+        for name, allowed in (("direction_norm", DIRECTION_NORMS), ("head_init", HEAD_INITS),
+                              ("pair_init", PAIR_INITS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
         if not _finite(self.kd_threshold) or self.kd_threshold < 0:

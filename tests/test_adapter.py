@@ -139,3 +139,42 @@ def test_invalid_arguments():
     adapter.add_pair(2, 0)
     with pytest.raises(RuntimeError):
         adapter.add_pair(2, 0)  # the current pair must be frozen first
+
+
+def test_span_init_starts_inside_the_stored_rows_with_the_random_draws_norms():
+    """pair_init='span' (issue 19(d)): each new A row lies in the row span of its slice's stored A, with the norm of
+    the draw 'random' makes from the same random stream; before anything is stored it is that draw."""
+    g = torch.Generator().manual_seed(3)
+    spans, plain = [], []
+    for init, out in (("span", spans), ("random", plain)):
+        adapter, mags = make_adapter(seed=5)
+        torch.manual_seed(11)
+        adapter.add_pair(2, mags.append(0.8), init=init)
+        out.append(adapter.lora_A.detach().clone())
+        with torch.no_grad():
+            adapter.lora_B.copy_(torch.randn(adapter.lora_B.shape, generator=g, dtype=torch.float64))
+        adapter.freeze_pair()
+        adapter.add_pair(3, mags.append(0.8), init=init)
+        out.append(adapter.lora_A.detach().clone())
+        stored = adapter.dir_A.clone()
+        g = torch.Generator().manual_seed(3)
+    assert torch.equal(spans[0], plain[0])  # nothing stored yet: the draw itself
+    new, draw = spans[1], plain[1]
+    assert not torch.allclose(new, draw)
+    torch.testing.assert_close(new.norm(dim=2), draw.norm(dim=2))
+    for s in range(2):
+        q, _ = torch.linalg.qr(stored[s].T)
+        outside = new[s] - (new[s] @ q) @ q.T
+        assert outside.norm() < 1e-10 * new[s].norm()
+        assert (draw[s] - (draw[s] @ q) @ q.T).norm() > 0.1 * draw[s].norm()  # the random draw is not in it
+
+
+def test_pair_init_is_an_sdlora_option_off_by_default():
+    from avalanche_sdlora.options import SDLoRAOptions
+
+    assert SDLoRAOptions().pair_init == "random"
+    with pytest.raises(ValueError, match="pair_init must be one of 'random', 'span', got 'orthogonal'"):
+        SDLoRAOptions(pair_init="orthogonal")
+    adapter, mags = make_adapter()
+    with pytest.raises(ValueError, match="init must be one of 'random', 'span'"):
+        adapter.add_pair(2, mags.append(0.8), init="zeros")

@@ -188,3 +188,24 @@ def test_head_init_zeros_starts_new_classes_at_logit_zero_and_keeps_old_rows():
 
 def test_sdlora_vit_passes_head_init(tiny_vit):
     assert tiny_vit(head_init="zeros").head.init == "zeros"
+
+
+def test_sdlora_vit_passes_pair_init_to_every_adapter(tiny_vit):
+    """pair_init='span': the second task's A of every adapter starts in the row span of the first task's A."""
+    model = tiny_vit(pair_init="span")
+    model.add_task()
+    model.freeze_task()
+    model.add_task()
+    for a in model.adapters:
+        for s in range(2):
+            q, _ = torch.linalg.qr(a.dir_A[s].T.double())
+            A = a.lora_A[s].detach().double()
+            assert (A - (A @ q) @ q.T).norm() < 1e-5 * A.norm()
+    plain = tiny_vit()  # the default: LoRA's random A, not in that span
+    plain.add_task()
+    plain.freeze_task()
+    plain.add_task()
+    a = plain.adapters[0]
+    q, _ = torch.linalg.qr(a.dir_A[0].T.double())
+    A = a.lora_A[0].detach().double()
+    assert (A - (A @ q) @ q.T).norm() > 0.5 * A.norm()
