@@ -233,13 +233,28 @@ def write(runs: RunSet, out: str | Path, reference: str = DEFAULT_REFERENCE, com
     return out
 
 
+def _sources(out: Path) -> dict | None:
+    """A report's ``sources.json`` if benchmarks.orders wrote it (other commands, e.g. the findings, use the name)."""
+    try:
+        sources = json.loads((out / SOURCES).read_text())
+    except (OSError, ValueError):
+        return None
+    written = isinstance(sources, dict) and {"runs", "reference"} <= set(sources)
+    return sources if written else None
+
+
+def is_report(out: str | Path) -> bool:
+    """Whether ``out`` holds a class-order report of this command."""
+    return _sources(Path(out)) is not None
+
+
 def sources_of(out: str | Path) -> tuple[RunSet, str]:
     """The run folders and reference a written report was made from (its ``sources.json``)."""
     out = Path(out)
-    path = out / SOURCES
-    if not path.exists():
-        raise SystemExit(f"error: '{out}' has no {SOURCES}: it is not a report of python -m benchmarks.orders")
-    sources = json.loads(path.read_text())
+    sources = _sources(out)
+    if sources is None:
+        raise SystemExit(f"error: '{out}' has no {SOURCES} written by python -m benchmarks.orders: it is not a "
+                         "class-order report; pass the --out folder of a benchmarks.orders call")
     return RunSet.read(sources["runs"], root=out), sources["reference"]
 
 

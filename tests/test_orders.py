@@ -94,11 +94,20 @@ def test_folders_of_another_experiment_or_a_method_run_two_ways_are_refused(tmp_
 
 
 def test_every_committed_class_order_report_regenerates_from_its_runs():
-    reports = sorted(p.parent for p in (ROOT / "results").rglob(orders.SOURCES))
+    reports = sorted(p.parent for p in (ROOT / "results").rglob(orders.SOURCES) if orders.is_report(p.parent))
     if not reports:
         pytest.skip("no class-order report committed yet (python -m benchmarks.orders ... --out results/...)")
+    assert ROOT / "results" / "cifar100-tiny128" / "class-orders" in reports  # the filter keeps the README's
     for report in reports:
         runs, reference = orders.sources_of(report)
         texts, _, _ = orders.build(runs, report, reference)
         for name, text in texts.items():
             assert (report / name).read_text() == text, (report, name)
+
+
+def test_a_sources_json_of_another_command_is_not_a_class_order_report(tmp_path):
+    """The findings write a sources.json too: --again on their folder names the problem instead of a KeyError."""
+    (tmp_path / orders.SOURCES).write_text(json.dumps({"command": "python -m benchmarks.findings", "settings": {}}))
+    assert not orders.is_report(tmp_path)
+    with pytest.raises(SystemExit, match="not a class-order report; pass the --out folder of a benchmarks.orders call"):
+        orders.sources_of(tmp_path)
