@@ -13,7 +13,7 @@ from pathlib import Path
 from avalanche_sdlora import sdlora_vit
 from avalanche_sdlora.checkpoint import latest_checkpoint, load_checkpoint
 
-from . import compare
+from . import compare, inputs
 from .config import RunConfig
 from .run_folder import RunFolder
 
@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> list[float]:
     if not folder.has_config():
         raise SystemExit(f"error: '{ckpt}' is not in a run folder of benchmarks.compare (no {folder.config_path})")
     cfg = RunConfig.from_json(folder.read_config())
-    model = sdlora_vit(cfg.model, img_size=cfg.img_size, options=cfg.sdlora)
+    # The run's own weights file: the checkpoint's adapters are refused on any other base (its fingerprint).
+    model = sdlora_vit(cfg.model, img_size=cfg.img_size, options=cfg.sdlora,
+                       checkpoint=inputs.resolve_checkpoint(cfg.model, cfg.checkpoint))
     load_checkpoint(ckpt, exp, model)
     res = model.direction_residuals()
     for k, r in enumerate(res, start=1):
