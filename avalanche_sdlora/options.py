@@ -31,7 +31,7 @@ DIRECTION_NORMS = ("factors", "frobenius")
 HEAD_INITS = ("linear", "zeros")
 PAIR_INITS = ("random", "span")
 # Options fixed when the model is built (its structure); a strategy cannot change them.
-MODEL_OPTIONS = ("normalize_current", "direction_norm", "head_init")
+MODEL_OPTIONS = ("normalize_current", "direction_norm", "head_init", "pair_init")
 
 # The paper's Table 4 ablations as growth variants (``variant``), each one option away from SD-LoRA. The name is the
 # choice; the text is its exact reading (the paper gives one line per row; its numbers are ImageNet-R 5 / 10 tasks Acc).

@@ -413,6 +413,9 @@ def test_options_object():
     assert strategy.options.kd_threshold == 0.5 and strategy.options.alpha_init == 0.7
     with pytest.raises(ValueError, match=r"options.direction_norm='factors' differs from the model's 'frobenius'"):
         SDLoRA(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), options=SDLoRAOptions())
+    with pytest.raises(ValueError, match=r"options.pair_init='span' differs from the model's 'random'"):
+        SDLoRA(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+               options=model.options.replace(pair_init="span"))  # read by the model's add_task: refused, not ignored
     with pytest.raises(ValueError, match="SDLoRARR takes each task's rank from rank_schedule"):
         SDLoRARR(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), rank=4)
 
