@@ -50,10 +50,11 @@ class Parser(argparse.ArgumentParser):
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The flags; ``args.config`` is the RunConfig they ask for (every setting checked, errors naming the flag)."""
     p = Parser(prog="python -m benchmarks.compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
-                   help=f"methods to run, or 'all' ({', '.join(method_names())})")
+    p.add_argument("--methods", nargs="+", help=f"methods to run, or 'all' ({', '.join(method_names())}); default: "
+                   f"{' '.join(DEFAULT_METHODS)}, with --resume the run's own")
     p.add_argument("--seeds", nargs="+", type=int, help="seeds of the (method, seed) runs (default: 0; with "
-                   f"--class-order seed: {' '.join(map(str, ORDER_SEEDS))}, each its own class order)")
+                   f"--class-order seed: {' '.join(map(str, ORDER_SEEDS))}, each its own class order; with --resume "
+                   "the run's own)")
     add_run_flags(p)
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results root; the run goes to <out>/<protocol>/<run-id> "
                    "(default: runs/, ignored by git; pass --out results only for a run results/README.md names)")
@@ -69,6 +70,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="(method, seed) runs in parallel processes, one torch thread each (2 on a 2-core CPU); not "
                         "under torchrun, whose processes run each (method, seed) together")
     args = p.parse_args(argv)
+    # A resume continues the run's own (method, seed) runs unless told otherwise: the command's defaults would
+    # silently train another method into the folder.
+    planned = RunFolder(args.resume).planned_runs() if args.resume else ([], [])
+    if args.methods is None:
+        args.methods = planned[0] or list(DEFAULT_METHODS)
+    if args.seeds is None and planned[1]:
+        args.seeds = planned[1]
     if args.methods == ["all"]:
         args.methods = list(method_names())
     unknown = [m for m in args.methods if m not in method_names()]
@@ -233,7 +241,8 @@ def _run_locked(cfg: RunConfig, methods: list[str], seeds: list[int], folder: Ru
         done = {(m, s) for m, s in jobs_todo if folder.part_complete(m, s, cfg.n_experiences)}
         jobs_todo = [j for j in jobs_todo if j not in done]
         if main:
-            print(f"resuming {folder}: {len(done)} finished (method, seed) runs kept, {len(jobs_todo)} to run",
+            print(f"resuming {folder} ({' '.join(methods)}; seeds {' '.join(map(str, seeds))}): {len(done)} finished "
+                  f"(method, seed) runs kept, {len(jobs_todo)} to run",
                   flush=True)
     # One (method, seed) failing (e.g. a diverging baseline) must not cost the others: its error is printed at
     # once, the other runs go on, and the run stays unfinished (no DONE) so ``--resume`` retries only the failures.

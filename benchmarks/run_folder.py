@@ -214,6 +214,24 @@ class RunFolder:
     def has_parts(self) -> bool:
         return any((self.path / "parts").glob("*.csv"))
 
+    def part_names(self) -> list[tuple[str, int]]:
+        """(method, seed) of every part on disk, finished or not, in file-name order."""
+        names = [f.stem.rsplit("-seed", 1) for f in sorted((self.path / "parts").glob("*-seed*.csv"))]
+        return [(m, int(s)) for m, s in names if s.isdigit()]
+
+    def planned_runs(self) -> tuple[list[str], list[int]]:
+        """The run's own methods and seeds: every one its config.json or a recorded call names, or a part holds.
+
+        Parts count because a call killed before it recorded itself leaves only them; a resume without
+        ``--methods``/``--seeds`` continues all of these (never the command's defaults, which may be other methods).
+        """
+        config = self.read_config() if self.has_config() else {}
+        calls = [*self.calls_of(config), config] if config else []
+        parts = self.part_names()
+        methods = [m for c in calls for m in c.get("methods") or []] + [m for m, _ in parts]
+        seeds = sorted({int(s) for c in calls for s in c.get("seeds") or []} | {s for _, s in parts})
+        return list(dict.fromkeys(methods)), seeds
+
     def part_complete(self, method: str, seed: int, n_experiences: int) -> bool:
         part = self.part(method, seed)
         if not part.exists():

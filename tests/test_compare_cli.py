@@ -120,8 +120,33 @@ def test_a_failing_method_does_not_cost_the_others_and_leaves_the_run_unfinished
     assert "lwf-seed0" in json.loads((run_dir / "config.json").read_text())["failed"]
     assert not (run_dir / "DONE").exists()
     # the cause is fixed: resume reruns only the failed run
-    compare.main(TINY + ["--methods", "lwf", "ncm", "--resume", str(run_dir)])
+    compare.main(TINY + ["--methods", "lwf", "ncm", "--seeds", "0", "--resume", str(run_dir)])
     assert (run_dir / "DONE").exists() and (run_dir / "parts" / "lwf-seed0.csv").exists()
+
+
+def test_resume_without_methods_or_seeds_continues_the_runs_own(tiny_run, tmp_path, capsys):
+    # the command's defaults (sdlora, seed 0) are not the run's: a resume must not train them into another run
+    run_dir, _ = tiny_run
+    copy = tmp_path / "cifar100-tiny128" / "own"
+    shutil.copytree(run_dir, copy)
+    (copy / "parts" / "ncm-seed0.csv").unlink()
+    shutil.rmtree(copy / "csv" / "ncm", ignore_errors=True)
+    compare.main(TINY + TINY_METHOD_OPTIONS + ["--resume", str(copy)])
+    assert (copy / "parts" / "ncm-seed0.csv").exists() and (copy / "DONE").exists()
+    assert "1 to run" in capsys.readouterr().out
+    assert json.loads((copy / "config.json").read_text())["calls"][-1]["methods"] == list(METHODS)
+
+
+def test_planned_runs_are_the_config_the_calls_and_the_parts(tmp_path):
+    from benchmarks.run_folder import RunFolder
+
+    folder = RunFolder(tmp_path / "r")
+    assert folder.planned_runs() == ([], [])
+    (folder.path / "parts").mkdir(parents=True)
+    folder.write_config({"methods": ["ncm"], "seeds": [1],
+                         "calls": [{"methods": ["sdlora", "ncm"], "seeds": [0]}, {"methods": ["ncm"], "seeds": [1]}]})
+    (folder.path / "parts" / "lwf-seed3.csv").write_text("method,seed,experience\nlwf,3,0\n")  # a killed extension
+    assert folder.planned_runs() == (["sdlora", "ncm", "lwf"], [0, 1, 3])
 
 
 def test_resume_refuses_another_ewc_lambda(tiny_run, tmp_path):

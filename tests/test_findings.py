@@ -164,3 +164,28 @@ def test_a_second_call_trains_nothing_and_writes_the_same_numbers(findings):
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/parts/*.csv")} == parts  # nothing retrained
     for f, df in before.items():
         pd.testing.assert_frame_equal(pd.read_csv(out / f), df)
+
+
+def test_runs_may_be_split_over_folders_each_method_from_the_first_that_holds_it(findings, tiny_run, tmp_path):
+    # e.g. SD-LoRA and seq-lora from the headline's run, the fixed direction from the Table 4 run
+    import json
+
+    out, _ = findings
+    run_dir, _ = tiny_run
+    a, b = tmp_path / "cifar100-tiny128" / "a", tmp_path / "cifar100-tiny128" / "b"
+    shutil.copytree(run_dir, a, ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copytree(run_dir, b, ignore=shutil.ignore_patterns("checkpoints"))
+    (a / "parts" / "sdlora-fixed-direction-seed0.csv").unlink()
+    with pytest.raises(SystemExit, match=r"--runs '.*a' has no finished run of sdlora-fixed-direction; add it with "):
+        command.main(TINY + ["--runs", str(a), "--out", str(tmp_path / "refused"), "--only", "f1b"])
+    copy = tmp_path / "f"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("runs"))
+    command.main(TINY + ["--runs", str(a), str(b), "--out", str(copy), "--only", "f1b"])
+    pd.testing.assert_frame_equal(pd.read_csv(copy / "f1b_runs.csv"), pd.read_csv(out / "f1b_runs.csv"),
+                                  check_like=True)
+    sources = json.loads((copy / "sources.json").read_text())
+    f1b = sources["comparison (f1b)"]
+    assert f1b["folder_of"] == {"sdlora": str(a), "seq-lora": str(a), "sdlora-fixed-direction": str(b)}
+    # the earlier call's record of the comparison Findings 2 and 3 read is kept beside it
+    assert sources["comparison (f1b, f2, f3)"]["findings"] == ["f1b", "f2", "f3"]
+    assert f"sdlora-fixed-direction `{b}`" in (copy / "README.md").read_text()

@@ -31,8 +31,8 @@ from . import report
 from .directions import alpha_rows, residual_rows
 from .interpolation import interpolation_rows, points
 from .low_loss import dense_update, distance_rows, fixed_direction_runs
-from .sources import (FINDINGS, SINGLE_TASK_METHOD, TASK_INITS, benchmark_for, comparison_folder, folder_config,
-                      given_folder, load_model, methods_for, paper_recipe, single_task_folder, task_seed,
+from .sources import (COMPARISON_METHODS, FINDINGS, SINGLE_TASK_METHOD, TASK_INITS, benchmark_for, comparison_folder,
+                      folder_config, given_folders, load_model, methods_for, paper_recipe, single_task_folder, task_seed,
                       train_comparison, train_single_task)
 
 DEFAULT_OUT = Path("runs/findings")
@@ -44,9 +44,10 @@ def parse_args(argv: list[str] | None = None):
     p = compare.Parser(prog="python -m benchmarks.findings", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of the runs trained here (default: 0)")
     add_run_flags(p)
-    p.add_argument("--runs", metavar="RUN_DIR", help="a benchmarks.compare run folder with sdlora, seq-lora and "
-                   "sdlora-fixed-direction and their checkpoints (Findings 1(b), 2 and 3 read its finished seeds; its "
-                   "settings must be this call's); default: train them into OUT/runs with --seeds")
+    p.add_argument("--runs", metavar="RUN_DIR", nargs="+", help="benchmarks.compare run folders holding sdlora, "
+                   "seq-lora and sdlora-fixed-direction (Finding 1(b) reads their rows; 2 and 3 their checkpoints): "
+                   "each method is read from the first folder with a finished run of it, all its finished seeds; "
+                   "their settings must be this call's; default: train them into OUT/runs with --seeds")
     p.add_argument("--paper-runs", metavar="RUN_DIR", help="a benchmarks.compare run folder with sdlora under the "
                    "paper's recipe (Finding 2); default: train it into OUT/runs with findings.sources.paper_recipe")
     p.add_argument("--only", nargs="+", choices=FINDINGS, default=list(FINDINGS),
@@ -76,16 +77,23 @@ def parse_args(argv: list[str] | None = None):
     return args
 
 
-def _costs(folder: RunFolder, seeds: dict[str, list[int]]) -> dict:
-    """What a source run folder is and cost: its methods and seeds, seconds summed over their parts, its recipes."""
-    methods = list(seeds)
-    rows = folder.gather()
-    rows = pd.concat([rows[(rows["method"] == m) & rows["seed"].isin(s)] for m, s in seeds.items()])
-    config = folder.read_config()
-    return {"folders": [str(folder)], "methods": methods, "seeds": {m: list(map(int, s)) for m, s in seeds.items()},
-            "train_seconds": float(rows["train_seconds"].sum()), "eval_seconds": float(rows["eval_seconds"].sum()),
-            "threads": config.get("identity", {}).get("threads", config.get("threads")),
-            "sdlora": config.get("sdlora"), "recipes": {m: config.get("recipes", {}).get(m) for m in methods}}
+def _costs(runs: dict[str, tuple[RunFolder, list[int]]]) -> dict:
+    """What the source runs are and cost: their folders, methods and seeds, seconds summed over their parts, their
+    recipes (the SD-LoRA options are those of the folder the ``sdlora`` rows come from, else the first)."""
+    folders = list(dict.fromkeys(f for f, _ in runs.values()))
+    train = evaluate = 0.0
+    for m, (folder, seeds) in runs.items():
+        rows = folder.gather()
+        rows = rows[(rows["method"] == m) & rows["seed"].isin(seeds)]
+        train, evaluate = train + float(rows["train_seconds"].sum()), evaluate + float(rows["eval_seconds"].sum())
+    configs = {m: f.read_config() for m, (f, _) in runs.items()}
+    main = configs.get("sdlora", next(iter(configs.values())))
+    return {"folders": [str(f) for f in folders], "methods": list(runs),
+            "seeds": {m: list(map(int, s)) for m, (_, s) in runs.items()},
+            "folder_of": {m: str(f) for m, (f, _) in runs.items()} if len(folders) > 1 else None,
+            "train_seconds": train, "eval_seconds": evaluate,
+            "threads": main.get("identity", {}).get("threads", main.get("threads")),
+            "sdlora": main.get("sdlora"), "recipes": {m: c.get("recipes", {}).get(m) for m, c in configs.items()}}
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -108,34 +116,41 @@ def main(argv: list[str] | None = None) -> Path:
     sources.setdefault("analysis_seconds", {})
     only = [f for f in FINDINGS if f in args.only]
 
-    def comparison_runs(run_cfg, methods, name, given, flag):
-        """(folder, seeds per method) of a comparison: the given folder's finished seeds, or trained here."""
+    def comparison_runs(run_cfg, methods, name, given, flag, findings):
+        """{method: (folder, its seeds)} of a comparison: the given folders' finished seeds, or trained here."""
         if given:
-            folder, seeds = given_folder(given, flag, methods, cfg)
+            runs = given_folders(given, flag, methods, cfg)
         else:
-            folder, seeds = comparison_folder(out, run_cfg, name), {m: list(args.seeds) for m in methods}
+            folder = comparison_folder(out, run_cfg, name)
             train_comparison(run_cfg, methods, args.seeds, folder, jobs=args.jobs, quiet=args.quiet,
                              command=f"{command}  # {name}")
-        sources[name] = {**_costs(folder, seeds), "trained_here": not given}
-        return folder, seeds
+            runs = {m: (folder, list(args.seeds)) for m in methods}
+        # Keyed by the findings that read it: a later call on other findings and other runs adds its own entry.
+        key = f"{name} ({', '.join(findings)})"
+        for stale in [k for k, v in sources.items() if isinstance(v, dict) and set(v.get("findings", ())) <= set(findings)
+                      and k.split(" (")[0] == name]:
+            del sources[stale]
+        sources[key] = {**_costs(runs), "findings": list(findings), "trained_here": not given}
+        return runs
 
     # Training first (each run resumes where an interrupted call left it), then the analyses.
     if methods_for(only):
-        comparison, seeds = comparison_runs(cfg, methods_for(only), "comparison", args.runs, "--runs")
+        reading = [f for f in only if COMPARISON_METHODS[f]]
+        comparison = comparison_runs(cfg, methods_for(only), "comparison", args.runs, "--runs", reading)
     if "f2" in only:
-        paper, paper_seeds = comparison_runs(paper_recipe(cfg), ["sdlora"], "paper", args.paper_runs, "--paper-runs")
+        paper = comparison_runs(paper_recipe(cfg), ["sdlora"], "paper", args.paper_runs, "--paper-runs", ["f2"])
     if "f1a" in only:
         finding_1a(cfg, args, out, sources, command)
     if "f1b" in only:
-        finding_1b(comparison, seeds, out)
+        finding_1b({m: comparison[m] for m in methods_for(["f1b"])}, out)
     if "f2" in only:
         t0 = time.perf_counter()
-        finding_2([(comparison, seeds["sdlora"]), (paper, paper_seeds["sdlora"])], out)
+        finding_2([comparison["sdlora"], paper["sdlora"]], out)
         sources["analysis_seconds"]["f2"] = time.perf_counter() - t0
     if "f3" in only:
         t0 = time.perf_counter()
-        rows = [{"method": m, **r} for m in methods_for(["f3"]) for seed in seeds[m]
-                for r in interpolation_rows(comparison, m, seed, points(args.points))]
+        rows = [{"method": m, **r} for m in methods_for(["f3"]) for seed in comparison[m][1]
+                for r in interpolation_rows(comparison[m][0], m, seed, points(args.points))]
         write_csv(pd.DataFrame(rows), out / report.CSV["f3"])
         sources["analysis_seconds"]["f3"] = time.perf_counter() - t0
     write_text(sources_path, json.dumps(sources, indent=2) + "\n")
@@ -161,7 +176,7 @@ def finding_1a(cfg, args, out: Path, sources: dict, command: str) -> None:
         rows += [{"task_init": init, "seed": seed, **r} for r in distance_rows(updates)]
     sources["analysis_seconds"]["f1a"] = time.perf_counter() - t0
     _merge_csv(out / report.CSV["f1a"], pd.DataFrame(rows), "task_init")
-    costs = [_costs(f, {SINGLE_TASK_METHOD: [task_seed(s, t, init) for s in args.seeds]})
+    costs = [_costs({SINGLE_TASK_METHOD: (f, [task_seed(s, t, init) for s in args.seeds])})
              for t, f in enumerate(folders)]
     sources[f"single-task LoRAs, task init {init}"] = {
         **costs[0], "folders": [str(f) for f in folders], "seeds": list(args.seeds), "task_init": init,
@@ -169,12 +184,12 @@ def finding_1a(cfg, args, out: Path, sources: dict, command: str) -> None:
         "eval_seconds": sum(c["eval_seconds"] for c in costs)}
 
 
-def finding_1b(comparison: RunFolder, seeds: dict[str, list[int]], out: Path) -> None:
+def finding_1b(runs: dict[str, tuple[RunFolder, list[int]]], out: Path) -> None:
     """The fixed-direction, seq-lora and SD-LoRA rows of the comparison, per run and per experience."""
-    methods = methods_for(["f1b"])
-    write_csv(fixed_direction_runs(comparison, {m: seeds[m] for m in methods}), out / report.CSV["f1b"])
-    per_task = comparison.gather()
-    keep = pd.concat([per_task[(per_task["method"] == m) & per_task["seed"].isin(seeds[m])] for m in methods])
+    write_csv(pd.concat([fixed_direction_runs(f, {m: s}) for m, (f, s) in runs.items()], ignore_index=True),
+              out / report.CSV["f1b"])
+    per_task = [f.gather() for f, _ in runs.values()]
+    keep = pd.concat([g[(g["method"] == m) & g["seed"].isin(s)] for g, (m, (_, s)) in zip(per_task, runs.items())])
     write_csv(keep[["method", "seed", "experience", "acc_seen", "stored_params"]], out / "f1b_per_task.csv")
 
 

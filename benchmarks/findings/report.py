@@ -246,15 +246,17 @@ def _sources_text(sources: dict) -> str:
                      f"seeds {seeds}; {'trained by this command' if s.get('trained_here') else 'given'}; "
                      f"training {s['train_seconds']:.0f} s, evaluation {s['eval_seconds']:.0f} s (sums over its "
                      f"parts, {s['threads']} thread(s))")
+        if s.get("folder_of"):
+            lines.append("  read from: " + "; ".join(f"{m} `{f}`" for m, f in s["folder_of"].items()))
         if "sdlora" in s:
             lines.append(f"  SD-LoRA options: {json.dumps(s['sdlora'])}; recipes: {json.dumps(s.get('recipes', {}))}")
         trained = (s.get("recipes") or {}).get("sdlora") or {}
         options = s.get("sdlora") or {}
         other = {k: options.get(k) for k, v in PAPER_OPTIONS.items() if options.get(k) != v}
-        if key == "paper" and other:
+        if key.split(" (")[0] == "paper" and other:
             lines.append(f"  Note: this run's SD-LoRA options differ from the paper's {json.dumps(PAPER_OPTIONS)} in "
                          f"{json.dumps(other)}")
-        if key == "paper" and (trained.get("optimizer"), trained.get("lr")) != PAPER_OPTIMIZER:
+        if key.split(" (")[0] == "paper" and (trained.get("optimizer"), trained.get("lr")) != PAPER_OPTIMIZER:
             lines.append(f"  Note: the paper trains with {PAPER_OPTIMIZER[0]} at lr {PAPER_OPTIMIZER[1]:g}; this run "
                          f"trained with {trained.get('optimizer')} at lr {trained.get('lr')} (run it with --preset paper: "
                          "see findings.sources.paper_recipe)")

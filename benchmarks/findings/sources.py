@@ -77,27 +77,38 @@ def train_comparison(cfg: RunConfig, methods: Sequence[str], seeds: Sequence[int
     return folder
 
 
-def given_folder(path: str, flag: str, methods: Sequence[str], cfg: RunConfig) -> tuple[RunFolder, dict[str, list]]:
-    """A comparison folder named on the command line: checked, with the finished seeds of each needed method.
+def given_folders(paths: Sequence[str], flag: str, methods: Sequence[str],
+                  cfg: RunConfig) -> dict[str, tuple[RunFolder, list[int]]]:
+    """Comparison folders named on the command line, checked: {method: (the first folder with a finished run of it,
+    that folder's finished seeds of it)}.
 
-    Its data, model and training settings must be this call's (the single-task LoRAs, trained with this call's,
-    are compared with it); each method needs at least one finished seed.
+    Their data, model and training settings must be this call's (the single-task LoRAs, trained with this call's,
+    are compared with them); each method needs at least one finished seed in one of them.
     """
-    folder = RunFolder(path)
-    if not folder.has_config():
-        raise SystemExit(f"error: {flag} '{path}' is not a run folder of benchmarks.compare (no config.json)")
-    saved = RunConfig.from_json(folder.read_config())
-    differ = [f"--{k.replace('_', '-')}: the run's {getattr(saved, k)!r}, this call's {getattr(cfg, k)!r}"
-              for k in SHARED_SETTINGS if getattr(saved, k) != getattr(cfg, k)]
-    if differ:
-        raise SystemExit(f"error: {flag} '{path}' ran with other settings than this call: {'; '.join(differ)}; pass "
-                         "the run's values (the findings train their other runs with this call's settings)")
-    seeds = {m: finished_seeds(folder, m, saved.n_experiences) for m in methods}
-    missing = [m for m, s in seeds.items() if not s]
+    folders = []
+    for path in paths:
+        folder = RunFolder(path)
+        if not folder.has_config():
+            raise SystemExit(f"error: {flag} '{path}' is not a run folder of benchmarks.compare (no config.json)")
+        saved = RunConfig.from_json(folder.read_config())
+        differ = [f"--{k.replace('_', '-')}: the run's {getattr(saved, k)!r}, this call's {getattr(cfg, k)!r}"
+                  for k in SHARED_SETTINGS if getattr(saved, k) != getattr(cfg, k)]
+        if differ:
+            raise SystemExit(f"error: {flag} '{path}' ran with other settings than this call: {'; '.join(differ)}; "
+                             "pass the run's values (the findings train their other runs with this call's settings)")
+        folders.append((folder, saved.n_experiences))
+    runs = {}
+    for m in methods:
+        found = [(f, s) for f, n in folders if (s := finished_seeds(f, m, n))]
+        if found:
+            runs[m] = found[0]
+    missing = [m for m in methods if m not in runs]
     if missing:
-        raise SystemExit(f"error: {flag} '{path}' has no finished run of {', '.join(missing)}; add it with "
-                         f"python -m benchmarks.compare --resume {path} --methods {' '.join(missing)} --seeds ...")
-    return folder, seeds
+        where = f"'{paths[0]}'" if len(paths) == 1 else f"any of {', '.join(repr(p) for p in paths)}"
+        raise SystemExit(f"error: {flag} {where} has no finished run of {', '.join(missing)}; add it with "
+                         f"python -m benchmarks.compare --resume {paths[0]} --methods {' '.join(missing)} --seeds ..., "
+                         f"or name a folder that holds it")
+    return runs
 
 
 def finished_seeds(folder: RunFolder, method: str, n_experiences: int) -> list[int]:
