@@ -188,4 +188,9 @@ def test_runs_may_be_split_over_folders_each_method_from_the_first_that_holds_it
     assert f1b["folder_of"] == {"sdlora": str(a), "seq-lora": str(a), "sdlora-fixed-direction": str(b)}
     # the earlier call's record of the comparison Findings 2 and 3 read is kept beside it
     assert sources["comparison (f1b, f2, f3)"]["findings"] == ["f1b", "f2", "f3"]
-    assert f"sdlora-fixed-direction `{b}`" in (copy / "README.md").read_text()
+    readme = (copy / "README.md").read_text()
+    assert f"sdlora-fixed-direction `{b}`" in readme
+    # both calls are named, oldest first
+    assert sources["calls"][-1]["only"] == ["f1b"] and "--only f1b" in sources["calls"][-1]["command"]
+    assert "Commands, oldest first" in readme and readme.index(sources["calls"][0]["command"]) < readme.index(
+        sources["calls"][-1]["command"])

@@ -112,7 +112,11 @@ def main(argv: list[str] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     sources_path = out / "sources.json"
     sources = json.loads(sources_path.read_text()) if sources_path.exists() else {}
-    sources.update(command=command, settings={k: getattr(cfg, k) for k in SETTINGS_SHOWN})
+    # Every call that wrote into the folder, oldest first: a folder built by several calls (e.g. --only f2 f3 on
+    # given runs, then --only f1a) names each; "command" is the last one's.
+    calls = sources.get("calls") or ([{"command": sources["command"], "only": None}] if "command" in sources else [])
+    sources.update(command=command, calls=[*calls, {"command": command, "only": list(args.only)}],
+                   settings={k: getattr(cfg, k) for k in SETTINGS_SHOWN})
     sources.setdefault("analysis_seconds", {})
     only = [f for f in FINDINGS if f in args.only]
 
