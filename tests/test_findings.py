@@ -194,3 +194,13 @@ def test_runs_may_be_split_over_folders_each_method_from_the_first_that_holds_it
     assert sources["calls"][-1]["only"] == ["f1b"] and "--only f1b" in sources["calls"][-1]["command"]
     assert "Commands, oldest first" in readme and readme.index(sources["calls"][0]["command"]) < readme.index(
         sources["calls"][-1]["command"])
+
+
+def test_mean_cosine_of_task_updates_is_recovered_from_the_distances():
+    # cosines 0.6 (u0, u1), 1 (u0, u2), 0.6 (u1, u2): mean 11/15
+    updates = {0: torch.tensor([1.0, 0.0]), 1: torch.tensor([0.6, 0.8]), 2: torch.tensor([1.0, 0.0])}
+    rows = pd.DataFrame([{"task_init": "same", "seed": 0, **r} for r in distance_rows(updates)])
+    s = report.summarize_distances(rows).iloc[0]
+    assert s["mean_cosine"] == pytest.approx(11 / 15)
+    assert s["share_pairs_closer"] == 1.0  # |u0-u1| = |u1-u2| = 0.894 < 1 and u0 = u2
+    assert "mean cosine between two tasks' updates 0.733" in report.verdict_f1a(s)[0]

@@ -38,18 +38,23 @@ def distance_rows(updates: dict[int, Tensor]) -> list[dict]:
 
 
 def summarize_distances(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per task init: mean distance between tasks, mean distance to W0, and the share of pairs closer to each other
-    than the nearer of the two is to W0 (every seed's pairs together)."""
+    """Per task init: mean distance between tasks, mean distance to W0, the share of pairs closer to each other
+    than the nearer of the two is to W0, and the mean cosine between two tasks' updates (every seed's pairs together)."""
     out = []
     for init, g in rows.groupby("task_init", sort=False):
         pairs, norms = g[g["kind"] == "between_tasks"], g[g["kind"] == "to_pretrained"]
         norm = {(s, int(t)): d for s, t, d in zip(norms["seed"], norms["a"], norms["distance"])}
         closer = [d < min(norm[(s, int(a))], norm[(s, int(b))]) for s, a, b, d in
                   zip(pairs["seed"], pairs["a"], pairs["b"], pairs["distance"])]
+        # The cosine of two updates, from the three distances (law of cosines): with equal norms the pair is closer
+        # to each other than to W0 exactly when it exceeds 0.5, so it says how far from the claim a case is.
+        cosines = [(norm[(s, int(a))] ** 2 + norm[(s, int(b))] ** 2 - d ** 2) / (2 * norm[(s, int(a))] * norm[(s, int(b))])
+                   for s, a, b, d in zip(pairs["seed"], pairs["a"], pairs["b"], pairs["distance"])]
         out.append({"task_init": init, "n_seeds": g["seed"].nunique(), "n_tasks": norms["a"].nunique(),
                     "mean_between_tasks": pairs["distance"].mean(), "mean_to_pretrained": norms["distance"].mean(),
                     "max_between_tasks": pairs["distance"].max(), "min_to_pretrained": norms["distance"].min(),
-                    "share_pairs_closer": sum(closer) / len(closer) if closer else float("nan")})
+                    "share_pairs_closer": sum(closer) / len(closer) if closer else float("nan"),
+                    "mean_cosine": sum(cosines) / len(cosines) if cosines else float("nan")})
     return pd.DataFrame(out)
 
 

@@ -74,7 +74,9 @@ def verdict_f1a(s: pd.Series) -> tuple[str, str]:
     measured = (f"task init '{s.task_init}' ({int(s.n_tasks)} tasks x {int(s.n_seeds)} seed(s)): mean distance "
                 f"between tasks {s.mean_between_tasks:.4g} (largest {s.max_between_tasks:.4g}) vs mean distance to W0 "
                 f"{s.mean_to_pretrained:.4g} (smallest {s.min_to_pretrained:.4g}); "
-                f"{100 * s.share_pairs_closer:.0f}% of pairs are closer to each other than the nearer one is to W0")
+                f"{100 * s.share_pairs_closer:.0f}% of pairs are closer to each other than the nearer one is to W0"
+                + (f"; mean cosine between two tasks' updates {s.mean_cosine:.3f} (above 0.5 is what 'closer to each "
+                   "other than to W0' needs at equal norms)" if "mean_cosine" in s and pd.notna(s.mean_cosine) else ""))
     return measured, "holds" if s.mean_between_tasks < s.mean_to_pretrained else "does not hold"
 
 
