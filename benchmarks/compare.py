@@ -301,7 +301,7 @@ def _run_locked(cfg: RunConfig, methods: list[str], seeds: list[int], folder: Ru
 
 def _recipes(cfg: RunConfig, methods: list[str], folder: RunFolder) -> dict[str, dict]:
     """The optimizer and lr every method of the folder trains with (from its recipe trait)."""
-    present = {p.stem.rsplit("-seed", 1)[0] for p in (folder.path / "parts").glob("*.csv")}
+    present = {m for m, _ in folder.part_names()}
     names = [m for m in method_names() if m in set(methods) | present]
     return {m: vars(get_method(m).recipe(cfg)) for m in names}
 

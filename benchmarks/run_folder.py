@@ -215,7 +215,7 @@ class RunFolder:
         return any((self.path / "parts").glob("*.csv"))
 
     def part_names(self) -> list[tuple[str, int]]:
-        """(method, seed) of every part on disk, finished or not, in file-name order."""
+        """(method, seed) of every part on disk, finished or not, in file-name order (the inverse of :meth:`part`)."""
         names = [f.stem.rsplit("-seed", 1) for f in sorted((self.path / "parts").glob("*-seed*.csv"))]
         return [(m, int(s)) for m, s in names if s.isdigit()]
 

@@ -66,7 +66,7 @@ class Member:
 
 def folder_methods(folder: RunFolder) -> list[str]:
     """The methods a run folder holds rows of (from its part files), in file-name order."""
-    return sorted({p.stem.rsplit("-seed", 1)[0] for p in (folder.path / "parts").glob("*.csv")})
+    return sorted({m for m, _ in folder.part_names()})
 
 
 def recorded_settings(config: dict) -> dict:

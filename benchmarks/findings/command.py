@@ -81,9 +81,10 @@ def _costs(runs: dict[str, tuple[RunFolder, list[int]]]) -> dict:
     """What the source runs are and cost: their folders, methods and seeds, seconds summed over their parts, their
     recipes (the SD-LoRA options are those of the folder the ``sdlora`` rows come from, else the first)."""
     folders = list(dict.fromkeys(f for f, _ in runs.values()))
+    gathered = {f: f.gather() for f in folders}
     train = evaluate = 0.0
     for m, (folder, seeds) in runs.items():
-        rows = folder.gather()
+        rows = gathered[folder]
         rows = rows[(rows["method"] == m) & rows["seed"].isin(seeds)]
         train, evaluate = train + float(rows["train_seconds"].sum()), evaluate + float(rows["eval_seconds"].sum())
     configs = {m: f.read_config() for m, (f, _) in runs.items()}
@@ -130,9 +131,9 @@ def main(argv: list[str] | None = None) -> Path:
                              command=f"{command}  # {name}")
             runs = {m: (folder, list(args.seeds)) for m in methods}
         # Keyed by the findings that read it: a later call on other findings and other runs adds its own entry.
-        key = f"{name} ({', '.join(findings)})"
+        key = report.source_key(name, findings)
         for stale in [k for k, v in sources.items() if isinstance(v, dict) and set(v.get("findings", ())) <= set(findings)
-                      and k.split(" (")[0] == name]:
+                      and report.source_name(k) == name]:
             del sources[stale]
         sources[key] = {**_costs(runs), "findings": list(findings), "trained_here": not given}
         return runs

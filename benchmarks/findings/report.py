@@ -237,6 +237,16 @@ def plot_f3(rows: pd.DataFrame, path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- README
+def source_key(name: str, findings: list[str]) -> str:
+    """The sources.json key of the runs named ``name`` that ``findings`` read, e.g. "comparison (f2, f3)"."""
+    return f"{name} ({', '.join(findings)})"
+
+
+def source_name(key: str) -> str:
+    """The name in a :func:`source_key` (a key written before findings were named in it is the name itself)."""
+    return key.split(" (")[0]
+
+
 def _sources_text(sources: dict) -> str:
     lines = []
     for key, s in sources.items():
@@ -255,10 +265,10 @@ def _sources_text(sources: dict) -> str:
         trained = (s.get("recipes") or {}).get("sdlora") or {}
         options = s.get("sdlora") or {}
         other = {k: options.get(k) for k, v in PAPER_OPTIONS.items() if options.get(k) != v}
-        if key.split(" (")[0] == "paper" and other:
+        if source_name(key) == "paper" and other:
             lines.append(f"  Note: this run's SD-LoRA options differ from the paper's {json.dumps(PAPER_OPTIONS)} in "
                          f"{json.dumps(other)}")
-        if key.split(" (")[0] == "paper" and (trained.get("optimizer"), trained.get("lr")) != PAPER_OPTIMIZER:
+        if source_name(key) == "paper" and (trained.get("optimizer"), trained.get("lr")) != PAPER_OPTIMIZER:
             lines.append(f"  Note: the paper trains with {PAPER_OPTIMIZER[0]} at lr {PAPER_OPTIMIZER[1]:g}; this run "
                          f"trained with {trained.get('optimizer')} at lr {trained.get('lr')} (run it with --preset paper: "
                          "see findings.sources.paper_recipe)")

@@ -113,8 +113,7 @@ def given_folders(paths: Sequence[str], flag: str, methods: Sequence[str],
 
 def finished_seeds(folder: RunFolder, method: str, n_experiences: int) -> list[int]:
     """Seeds of ``method`` whose part reached the last experience."""
-    found = sorted(int(p.stem.rsplit("-seed", 1)[1]) for p in (folder.path / "parts").glob(f"{method}-seed*.csv")
-                   if p.stem.rsplit("-seed", 1)[0] == method)
+    found = sorted(s for m, s in folder.part_names() if m == method)
     return [s for s in found if folder.part_complete(method, s, n_experiences)]
 
 
