@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -30,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, inputs, runner
+from . import distributed, inputs, pool, runner
 from .config import ORDER_SEEDS, RunConfig, add_run_flags, check_seeds, config_from_flags, default_seeds
 from .identity import identity_changes, run_identity, saved_identity
 from .methods import check_method_options, get_method, method_names
@@ -273,7 +271,7 @@ def _run_locked(cfg: RunConfig, methods: list[str], seeds: list[int], folder: Ru
                 break
     elif jobs_todo:
         inputs.forget_benchmarks()  # the workers build their own
-        reported = _run_parallel(cfg, jobs_todo, folder, jobs, quiet, report_failure)
+        reported = pool.run_parallel(cfg, jobs_todo, folder, jobs, quiet, report_failure)
     if not main:
         if failed:
             raise SystemExit(f"error: rank {distributed.rank()}: {len(failed)} run(s) failed (rank 0 records them)")
@@ -304,61 +302,6 @@ def _recipes(cfg: RunConfig, methods: list[str], folder: RunFolder) -> dict[str,
     present = {m for m, _ in folder.part_names()}
     names = [m for m in method_names() if m in set(methods) | present]
     return {m: vars(get_method(m).recipe(cfg)) for m in names}
-
-
-def _run_parallel(cfg: RunConfig, jobs_todo: list[tuple[str, int]], folder: RunFolder, jobs: int, quiet: bool,
-                  report_failure) -> bool:
-    """(method, seed) runs in ``jobs`` spawned processes; the parent folds their parts into the reports."""
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    reported = False
-    payload = [{"method": m, "seed": s, "config": cfg.to_json(), "folder": str(folder.path)} for m, s in jobs_todo]
-    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_worker, job): (job["method"], job["seed"]) for job in payload}
-        pending, seen = set(futures), folder.parts_signature()
-        while pending:
-            finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-            # Workers write their parts per experience; the parent (the only writer of per_task.csv) folds them
-            # in as they change, so per_task.csv is as current as the parts, as with --jobs 1.
-            now = folder.parts_signature()
-            if now != seen and now:
-                folder.write_per_task()
-                seen = now
-            for fut in finished:
-                try:
-                    fut.result()  # a worker's error is re-raised here, as soon as that worker ends
-                    if not quiet:
-                        print(f"finished {futures[fut]} ({len(futures)} runs in this call)", flush=True)
-                except Exception as err:  # noqa: BLE001
-                    report_failure(futures[fut], err)
-                if folder.has_parts():  # after a failure too: the failed run's finished rows are reported
-                    folder.write_reports()
-                    reported = True
-    return reported
-
-
-def _worker(job: dict) -> str:
-    """One (method, seed) in a child process; its rows go to ``parts/<method>-seed<k>.csv`` as they come."""
-    torch.set_num_threads(1)
-    _exit_with_parent()
-    cfg = RunConfig.from_json(job["config"])
-    folder = RunFolder(job["folder"])
-    # A worker keeps the benchmark of the last class order it ran (a fixed-order run: one per worker).
-    runner.run(job["method"], job["seed"], cfg, make_benchmark(cfg, job["seed"]), folder, quiet=True, resume=True)
-    return str(folder.part(job["method"], job["seed"]))
-
-
-def _exit_with_parent(poll_seconds: float = 2.0) -> None:
-    """Stop this worker when the parent dies (a killed ``compare`` must not leave workers writing its parts)."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_seconds)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
 
 
 def _failure_message(folder: RunFolder, on_record: dict, failed: dict, n_jobs: int,
