@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from . import distributed, inputs, pool, runner
-from .config import ORDER_SEEDS, RunConfig, add_run_flags, check_seeds, config_from_flags, default_seeds
+from .config import (ORDER_SEEDS, RunConfig, add_run_flags, check_seeds, config_from_flags, default_seeds,
+                     resumed_flags)
 from .identity import identity_changes, run_identity, saved_identity
 from .methods import check_method_options, get_method, method_names
 from .run_folder import RunFolder
@@ -60,8 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--report-only", metavar="RUN_DIR",
                    help="rebuild per_task.csv, summary.csv, table.md and plots of a run from its parts/ and exit")
     p.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue an interrupted run with the same settings: finished (method, seed) runs are kept, "
-                        "the rest continue from their last checkpoint or rerun")
+                   help="continue an interrupted run with the same settings (a run flag left out takes the run's "
+                        "value; one given must equal it): finished (method, seed) runs are kept, the rest continue "
+                        "from their last checkpoint or rerun")
     p.add_argument("--quiet", action="store_true", help="no InteractiveLogger progress")
     p.add_argument("--verbose", action="store_true", help="print the traceback of an error, not only its message")
     p.add_argument("--jobs", type=int, default=1,
@@ -82,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown method(s) {unknown}; choose from {', '.join(method_names())} or 'all'")
     if args.jobs <= 0:
         p.error(f"--jobs must be a positive integer, got {args.jobs}")
+    if args.resume and RunFolder(args.resume).has_config():
+        # Flags left out take the run's values (a resumed run keeps its settings); given ones are checked against it.
+        resumed_flags(args, RunFolder(args.resume).read_config())
     try:
         args.config = config_from_flags(args)
         args.seeds = default_seeds(args.config) if args.seeds is None else args.seeds
@@ -180,9 +185,10 @@ def run(cfg: RunConfig, methods: Sequence[str], seeds: Sequence[int], folder: Ru
             saved = folder.read_config()
             changed, unrecorded = identity_changes(saved_identity(saved, identity), identity)
             if changed:
-                raise SystemExit(f"error: '{folder}' was run with other settings; a resumed run keeps its settings, "
-                                 "so pass the run's values, or start a new run (another --run-id, without --resume) "
-                                 "for these: " + "; ".join(changed))
+                raise SystemExit(f"error: '{folder}' was run with other settings; a resumed run keeps its settings "
+                                 "(a flag left out takes the run's value), so drop these flags or pass the run's "
+                                 "values, or start a new run (another --run-id, without --resume) for these: "
+                                 + "; ".join(changed))
             if unrecorded:
                 print(f"note: '{folder}' was written before compare recorded {', '.join(unrecorded)}; this call's "
                       "values are recorded as the run's", flush=True)

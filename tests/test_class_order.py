@@ -116,7 +116,7 @@ def test_rows_and_config_record_each_seeds_order_and_match_fixed_order_runs(runs
 def test_resume_refuses_another_class_order_by_flag(runs):
     seeded, old = runs
     with pytest.raises(SystemExit, match='--class-order: the run\'s "seed", this call\'s "fixed"'):
-        compare.main(TINY + ["--methods", "ncm", "--seeds", "1993", "--resume", str(seeded)])
+        compare.main(TINY + ["--methods", "ncm", "--class-order", "fixed", "--seeds", "1993", "--resume", str(seeded)])
     # a folder from before the setting ran with fixed orders: --class-order seed is a change, named
     with pytest.raises(SystemExit, match='--class-order: the run\'s "fixed", this call\'s "seed"'):
         compare.main(TINY + ["--methods", "ncm", "--class-order", "seed", "--seeds", "1993", "--resume", str(old[0])])

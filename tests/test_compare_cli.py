@@ -137,6 +137,38 @@ def test_resume_without_methods_or_seeds_continues_the_runs_own(tiny_run, tmp_pa
     assert json.loads((copy / "config.json").read_text())["calls"][-1]["methods"] == list(METHODS)
 
 
+def test_resume_takes_the_flags_it_leaves_out_from_the_run(tiny_run, tmp_path):
+    # TINY is far from the defaults (4 classes, 32 px, 1 epoch, ...): a bare --resume continues with the run's values
+    # (before, every left-out flag was the default and the call was refused for each), and reruns ncm as it was
+    run_dir, _ = tiny_run
+    copy = tmp_path / "cifar100-tiny128" / "bare"
+    shutil.copytree(run_dir, copy)
+    (copy / "parts" / "ncm-seed0.csv").unlink()
+    shutil.rmtree(copy / "csv" / "ncm", ignore_errors=True)
+    assert compare.main(["--resume", str(copy), "--quiet"]) == copy
+    timing = ["train_seconds", "eval_seconds"]
+    again = pd.read_csv(copy / "parts" / "ncm-seed0.csv").drop(columns=timing)
+    pd.testing.assert_frame_equal(again, pd.read_csv(run_dir / "parts" / "ncm-seed0.csv").drop(columns=timing))
+    assert (copy / "DONE").exists()
+
+
+def test_resumed_flags_fill_only_what_was_left_out(tmp_path):
+    import argparse
+
+    from benchmarks.config import RunConfig, add_run_flags, resumed_flags
+
+    parser = argparse.ArgumentParser()
+    add_run_flags(parser)
+    saved = RunConfig.for_protocol("cifar100-tiny128", epochs=7, img_size=64, data=str(tmp_path / "elsewhere.npz"),
+                                   class_order="seed").to_json()
+    args = parser.parse_args(["--epochs", "2"])
+    filled = resumed_flags(args, saved)
+    assert args.epochs == 2 and "--epochs" not in filled  # given: kept (the identity check then refuses it)
+    assert args.img_size == 64 and args.class_order == "seed" and args.rank == 10
+    assert args.data is None and "--data" not in filled  # a path that does not exist here is found as in a new run
+    assert resumed_flags(parser.parse_args([]), {"protocol": "no-such-protocol"}) == []
+
+
 def test_planned_runs_are_the_config_the_calls_and_the_parts(tmp_path):
     from benchmarks.run_folder import RunFolder
 
