@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from avalanche_sdlora import create_backbone
 from benchmarks.peers import aper, inflora, ranpac
 from benchmarks.peers.adaptformer import adapters_of
-from benchmarks.peers.inflora import DualGPM, threshold_schedule
+from benchmarks.peers.dualgpm import DualGPM, threshold_schedule
 from benchmarks.peers.ranpac import RandomProjectionRidge, ridge_path_losses
 
 from conftest import TINY_IMG, make_evaluator, stream_acc

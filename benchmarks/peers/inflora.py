@@ -17,13 +17,8 @@ Reference: liangyanshuo/InfLoRA@e08b00e ``methods/inflora.py`` (``_train``, ``tr
   projected ``C - M M^T C`` ('remove': ``M`` spans the kept space) or ``M M^T C`` ('retain': ``M`` spans its
   complement); the same ``A_t`` for k and v (the reference stores two equal copies; we store one);
 - ``B`` starts at zero; update ``dW_k = sum_t B_{k,t} A_t`` (likewise v), no further scaling;
-- DualGPM (``update_DualGPM``) runs on the covariance matrices themselves (so its "energy" is the sum of squared
-  singular values of ``C``); threshold ``(lame - lamb) * t / total_sessions + lamb`` with ``t`` the 0-based task just
-  trained, so it never reaches ``lame`` (0.95 ... 0.995 over ten CIFAR tasks); the first task keeps the top ``r``
-  directions with ``r = #{cumulative energy ratio < threshold}`` (one short of reaching it: the ``+1`` is commented
-  out there), at least one; the kept space is stored as its own basis
-  ('remove') while that has fewer than half the dimensions, else as the basis of its complement ('retain'); later
-  tasks add (remove) or take away (retain) the top directions of the projected covariance until the threshold holds;
+- the kept subspace and its update: :mod:`benchmarks.peers.dualgpm` (``update_DualGPM``; its facts are listed
+  there), fed with the covariances of the pass after training;
 - training loss: cross-entropy over the current task's head only (``classifier_pool[numtask-1]``, targets shifted);
   head rows per task ``nn.Linear(embd_dim, classes)`` with its default init; inference concatenates all task heads;
 - optimiser ``Adam(lr 5e-4, betas (0.9, 0.999), weight_decay 0)``, fresh each task, over all parameters of which only
@@ -31,10 +26,6 @@ Reference: liangyanshuo/InfLoRA@e08b00e ``methods/inflora.py`` (``_train``, ``tr
   at epoch ``e`` of ``K``, stepped per epoch; 20 epochs, batch 128, rank 10, lamb 0.95 / lame 1.0 on CIFAR-100
   (ImageNet-R ``mimg10_inflora.json``: lamb 0.98, 50 epochs). Its SGD option pairs SGD(momentum 0.9) with
   ``CosineAnnealingLR(T_max=epochs)``.
-
-One deliberate difference: when the first task's kept rank is at least half the dimension the reference stores the
-kept basis labelled 'retain' and then fails its own assertion (retain bases must be at most half); we store the
-complement, as its later 'remove' -> 'retain' switch does.
 """
 
 from __future__ import annotations
@@ -52,6 +43,8 @@ from torch import Tensor, nn
 
 from avalanche_sdlora import create_backbone
 from avalanche_sdlora.head import FrozenPastHead
+
+from .dualgpm import DualGPM, threshold_schedule
 
 __all__ = ["InfLoRAKV", "InfLoRAViT", "DualGPM", "InfLoRAPlugin", "InfLoRA", "threshold_schedule", "input_matrix",
            "build_strategy", "stored_params", "REFERENCE_HPARAMS", "INFERENCE_FORWARD_PASSES"]
@@ -78,89 +71,12 @@ REFERENCE_HPARAMS: dict[str, tuple[object, str]] = {
 INFERENCE_FORWARD_PASSES = 1  # all branches are summed inside the one pass (or merged into the weights)
 
 
-def threshold_schedule(task: int, n_tasks: int, start: float = 0.95, end: float = 1.0) -> float:
-    """The reference's DualGPM energy threshold after 0-based ``task`` of ``n_tasks`` (capped at ``end``)."""
-    return min((end - start) * task / n_tasks + start, end)
-
-
 def input_matrix(cov: Tensor, rank: int) -> Tensor:
     """``A = U[:, :rank]^T / sqrt(3)`` from the (projected) covariance: InfLoRA's frozen input-side matrix."""
     if rank > cov.shape[0]:
         raise ValueError(f"rank {rank} exceeds the layer width {cov.shape[0]}; choose rank <= {cov.shape[0]}")
     U = torch.linalg.svd(cov, full_matrices=False).U
     return U[:, :rank].T / math.sqrt(3)
-
-
-class DualGPM:
-    """Per layer, the input subspace kept for earlier tasks, stored on whichever side is smaller.
-
-    ``kinds[i] == 'remove'``: ``bases[i]`` spans the kept space; ``'retain'``: it spans the complement. All float64.
-    """
-
-    def __init__(self) -> None:
-        self.bases: list[Tensor] = []
-        self.kinds: list[str] = []
-
-    def __len__(self) -> int:
-        return len(self.bases)
-
-    def numel(self) -> int:
-        return sum(b.numel() for b in self.bases)
-
-    def project(self, layer: int, act: Tensor) -> Tensor:
-        """``act`` with the kept space's directions taken out (identity before the first update)."""
-        if not self.bases:
-            return act
-        M = self.bases[layer].to(act)
-        return act - M @ (M.T @ act) if self.kinds[layer] == "remove" else M @ (M.T @ act)
-
-    def kept_basis(self, layer: int) -> Tensor:
-        """An orthonormal basis of the kept space, whichever side is stored."""
-        M = self.bases[layer]
-        if self.kinds[layer] == "remove":
-            return M
-        return torch.linalg.svd(M, full_matrices=True).U[:, M.shape[1]:]
-
-    @torch.no_grad()
-    def update(self, acts: list[Tensor], threshold: float) -> None:
-        acts = [a.double() for a in acts]
-        if not self.bases:
-            for act in acts:
-                U, S, _ = torch.linalg.svd(act)
-                ratio = S**2 / (S**2).sum()
-                r = int((torch.cumsum(ratio, 0) < threshold).sum())
-                k = max(r, 1)
-                if r < act.shape[0] / 2:
-                    self.bases.append(U[:, :k]); self.kinds.append("remove")
-                else:  # the reference stores U[:, :k] here and then fails its retain assertion; keep the complement
-                    self.bases.append(U[:, k:]); self.kinds.append("retain")
-        else:
-            for i, act in enumerate(acts):
-                self._update_layer(i, act, threshold)
-        for i, (M, kind) in enumerate(zip(self.bases, self.kinds)):
-            if kind == "remove" and M.shape[1] > M.shape[0] / 2:  # store the smaller side
-                self.bases[i] = torch.linalg.svd(M, full_matrices=True).U[:, M.shape[1]:]
-                self.kinds[i] = "retain"
-
-    def _update_layer(self, i: int, act: Tensor, threshold: float) -> None:
-        M, total = self.bases[i], (torch.linalg.svdvals(act) ** 2).sum()
-        if self.kinds[i] == "remove":
-            U, S, _ = torch.linalg.svd(act - M @ (M.T @ act))
-            ratio = S**2 / total
-            acc, r = float(((total - (S**2).sum()) / total)), 0
-            while r < len(ratio) and acc < threshold:  # add directions until the kept energy reaches the threshold
-                acc += float(ratio[r]); r += 1
-            if r:
-                self.bases[i] = torch.cat([M, U[:, :r]], dim=1)[:, : M.shape[0]]
-        else:
-            U, S, _ = torch.linalg.svd(M @ (M.T @ act))
-            ratio = S**2 / total
-            acc, r = float((S**2).sum() / total), 0
-            while r < len(ratio) and acc >= 1 - threshold:  # take directions out of the free side until it is small
-                acc -= float(ratio[r]); r += 1
-            if r:
-                rest = M - U[:, :r] @ (U[:, :r].T @ M)
-                self.bases[i] = torch.linalg.svd(rest, full_matrices=True).U[:, : M.shape[1] - r]
 
 
 class InfLoRAKV(nn.Module):
