@@ -178,6 +178,7 @@ def test_runs_may_be_split_over_folders_each_method_from_the_first_that_holds_it
     (a / "parts" / "sdlora-fixed-direction-seed0.csv").unlink()
     with pytest.raises(SystemExit, match=r"--runs '.*a' has no finished run of sdlora-fixed-direction; add it with "):
         command.main(TINY + ["--runs", str(a), "--out", str(tmp_path / "refused"), "--only", "f1b"])
+    assert not (tmp_path / "refused").exists()  # a refused call leaves no empty findings folder behind
     copy = tmp_path / "f"
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("runs"))
     command.main(TINY + ["--runs", str(a), str(b), "--out", str(copy), "--only", "f1b"])
@@ -188,6 +189,10 @@ def test_runs_may_be_split_over_folders_each_method_from_the_first_that_holds_it
     assert f1b["folder_of"] == {"sdlora": str(a), "seq-lora": str(a), "sdlora-fixed-direction": str(b)}
     # the earlier call's record of the comparison Findings 2 and 3 read is kept beside it
     assert sources["comparison (f1b, f2, f3)"]["findings"] == ["f1b", "f2", "f3"]
+    # the same call again is one call in the history, at its latest place
+    command.main(TINY + ["--runs", str(a), str(b), "--out", str(copy), "--only", "f1b"])
+    calls = [c["command"] for c in json.loads((copy / "sources.json").read_text())["calls"]]
+    assert len(calls) == len(set(calls)) and "--only f1b" in calls[-1]
     readme = (copy / "README.md").read_text()
     assert f"sdlora-fixed-direction `{b}`" in readme
     # both calls are named, oldest first

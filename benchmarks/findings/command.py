@@ -11,6 +11,7 @@ the README from the CSVs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -23,7 +24,7 @@ from avalanche_sdlora import SDLoRAOptions
 from avalanche_sdlora.atomic import write_text
 
 from .. import compare, inputs
-from ..config import add_run_flags, check_seeds, config_from_flags
+from ..config import RunConfig, add_run_flags, check_seeds, config_from_flags
 from ..methods import check_method_options
 from ..reports import write_csv
 from ..run_folder import RunFolder
@@ -94,7 +95,10 @@ def _costs(runs: dict[str, tuple[RunFolder, list[int]]]) -> dict:
             "folder_of": {m: str(f) for m, (f, _) in runs.items()} if len(folders) > 1 else None,
             "train_seconds": train, "eval_seconds": evaluate,
             "threads": main.get("identity", {}).get("threads", main.get("threads")),
-            "sdlora": main.get("sdlora"), "recipes": {m: c.get("recipes", {}).get(m) for m, c in configs.items()}}
+            # A folder from before compare recorded "sdlora" holds its options as "sdlora_effective" (and "rank"):
+            # read the way a resume reads them.
+            "sdlora": main.get("sdlora") or RunConfig.from_json(main).sdlora.to_dict(),
+            "recipes": {m: c.get("recipes", {}).get(m) for m, c in configs.items()}}
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -110,60 +114,77 @@ def main(argv: list[str] | None = None) -> Path:
         torch.set_num_threads(args.threads)
     command = " ".join(["python -m benchmarks.findings", *argv])
     cfg = inputs.resolved(args.config)
+    with _kept_only_if_written(out):
+        sources_path = out / "sources.json"
+        sources = json.loads(sources_path.read_text()) if sources_path.exists() else {}
+        # Every call that wrote into the folder, oldest first: a folder built by several calls (e.g. --only f2 f3 on
+        # given runs, then --only f1a) names each; "command" is the last one's.
+        calls = sources.get("calls") or (
+            [{"command": sources["command"], "only": None}] if "command" in sources else [])
+        # The same command again (a rerun over the same runs) is one call, at its latest place.
+        calls = [c for c in calls if c.get("command") != command]
+        sources.update(command=command, calls=[*calls, {"command": command, "only": list(args.only)}],
+                       settings={k: getattr(cfg, k) for k in SETTINGS_SHOWN})
+        sources.setdefault("analysis_seconds", {})
+        only = [f for f in FINDINGS if f in args.only]
+
+        def comparison_runs(run_cfg, methods, name, given, flag, findings):
+            """{method: (folder, its seeds)} of a comparison: the given folders' finished seeds, or trained here."""
+            if given:
+                runs = given_folders(given, flag, methods, cfg)
+            else:
+                folder = comparison_folder(out, run_cfg, name)
+                train_comparison(run_cfg, methods, args.seeds, folder, jobs=args.jobs, quiet=args.quiet,
+                                 command=f"{command}  # {name}")
+                runs = {m: (folder, list(args.seeds)) for m in methods}
+            # Keyed by the findings that read it: a later call on other findings and other runs adds its own entry.
+            key = report.source_key(name, findings)
+            for stale in [k for k, v in sources.items() if isinstance(v, dict)
+                          and set(v.get("findings", ())) <= set(findings) and report.source_name(k) == name]:
+                del sources[stale]
+            sources[key] = {**_costs(runs), "findings": list(findings), "trained_here": not given}
+            return runs
+
+        # Training first (each run resumes where an interrupted call left it), then the analyses.
+        if methods_for(only):
+            reading = [f for f in only if COMPARISON_METHODS[f]]
+            comparison = comparison_runs(cfg, methods_for(only), "comparison", args.runs, "--runs", reading)
+        if "f2" in only:
+            paper = comparison_runs(paper_recipe(cfg), ["sdlora"], "paper", args.paper_runs, "--paper-runs", ["f2"])
+        if "f1a" in only:
+            finding_1a(cfg, args, out, sources, command)
+        if "f1b" in only:
+            finding_1b({m: comparison[m] for m in methods_for(["f1b"])}, out)
+        if "f2" in only:
+            t0 = time.perf_counter()
+            finding_2([comparison["sdlora"], paper["sdlora"]], out)
+            sources["analysis_seconds"]["f2"] = time.perf_counter() - t0
+        if "f3" in only:
+            t0 = time.perf_counter()
+            rows = [{"method": m, **r} for m in methods_for(["f3"]) for seed in comparison[m][1]
+                    for r in interpolation_rows(comparison[m][0], m, seed, points(args.points))]
+            write_csv(pd.DataFrame(rows), out / report.CSV["f3"])
+            sources["analysis_seconds"]["f3"] = time.perf_counter() - t0
+        write_text(sources_path, json.dumps(sources, indent=2) + "\n")
+        verdicts = report.write(out)
+        if not args.quiet:
+            print(verdicts[["finding", "case", "verdict"]].to_string(index=False))
+        print(f"findings in {out}", flush=True)
+        return out
+
+
+@contextlib.contextmanager
+def _kept_only_if_written(out: Path):
+    """Create ``out`` for this call; a call refused before writing anything (e.g. a --runs folder without the
+    method) removes it again rather than leave an empty findings folder behind."""
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    sources_path = out / "sources.json"
-    sources = json.loads(sources_path.read_text()) if sources_path.exists() else {}
-    # Every call that wrote into the folder, oldest first: a folder built by several calls (e.g. --only f2 f3 on
-    # given runs, then --only f1a) names each; "command" is the last one's.
-    calls = sources.get("calls") or ([{"command": sources["command"], "only": None}] if "command" in sources else [])
-    sources.update(command=command, calls=[*calls, {"command": command, "only": list(args.only)}],
-                   settings={k: getattr(cfg, k) for k in SETTINGS_SHOWN})
-    sources.setdefault("analysis_seconds", {})
-    only = [f for f in FINDINGS if f in args.only]
-
-    def comparison_runs(run_cfg, methods, name, given, flag, findings):
-        """{method: (folder, its seeds)} of a comparison: the given folders' finished seeds, or trained here."""
-        if given:
-            runs = given_folders(given, flag, methods, cfg)
-        else:
-            folder = comparison_folder(out, run_cfg, name)
-            train_comparison(run_cfg, methods, args.seeds, folder, jobs=args.jobs, quiet=args.quiet,
-                             command=f"{command}  # {name}")
-            runs = {m: (folder, list(args.seeds)) for m in methods}
-        # Keyed by the findings that read it: a later call on other findings and other runs adds its own entry.
-        key = report.source_key(name, findings)
-        for stale in [k for k, v in sources.items() if isinstance(v, dict) and set(v.get("findings", ())) <= set(findings)
-                      and report.source_name(k) == name]:
-            del sources[stale]
-        sources[key] = {**_costs(runs), "findings": list(findings), "trained_here": not given}
-        return runs
-
-    # Training first (each run resumes where an interrupted call left it), then the analyses.
-    if methods_for(only):
-        reading = [f for f in only if COMPARISON_METHODS[f]]
-        comparison = comparison_runs(cfg, methods_for(only), "comparison", args.runs, "--runs", reading)
-    if "f2" in only:
-        paper = comparison_runs(paper_recipe(cfg), ["sdlora"], "paper", args.paper_runs, "--paper-runs", ["f2"])
-    if "f1a" in only:
-        finding_1a(cfg, args, out, sources, command)
-    if "f1b" in only:
-        finding_1b({m: comparison[m] for m in methods_for(["f1b"])}, out)
-    if "f2" in only:
-        t0 = time.perf_counter()
-        finding_2([comparison["sdlora"], paper["sdlora"]], out)
-        sources["analysis_seconds"]["f2"] = time.perf_counter() - t0
-    if "f3" in only:
-        t0 = time.perf_counter()
-        rows = [{"method": m, **r} for m in methods_for(["f3"]) for seed in comparison[m][1]
-                for r in interpolation_rows(comparison[m][0], m, seed, points(args.points))]
-        write_csv(pd.DataFrame(rows), out / report.CSV["f3"])
-        sources["analysis_seconds"]["f3"] = time.perf_counter() - t0
-    write_text(sources_path, json.dumps(sources, indent=2) + "\n")
-    verdicts = report.write(out)
-    if not args.quiet:
-        print(verdicts[["finding", "case", "verdict"]].to_string(index=False))
-    print(f"findings in {out}", flush=True)
-    return out
+    try:
+        yield
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()
+        raise
 
 
 def finding_1a(cfg, args, out: Path, sources: dict, command: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,9 @@ from avalanche.core import SupervisedPlugin
 from .. import runner
 from ..run_folder import RunFolder
 from .sources import benchmark_for, build_strategy, folder_config, load_model
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def points(n: int) -> list[float]:
@@ -106,7 +110,7 @@ def interpolation_rows(folder: RunFolder, method: str, seed: int, lams: list[flo
     return rows
 
 
-def summarize_paths(rows) -> "pd.DataFrame":
+def summarize_paths(rows: pd.DataFrame) -> pd.DataFrame:
     """Per method (means over seeds): task 1's largest drop along the path and its loss barrier (``own`` head,
     against l = 0), and task 2's accuracy at l = 0 and l = 1 (``own`` head), plus the ``seen`` ends."""
     import pandas as pd

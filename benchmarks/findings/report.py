@@ -261,7 +261,12 @@ def _sources_text(sources: dict) -> str:
         if s.get("folder_of"):
             lines.append("  read from: " + "; ".join(f"{m} `{f}`" for m, f in s["folder_of"].items()))
         if "sdlora" in s:
-            lines.append(f"  SD-LoRA options: {json.dumps(s['sdlora'])}; recipes: {json.dumps(s.get('recipes', {}))}")
+            given = [s["sdlora"], *(s.get("recipes") or {}).values()]
+            options = json.dumps(s["sdlora"]) if s["sdlora"] is not None else "not recorded"
+            recipes = ", ".join(f"{m}: {json.dumps(r) if r is not None else 'not recorded'}"
+                                for m, r in (s.get("recipes") or {}).items())
+            why = " (not recorded: written before compare recorded them)" if None in given else ""
+            lines.append(f"  SD-LoRA options: {options}; recipes: {recipes or 'none'}{why}")
         trained = (s.get("recipes") or {}).get("sdlora") or {}
         options = s.get("sdlora") or {}
         other = {k: options.get(k) for k, v in PAPER_OPTIONS.items() if options.get(k) != v}
