@@ -72,7 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     # A resume continues the run's own (method, seed) runs unless told otherwise: the command's defaults would
     # silently train another method into the folder.
-    planned = RunFolder(args.resume).planned_runs() if args.resume else ([], [])
+    resumed = RunFolder(args.resume) if args.resume else None
+    planned = resumed.planned_runs() if resumed else ([], [])
     if args.methods is None:
         args.methods = planned[0] or list(DEFAULT_METHODS)
     if args.seeds is None and planned[1]:
@@ -84,9 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown method(s) {unknown}; choose from {', '.join(method_names())} or 'all'")
     if args.jobs <= 0:
         p.error(f"--jobs must be a positive integer, got {args.jobs}")
-    if args.resume and RunFolder(args.resume).has_config():
+    if resumed and resumed.has_config():
         # Flags left out take the run's values (a resumed run keeps its settings); given ones are checked against it.
-        resumed_flags(args, RunFolder(args.resume).read_config())
+        resumed_flags(args, resumed.read_config())
     try:
         args.config = config_from_flags(args)
         args.seeds = default_seeds(args.config) if args.seeds is None else args.seeds
