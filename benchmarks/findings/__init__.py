@@ -8,6 +8,6 @@
   after tasks 1 and 2, for sequential LoRA and SD-LoRA.
 
 :mod:`.sources` holds the runs they read (every training step through ``benchmarks.compare`` / ``benchmarks.runner``)
-and the models in their checkpoints; :mod:`.report` the verdicts, plots and README, from the CSVs alone;
-:mod:`.command` the command line.
+and the models in their checkpoints; :mod:`.report` the verdicts and README, from the CSVs alone; :mod:`.plots`
+the plots; :mod:`.command` the command line.
 """
