@@ -99,6 +99,30 @@ def test_experiences_that_share_classes():
         s.train(b.train_stream[0])
 
 
+
+@pytest.mark.parametrize("method", ["inflora", "simplecil", "dualprompt"])
+def test_peers_refuse_experiences_that_share_classes_before_changing_the_model(method):
+    # The peers' shared ClassIncrementalTemplate: the refusal names the strategy and the fix, and comes before any
+    # model adaptation or plugin (InfLoRA's subspace pass, the prompts' task switch) has touched the model.
+    from benchmarks.peers import aper, dualprompt, inflora
+
+    build = {"inflora": inflora.build_strategy, "simplecil": aper.build_simplecil_strategy,
+             "dualprompt": dualprompt.build_strategy}[method]
+    a = nc_benchmark(_dataset([0, 1] * 4), _dataset([0, 1]), n_experiences=1, task_labels=False, seed=0)
+    b = nc_benchmark(_dataset([1, 2] * 4), _dataset([1, 2]), n_experiences=1, task_labels=False, seed=0)
+    torch.manual_seed(0)
+    s = build(model_name="vit_tiny_patch16_224", checkpoint=None, img_size=32, num_classes=3, n_experiences=2,
+              epochs=1, batch_size=4, eval_batch_size=8, device="cpu",
+              evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]), plugins=[])
+    s.train(a.train_stream[0])
+    before = {k: v.clone() for k, v in s.model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"experience 0 shares classes \[1\] with earlier experiences; "
+                                         r".*is class-incremental: build the benchmark with disjoint classes"):
+        s.train(b.train_stream[0])
+    after = s.model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert s._seen_classes == {0, 1}
+
 def test_nan_loss_names_experience_and_step():
     class PoisonInputs(SupervisedPlugin):
         def before_forward(self, strategy, **kwargs):

@@ -22,17 +22,16 @@ Reference facts (RanPAC/RanPAC ``RanPAC.py`` ``Learner._train``/``_init_train``/
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
 from avalanche.benchmarks.utils.data_loader import SingleDatasetDataLoader, collate_from_data_or_kwargs
 from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import LRSchedulerPlugin
-from avalanche.training.templates import SupervisedTemplate
 from torch import Tensor, nn
 
 from .adaptformer import adapters_of
+from .class_incremental import ClassIncrementalTemplate
 
 __all__ = ["place_logits", "CosineHead", "FirstSessionModel", "FirstSessionStrategy", "first_session_optimizer",
            "first_session_plugins", "OPTIMIZERS"]
@@ -102,8 +101,10 @@ class FirstSessionModel(nn.Module):
         self.adapted = True
 
 
-class FirstSessionStrategy(SupervisedTemplate):
+class FirstSessionStrategy(ClassIncrementalTemplate):
     """Adapts on the first experience only, then fits ``model.classifier`` from each experience's features."""
+
+    method_label = "SimpleCIL/APER/RanPAC (FirstSessionStrategy)"
 
     def __init__(self, *, model: FirstSessionModel, optimizer: torch.optim.Optimizer | None = None,
                  criterion: nn.Module | None = None, **kwargs) -> None:
@@ -111,31 +112,13 @@ class FirstSessionStrategy(SupervisedTemplate):
             raise TypeError(f"FirstSessionStrategy needs a FirstSessionModel, got {type(model).__name__}")
         if optimizer is None:  # nothing ever trains (SimpleCIL); the template still wants an optimizer object
             optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.0)
-        self._seen_classes: set[int] = set()
         super().__init__(model=model, optimizer=optimizer, criterion=criterion or nn.CrossEntropyLoss(), **kwargs)
-
-    def _before_training_exp(self, **kwargs) -> None:
-        exp = self.experience
-        shared = sorted({int(c) for c in exp.classes_in_this_experience} & self._seen_classes)
-        if shared:
-            raise ValueError(f"experience {exp.current_experience} shares classes {shared[:10]} with earlier experiences; "
-                             "this method is class-incremental: build the benchmark with nc_benchmark (disjoint classes)")
-        super()._before_training_exp(**kwargs)
 
     def model_adaptation(self, model=None):
         model = self.model if model is None else model
         if self.is_training and not model.adapted and model.head is None:
             model.start_adaptation(list(self.experience.classes_in_this_experience))
         return super().model_adaptation(model)
-
-    def make_optimizer(self, reset_optimizer_state: bool = True, **kwargs) -> None:
-        """Point the optimizer at exactly the trainable parameters (adapters + head while adapting, else none)."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer.state = defaultdict(dict)
-        self.optimizer.param_groups.clear()
-        if params:
-            self.optimizer.add_param_group({"params": params})
-        self.optimized_param_id = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
     def _train_exp(self, experience, eval_streams=None, **kwargs) -> None:
         if self.model.head is None:  # adapted already (or nothing to adapt): no epoch in this experience
@@ -148,7 +131,6 @@ class FirstSessionStrategy(SupervisedTemplate):
             self.make_optimizer()
         features, labels = self.feature_pass(**kwargs)
         self.model.classifier.absorb(features, labels)
-        self._seen_classes |= {int(c) for c in self.experience.classes_in_this_experience}
         super()._after_training_exp(**kwargs)
 
     @torch.no_grad()

@@ -31,7 +31,6 @@ Reference: liangyanshuo/InfLoRA@e08b00e ``methods/inflora.py`` (``_train``, ``tr
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Iterable
 
 import torch
@@ -44,6 +43,7 @@ from torch import Tensor, nn
 from avalanche_sdlora import create_backbone
 from avalanche_sdlora.head import FrozenPastHead
 
+from .class_incremental import ClassIncrementalTemplate
 from .dualgpm import DualGPM, threshold_schedule
 
 __all__ = ["InfLoRAKV", "InfLoRAViT", "DualGPM", "InfLoRAPlugin", "InfLoRA", "threshold_schedule", "input_matrix",
@@ -250,8 +250,13 @@ class InfLoRAPlugin(SupervisedPlugin):
         self.thresholds.append(threshold)
 
 
-class InfLoRA(SupervisedTemplate):
-    """InfLoRA: ``SupervisedTemplate`` + :class:`InfLoRAPlugin`; the loss sees the current experience's classes only."""
+class InfLoRA(ClassIncrementalTemplate):
+    """InfLoRA: ``SupervisedTemplate`` + :class:`InfLoRAPlugin`; the loss sees the current experience's classes only.
+
+    The optimizer steps the current ``B`` and head rows only (rebuilt per experience by the base class).
+    """
+
+    method_label = "InfLoRA"
 
     def __init__(self, *, model: InfLoRAViT, optimizer: torch.optim.Optimizer, n_experiences: int,
                  threshold_start: float = 0.95, threshold_end: float = 1.0, criterion: nn.Module | None = None,
@@ -259,30 +264,8 @@ class InfLoRA(SupervisedTemplate):
         if not isinstance(model, InfLoRAViT):
             raise TypeError(f"InfLoRA needs an InfLoRAViT, got {type(model).__name__}")
         self.subspace_plugin = InfLoRAPlugin(n_experiences, threshold_start, threshold_end)
-        self._seen_classes: set[int] = set()
         super().__init__(model=model, optimizer=optimizer, criterion=criterion or nn.CrossEntropyLoss(),
                          plugins=[self.subspace_plugin] + list(plugins or []), **kwargs)
-
-    def _before_training_exp(self, **kwargs) -> None:
-        exp = self.experience
-        shared = sorted({int(c) for c in exp.classes_in_this_experience} & self._seen_classes)
-        if shared:
-            raise ValueError(f"experience {exp.current_experience} shares classes {shared[:10]} with earlier experiences; "
-                             "InfLoRA is class-incremental: build the benchmark with nc_benchmark (disjoint classes)")
-        super()._before_training_exp(**kwargs)
-
-    def _after_training_exp(self, **kwargs) -> None:
-        self._seen_classes |= {int(c) for c in self.experience.classes_in_this_experience}
-        super()._after_training_exp(**kwargs)
-
-    def make_optimizer(self, reset_optimizer_state: bool = True, **kwargs) -> None:
-        """Point the optimizer at exactly the trainable parameters (current ``B`` and head rows), fresh state."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer.state = defaultdict(dict)
-        self.optimizer.param_groups.clear()
-        if params:
-            self.optimizer.add_param_group({"params": params})
-        self.optimized_param_id = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
     def criterion(self):
         out = self.mb_output

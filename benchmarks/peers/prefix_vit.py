@@ -31,18 +31,18 @@ loss, and an optimizer rebuilt over exactly the trainable tensors with fresh sta
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
-from avalanche.training.templates import SupervisedTemplate
 from timm.layers import Attention
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from avalanche_sdlora.model import create_backbone
+
+from .class_incremental import ClassIncrementalTemplate
 
 __all__ = ["PrefixAttention", "PrefixViT", "PromptTaskPlugin", "PromptStrategy", "make_optimizer", "prompt_backbone"]
 
@@ -185,13 +185,15 @@ class PromptTaskPlugin(SupervisedPlugin):
         strategy.model.end_task()
 
 
-class PromptStrategy(SupervisedTemplate):
+class PromptStrategy(ClassIncrementalTemplate):
     """Class-incremental training of a prompt model with ``forward_train(x, with_extra) -> (logits, extra | None)``.
 
     The loss is cross-entropy over the current experience's classes plus ``extra_loss_weight`` times the
     model's extra term (DualPrompt's pull constraint, CODA-Prompt's orthogonality penalty; not computed at
     weight 0); ``clip_grad`` clips the gradient norm before each step (dualprompt-pytorch does, at 1.0).
     """
+
+    method_label = "DualPrompt/CODA-Prompt (PromptStrategy)"
 
     def __init__(self, *, model: nn.Module, optimizer: torch.optim.Optimizer, extra_loss_weight: float = 0.0,
                  clip_grad: float | None = None, plugins: Sequence[SupervisedPlugin] | None = None, **kwargs) -> None:
@@ -201,30 +203,9 @@ class PromptStrategy(SupervisedTemplate):
             raise ValueError(f"the extra loss weight must be a finite number, got {extra_loss_weight!r}")
         self.extra_loss_weight = float(extra_loss_weight)
         self.clip_grad = clip_grad
-        self._seen_classes: set[int] = set()
         self._extra_loss: Tensor | None = None
         super().__init__(model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
                          plugins=[PromptTaskPlugin(), *(plugins or [])], **kwargs)
-
-    def _before_training_exp(self, **kwargs) -> None:
-        exp = self.experience
-        shared = sorted({int(c) for c in exp.classes_in_this_experience} & self._seen_classes)
-        if shared:
-            raise ValueError(f"experience {exp.current_experience} shares classes {shared[:10]} with earlier ones; "
-                             "prompt methods here are class-incremental: build the benchmark with disjoint classes")
-        super()._before_training_exp(**kwargs)
-
-    def _after_training_exp(self, **kwargs) -> None:
-        self._seen_classes |= {int(c) for c in self.experience.classes_in_this_experience}
-        super()._after_training_exp(**kwargs)
-
-    def make_optimizer(self, reset_optimizer_state: bool = True, **kwargs) -> None:
-        """Point the optimizer at exactly the trainable tensors, with fresh state (frozen ones are never stepped)."""
-        self.optimizer.state = defaultdict(dict)
-        self.optimizer.param_groups.clear()
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer.add_param_group({"params": trainable})
-        self.optimized_param_id = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
     def forward(self) -> Tensor:
         if self.is_training:

@@ -1,0 +1,53 @@
+"""The part of Avalanche's ``SupervisedTemplate`` that every trained peer here (InfLoRA, the prompt methods, the
+first-session methods) changes the same way: class-incremental input only, and an optimizer that steps exactly the
+tensors that train now.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from avalanche.training.templates import SupervisedTemplate
+
+
+class ClassIncrementalTemplate(SupervisedTemplate):
+    """``SupervisedTemplate`` that refuses an experience repeating earlier classes and rebuilds its optimizer.
+
+    Each peer grows or freezes its own tensors per experience (new LoRA pairs, prompt rows, head rows) and assumes
+    every experience brings new classes; a benchmark that repeats classes would silently train a wrong model, so it
+    is refused before anything changes. ``_seen_classes`` is the name :mod:`avalanche_sdlora.checkpoint` saves and
+    restores on resume.
+    """
+
+    method_label = "this method"  # how the refusal names the strategy
+
+    def __init__(self, *args, **kwargs) -> None:
+        self._seen_classes: set[int] = set()
+        super().__init__(*args, **kwargs)
+
+    def _before_training_exp(self, **kwargs) -> None:
+        exp = self.experience
+        shared = sorted({int(c) for c in exp.classes_in_this_experience} & self._seen_classes)
+        if shared:
+            raise ValueError(f"experience {exp.current_experience} shares classes {shared[:10]} with earlier experiences; "
+                             f"{self.method_label} is class-incremental: build the benchmark with disjoint classes "
+                             "per experience (class_incremental_benchmark or nc_benchmark)")
+        super()._before_training_exp(**kwargs)
+
+    def _after_training_exp(self, **kwargs) -> None:
+        self._seen_classes |= {int(c) for c in self.experience.classes_in_this_experience}
+        super()._after_training_exp(**kwargs)
+
+    def make_optimizer(self, reset_optimizer_state: bool = True, **kwargs) -> None:
+        """Point the optimizer at exactly the trainable parameters, in one group, with fresh state.
+
+        Avalanche's ``update_optimizer`` keeps the old groups and their state and places a parameter it has not
+        seen by its module neighbours; here the trainable set changes at every experience (new LoRA pairs, prompt
+        or head rows) and the references start each task's optimizer afresh, so the group is rebuilt instead.
+        """
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer.state = defaultdict(dict)
+        self.optimizer.param_groups.clear()
+        if params:
+            self.optimizer.add_param_group({"params": params})
+        self.optimized_param_id = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
