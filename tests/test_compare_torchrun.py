@@ -64,15 +64,23 @@ def test_two_ranks_train_and_report_what_one_process_does(runs):
     The gradient of 2 ranks is the mean of their 2-image means, the one process's the mean over 4: the same sum in
     another order, so the weights differ by float32 rounding carried through the SGD steps (the update norm agrees to
     1e-5 relative; measured 7e-8 for sdlora, 3e-7 for naive). Accuracies are counts of argmax hits, equal unless a
-    logit pair lies within that rounding; here they are equal, as are the forgetting, BWT and AAA made from them.
+    test image's logit pair lies within that rounding: on an AMD EPYC every accuracy was equal; on an Intel Xeon, with
+    the one process at 2 torch threads, one of the 6 test images of experience 0 fell on the other side (5/6 vs 6/6,
+    CI of 2026-12-02). So the accuracies may differ by one image of the smallest test set (AAA likewise, forgetting
+    and BWT by two: each is a difference of two accuracies); everything else in a row is equal.
     """
     two, one, _, _ = runs
     a, b = pd.read_csv(one / "per_task.csv"), pd.read_csv(two / "per_task.csv")
     assert len(a) == 6 and len(b) == 5 and list(a.columns) == list(b.columns)  # seq-lora's experience 1 failed
     keys = ["method", "seed", "experience"]
     a = b[keys].merge(a, on=keys, how="left")  # one process's rows of what the 2 ranks finished, in their order
-    exact = [c for c in a.columns if not c.endswith("_seconds") and c not in ("update_norm", "alphas")]
+    one_image = 1 / (2 * 3)  # TINY: 2 classes per experience, --test-per-class 3
+    counted = {c: one_image for c in a.columns if c.startswith("acc_") or c == "aaa_avalanche"}
+    counted |= {"forgetting_avalanche": 2 * one_image, "bwt_avalanche": 2 * one_image}
+    exact = [c for c in a.columns if not c.endswith("_seconds") and c not in ("update_norm", "alphas", *counted)]
     pd.testing.assert_frame_equal(a[exact], b[exact])
+    for c, tol in counted.items():
+        np.testing.assert_allclose(b[c], a[c], rtol=0, atol=tol + 1e-9, err_msg=c)
     np.testing.assert_allclose(b["update_norm"], a["update_norm"], rtol=1e-5)
     assert (a["update_norm"] > 0).all()
     for x, y in zip(a["alphas"].fillna(""), b["alphas"].fillna("")):
