@@ -89,10 +89,15 @@ def _dataset(labels):
     return ImageTensorDataset(torch.zeros(len(labels), 3, 32, 32, dtype=torch.uint8), np.array(labels))
 
 
-def test_experiences_that_share_classes():
-    # Two experiences built from overlapping class sets (a user-made stream).
+def _overlapping_streams():
+    """Two one-experience streams built from overlapping class sets ({0, 1} then {1, 2}: a user-made stream)."""
     a = nc_benchmark(_dataset([0, 1] * 4), _dataset([0, 1]), n_experiences=1, task_labels=False, seed=0)
     b = nc_benchmark(_dataset([1, 2] * 4), _dataset([1, 2]), n_experiences=1, task_labels=False, seed=0)
+    return a, b
+
+
+def test_experiences_that_share_classes():
+    a, b = _overlapping_streams()
     s = _strategy()
     s.train(a.train_stream[0])
     with pytest.raises(ValueError, match=r"experience 0 shares classes \[1\] with earlier experiences"):
@@ -108,8 +113,7 @@ def test_peers_refuse_experiences_that_share_classes_before_changing_the_model(m
 
     build = {"inflora": inflora.build_strategy, "simplecil": aper.build_simplecil_strategy,
              "dualprompt": dualprompt.build_strategy}[method]
-    a = nc_benchmark(_dataset([0, 1] * 4), _dataset([0, 1]), n_experiences=1, task_labels=False, seed=0)
-    b = nc_benchmark(_dataset([1, 2] * 4), _dataset([1, 2]), n_experiences=1, task_labels=False, seed=0)
+    a, b = _overlapping_streams()
     torch.manual_seed(0)
     s = build(model_name="vit_tiny_patch16_224", checkpoint=None, img_size=32, num_classes=3, n_experiences=2,
               epochs=1, batch_size=4, eval_batch_size=8, device="cpu",
