@@ -32,11 +32,17 @@ _PATH_ARG = "load_cifar100(path=...) or split_cifar100(path=...)"
 _CACHE: dict[tuple, Tensor] = {}
 
 
-def load_cifar100(path: str | Path | None = None) -> dict[str, np.ndarray]:
+def load_cifar100(path: str | Path | None = None, splits: tuple[str, ...] = ("train", "test")) -> dict[str, np.ndarray]:
     """Arrays of the shared CIFAR-100 npz, checked for keys, shapes, dtypes, pixel range and labels.
 
-    Float images (for instance in [0, 1]) or NaNs would otherwise train silently on wrong pixels.
+    Float images (for instance in [0, 1]) or NaNs would otherwise train silently on wrong pixels. ``splits``:
+    the splits to read (an npz reads per key, so ``("train",)`` never reads a test image: what tuning on a
+    validation split relies on).
     """
+    unknown = [s for s in splits if s not in ("train", "test")]
+    if unknown or not splits:
+        raise ValueError(f"splits must name 'train' and/or 'test', got {splits!r}")
+    keys = tuple(k for k in CIFAR_KEYS if k.split("_")[1] in splits)
     if path is None:
         path = default_asset("cifar100.npz")
         if path is None:
@@ -45,15 +51,15 @@ def load_cifar100(path: str | Path | None = None) -> dict[str, np.ndarray]:
     p = require_file(path, "CIFAR-100 npz", _PATH_ARG)
     try:
         with np.load(p, allow_pickle=False) as f:
-            missing = [k for k in CIFAR_KEYS if k not in f.files]
+            missing = [k for k in keys if k not in f.files]
             if missing:
                 raise KeyError(f"'{p}' lacks keys {missing} (has {sorted(f.files)}); expected x_train, y_train, "
                                "x_test, y_test as in ../shared/README.md")
-            data = {k: f[k] for k in CIFAR_KEYS}
+            data = {k: f[k] for k in keys}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise ValueError(f"'{p}' is not a readable npz file, truncated or damaged ({type(exc).__name__}: {exc}); "
                          f"pass {_PATH_ARG} a complete copy of cifar100.npz (its sha256 is in ../shared/README.md)") from exc
-    for split in ("train", "test"):
+    for split in splits:
         x, y = data[f"x_{split}"], data[f"y_{split}"]
         if x.ndim != 4 or x.shape[-1] != 3 or y.ndim != 1 or len(x) != len(y):
             raise ValueError(f"'{p}': x_{split} must be (N, H, W, 3) uint8 with one label each in y_{split}, got "
@@ -165,6 +171,28 @@ def first_per_class(y: np.ndarray, n: int | None, name: str = "train_per_class")
     return np.sort(np.concatenate(idx))
 
 
+VALIDATION_SEED = 0  # the seed of the held-out validation images (one split for every run that tunes)
+
+
+def validation_split(y: np.ndarray, per_class: int, seed: int = VALIDATION_SEED) -> np.ndarray:
+    """Sorted indices of ``per_class`` training samples of each class, drawn at random with ``seed``: a validation
+    split carved from the training images (never the test images), the same for every method and class order.
+
+    Class c's images are drawn by ``RandomState(seed + c).permutation`` of its samples (file order), so a class's
+    split does not depend on which other classes a run uses.
+    """
+    if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class <= 0:
+        raise ValueError(f"validation_per_class must be a positive integer, got {per_class!r}")
+    out = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        if per_class >= len(idx):
+            raise ValueError(f"validation_per_class {per_class}: class {int(c)} has {len(idx)} training images, and "
+                             "some must stay for training; pass fewer")
+        out.append(idx[np.random.RandomState(seed + int(c)).permutation(len(idx))[:per_class]])
+    return np.sort(np.concatenate(out))
+
+
 def class_order(n_classes: int, seed: int) -> list[int]:
     """The protocol's class order: ``numpy.random.RandomState(seed).permutation(n_classes)``."""
     return [int(c) for c in np.random.RandomState(seed).permutation(n_classes)]
@@ -173,7 +201,8 @@ def class_order(n_classes: int, seed: int) -> list[int]:
 def split_cifar100(*, n_experiences: int = 10, class_order_seed: int = 1993, train_per_class: int | None = 100,
                    test_per_class: int | None = None, img_size: int = 128, path: str | Path | None = None,
                    augment: bool = True, classes: list[int] | None = None,
-                   image_cache: str | Path | None = None):
+                   image_cache: str | Path | None = None, validation_per_class: int | None = None,
+                   validation_seed: int = VALIDATION_SEED):
     """Class-incremental Split CIFAR-100 built by Avalanche's ``class_incremental_benchmark``.
 
     ``classes`` restricts the benchmark to a subset (for quick tests); the fixed order is the
@@ -182,6 +211,11 @@ def split_cifar100(*, n_experiences: int = 10, class_order_seed: int = 1993, tra
     label, so labels must be 0..n-1. Experiences hold the samples nc_benchmark gave, in its order (below);
     training samples are flipped at random (``augment``), test samples are not. ``image_cache``: the folder the
     resized images are kept in (:func:`resize_images`' ``cache_dir``; default ``$SDLORA_IMAGE_CACHE``, else none).
+
+    ``validation_per_class``: hold out that many training images of each class (:func:`validation_split`, seeded
+    by ``validation_seed``) and give them as the evaluation stream (``benchmark.test_stream``, named so for
+    Avalanche) in place of the test images, which are then never read: what tuning hyperparameters needs. The
+    training images are the rest (``train_per_class`` of them, file order).
     """
     if n_experiences <= 0:
         raise ValueError(f"n_experiences must be positive, got {n_experiences}")
@@ -196,14 +230,26 @@ def split_cifar100(*, n_experiences: int = 10, class_order_seed: int = 1993, tra
     if len(order) % n_experiences:
         raise ValueError(f"{len(order)} classes cannot be split evenly into {n_experiences} experiences; "
                          f"choose n_experiences dividing {len(order)}")
-    data = load_cifar100(path)
+    data = load_cifar100(path, splits=("train",) if validation_per_class is not None else ("train", "test"))
     position = np.full(N_CLASSES, -1, dtype=np.int64)
     position[order] = np.arange(len(order))
+    held_out = None
+    if validation_per_class is not None:
+        if test_per_class is not None:
+            raise ValueError("test_per_class has no effect with validation_per_class (no test image is read); pass "
+                             "one of the two")
+        held_out = validation_split(data["y_train"], validation_per_class, validation_seed)
+        held_out = held_out[np.isin(data["y_train"][held_out], order)]
 
     def subset(split: str, per_class: int | None, group: str):
-        x, y = data[f"x_{split}"], data[f"y_{split}"]
-        keep = np.flatnonzero(np.isin(y, order))
-        keep = keep[first_per_class(y[keep], per_class, f"{split}_per_class")]
+        x, y = data[f"x_{'train' if split == 'validation' else split}"], data[f"y_{'train' if split == 'validation' else split}"]
+        if split == "validation":
+            keep = held_out
+        else:
+            keep = np.flatnonzero(np.isin(y, order))
+            if held_out is not None:
+                keep = np.setdiff1d(keep, held_out)
+            keep = keep[first_per_class(y[keep], per_class, f"{split}_per_class")]
         if len(keep) == 0:
             raise ValueError(f"no {split} samples for classes {order[:5]}...; check {split}_per_class and the npz")
         images = ImageTensorDataset(resize_images(x[keep], img_size, cache_dir=image_cache), position[y[keep]])
@@ -221,7 +267,8 @@ def split_cifar100(*, n_experiences: int = 10, class_order_seed: int = 1993, tra
     # ``data_by_class[c].concat(curr_data)``), so each experience's classes are given last-to-first.
     reversed_within = [c for classes_t in within for c in reversed(classes_t)]
     benchmark = class_incremental_benchmark({"train": subset("train", train_per_class, "train"),
-                                             "test": subset("test", test_per_class, "eval")},
+                                             "test": subset("test" if held_out is None else "validation",
+                                                            test_per_class, "eval")},
                                             class_order=reversed_within, num_experiences=n_experiences)
     return task_labelled(benchmark)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, inputs, pool, runner
+from . import distributed, inputs, pool, runner, tuned
 from .config import (ORDER_SEEDS, RunConfig, add_run_flags, check_seeds, config_from_flags, default_seeds,
                      resumed_flags)
 from .identity import identity_changes, run_identity, saved_identity
@@ -64,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="continue an interrupted run with the same settings (a run flag left out takes the run's "
                         "value; one given must equal it): finished (method, seed) runs are kept, the rest continue "
                         "from their last checkpoint or rerun")
+    p.add_argument("--tuned", metavar="CHOSEN_JSON",
+                   help="train each method with the recipe benchmarks.tune chose for it (its chosen.json): the "
+                        "optimizer, lr and recipe options become --method-option entries, recorded in config.json")
     p.add_argument("--quiet", action="store_true", help="no InteractiveLogger progress")
     p.add_argument("--verbose", action="store_true", help="print the traceback of an error, not only its message")
     p.add_argument("--jobs", type=int, default=1,
@@ -90,6 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         resumed_flags(args, resumed.read_config())
     try:
         args.config = config_from_flags(args)
+        args.tuned_record = None
+        if args.tuned:
+            args.config, args.tuned_record = tuned.apply(args.config, args.methods, args.tuned)
         args.seeds = default_seeds(args.config) if args.seeds is None else args.seeds
         check_seeds(args.seeds)
         check_method_options(args.config.method_options)
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> Path:
     run_id = args.run_id or datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     folder = RunFolder(args.resume) if args.resume else RunFolder.new(args.out, cfg.protocol, run_id)
     return run(cfg, args.methods, args.seeds, folder, jobs=args.jobs, quiet=args.quiet, resume=bool(args.resume),
-               command=command).path
+               command=command, tuned=args.tuned_record).path
 
 
 def report_only(folder: RunFolder, command: str, quiet: bool = False) -> RunFolder:
@@ -130,15 +136,9 @@ def report_only(folder: RunFolder, command: str, quiet: bool = False) -> RunFold
 
 
 def check_launch(cfg: RunConfig, methods: Sequence[str], jobs: int) -> None:
-    """Refuse what this launch cannot run (``ValueError`` naming the flag): ``--train-amp bf16`` for a method that
-    trains in float32 only, and under torchrun several jobs, an uneven batch, a fixed GPU or a single-process method."""
-    if cfg.train_amp != "float32":
-        # A method whose recipe trains nothing (prototype classifiers) has no training precision to refuse.
-        fp32 = [m for m in methods if not get_method(m).train_amp and get_method(m).recipe(cfg).optimizer is not None]
-        if fp32:
-            raise ValueError(f"--train-amp {cfg.train_amp}: {', '.join(fp32)} train in float32 only (bf16 autocast is "
-                             "the SD-LoRA strategies' autocast_dtype); run them in another run with --train-amp "
-                             "float32")
+    """Refuse what this launch cannot run (``ValueError`` naming the flag): under torchrun several jobs, an uneven
+    batch, a fixed GPU or a single-process method. (``--train-amp bf16`` runs every method: the SD-LoRA strategies
+    through their ``autocast_dtype``, the others through :class:`benchmarks.train_amp.TrainingAutocastPlugin`.)"""
     distributed.check_launch(cfg, jobs)
     distributed.check_methods(methods)
 
@@ -152,7 +152,8 @@ def make_benchmark(cfg: RunConfig, seed: int | None = None):
 
 
 def run(cfg: RunConfig, methods: Sequence[str], seeds: Sequence[int], folder: RunFolder | str | Path, *,
-        jobs: int = 1, quiet: bool = False, resume: bool = False, command: str | None = None) -> RunFolder:
+        jobs: int = 1, quiet: bool = False, resume: bool = False, command: str | None = None,
+        tuned: dict | None = None) -> RunFolder:
     """Run every (method, seed) of a comparison into ``folder`` (``resume``: continue the run it holds).
 
     The folder is locked for the whole call; a resume with other settings is refused naming each one (see
@@ -208,19 +209,23 @@ def run(cfg: RunConfig, methods: Sequence[str], seeds: Sequence[int], folder: Ru
             distributed.on_main(take_folder)
         record = inputs.benchmark_record(benchmark)
         del benchmark  # kept by inputs.benchmark_for for the runs of its order
-        _run_locked(cfg, list(methods), list(seeds), folder, jobs, quiet, command, identity, threads, saved, record)
+        _run_locked(cfg, list(methods), list(seeds), folder, jobs, quiet, command, identity, threads, saved, record,
+                    tuned)
     return folder
 
 
 def _run_locked(cfg: RunConfig, methods: list[str], seeds: list[int], folder: RunFolder, jobs: int, quiet: bool,
-                command: str, identity: dict, threads: int, saved: dict | None, record: dict | None) -> None:
+                command: str, identity: dict, threads: int, saved: dict | None, record: dict | None,
+                tuned: dict | None = None) -> None:
     """The run loop, with the run folder locked (under torchrun: every rank trains, rank 0 alone writes)."""
     main = distributed.is_main()
     config = {**cfg.to_json(), "methods": methods, "seeds": seeds,
-              "recipes": _recipes(cfg, methods, folder), "device_name": identity["device_name"],
+              "recipes": _recipes(cfg, methods, folder, tuned), "device_name": identity["device_name"],
               "torch": torch.__version__, "identity": identity, "command": command,
               "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "world_size": identity["world_size"], "image_cache": inputs.image_cache(cfg)}
+    if tuned is not None:  # issue 30: the tuning the recipes came from
+        config["tuned"] = tuned
     if record is not None:  # issue 18: a paper protocol's split, layout, folder, order, sizes (the first seed's)
         config["benchmark"] = record
     if not main:
@@ -243,7 +248,7 @@ def _run_locked(cfg: RunConfig, methods: list[str], seeds: list[int], folder: Ru
     # Seed-major order: a complete one-seed comparison of every method exists as early as possible.
     jobs_todo = [(m, s) for s in seeds for m in methods]
     if saved is not None:
-        done = {(m, s) for m, s in jobs_todo if folder.part_complete(m, s, cfg.n_experiences)}
+        done = {(m, s) for m, s in jobs_todo if folder.part_complete(m, s, cfg.experiences_run)}
         jobs_todo = [j for j in jobs_todo if j not in done]
         if main:
             print(f"resuming {folder} ({' '.join(methods)}; seeds {' '.join(map(str, seeds))}): {len(done)} finished "
@@ -294,7 +299,7 @@ def _run_locked(cfg: RunConfig, methods: list[str], seeds: list[int], folder: Ru
     folder.write_config(config)
     if failed:
         not_run = [f"{m}-seed{s}" for m, s in jobs_todo if (m, s) not in failed and not
-                   folder.part_complete(m, s, cfg.n_experiences)] if launched else []
+                   folder.part_complete(m, s, cfg.experiences_run)] if launched else []
         raise SystemExit(_failure_message(folder, config["failed"], failed, len(jobs_todo), not_run))
     if config["failed"]:
         print(f"note: {folder} stays unfinished: earlier failures not retried here: {sorted(config['failed'])}; "
@@ -304,11 +309,16 @@ def _run_locked(cfg: RunConfig, methods: list[str], seeds: list[int], folder: Ru
     print(f"results in {folder}\n" + folder.report_path("table.md").read_text())
 
 
-def _recipes(cfg: RunConfig, methods: list[str], folder: RunFolder) -> dict[str, dict]:
-    """The optimizer and lr every method of the folder trains with (from its recipe trait)."""
+def _recipes(cfg: RunConfig, methods: list[str], folder: RunFolder, tuned: dict | None = None) -> dict[str, dict]:
+    """The optimizer and lr every method of the folder trains with (from its recipe trait; "tuned" where they came
+    from ``--tuned``)."""
     present = {m for m, _ in folder.part_names()}
     names = [m for m in method_names() if m in set(methods) | present]
-    return {m: vars(get_method(m).recipe(cfg)) for m in names}
+    out = {m: vars(get_method(m).recipe(cfg)) for m in names}
+    for m in (tuned or {}).get("methods", {}):
+        if m in out and out[m]["optimizer"] is not None:
+            out[m]["source"] = "tuned"
+    return out
 
 
 def _failure_message(folder: RunFolder, on_record: dict, failed: dict, n_jobs: int,

@@ -152,6 +152,14 @@ class RunConfig:
                                      label="the protocol's eval_batch_size (no flag: the protocol's definition changed)")
     eval_amp: bool = _protocol("eval_amp", "bfloat16 autocast for evaluation (training stays float32)",
                                legacy=False)  # run folders from before the field evaluated in float32
+    # issue 30: tuning on validation images carved from the training images, on the first experiences of the stream
+    validation_per_class: int | None = setting(
+        None, "hold out N training images per class (seeded, the same for every method and order: "
+        "avalanche_sdlora.data.validation_split) and evaluate on them instead of the test images, which are then "
+        "never read (what benchmarks.tune runs; the training images are the rest)", check=_positive_int, legacy=None)
+    first_experiences: int | None = setting(None, "train and evaluate only the first N experiences of the stream "
+                                            "(the rest of the protocol unchanged; what benchmarks.tune runs)",
+                                            check=_positive_int, legacy=None)
     classes: int | None = setting(None, "use only the first N classes of the order-free label set (quick runs; on a "
                                   "paper protocol the folder's class count is then not checked)", check=_positive_int)
     test_per_class: int | None = setting(None, "test images per class (default: all)", check=_positive_int)
@@ -188,9 +196,9 @@ class RunConfig:
                                + " ".join(map(str, ORDER_SEEDS)), choices=CLASS_ORDERS, check=_class_order,
                                legacy="fixed")
     # ---- issue 20: GPU precision, and settings that make a torchrun run comparable with one process
-    train_amp: str = setting("float32", "training precision: float32, or bf16 autocast of the training forward "
-                             "(weights, optimizer and loss stay float32; the SD-LoRA strategies and seq-lora; "
-                             "evaluation: --eval-amp)", choices=TRAIN_AMPS, legacy="float32")
+    train_amp: str = _protocol("train_amp", "training precision: float32, or bf16 autocast of the training forward "
+                               "(weights, optimizer and loss stay float32; every method: benchmarks.train_amp; "
+                               "evaluation: --eval-amp)", choices=TRAIN_AMPS, legacy="float32")
     train_shuffle: bool = setting(True, "shuffle the training images every epoch (false: each experience's own order; "
                                   "with --augment false a torchrun run then trains the minibatches one process "
                                   "trains)", legacy=True)
@@ -233,6 +241,12 @@ class RunConfig:
             object.__setattr__(self, "class_order_seed", None)
         elif self.class_order_seed is None:
             raise ValueError("--class-order-seed is needed with --class-order fixed (or pass --class-order seed)")
+        if self.first_experiences is not None and self.first_experiences > self.n_experiences:
+            raise ValueError(f"--first-experiences {self.first_experiences} is more than the stream's "
+                             f"{self.n_experiences} experiences (--n-experiences); pass at most {self.n_experiences}")
+        if self.validation_per_class is not None and self.test_per_class is not None:
+            raise ValueError("--test-per-class has no effect with --validation-per-class (no test image is read); "
+                             "drop one of the two")
         merged = {(m, k): _json_normal(v) for m, k, v in self.method_options}
         object.__setattr__(self, "method_options", tuple((m, k, v) for (m, k), v in sorted(merged.items())))
 
@@ -260,6 +274,11 @@ class RunConfig:
         """This config with the class order of the run with ``seed`` made fixed: what builds that run's benchmark."""
         return self if self.class_order == "fixed" else self.replace(class_order="fixed",
                                                                      class_order_seed=self.order_seed(seed))
+    @property
+    def experiences_run(self) -> int:
+        """How many experiences each (method, seed) trains: ``--first-experiences`` or the whole stream."""
+        return self.first_experiences or self.n_experiences
+
     @property
     def train_autocast_dtype(self) -> torch.dtype | None:
         """``--train-amp`` as the library's ``autocast_dtype`` (None: float32)."""

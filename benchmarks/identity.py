@@ -94,7 +94,9 @@ def saved_identity(saved: dict, current: dict) -> dict:
     else:
         # A protocol field added since is not unknown: the run ran without it, so it is refused as a change.
         proto = saved["protocol"]
-        old = {k: proto.get(k, "not recorded") for k in PROTOCOL_FIELDS}
+        legacy = {f.name: f.metadata["legacy"] for f in dataclasses.fields(RunConfig)
+                  if f.name in PROTOCOL_FIELDS and f.metadata["legacy"] is not dataclasses.MISSING}
+        old = {k: proto.get(k, legacy.get(k, "not recorded")) for k in PROTOCOL_FIELDS}
         old["protocol"] = proto["name"]
         for k in ("classes", "test_per_class", "rank", "ewc_lambda", "device", "device_name", "torch"):
             if k in saved:

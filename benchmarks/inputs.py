@@ -87,8 +87,10 @@ def check_per_class(cfg: RunConfig) -> None:
     """
     classes = class_subset(cfg)
     try:
-        with np.load(cfg.data, allow_pickle=False) as f:
-            labels = {"--train-per-class": f["y_train"], "--test-per-class": f["y_test"]}
+        with np.load(cfg.data, allow_pickle=False) as f:  # labels only; no test label under --validation-per-class
+            labels = {"--train-per-class": f["y_train"]}
+            if cfg.validation_per_class is None:
+                labels["--test-per-class"] = f["y_test"]
         fewest = {}
         for flag, y in labels.items():
             y = np.asarray(y).astype(np.int64).ravel()
@@ -96,10 +98,17 @@ def check_per_class(cfg: RunConfig) -> None:
             fewest[flag] = int(counts[counts > 0].min())
     except Exception:  # noqa: BLE001 - the benchmark's loader names what is wrong with the file
         return
+    held = cfg.validation_per_class or 0
+    if held and held >= fewest["--train-per-class"]:
+        raise SystemExit(f"error: --validation-per-class {held}: '{cfg.data}' has {fewest['--train-per-class']} "
+                         "training images per class and some must stay for training; pass fewer")
+    fewest["--train-per-class"] -= held
     for flag, wanted in (("--train-per-class", cfg.train_per_class), ("--test-per-class", cfg.test_per_class)):
-        if wanted is not None and wanted > fewest[flag]:
+        if wanted is not None and flag in fewest and wanted > fewest[flag]:
             raise SystemExit(f"error: {flag} {wanted}: '{cfg.data}' has {fewest[flag]} images per class"
-                             f"{' (the fewest of the chosen classes)' if classes else ''}; pass at most {fewest[flag]}")
+                             f"{' (the fewest of the chosen classes)' if classes else ''}"
+                             f"{' beside the held-out validation images' if held and flag == '--train-per-class' else ''}"
+                             f"; pass at most {fewest[flag]}")
 
 
 def resolved(cfg: RunConfig) -> RunConfig:
@@ -240,11 +249,14 @@ def make_benchmark(cfg: RunConfig, seed: int | None = None):
     ``--class-order fixed`` every seed sees the same one, and ``seed`` may be left out)."""
     cfg = cfg.fixed_order(seed)  # issue 22: under --class-order seed, the seed's own class order
     if benchmark_of(cfg.protocol) is not None:  # issue 18: a paper protocol, from its loader
+        if cfg.validation_per_class is not None:
+            raise SystemExit(f"error: --validation-per-class is for the CIFAR-100 npz protocols for now; --protocol "
+                             f"{cfg.protocol} reads its folder's own train/test split: drop it")
         return paper_benchmark_of(cfg)
     return split_cifar100(n_experiences=cfg.n_experiences, class_order_seed=cfg.class_order_seed,
                           train_per_class=cfg.train_per_class, test_per_class=cfg.test_per_class,
                           img_size=cfg.img_size, path=cfg.data, classes=class_subset(cfg), augment=cfg.augment,
-                          image_cache=image_cache(cfg))
+                          image_cache=image_cache(cfg), validation_per_class=cfg.validation_per_class)
 
 
 # issue 22: the benchmark of a class order, built once per process and order.

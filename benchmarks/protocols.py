@@ -11,14 +11,20 @@ from avalanche_sdlora.datasets import PAPER_PROTOCOLS
 
 # The fields a protocol sets; RunConfig takes their defaults from DEFAULT_PROTOCOL.
 PROTOCOL_FIELDS = ("model", "img_size", "train_per_class", "epochs", "batch_size", "lr", "n_experiences",
-                   "class_order_seed", "eval_batch_size", "eval_amp")
-_SPLIT_CIFAR100 = {"n_experiences": 10, "class_order_seed": 1993, "eval_batch_size": 256}
+                   "class_order_seed", "eval_batch_size", "eval_amp", "train_amp")
+_SPLIT_CIFAR100 = {"n_experiences": 10, "class_order_seed": 1993, "eval_batch_size": 256, "train_amp": "float32"}
 
 PROTOCOLS: dict[str, dict] = {
     # The README's default job, sized for a 2-core CPU: ViT-Tiny at 128 px, 100 training images per class,
     # 3 epochs, batch 32, SGD lr 0.01, bfloat16 autocast for evaluation (training in float32).
     "cifar100-tiny128": {**_SPLIT_CIFAR100, "model": "vit_tiny_patch16_224", "img_size": 128, "train_per_class": 100,
                          "epochs": 3, "batch_size": 32, "lr": 0.01, "eval_amp": True},
+    # issue 30: the headline comparison's protocol, cifar100-tiny128 on all 500 training images of each class (the
+    # field's CIFAR-100 protocol uses the whole training set); training under bfloat16 autocast, measured level with
+    # float32 on cifar100-tiny128 (docs: results/cifar100-tiny128/bf16-training), the library's default stays float32.
+    "cifar100-tiny128-full": {**_SPLIT_CIFAR100, "model": "vit_tiny_patch16_224", "img_size": 128,
+                              "train_per_class": None, "epochs": 3, "batch_size": 32, "lr": 0.01, "eval_amp": True,
+                              "train_amp": "bf16"},
     # The closest run to the paper's with the real weights we have (ViT-Tiny): 224 px, all images, 20 epochs, batch 128.
     "cifar100-tiny224": {**_SPLIT_CIFAR100, "model": "vit_tiny_patch16_224", "img_size": 224, "train_per_class": None,
                          "epochs": 20, "batch_size": 128, "lr": 0.01, "eval_amp": False},
@@ -66,7 +72,7 @@ for _name, (_bench, _tasks) in PAPER_PROTOCOLS.items():  # imagenet-r-5 ... cub-
     PROTOCOLS[_name] = {"model": "vit_base_patch16_224", "img_size": 224, "train_per_class": None,
                         "epochs": PAPER_EPOCHS.get(_bench, 20), "batch_size": PAPER_BATCH_SIZE,
                         "lr": authors_lr(_bench, _tasks)[0], "n_experiences": _tasks, "class_order_seed": 1993,
-                        "eval_batch_size": 256, "eval_amp": False}
+                        "eval_batch_size": 256, "eval_amp": False, "train_amp": "float32"}
     BENCHMARK[_name] = _bench
 
 assert all(set(p) == set(PROTOCOL_FIELDS) for p in PROTOCOLS.values())

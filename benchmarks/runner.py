@@ -36,6 +36,7 @@ from .config import RunConfig
 from .methods import Method, get_method
 from .resume import ResumableCSVLogger, close_logs
 from .run_folder import RunFolder
+from .train_amp import TrainingAutocastPlugin
 
 Row = dict  # one experience of one (method, seed): the columns of per_task.csv
 
@@ -175,6 +176,8 @@ def _resume_point(m: Method, seed: int, cfg: RunConfig, folder: RunFolder, strat
 def _train(m: Method, seed: int, cfg: RunConfig, benchmark, folder: RunFolder, emit, prior, plugins, evaluator,
            params) -> None:
     n_classes = num_classes(benchmark)
+    if cfg.train_autocast_dtype is not None and not m.train_amp:  # issue 30: bf16 training for every method
+        plugins = [*plugins, TrainingAutocastPlugin(cfg.train_autocast_dtype)]
 
     def build():
         return distributed.data_parallel(m.build(cfg, n_classes, evaluator, plugins), m.name)
@@ -185,9 +188,10 @@ def _train(m: Method, seed: int, cfg: RunConfig, benchmark, folder: RunFolder, e
     for logger in evaluator.loggers:
         if isinstance(logger, ResumableCSVLogger):
             logger.start(keep_upto=start - 1 if start else None)
-    T = len(benchmark.train_stream)
+    T = cfg.experiences_run  # the whole stream, or the first experiences a tuning candidate trains (issue 30)
+    stream = benchmark.train_stream[:T]
     amp = evaluation_autocast(cfg)
-    schedule = [(T - 1, benchmark.train_stream)] if m.schedule == "joint" else list(enumerate(benchmark.train_stream))
+    schedule = [(T - 1, stream)] if m.schedule == "joint" else list(enumerate(stream))
     for i, train_exp in schedule:
         if i < start:
             continue

@@ -179,11 +179,6 @@ def test_a_strategy_gets_the_mixin_or_is_refused_for_its_own_forward(monkeypatch
         distributed.data_parallel(prompt, "dualprompt")
 
 
-def test_bf16_training_is_refused_for_a_method_that_trains_in_float32_only():
-    with pytest.raises(SystemExit, match=r"^error: --train-amp bf16: naive train in float32 only"):
-        compare.parse_args(TINY + ["--train-amp", "bf16", "--methods", "sdlora", "naive", "ncm"])  # ncm trains nothing
-
-
 def test_study_does_not_run_under_torchrun_but_prints_its_commands(as_rank_0_of_2):
     with pytest.raises(SystemExit, match="benchmarks.study does not run under torchrun"):
         study.parse_args(["--methods", "sdlora"])

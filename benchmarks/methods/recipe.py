@@ -53,19 +53,37 @@ def sdlora_recipe(cfg: RunConfig) -> Recipe:
     return Recipe(cfg.sdlora_optimizer, lr, source)
 
 
-def sdlora_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
-    """The SD-LoRA family's optimizer: :func:`shared_sgd` on the default path; Adam (torch's betas and eps, no weight
-    decay: the paper gives only Adam and its lr) or SGD (momentum 0.9) at the recipe's lr otherwise."""
-    recipe = sdlora_recipe(cfg)
-    if recipe.source == "protocol":
-        return shared_sgd(cfg, params)
-    if recipe.optimizer == "adam":
-        return torch.optim.Adam(params, lr=recipe.lr)
-    return torch.optim.SGD(params, lr=recipe.lr, momentum=0.9)
-
-
 def no_training(cfg: RunConfig) -> Recipe:
     return Recipe(None, None, "none")
+
+
+# issue 30: the options through which any method that trains by gradient takes another recipe (benchmarks.tune's
+# candidates and chosen recipes are --method-option NAME.optimizer=... NAME.lr=...).
+RECIPE_OPTIONS = ("optimizer", "lr")
+
+
+def given_recipe(cfg: RunConfig, name: str, base: Recipe) -> Recipe:
+    """``base`` with the optimizer and lr ``--method-option`` gives ``name`` (source "--method-option"; compare
+    records "tuned" for the recipes it took from ``--tuned``)."""
+    given = cfg.options_for(name)
+    if "optimizer" not in given and "lr" not in given:
+        return base
+    return Recipe(given.get("optimizer", base.optimizer), float(given.get("lr", base.lr)), "--method-option")
+
+
+def overridable(name: str, recipe: Callable[[RunConfig], Recipe]) -> Callable[[RunConfig], Recipe]:
+    """The recipe trait of a method whose optimizer and lr ``--method-option NAME.optimizer/lr`` may replace."""
+    return lambda cfg: given_recipe(cfg, name, recipe(cfg))
+
+
+def make_optimizer(recipe: Recipe, params) -> torch.optim.Optimizer:
+    """A recipe's optimizer: SGD with momentum 0.9 (the shared recipe's) or Adam (torch's betas and eps); no weight
+    decay either way."""
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr)
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=0.9)
+    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {recipe.optimizer!r} (--method-option NAME.optimizer)")
 
 
 def peer_recipe(name: str, reference: Mapping[str, tuple[Any, str]]) -> Callable[[RunConfig], Recipe]:
@@ -76,10 +94,7 @@ def peer_recipe(name: str, reference: Mapping[str, tuple[Any, str]]) -> Callable
             out = Recipe("sgd", cfg.lr, "protocol")
         else:
             out = Recipe(reference["optimizer"][0], reference["lr"][0], "reference")
-        given = cfg.options_for(name)
-        if "optimizer" in given or "lr" in given:
-            out = Recipe(given.get("optimizer", out.optimizer), given.get("lr", out.lr), "--method-option")
-        return out
+        return given_recipe(cfg, name, out)
 
     return recipe
 

@@ -42,7 +42,7 @@ class Method:
     per-experience columns (KD's decision); ``options`` are the builder keywords ``--method-option`` may set;
     ``reference_hparams`` maps a hyperparameter to (value, source); ``single_process_only`` says why the method
     cannot run data-parallel under torchrun (None: it can, see :mod:`benchmarks.distributed`); ``train_amp``: the
-    builder honours ``--train-amp bf16`` (others are refused it, unless nothing of theirs trains by gradient).
+    builder honours ``--train-amp bf16`` itself (the runner gives the others :class:`benchmarks.train_amp.TrainingAutocastPlugin`).
     """
 
     name: str

@@ -9,8 +9,8 @@ import numpy as np
 from avalanche_sdlora import SDLoRA, SDLoRAKD, SDLoRARR, SDLoRAOptions, sdlora_vit
 from avalanche_sdlora.plugins import DistillationPlugin
 
-from .recipe import sdlora_optimizer, sdlora_recipe, strategy_kwargs
-from .registry import register_method
+from .recipe import RECIPE_OPTIONS, make_optimizer, overridable, sdlora_recipe, strategy_kwargs
+from .registry import get_method, register_method
 
 REFERENCE_HPARAMS = {
     **{f.name: (f.default, f.metadata["source"]) for f in dataclasses.fields(SDLoRAOptions)},
@@ -36,19 +36,23 @@ def kd_columns(strategy, experience: int) -> dict:
     return {}
 
 
-def _builder(strategy_class):
+def _builder(name: str, strategy_class):
     def build(cfg, num_classes, evaluator, plugins):
         model = sdlora_vit(cfg.model, checkpoint=cfg.checkpoint, img_size=cfg.img_size, options=cfg.sdlora)
-        return strategy_class(model=model, optimizer=sdlora_optimizer(cfg, model.parameters()),
-                              autocast_dtype=cfg.train_autocast_dtype, **strategy_kwargs(cfg, evaluator, plugins))
+        optimizer = make_optimizer(get_method(name).recipe(cfg), model.parameters())
+        return strategy_class(model=model, optimizer=optimizer, autocast_dtype=cfg.train_autocast_dtype,
+                              **strategy_kwargs(cfg, evaluator, plugins))
 
     return build
 
 
-_TRAITS = dict(stored_params=stored_params, recipe=sdlora_recipe, checkpointable=True,
-               reference_hparams=REFERENCE_HPARAMS, train_amp=True)
-register_method("sdlora", summary="SD-LoRA (avalanche_sdlora.SDLoRA)", **_TRAITS)(_builder(SDLoRA))
+def _traits(name: str) -> dict:
+    return dict(stored_params=stored_params, recipe=overridable(name, sdlora_recipe), checkpointable=True,
+                reference_hparams=REFERENCE_HPARAMS, train_amp=True, options=RECIPE_OPTIONS)
+
+
+register_method("sdlora", summary="SD-LoRA (avalanche_sdlora.SDLoRA)", **_traits("sdlora"))(_builder("sdlora", SDLoRA))
 register_method("sdlora-rr", summary="SD-LoRA-RR: later tasks get lower ranks (--rank-schedule)",
-                **_TRAITS)(_builder(SDLoRARR))
+                **_traits("sdlora-rr"))(_builder("sdlora-rr", SDLoRARR))
 register_method("sdlora-kd", summary="SD-LoRA-KD: a direction the old ones span is folded into their magnitudes "
-                "(--kd-threshold)", extra_columns=kd_columns, **_TRAITS)(_builder(SDLoRAKD))
+                "(--kd-threshold)", extra_columns=kd_columns, **_traits("sdlora-kd"))(_builder("sdlora-kd", SDLoRAKD))

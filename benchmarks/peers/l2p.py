@@ -175,17 +175,33 @@ class L2PInference(nn.Module):
 class L2PStrategy(LearningToPrompt):
     """Avalanche's ``LearningToPrompt`` on a given timm ViT (any width), without touching site-packages."""
 
-    def __init__(self, *, backbone: VisionTransformer, model_name: str, **kwargs: Any) -> None:
+    def __init__(self, *, backbone: VisionTransformer, model_name: str, optimizer: str = "adam", **kwargs: Any) -> None:
         if kwargs.pop("pretrained", None):
             raise ValueError("L2PStrategy takes its weights from `backbone`; load a checkpoint instead of pretrained=True")
+        if optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' (Avalanche's and l2p-pytorch's) or 'sgd' (momentum 0.9, the "
+                             f"protocol's), got {optimizer!r}")
+        self.optimizer_name = optimizer
         with _avalanche_model_factory(_factory(backbone, model_name)):
             super().__init__(model_name=model_name, **kwargs)
         embed_dim = self.model.embed_dim
         if self.model.head.in_features != embed_dim:  # Avalanche hard-codes Linear(768, num_classes)
             self.model.head = nn.Linear(embed_dim, self.num_classes).to(self.device)
-            self.optimizer = torch.optim.Adam(self.model.parameters(), betas=(0.9, 0.999), lr=self.lr)
+        self.optimizer = self._new_optimizer()
         if self.use_cls_features:
             self.original_vit.eval()
+
+    def _new_optimizer(self) -> torch.optim.Optimizer:
+        """Avalanche's Adam (betas 0.9, 0.999) over every parameter, or SGD with momentum 0.9 at the same lr (issue 30:
+        every method is tuned over both optimizers)."""
+        if self.optimizer_name == "sgd":
+            return torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=0.9)
+        return torch.optim.Adam(self.model.parameters(), betas=(0.9, 0.999), lr=self.lr)
+
+    def _before_training_exp(self, **kwargs):
+        super()._before_training_exp(**kwargs)  # LearningToPrompt's: a fresh Adam each experience
+        if self.optimizer_name != "adam":
+            self.optimizer = self._new_optimizer()
 
     def inference_model(self) -> L2PInference:
         """The trained model as a plain ``forward(x) -> logits`` module (shares parameters)."""
@@ -196,7 +212,7 @@ class L2PStrategy(LearningToPrompt):
 
 def build_l2p(*, model_name: str, checkpoint: str | None, img_size: int, optimizer_lr: float, train_mb_size: int,
               train_epochs: int, eval_mb_size: int, device: str, evaluator, plugins=None, num_classes: int = 100,
-              **l2p_kwargs: Any) -> L2PStrategy:
+              optimizer: str = "adam", **l2p_kwargs: Any) -> L2PStrategy:
     """Avalanche's L2P strategy on any timm ViT at ``img_size`` with local weights.
 
     Stock ``LearningToPrompt`` fails with timm 1.x, knows only six ViTs, downloads weights and
@@ -205,7 +221,8 @@ def build_l2p(*, model_name: str, checkpoint: str | None, img_size: int, optimiz
     ``lr=optimizer_lr``; ``l2p_kwargs`` go to ``LearningToPrompt`` (e.g. ``pool_size``, ``use_mask``).
     """
     backbone = create_backbone(model_name, checkpoint=checkpoint, img_size=img_size)
-    return L2PStrategy(backbone=backbone, model_name=model_name, lr=optimizer_lr, num_classes=num_classes,
+    return L2PStrategy(backbone=backbone, model_name=model_name, lr=optimizer_lr, optimizer=optimizer,
+                       num_classes=num_classes,
                        train_mb_size=train_mb_size, train_epochs=train_epochs, eval_mb_size=eval_mb_size,
                        device=device, evaluator=evaluator, plugins=plugins, **l2p_kwargs)
 

@@ -1,0 +1,340 @@
+"""Equal tuning on validation data: ``python -m benchmarks.tune --methods ... [run flags]`` (issue 30).
+
+Every method that trains by gradient gets the same search, so a comparison ranks mechanisms rather than recipes:
+
+* the same number of candidates: for each of the two optimizers (SGD with momentum 0.9; Adam), three learning rates
+  half a decade apart (``GRID_DECADES``) around the method's own reference learning rate for that optimizer, or, where
+  its reference has none, around the protocol's ``--lr`` (SGD) or ``ADAM_ANCHOR`` (Adam). Every published recipe of a
+  method is a candidate: a method's second recipe for one optimizer (DualPrompt's two, SD-LoRA's SGD of the authors'
+  code) takes the place of the grid point nearest to it, with its own settings (a recipe is an optimizer, a learning
+  rate and the method options its source sets, e.g. DualPrompt's pull constraint and clipping);
+* the same data: each candidate trains on the first ``--tune-experiences`` experiences of the stream, on one class
+  order (``--tune-order``), with ``--validation-per-class`` training images of each class held out
+  (:func:`avalanche_sdlora.data.validation_split`: seeded, the same for every method) and evaluated on them; no test
+  image is read (the npz is read per key, and the test keys are never asked for);
+* the same choice: the candidate with the highest validation accuracy over the seen classes after the last tuned
+  experience (ties: the higher mean over the tuned experiences), a candidate that diverges never chosen.
+
+Each candidate is a :mod:`benchmarks.compare` run folder (``candidates/<method>/<candidate>``), so an interrupted
+tuning resumes where it stopped (``--resume``). The command writes ``candidates.csv`` (every score and cost),
+``chosen.json`` (the recipe of each method, read by ``compare --tuned``) and ``README.md`` beside them. Methods that
+train nothing by gradient (prototype classifiers) have nothing to tune and are listed as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from avalanche_sdlora.atomic import write_text
+
+from . import compare
+from .compare import Parser
+from .config import RunConfig, add_run_flags, config_from_flags, run_flags
+from .methods import get_method, method_names
+from .protocols import AUTHORS_LR
+from .run_folder import RunFolder
+
+GRID_DECADES = (-0.5, 0.0, 0.5)  # learning rates per optimizer: anchor * 10**d
+OPTIMIZERS = ("sgd", "adam")
+ADAM_ANCHOR = 1e-3  # Adam's customary rate (Kingma & Ba; torch's default), for a method whose reference has no Adam
+DEFAULT_VALIDATION_PER_CLASS = 50  # 10 % of CIFAR-100's 500 training images per class
+DEFAULT_TUNE_EXPERIENCES = 2
+DEFAULT_TUNE_ORDER = 1993  # the first of the paper's class-order seeds
+TUNE_SEED = 0
+DEFAULT_OUT = Path("runs") / "tuning"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A training recipe: optimizer, learning rate, the method options its source sets, and where it comes from."""
+
+    optimizer: str
+    lr: float
+    options: tuple[tuple[str, Any], ...] = ()
+    source: str = "grid"
+
+    @property
+    def key(self) -> str:
+        """A file-name-safe name of the candidate (its folder)."""
+        extra = "".join(f"-{k}{v}" for k, v in self.options)
+        return f"{self.optimizer}-lr{self.lr:.3g}{extra}".replace("/", "_").replace(" ", "")
+
+    def method_options(self, method: str) -> tuple[tuple[str, str, Any], ...]:
+        """The ``--method-option`` entries that make ``method`` train with this recipe."""
+        return ((method, "optimizer", self.optimizer), (method, "lr", self.lr),
+                *((method, k, v) for k, v in self.options))
+
+
+_SDLORA_SGD = Recipe("sgd", AUTHORS_LR[("cifar100", None)][0], (),
+                     f"SD-LoRA authors' code on CIFAR-100 ({AUTHORS_LR[('cifar100', None)][1]})")
+_SDLORA_ADAM = Recipe("adam", 8e-3, (), "the SD-LoRA paper, Sec. 5 (Adam, lr 8e-3)")
+
+
+def _l2p_pytorch(batch_size: int) -> Recipe:
+    return Recipe("adam", 0.03 * batch_size / 256, (),
+                  f"l2p-pytorch configs/cifar100_l2p.py: Adam, lr 0.03 scaled by batch/256 (main.py), at batch "
+                  f"{batch_size}")
+
+
+def _dualprompt_pytorch(batch_size: int) -> Recipe:
+    return Recipe("adam", 0.03 * batch_size / 256, (("clip_grad", 1.0), ("pull_coeff", 1.0)),
+                  f"dualprompt-pytorch configs/cifar100_dualprompt.py: Adam, lr 0.03 scaled by batch/256, pull "
+                  f"constraint 1.0, gradient clipping 1.0, at batch {batch_size}")
+
+
+def reference_recipes(method: str, cfg: RunConfig) -> list[Recipe]:
+    """Every published recipe of ``method`` (the first of an optimizer is its grid's anchor): the registered
+    reference recipe of a peer (``REFERENCE_HPARAMS``' optimizer and lr, its source's other settings being the
+    builder's defaults), then those of other sources."""
+    m = get_method(method)
+    out: list[Recipe] = []
+    hp = m.reference_hparams
+    if "optimizer" in hp and "lr" in hp and hp["optimizer"][0] in OPTIMIZERS:
+        out.append(Recipe(hp["optimizer"][0], float(hp["lr"][0]), (), f"{hp['lr'][1]} (the method's reference)"))
+    if method in ("sdlora", "sdlora-rr", "sdlora-kd"):
+        out = [_SDLORA_SGD, _SDLORA_ADAM]
+    elif method == "l2p":
+        out.append(_l2p_pytorch(cfg.batch_size))
+    elif method == "dualprompt":
+        out.append(_dualprompt_pytorch(cfg.batch_size))
+    return out
+
+
+def trains_by_gradient(method: str, cfg: RunConfig) -> bool:
+    return get_method(method).recipe(cfg).optimizer is not None
+
+
+def candidates(method: str, cfg: RunConfig) -> list[Recipe]:
+    """The candidates of ``method``: ``len(OPTIMIZERS) * len(GRID_DECADES)`` for every method that trains by gradient
+    (none for the others), each published recipe among them."""
+    if not trains_by_gradient(method, cfg):
+        return []
+    refs = reference_recipes(method, cfg)
+    out: list[Recipe] = []
+    for opt in OPTIMIZERS:
+        own = [r for r in refs if r.optimizer == opt]
+        if own:
+            anchor = own[0]
+        elif opt == "sgd":
+            anchor = Recipe("sgd", cfg.lr, (), "the protocol's --lr")
+        else:
+            anchor = Recipe("adam", ADAM_ANCHOR, (), "Adam's customary lr (no Adam in the method's reference)")
+        grid = [anchor if d == 0 else Recipe(opt, anchor.lr * 10 ** d, anchor.options, "grid")
+                for d in GRID_DECADES]
+        for extra in own[1:]:  # another published recipe takes the place of the grid point nearest to it
+            free = [i for i, r in enumerate(grid) if r.source == "grid"]
+            i = min(free, key=lambda i: abs(math.log10(grid[i].lr / extra.lr)))
+            grid[i] = extra
+        out += grid
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- the runs
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def candidate_config(cfg: RunConfig, method: str, recipe: Recipe, validation_per_class: int,
+                     tune_experiences: int, order: int) -> RunConfig:
+    """The RunConfig of one candidate: the protocol's, on one class order, validation images, first experiences."""
+    kept = tuple(o for o in cfg.method_options if o[0] != method)
+    return cfg.replace(class_order="fixed", class_order_seed=order, validation_per_class=validation_per_class,
+                       first_experiences=tune_experiences, test_per_class=None,
+                       method_options=kept + recipe.method_options(method))
+
+
+@dataclass
+class Outcome:
+    method: str
+    candidate: str
+    optimizer: str
+    lr: float
+    options: str
+    source: str
+    status: str  # "done" or "failed: <message>"
+    val_acc: float = float("nan")  # seen-class validation accuracy after the last tuned experience
+    val_mean_acc: float = float("nan")  # its mean over the tuned experiences (the tie-break)
+    train_seconds: float = float("nan")
+    eval_seconds: float = float("nan")
+    folder: str = ""
+
+
+def _scores(folder: Path) -> dict[str, float]:
+    rows = pd.read_csv(folder / "per_task.csv").sort_values("experience")
+    return {"val_acc": float(rows["acc_seen"].iloc[-1]), "val_mean_acc": float(rows["acc_seen"].mean()),
+            "train_seconds": float(rows["train_seconds"].sum()), "eval_seconds": float(rows["eval_seconds"].sum())}
+
+
+def run_candidate(cfg: RunConfig, method: str, recipe: Recipe, folder: Path, *, quiet: bool, failures: dict) -> Outcome:
+    """Train one candidate into ``folder`` (resuming it if it has begun); a failure is recorded, never chosen."""
+    base = dict(method=method, candidate=recipe.key, optimizer=recipe.optimizer, lr=recipe.lr,
+                options=json.dumps(dict(recipe.options)), source=recipe.source, folder=folder.name)
+    run = RunFolder(folder)
+    if recipe.key in failures.get(method, {}):
+        return Outcome(**base, status=f"failed: {failures[method][recipe.key]}")
+    if not run.is_done():
+        try:
+            compare.run(cfg, [method], [TUNE_SEED], run, quiet=quiet, resume=run.has_config(),
+                        command=f"benchmarks.tune candidate {method} {recipe.key}")
+        except SystemExit as exc:  # compare names the failure (e.g. a diverging loss); the candidate is out
+            message = " ".join(str(exc.code).split())[:300]
+            failures.setdefault(method, {})[recipe.key] = message
+            return Outcome(**base, status=f"failed: {message}")
+    return Outcome(**base, status="done", **_scores(folder))
+
+
+def choose(outcomes: Sequence[Outcome]) -> Outcome | None:
+    """The candidate with the highest validation accuracy (ties: the higher mean over the tuned experiences)."""
+    done = [o for o in outcomes if o.status == "done" and math.isfinite(o.val_acc)]
+    return max(done, key=lambda o: (o.val_acc, o.val_mean_acc), default=None)
+
+
+def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_class: int = DEFAULT_VALIDATION_PER_CLASS,
+         tune_experiences: int = DEFAULT_TUNE_EXPERIENCES, order: int = DEFAULT_TUNE_ORDER, quiet: bool = True,
+         command: str = "benchmarks.tune") -> dict[str, Any]:
+    """Tune every method of ``methods`` into folder ``out`` (resuming what it holds); returns ``chosen.json``'s
+    content. Methods that train nothing by gradient are recorded with no candidates."""
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"protocol": cfg.protocol, "config": cfg.to_json(), "validation_per_class": validation_per_class,
+                "tune_experiences": tune_experiences, "class_order_seed": order, "seed": TUNE_SEED,
+                "grid_decades": list(GRID_DECADES), "optimizers": list(OPTIMIZERS), "adam_anchor": ADAM_ANCHOR,
+                "selection": "highest seen-class validation accuracy after the last tuned experience (ties: mean "
+                             "over the tuned experiences); failed candidates are never chosen"}
+    settings_path = out / "tuning.json"
+    if settings_path.exists():
+        saved = json.loads(settings_path.read_text())
+        differ = [k for k in settings if k != "config" and saved.get(k) != settings[k]]
+        if saved.get("config", {}) != json.loads(json.dumps(settings["config"])):
+            differ.append("the run flags")
+        if differ:
+            raise SystemExit(f"error: '{out}' was tuned with other settings ({', '.join(differ)}); pass the same "
+                             "flags to resume it, or another --out folder")
+    else:
+        write_json(settings_path, settings)
+    failures_path = out / "failures.json"
+    failures = json.loads(failures_path.read_text()) if failures_path.exists() else {}
+    outcomes: list[Outcome] = []
+    chosen: dict[str, Any] = {}
+    for method in methods:
+        started = time.perf_counter()
+        grid = candidates(method, cfg)
+        mine = []
+        for recipe in grid:
+            c_cfg = candidate_config(cfg, method, recipe, validation_per_class, tune_experiences, order)
+            o = run_candidate(c_cfg, method, recipe, out / "candidates" / method / recipe.key, quiet=quiet,
+                              failures=failures)
+            write_json(failures_path, failures)
+            mine.append(o)
+            if not quiet:
+                print(f"[tune {method}] {recipe.key}: {o.status}, validation accuracy "
+                      f"{100 * o.val_acc:.2f}%", flush=True)
+        outcomes += mine
+        best = choose(mine)
+        if not grid:
+            chosen[method] = {"trains_by_gradient": False, "candidates": 0}
+        elif best is not None:
+            chosen[method] = {"optimizer": best.optimizer, "lr": best.lr, "options": json.loads(best.options),
+                              "source": best.source, "candidate": best.candidate, "val_acc": best.val_acc,
+                              "val_mean_acc": best.val_mean_acc, "candidates": len(grid),
+                              "tuning_seconds": sum(o.train_seconds + o.eval_seconds for o in mine
+                                                    if o.status == "done"),
+                              "wall_seconds_this_call": time.perf_counter() - started}
+        else:
+            chosen[method] = {"candidates": len(grid), "failed": "every candidate failed"}
+    result = {"settings": {k: v for k, v in settings.items() if k != "config"}, "protocol": cfg.protocol,
+              "methods": chosen}
+    write_json(out / "chosen.json", result)
+    _write_table(out, outcomes, result, command)
+    return result
+
+
+def _write_table(out: Path, outcomes: Sequence[Outcome], result: Mapping[str, Any], command: str) -> None:
+    frame = pd.DataFrame([asdict(o) for o in outcomes])
+    write_text(out / "candidates.csv", frame.to_csv(index=False))
+    s = result["settings"]
+    lines = [f"# Tuning on validation data: {result['protocol']}", "",
+             f"Command: `{command}`", "",
+             f"Each candidate trains seed {s['seed']} on the first {s['tune_experiences']} experiences of class order "
+             f"{s['class_order_seed']}, with {s['validation_per_class']} training images per class held out "
+             "(avalanche_sdlora.data.validation_split) and scored on them; no test image is read. Candidates per "
+             f"method: {len(s['optimizers'])} optimizers x {len(s['grid_decades'])} learning rates half a decade apart "
+             "around the method's reference rate (benchmarks/tune.py). Accuracies in %.", "",
+             "| method | candidate | source | validation acc | mean over tuned experiences | train s | chosen |",
+             "|---|---|---|---|---|---|---|"]
+    for o in outcomes:
+        pick = result["methods"].get(o.method, {}).get("candidate") == o.candidate
+        acc = f"{100 * o.val_acc:.2f}" if o.status == "done" else o.status
+        mean = f"{100 * o.val_mean_acc:.2f}" if o.status == "done" else ""
+        secs = f"{o.train_seconds:.0f}" if o.status == "done" else ""
+        lines.append(f"| {o.method} | {o.candidate} | {o.source} | {acc} | {mean} | {secs} | {'**yes**' if pick else ''} |")
+    untuned = [m for m, v in result["methods"].items() if v.get("trains_by_gradient") is False]
+    if untuned:
+        lines += ["", f"Nothing to tune (no training by gradient): {', '.join(untuned)}."]
+    write_text(out / "README.md", "\n".join(lines) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------- the command
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = Parser(prog="python -m benchmarks.tune", description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", nargs="+", required=True, help="methods to tune")
+    # the candidates' own settings are this command's flags below, not the run flags of the same fields
+    add_run_flags(p, only=[f.dest for f in run_flags() if f.dest not in ("validation_per_class", "first_experiences")])
+    p.add_argument("--validation-per-class", dest="tune_validation", type=int, default=DEFAULT_VALIDATION_PER_CLASS,
+                   help="training images per class held out for validation (default: "
+                        f"{DEFAULT_VALIDATION_PER_CLASS})")
+    p.add_argument("--tune-experiences", type=int, default=DEFAULT_TUNE_EXPERIENCES,
+                   help=f"experiences each candidate trains (default: {DEFAULT_TUNE_EXPERIENCES})")
+    p.add_argument("--tune-order", type=int, default=DEFAULT_TUNE_ORDER,
+                   help=f"the class-order seed the candidates train on (default: {DEFAULT_TUNE_ORDER})")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="results root; the tuning goes to <out>/<protocol>/<run-id>")
+    p.add_argument("--run-id", default="tuned", help="folder name (default: tuned); an existing one is resumed")
+    p.add_argument("--verbose", action="store_true", help="print each candidate's result")
+    args = p.parse_args(argv)
+    unknown = [m for m in args.methods if m not in method_names()]
+    if unknown:
+        p.error(f"--methods: unknown method(s) {unknown}; choose from {', '.join(method_names())}")
+    for flag, value in (("--validation-per-class", args.tune_validation), ("--tune-experiences", args.tune_experiences)):
+        if value <= 0:
+            p.error(f"{flag} must be a positive integer, got {value}")
+    if not args.run_id or any(c in args.run_id for c in "/\\") or args.run_id in (".", ".."):
+        p.error(f"--run-id must be a plain folder name, got {args.run_id!r}")
+    try:
+        args.config = config_from_flags(args)
+        if args.tune_experiences > args.config.n_experiences:
+            raise ValueError(f"--tune-experiences {args.tune_experiences} is more than the stream's "
+                             f"{args.config.n_experiences} experiences; pass at most {args.config.n_experiences}")
+    except ValueError as exc:
+        p.error(str(exc))
+    return args
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out) / args.config.protocol / args.run_id
+    command = " ".join(["python -m benchmarks.tune"] + (argv if argv is not None else sys.argv[1:]))
+    result = tune(args.config, args.methods, out, validation_per_class=args.tune_validation,
+                  tune_experiences=args.tune_experiences, order=args.tune_order, quiet=not args.verbose,
+                  command=command)
+    print((out / "README.md").read_text())
+    for method, pick in result["methods"].items():
+        if "optimizer" in pick:
+            print(f"{method}: {pick['optimizer']} lr {pick['lr']:.3g} {pick['options'] or ''} ({pick['source']})")
+    print(f"use it: python -m benchmarks.compare --tuned {out / 'chosen.json'} ...")
+    return out
+
+
+if __name__ == "__main__":
+    main()

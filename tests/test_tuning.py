@@ -1,0 +1,176 @@
+"""Issue 30: equal tuning on validation images carved from the training images, never a test image."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from avalanche_sdlora.data import split_cifar100, validation_split
+from benchmarks import compare, tune, tuned
+from benchmarks.config import RunConfig
+from benchmarks.methods import get_method, method_names
+from benchmarks.train_amp import TrainingAutocastPlugin
+
+from conftest import TINY, _require_cifar
+
+
+def _train_only_npz(path: Path, per_class: int = 12, classes: int = 4) -> Path:
+    """An npz with training images only (no test key at all), each image's pixels holding its index."""
+    n = per_class * classes
+    x = np.zeros((n, 32, 32, 3), dtype=np.uint8)
+    x[:] = np.arange(n, dtype=np.uint8)[:, None, None, None]
+    y = np.repeat(np.arange(classes), per_class).astype(np.int64)
+    np.savez(path, x_train=x, y_train=y)
+    return path
+
+
+def _indices(stream) -> set[int]:
+    """The file indices of a stream's images (the pixel value each image was made with)."""
+    out = set()
+    for exp in stream:
+        for i in range(len(exp.dataset)):
+            x = exp.dataset[i][0]
+            out.add(int(round((float(x[0, 0, 0]) + 1) * 127.5)))
+    return out
+
+
+def test_the_validation_split_is_seeded_per_class_and_disjoint_from_training():
+    y = np.repeat(np.arange(5), 20)
+    a = validation_split(y, 4, seed=0)
+    assert np.array_equal(a, validation_split(y, 4, seed=0)) and not np.array_equal(a, validation_split(y, 4, seed=1))
+    assert np.bincount(y[a]).tolist() == [4] * 5
+    # a class's split does not depend on which other classes exist
+    assert np.array_equal(validation_split(y[y < 2], 4, seed=0), a[y[a] < 2])
+    with pytest.raises(ValueError, match="validation_per_class 20: class 0 has 20 training images"):
+        validation_split(y, 20)
+
+
+def test_validation_benchmark_reads_no_test_image_and_evaluates_on_held_out_training_images(tmp_path):
+    npz = _train_only_npz(tmp_path / "train_only.npz")  # a file without test keys: nothing to read by mistake
+    with pytest.raises(KeyError, match="lacks keys"):
+        split_cifar100(n_experiences=2, classes=[0, 1, 2, 3], img_size=32, path=npz, train_per_class=None)
+    bench = split_cifar100(n_experiences=2, classes=[0, 1, 2, 3], img_size=32, path=npz, train_per_class=None,
+                           validation_per_class=3, augment=False)
+    held = set(validation_split(np.repeat(np.arange(4), 12), 3).tolist())
+    trained, evaluated = _indices(bench.train_stream), _indices(bench.test_stream)
+    assert evaluated == held and trained == set(range(48)) - held
+    assert [len(e.dataset) for e in bench.test_stream] == [6, 6]
+
+
+def test_every_method_that_trains_gets_the_same_number_of_candidates_with_its_published_recipes():
+    cfg = RunConfig.for_protocol("cifar100-tiny128-full")
+    counts = {m: len(tune.candidates(m, cfg)) for m in method_names()}
+    per_method = len(tune.OPTIMIZERS) * len(tune.GRID_DECADES)
+    for m, n in counts.items():
+        trains = get_method(m).recipe(cfg).optimizer is not None
+        assert n == (per_method if trains else 0), (m, n)
+    assert counts["sdlora"] == counts["dualprompt"] == counts["ranpac"] == 6 and counts["simplecil"] == 0
+
+    def has(method, optimizer, lr, **options):
+        return any(c.optimizer == optimizer and c.lr == pytest.approx(lr) and dict(c.options) == options
+                   for c in tune.candidates(method, cfg))
+
+    assert has("sdlora", "sgd", 0.008) and has("sdlora", "adam", 8e-3)  # the authors' code and the paper
+    assert has("dualprompt", "adam", 1e-3)  # PILOT's, and dualprompt-pytorch's CIFAR recipe with its own settings
+    assert has("dualprompt", "adam", 0.03 * 32 / 256, clip_grad=1.0, pull_coeff=1.0)
+    assert has("l2p", "adam", 0.03 * 32 / 256) and has("inflora", "adam", 5e-4) and has("coda-prompt", "adam", 1e-3)
+    lrs = sorted(c.lr for c in tune.candidates("seq-lora", cfg) if c.optimizer == "sgd")
+    assert lrs == pytest.approx([0.01 * 10 ** -0.5, 0.01, 0.01 * 10 ** 0.5])  # one log grid, half a decade apart
+
+
+def test_tune_chooses_on_validation_only_and_compare_trains_the_choice(tmp_path, monkeypatch):
+    _require_cifar()
+    npz = _train_only_npz(tmp_path / "train_only.npz")
+    monkeypatch.setattr(tune, "GRID_DECADES", (-0.5, 0.0))  # two candidates per optimizer keep the test short
+    monkeypatch.setattr(tune, "OPTIMIZERS", ("sgd",))
+    flags = ["--classes", "4", "--n-experiences", "2", "--img-size", "32", "--epochs", "1", "--batch-size", "4",
+             "--threads", "1", "--data", str(npz), "--train-per-class", "6"]
+    out = tune.main(["--methods", "seq-lora", "simplecil", "--validation-per-class", "3", "--tune-experiences", "1",
+                     "--out", str(tmp_path / "t"), *flags])
+    rows = [json.loads(p.read_text()) for p in (out / "candidates").rglob("config.json")]
+    assert len(rows) == 2 and all(r["validation_per_class"] == 3 and r["first_experiences"] == 1 for r in rows)
+    per_task = [p for p in (out / "candidates").rglob("per_task.csv")]
+    assert all(len(p.read_text().strip().splitlines()) == 2 for p in per_task)  # header + the one tuned experience
+    chosen = json.loads((out / "chosen.json").read_text())
+    pick = chosen["methods"]["seq-lora"]
+    assert pick["optimizer"] == "sgd" and pick["candidates"] == 2 and chosen["methods"]["simplecil"]["candidates"] == 0
+    scores = {c: json.loads((out / "candidates" / "seq-lora" / c / "config.json").read_text())["method_options"]
+              for c in ("sgd-lr0.00316", "sgd-lr0.01")}
+    assert scores["sgd-lr0.01"]["seq-lora"] == {"lr": 0.01, "optimizer": "sgd"}
+    # a second call resumes: nothing is trained again, the same choice comes back
+    again = tune.main(["--methods", "seq-lora", "simplecil", "--validation-per-class", "3", "--tune-experiences", "1",
+                       "--out", str(tmp_path / "t"), *flags])
+    assert json.loads((again / "chosen.json").read_text())["methods"]["seq-lora"]["lr"] == pick["lr"]
+
+    run = compare.main(TINY + ["--methods", "seq-lora", "simplecil", "--out", str(tmp_path / "c"), "--tuned",
+                               str(out / "chosen.json")])
+    config = json.loads((run / "config.json").read_text())
+    assert config["recipes"]["seq-lora"] == {"optimizer": "sgd", "lr": pick["lr"], "source": "tuned"}
+    assert config["method_options"]["seq-lora"] == {"lr": pick["lr"], "optimizer": "sgd"}
+    assert config["tuned"]["file"]["name"] == "chosen.json"
+
+
+def test_tuned_recipes_are_refused_for_another_protocol_or_an_untuned_method(tmp_path):
+    chosen = tmp_path / "chosen.json"
+    chosen.write_text(json.dumps({"protocol": "cifar100-tiny128", "methods": {
+        "seq-lora": {"optimizer": "adam", "lr": 1e-3, "options": {}}}}))
+    cfg = RunConfig.for_protocol("cifar100-tiny128")
+    new, record = tuned.apply(cfg, ["seq-lora", "simplecil"], chosen)
+    assert get_method("seq-lora").recipe(new).optimizer == "adam" and record["methods"]["seq-lora"]["lr"] == 1e-3
+    with pytest.raises(ValueError, match="holds no chosen recipe for sdlora"):
+        tuned.apply(cfg, ["sdlora"], chosen)
+    with pytest.raises(ValueError, match="was tuned on --protocol cifar100-tiny128, this run is --protocol "
+                                         "cifar100-tiny128-full"):
+        tuned.apply(RunConfig.for_protocol("cifar100-tiny128-full"), ["seq-lora"], chosen)
+    with pytest.raises(ValueError, match=r"--method-option seq-lora.lr=0.5 differs"):
+        tuned.apply(cfg.replace(method_options=(("seq-lora", "lr", 0.5),)), ["seq-lora"], chosen)
+    with pytest.raises(SystemExit, match="--tuned '.*missing.json' is not a file"):
+        compare.parse_args(TINY + ["--tuned", str(tmp_path / "missing.json")])
+
+
+def test_the_autocast_plugin_runs_a_peers_training_forward_in_bf16_and_hands_float32_to_the_loss():
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 3)
+            self.seen = []
+
+        def forward(self, x):
+            out = self.linear(x)
+            self.seen.append(out.dtype)
+            return out
+
+    from avalanche.training import Naive
+    from avalanche.benchmarks.utils import _make_taskaware_classification_dataset
+    from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
+    from torch.utils.data import TensorDataset
+
+    class DS(TensorDataset):
+        targets = [0, 1] * 4
+
+    ds = _make_taskaware_classification_dataset(DS(torch.randn(8, 4), torch.tensor([0, 1] * 4)))
+    bench = class_incremental_benchmark({"train": ds, "test": ds}, num_experiences=1)
+    model = Probe()
+    losses = []
+
+    class LossDtype(TrainingAutocastPlugin.__mro__[1]):
+        def before_backward(self, strategy, **kw):
+            losses.append((strategy.mb_output.dtype, strategy.loss.dtype))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), train_mb_size=4,
+                         train_epochs=1, device="cpu", plugins=[TrainingAutocastPlugin(), LossDtype()])
+        strategy.train(bench.train_stream[0])
+        trained = list(model.seen)
+        model.seen.clear()
+        strategy.eval(bench.test_stream)
+    assert trained and all(d == torch.bfloat16 for d in trained)  # the training forward ran under autocast
+    assert losses and all(d == (torch.float32, torch.float32) for d in losses)
+    assert model.seen and all(d == torch.float32 for d in model.seen)  # evaluation: no training autocast
+    assert not torch.is_autocast_enabled("cpu")
