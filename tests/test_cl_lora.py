@@ -369,3 +369,17 @@ def test_stored_state_after_two_tasks(run):
                      "block_weights": 2 * 3 * 6, "prototypes": 4 * 192, "training_head": 0}
     assert cl_lora.stored_params(strategy) == sum(parts.values())
     assert cl_lora.blocks_per_image(10) == 66  # 6 shared once + 10 tasks x 6 specific
+
+
+def test_an_experience_repeating_classes_is_refused_before_the_model_changes():
+    from test_errors import _overlapping_streams  # {0, 1} then {1, 2}
+
+    a, b = _overlapping_streams()
+    s = build(epochs=1)
+    s.train(a.train_stream[0])
+    before = {k: v.clone() for k, v in s.model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"shares classes \[1\] with earlier experiences; CL-LoRA is class-incremental"):
+        s.train(b.train_stream[0])
+    after = s.model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert s.model.num_tasks == 1 and s.model.head is None
