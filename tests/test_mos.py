@@ -321,3 +321,16 @@ def test_bad_arguments_are_named(tiny_bench):
         strategy.train(tiny_bench.train_stream[1])
     with pytest.raises(RuntimeError, match="predicts after its first experience"):
         tiny_model()(torch.zeros(1, 3, TINY_IMG, TINY_IMG))
+
+
+def test_retrieval_runs_in_float32_under_an_evaluation_autocast(tiny_bench):
+    strategy = build(literal=False, ca_epochs=1)
+    strategy.train(tiny_bench.train_stream[0])
+    x, _ = images_of(tiny_bench.test_stream[0])
+    model = strategy.model.eval()
+    f = torch.randn(3, 192)
+    with torch.no_grad():
+        plain = model.head(f)[:, :2]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert model(x).dtype == torch.float32
+            assert torch.allclose(model.seen_logits(f), plain, atol=1e-6)

@@ -265,7 +265,9 @@ class MOSModel(nn.Module):
             m.snapshot()
 
     def seen_logits(self, f: Tensor) -> Tensor:
-        return self.head(f)[:, self.prototypes.class_ids]
+        """Head logits of the seen classes, in float32 even under an evaluation autocast (their argmax routes)."""
+        with torch.autocast(f.device.type, enabled=False):
+            return self.head(f.float())[:, self.prototypes.class_ids]
 
     def refine(self, feats: Tensor, task: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Self-refined retrieval (models/mos.py:376-396): head logits (seen classes) of the last round, the task
