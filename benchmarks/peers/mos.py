@@ -24,7 +24,8 @@ are the same code byte for byte. Facts (file:line, in the AAAI25-MOS repository)
   (``vit_mos.py:360-379``), (b) before *every block* of every pass, on all layers of the adapter that pass uses:
   the current one (``j = t``) in training and in the statistics pass, stored adapter ``j`` at inference. So one
   training step pulls ``depth + 1`` times, and at inference stored adapter ``j`` drifts in place towards
-  ``S_{j-1} / j`` (12 pulls of 0.9 per evaluation batch: after a few batches adapter ``j >= 1`` *is* that mean).
+  ``S_{j-1} / j`` (``depth`` pulls of ``1 - m`` per evaluation batch: after a few batches adapter ``j >= 1`` *is*
+  that mean, so the adapter trained on task ``j`` serves only the first batches, then the earlier tasks' mean does).
   ``literal=True`` (default) reproduces all of this; ``literal=False`` keeps only (a), the merge the reference's
   training loop states, and uses the stored adapters as stored (no drift, and evaluation leaves the model unchanged);
 - training (``models/mos.py:105-196``): the current adapter's [CLS] feature, head logits of the current task's classes
@@ -60,6 +61,13 @@ tensors' ``.data`` as the reference does, so the backward pass sees the values t
 Avalanche's (any order): ``[:total_classes]`` slices become the seen classes. Nothing depends on width or depth;
 ViT-Tiny changes nothing but the sizes (width 192: a class covariance has 192^2 numbers; 12 blocks as ViT-B, so the
 literal merge pulls as often per step as in the reference). The harness's epochs and batch size are used.
+
+Costs. Inference: ``n`` backbone passes per image after ``n`` tasks (:func:`inference_forward_passes`; 10 after 10
+tasks), then at most 4 head evaluations per image. A training step: one pass and its backward through the current
+adapter; the literal pulls add ``depth`` element-wise updates of one adapter set per pass (no matrix products). After
+each task: one pass per training image of the task for the class statistics and one for the prototypes; from task 1 on
+the alignment: ``ca_epochs`` x (seen classes) head-only steps on ``5 * batch_size`` sampled features, and ``ca_epochs``
+x (seen classes) Cholesky factorisations of a ``d x d`` covariance to sample them.
 
 Stored state after ``T`` tasks with ``C`` classes, ``L`` blocks, width ``d``, bottleneck ``r`` (adapter ``A = L (2 d r +
 r + d)`` numbers; :func:`stored_breakdown`): task adapters ``T A``, their running sums ``T A`` (the reference keeps
