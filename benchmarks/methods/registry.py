@@ -52,12 +52,17 @@ class Method:
     recipe: Callable[["RunConfig"], Recipe]
     checkpointable: bool = False
     schedule: str = "each-experience"
-    inference_forward_passes: int = 1
+    inference_forward_passes: int | Callable[[int], int] = 1  # or, growing with the tasks learned, a function of them
     reference_hparams: Mapping[str, tuple[Any, str]] = field(default_factory=dict)
     extra_columns: Callable[[Any, int], dict] | None = None
     options: tuple[str, ...] = ()
     single_process_only: str | None = None  # issue 20
     train_amp: bool = False  # issue 20
+
+    def forward_passes(self, n_tasks: int) -> int:
+        """Backbone passes per image at inference after ``n_tasks`` tasks (most methods: a constant)."""
+        passes = self.inference_forward_passes
+        return int(passes(n_tasks) if callable(passes) else passes)
 
 
 _METHODS: dict[str, Method] = {}  # in registration order: the order of every table

@@ -71,9 +71,11 @@ class ParallelAdapterMLP(nn.Module):
         return out
 
 
-def add_adapters(backbone: nn.Module, *, bottleneck: int = 64, scale: float = 0.1,
-                 dropout: float = 0.1) -> list[BottleneckAdapter]:
-    """Put a trainable parallel adapter beside the MLP of every block; everything else is frozen."""
+def add_adapters(backbone: nn.Module, *, bottleneck: int = 64, scale: float = 0.1, dropout: float = 0.1,
+                 mlp_cls: type[ParallelAdapterMLP] = ParallelAdapterMLP) -> list[BottleneckAdapter]:
+    """Put a trainable parallel adapter beside the MLP of every block; everything else is frozen.
+
+    ``mlp_cls`` is the stand-in for ``block.mlp`` (a :class:`ParallelAdapterMLP`; MOS's keeps per-task copies)."""
     blocks = getattr(backbone, "blocks", None)
     if not blocks or not all(isinstance(getattr(b, name, None), nn.Module) for b in blocks for name in ("norm2", "mlp")):
         raise TypeError(f"{type(backbone).__name__} has no .blocks[*].norm2/.mlp; the AdaptFormer adapter needs a timm "
@@ -86,7 +88,7 @@ def add_adapters(backbone: nn.Module, *, bottleneck: int = 64, scale: float = 0.
     device = next(backbone.parameters()).device
     for block in blocks:
         adapter = BottleneckAdapter(dim, bottleneck=bottleneck, scale=scale, dropout=dropout).to(device)
-        block.mlp = ParallelAdapterMLP(block.norm2, block.mlp, adapter)
+        block.mlp = mlp_cls(block.norm2, block.mlp, adapter)
         block.norm2 = nn.Identity()
     return adapters_of(backbone)
 

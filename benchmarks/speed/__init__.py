@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
             if k in SETTING_METHOD:
                 method = SETTING_METHOD[k]
                 flops.append({**base, "measure": "infer_forward_passes_per_image", "value": passes, "unit": "count",
-                              "trait": get_method(method).inference_forward_passes if method else 1,
+                              "trait": get_method(method).forward_passes(10) if method else 1,
                               "note": "images through the model's timm PatchEmbed modules per input image; trait: "
                                       "the method's registered inference_forward_passes"})
         return per_image
