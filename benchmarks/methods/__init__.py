@@ -11,3 +11,4 @@ from . import simplecil, dualprompt, coda_prompt, inflora, ranpac, aper  # noqa:
 from . import sdlora_ablations  # noqa: E402,F401  (issue 19: the Table 4 rows)
 
 __all__ = ["Method", "Recipe", "register_method", "get_method", "method_names", "methods", "check_method_options"]
+from . import care  # noqa: E402,F401  (issue 31)

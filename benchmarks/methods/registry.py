@@ -43,6 +43,8 @@ class Method:
     ``reference_hparams`` maps a hyperparameter to (value, source); ``single_process_only`` says why the method
     cannot run data-parallel under torchrun (None: it can, see :mod:`benchmarks.distributed`); ``train_amp``: the
     builder honours ``--train-amp bf16`` (others are refused it, unless nothing of theirs trains by gradient).
+    ``inference_forward_passes`` is a count, or a function of the number of tasks learned (CaRE's grow with them);
+    read it through :meth:`forward_passes`.
     """
 
     name: str
@@ -52,12 +54,17 @@ class Method:
     recipe: Callable[["RunConfig"], Recipe]
     checkpointable: bool = False
     schedule: str = "each-experience"
-    inference_forward_passes: int = 1
+    inference_forward_passes: int | Callable[[int], int] = 1
     reference_hparams: Mapping[str, tuple[Any, str]] = field(default_factory=dict)
     extra_columns: Callable[[Any, int], dict] | None = None
     options: tuple[str, ...] = ()
     single_process_only: str | None = None  # issue 20
     train_amp: bool = False  # issue 20
+
+    def forward_passes(self, n_tasks: int) -> int:
+        """Backbone passes per image at inference once ``n_tasks`` tasks are learned."""
+        passes = self.inference_forward_passes
+        return int(passes(n_tasks)) if callable(passes) else int(passes)
 
 
 _METHODS: dict[str, Method] = {}  # in registration order: the order of every table
