@@ -151,7 +151,7 @@ def test_what_torchrun_cannot_run_is_refused_in_one_line(as_rank_0_of_2, monkeyp
 
 def test_every_method_runs_under_torchrun_or_says_why_not(as_rank_0_of_2):
     refused = {m for m in method_names() if get_method(m).single_process_only}
-    assert refused == {"ncm", "simplecil", "ranpac", "aper", "inflora", "dualprompt", "coda-prompt", "l2p"}
+    assert refused == {"ncm", "simplecil", "ranpac", "aper", "inflora", "dualprompt", "coda-prompt", "l2p", "care"}
     for m in method_names():
         if m in refused:
             with pytest.raises(ValueError, match=f"{m}: "):

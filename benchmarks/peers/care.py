@@ -7,7 +7,8 @@ routers: those whose latent heads are the least uncertain (lowest entropy) about
 router keep its top-k experts; the mixture is the experts' outputs weighted by the picked routers' softmaxes, summed.
 The classifier is one cosine head per task over the final CLS feature. After a task, every class of the task stores
 the mean and covariance of its features; from the second task on, the whole head is refitted on features sampled from
-every seen class's Gaussian (classifier alignment). Inference with ``T >= 2`` tasks runs ``T + 1`` backbone passes.
+every seen class's Gaussian (classifier alignment, :mod:`benchmarks.peers.classifier_alignment`). Inference with
+``T >= 2`` tasks runs ``T + 1`` backbone passes.
 
 Reference: LMMMEng/CaRE@d90800a (built on LAMDA-PILOT); ``backbone/vit_brmoe.py`` (``vb``), ``models/care.py``
 (``mc``), ``utils/inc_net.py``, ``backbone/linears.py`` ``TunaLinear``, ``exps/cifar100/care_cifar_inc10.json``
@@ -50,9 +51,10 @@ Reference: LMMMEng/CaRE@d90800a (built on LAMDA-PILOT); ``backbone/vit_brmoe.py`
 - classifier (``backbone/linears.py:258-308``): one bias-free ``Linear`` per task, trunc-normal 0.02, cosine of the
   normalised feature and rows, unscaled; all tasks' rows stay trainable (``utils/inc_net.py:124``
   ``freeze_old=False``);
-- class statistics (``mc:311-342``): per class of the task, the un-augmented training images (``mode="test"``) through
-  the model in eval mode with the task known; ``mean`` and ``torch.cov(features.T) + 1e-4 I`` (``"variance"`` keeps the
-  diagonal); earlier classes keep theirs;
+- class statistics (``mc:311-342``; kept by :class:`~benchmarks.peers.classifier_alignment.ClassGaussians`): per
+  class of the task, the un-augmented training images (``mode="test"``) through the model in eval mode with the task
+  known; ``mean`` and ``torch.cov(features.T) + 1e-4 I`` (``"variance"`` keeps the diagonal); earlier classes keep
+  theirs;
 - classifier alignment (``mc:345-430``): 30 epochs (``crct_epochs``); each draws ``5 * batch_size`` features per seen
   class from ``MultivariateNormal(mean, cov)`` class by class, shuffles them and steps once per class-sized chunk
   on ``CE(20 * cos)`` over all seen classes; SGD(lr 0.005, momentum 0.9, weight decay 5e-4) over the whole head,
@@ -85,16 +87,16 @@ from avalanche.benchmarks.utils.data_loader import SingleDatasetDataLoader, coll
 from avalanche.training.templates import SupervisedTemplate
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
-from torch.distributions import MultivariateNormal
 
 from avalanche_sdlora import create_backbone
 
 from .adaptformer import ParallelAdapterMLP
 from .class_incremental import ClassIncrementalTemplate
+from .classifier_alignment import ClassGaussians, align_classifier
 from .first_session import OPTIMIZERS, first_session_optimizer, place_logits
 
-__all__ = ["ScaledAdapter", "BiLevelMoE", "TaskCosineHead", "ClassGaussians", "CaREViT", "CaRE", "lowest_entropy",
-           "expert_weights", "entropy", "care_loss", "align_classifier", "combine_predictions",
+__all__ = ["ScaledAdapter", "BiLevelMoE", "TaskCosineHead", "CaREViT", "CaRE", "lowest_entropy",
+           "expert_weights", "entropy", "care_loss", "combine_predictions",
            "inference_forward_passes", "build_strategy", "stored_breakdown", "stored_params", "REFERENCE_HPARAMS",
            "INFERENCE_FORWARD_PASSES", "MAX_ITERATIVE_TASKS"]
 
@@ -104,7 +106,6 @@ _MC = _REF + " models/care.py"
 _CFG = _REF + " exps/cifar100/care_cifar_inc10.json"
 MAX_ITERATIVE_TASKS = 61  # mc:455,463: per-task passes while cur_task <= 60, a single pass beyond
 ENTROPY_EPS = 1e-10  # vb:259, mc:483
-STATISTICS_RIDGE = 1e-4  # mc:335-336
 ANCHOR_DECAY = 0.999  # vb:166
 MASKED_SCORE = -100.0  # vb:245,292: scores outside a router's top-k experts
 
@@ -268,7 +269,8 @@ class BiLevelMoE(nn.Module):
         outs = [self.experts[i](x) for i in range(n)]
         cls = [o[:, 0] for o in outs]
         latents = [self.latent_heads[i](c) for i, c in enumerate(cls)]
-        scores = torch.stack([F.pad(self.routers[i](c), (0, n - i - 1), value=float("-inf")) for i, c in enumerate(cls)])
+        pad = float("-inf")
+        scores = torch.stack([F.pad(self.routers[i](c), (0, n - i - 1), value=pad) for i, c in enumerate(cls)])
         return outs, latents, scores
 
     @staticmethod
@@ -332,76 +334,6 @@ class TaskCosineHead(nn.Module):
     def forward(self, f: Tensor) -> Tensor:
         """Cosines ``(B, seen classes)`` in learned order."""
         return F.normalize(f, dim=1) @ F.normalize(torch.cat(list(self.weights)), dim=1).T
-
-
-class ClassGaussians(nn.Module):
-    """Mean and covariance (or variance) of each learned class's features, in learned order."""
-
-    def __init__(self, dim: int, kind: str = "covariance") -> None:
-        super().__init__()
-        if kind not in ("covariance", "variance"):
-            raise ValueError(f"class_statistics must be 'covariance' or 'variance', got {kind!r}")
-        self.kind = kind
-        self.register_buffer("means", torch.zeros(0, dim))
-        self.register_buffer("covs", torch.zeros((0, dim, dim) if kind == "covariance" else (0, dim)))
-
-    @torch.no_grad()
-    def absorb(self, features: Tensor, labels: Tensor, class_ids: Tensor) -> None:
-        """Set the statistics of each class in ``labels`` (its row in ``class_ids``; later rows append)."""
-        means, covs = list(self.means), list(self.covs)
-        for c in labels.unique().tolist():
-            f = features[labels == c].float()
-            if f.shape[0] < 2:
-                raise ValueError(f"class {c} has {f.shape[0]} training image; CaRE's class covariance needs at least "
-                                 "2 images per class")
-            cov = torch.cov(f.T) + STATISTICS_RIDGE * torch.eye(f.shape[1], device=f.device)
-            row = int((class_ids == c).nonzero()[0])
-            stat = cov if self.kind == "covariance" else cov.diagonal().clone()
-            if row < len(means):
-                means[row], covs[row] = f.mean(0), stat
-            elif row == len(means):
-                means.append(f.mean(0))
-                covs.append(stat)
-            else:
-                raise ValueError(f"class {c} comes before the statistics of earlier classes were set")
-        self.means = torch.stack(means).to(self.means)
-        self.covs = torch.stack(covs).to(self.covs)
-
-    def sample(self, per_class: int) -> tuple[Tensor, Tensor]:
-        """``per_class`` draws of each class's Gaussian, class by class (the reference's order); labels = rows."""
-        xs = []
-        for mean, cov in zip(self.means, self.covs):
-            cov = cov if self.kind == "covariance" else torch.diag(cov)
-            xs.append(MultivariateNormal(mean.float(), cov.float()).sample((per_class,)))
-        labels = torch.arange(len(xs), device=self.means.device).repeat_interleave(per_class)
-        return torch.cat(xs), labels
-
-
-def align_classifier(head: TaskCosineHead, stats: ClassGaussians, *, epochs: int = 30, lr: float = 0.005,
-                     momentum: float = 0.9, weight_decay: float = 5e-4, per_class: int = 320, scale: float = 20.0,
-                     t_max: int = 5) -> list[float]:
-    """Refit every row of ``head`` on features drawn from the class Gaussians; returns each epoch's mean loss."""
-    params = list(head.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max)
-    n_classes, losses = stats.means.shape[0], []
-    for _ in range(epochs):
-        x, y = stats.sample(per_class)
-        perm = torch.randperm(x.shape[0])
-        x, y = x[perm], y[perm.to(y.device)]
-        total = 0.0
-        for i in range(n_classes):  # the reference's chunks: n_classes steps of per_class draws
-            chunk = slice(i * per_class, (i + 1) * per_class)
-            loss = F.cross_entropy(scale * head(x[chunk]), y[chunk])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item()
-        sched.step()
-        losses.append(total / n_classes)
-    return losses
 
 
 def care_loss(cosines: Tensor, latents: list[Tensor], targets: Tensor, *, scale: float = 20.0,
@@ -518,7 +450,8 @@ class CaRE(ClassIncrementalTemplate):
             raise TypeError(f"CaRE needs a CaREViT, got {type(model).__name__}")
         super().__init__(model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(), **kwargs)
         self.epochs, self.lr, self.min_lr = self.train_epochs, float(lr), float(min_lr)
-        self.align_epochs, self.align_lr, self.align_samples = int(align_epochs), float(align_lr), int(align_samples_per_class)
+        self.align_epochs, self.align_lr = int(align_epochs), float(align_lr)
+        self.align_samples = int(align_samples_per_class)
         self.self_distill, self.distill_switch_block = self_distill, int(distill_switch_block)
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.phase_lrs: list[list[float]] = []  # lr of every epoch of every phase, for reports and tests
