@@ -332,8 +332,10 @@ class TaskCosineHead(nn.Module):
         self.task_sizes.append(len(classes))
 
     def forward(self, f: Tensor) -> Tensor:
-        """Cosines ``(B, seen classes)`` in learned order."""
-        return F.normalize(f, dim=1) @ F.normalize(torch.cat(list(self.weights)), dim=1).T
+        """Cosines ``(B, seen classes)`` in learned order, in float32 even under an evaluation autocast (the
+        reference evaluates with autocast off, ``mc:441,478,497``; the entropy picks read these cosines)."""
+        with torch.autocast(f.device.type, enabled=False):
+            return F.normalize(f.float(), dim=1) @ F.normalize(torch.cat(list(self.weights)), dim=1).T
 
 
 def care_loss(cosines: Tensor, latents: list[Tensor], targets: Tensor, *, scale: float = 20.0,
@@ -557,7 +559,9 @@ def build_strategy(*, model_name: str, checkpoint: str | None, img_size: int, nu
     """CaRE with the reference recipe (``lr``/``optimizer`` None) or the given overrides.
 
     ``align_samples_per_class`` None draws ``5 * batch_size`` per class (the reference's); ``class_statistics``
-    "variance" stores each class's diagonal only (the reference's storage-efficient option).
+    "variance" stores each class's diagonal only (the reference's storage-efficient option); ``iterative_inference``
+    False is the reference's ``iter_pred: false`` (one unknown-task pass; the registered forward-pass trait states
+    the default).
     """
     optimizer = optimizer or "sgd"
     if optimizer not in OPTIMIZERS:
