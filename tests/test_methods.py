@@ -76,7 +76,7 @@ def test_the_built_strategy_has_the_traits_the_registry_states(method, tiny_cfg,
     finally:
         for h in handles:
             h.remove()
-    assert len(calls) == m.forward_passes(1)
+    assert len(calls) == m.forward_passes(1)  # after one experience
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -13,3 +13,4 @@ from . import sdlora_ablations  # noqa: E402,F401  (issue 19: the Table 4 rows)
 __all__ = ["Method", "Recipe", "register_method", "get_method", "method_names", "methods", "check_method_options"]
 from . import cl_lora  # noqa: E402,F401  (issue 31)
 from . import mos  # noqa: E402,F401  (issue 31)
+from . import care  # noqa: E402,F401  (issue 31)

@@ -43,6 +43,8 @@ class Method:
     ``reference_hparams`` maps a hyperparameter to (value, source); ``single_process_only`` says why the method
     cannot run data-parallel under torchrun (None: it can, see :mod:`benchmarks.distributed`); ``train_amp``: the
     builder honours ``--train-amp bf16`` itself (the runner gives the others :class:`benchmarks.train_amp.TrainingAutocastPlugin`).
+    ``inference_forward_passes`` is a count, or a function of the number of tasks learned (CaRE's and MOS's grow
+    with them); read it through :meth:`forward_passes`.
     """
 
     name: str

@@ -39,7 +39,7 @@ from ..methods import get_method
 from ..reports import write_csv
 from .costs import data_loading_share, end_to_end, params_per_task
 from .memory import measure_memory
-from .models import build_backbone, build_l2p, build_plain_lora, build_sdlora
+from .models import N_HEAD_TASKS, build_backbone, build_l2p, build_plain_lora, build_sdlora
 from .peers import (CLAIM_TARGET, PAPER_GFLOPS, PAPER_SOURCE, PEER_EVERY, PROMPT_SETTINGS, SETTING_METHOD, SGD_PEERS,
                     UPDATE_IMAGES, build_peers, paper_architecture_models, stored_rows, train_steps)
 from .report import fmt, plot, readme
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
             if k in SETTING_METHOD:
                 method = SETTING_METHOD[k]
                 flops.append({**base, "measure": "infer_forward_passes_per_image", "value": passes, "unit": "count",
-                              "trait": get_method(method).forward_passes(10) if method else 1,
+                              "trait": get_method(method).forward_passes(N_HEAD_TASKS) if method else 1,
                               "note": "images through the model's timm PatchEmbed modules per input image; trait: "
                                       "the method's registered inference_forward_passes"})
         return per_image

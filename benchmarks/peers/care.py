@@ -1,0 +1,605 @@
+"""CaRE (Lou et al., ICML 2026): bi-level routing over per-task adapters, classifier aligned from class Gaussians.
+
+Every block of a frozen timm ViT gets, beside its MLP (AdaptFormer's parallel placement), a *shared* adapter trained in
+every task and a bi-level routed mixture of *task experts*: each task adds an expert adapter, a router over all
+experts so far and a latent head over the task's classes, all read from that expert's output CLS token. Level 1 picks
+routers: those whose latent heads are the least uncertain (lowest entropy) about the sample; level 2 lets each picked
+router keep its top-k experts; the mixture is the experts' outputs weighted by the picked routers' softmaxes, summed.
+The classifier is one cosine head per task over the final CLS feature. After a task, every class of the task stores
+the mean and covariance of its features; from the second task on, the whole head is refitted on features sampled from
+every seen class's Gaussian (classifier alignment, :mod:`benchmarks.peers.classifier_alignment`). Inference with
+``T >= 2`` tasks runs ``T + 1`` backbone passes.
+
+Reference: LMMMEng/CaRE@d90800a (built on LAMDA-PILOT); ``backbone/vit_brmoe.py`` (``vb``), ``models/care.py``
+(``mc``), ``utils/inc_net.py``, ``backbone/linears.py`` ``TunaLinear``, ``exps/cifar100/care_cifar_inc10.json``
+(``cfg``). Facts checked there:
+
+- placement: every block (``vb:525`` ``adapter_idx = range(depth)``), parallel (``utils/inc_net.py:16``): the module
+  reads the residual stream after attention and its output is added beside the MLP's (``vb:472-486``);
+- adapter (``vb:13-69``): ``scale * up(dropout_0.1(relu(down(LayerNorm(x)))))`` (layer norm "in" is the default,
+  ``vb:19,51``); ``scale`` a learnable per-channel vector initialised to zero (``vb:37``: a fresh adapter is a no-op);
+  down and up weights Kaiming-uniform (a = sqrt 5), biases zero (``vb:41-46``); shared bottleneck 64, expert
+  bottleneck 16 (``vb:89,98``; ``cfg`` ``adapter_dim``/``expert_dim``);
+- per task (``vb:118-144``): a new expert, initialised from the parameter mean of the experts *before the newest
+  existing one* (``vb:101-113``: ``range(len(self.adapter) - 1)``, so expert 1 is fresh and expert t >= 2 averages
+  experts 0..t-2; kept as written); a router ``Linear(dim, t + 1)`` (trunc-normal 0.02, bias 0, ``vb:122-124``); a
+  latent head ``Sequential(LayerNorm, Linear(dim, classes of the task))`` whose *LayerNorm* weight is trunc-normal
+  0.02 and bias 0 (``vb:132-140``; kept as written); everything earlier frozen, the shared adapter, the new expert,
+  router and latent head trainable (``vb:126-144``);
+- known task ``i`` (training, class statistics, inference's per-task passes; ``vb:186-299``): experts 0..i run on the
+  block input; router ``j`` scores experts 0..j from expert j's CLS token, padded with -inf to i + 1 (``vb:204-208``);
+  task 0 returns expert 0 (``vb:212-213``); else router i plus the ``topk_routers - 1`` routers among 0..i-1 whose
+  latent heads have the lowest softmax entropy for the sample (``vb:255-286``; entropy ``-sum p log(p + 1e-10)``);
+  each picked router's scores outside its top ``topk_experts`` become -100 (``vb:288-292``), softmax over experts, and
+  the experts' outputs are summed with the weights of all picked routers (``vb:294-297``: a sum over routers, not a
+  mean); the block's latent logits are latent head i on expert i's CLS token (``vb:232``);
+- unknown task (inference's last pass; ``vb:302-385``): all experts, the ``topk_routers`` routers of lowest
+  latent entropy among all tasks' (all of them when there are no more), the same expert top-k and sum; one expert:
+  itself (``vb:306-308``); the shared adapter's output is added in both cases (``vb:388-406``);
+- training of task t (``mc:145-180``): task 0: ``tuned_epoch`` epochs, cosine lr to ``min_lr``; later tasks: two
+  phases of ``tuned_epoch // 2`` epochs, the first annealing from ``init_lr`` to ``init_lr / 2``, then class
+  statistics and classifier alignment, then a fresh optimizer from the lr reached annealing to ``min_lr``, statistics
+  and alignment again (``mc:167-180``); optimiser SGD(momentum 0.9, weight decay 5e-4) over the trainable adapter
+  parameters and the whole classifier (``mc:183-210``), cosine schedule stepped per epoch (``mc:221,296-297``);
+- shared adapter in tasks t >= 1: at the start of each phase its weights are snapshot (``vb:152-163``,
+  ``mc:152,174``) and every training forward first sets ``p = 0.999 * snapshot + 0.001 * p`` (``vb:166-174``): an
+  anchor that keeps it near the previous tasks' version; the snapshot is never updated and is dropped at evaluation;
+- loss (``mc:248-280``): ``CE(20 * cos)`` over the current task's classes (``AngularPenaltySMLoss`` cosface with
+  ``m = 0``, ``mc:21-55``, ``cfg`` scale 20, m 0) plus the mean over blocks of ``(CE(20 * latent) + KL(latent / T ||
+  cos / T) * T^2) / 2``, the teacher the detached unscaled cosines, ``T = 1`` for blocks 0-5 and 2 from block 6
+  (``mc:260-279``);
+- classifier (``backbone/linears.py:258-308``): one bias-free ``Linear`` per task, trunc-normal 0.02, cosine of the
+  normalised feature and rows, unscaled; all tasks' rows stay trainable (``utils/inc_net.py:124``
+  ``freeze_old=False``);
+- class statistics (``mc:311-342``; kept by :class:`~benchmarks.peers.classifier_alignment.ClassGaussians`): per
+  class of the task, the un-augmented training images (``mode="test"``) through the model in eval mode with the task
+  known; ``mean`` and ``torch.cov(features.T) + 1e-4 I`` (``"variance"`` keeps the diagonal); earlier classes keep
+  theirs;
+- classifier alignment (``mc:345-430``): 30 epochs (``crct_epochs``); each draws ``5 * batch_size`` features per seen
+  class from ``MultivariateNormal(mean, cov)`` class by class, shuffles them and steps once per class-sized chunk
+  on ``CE(20 * cos)`` over all seen classes; SGD(lr 0.005, momentum 0.9, weight decay 5e-4) over the whole head,
+  ``CosineAnnealingLR(T_max=5)`` stepped per epoch (so the lr oscillates with period 10 epochs: kept as written);
+- inference (``mc:452-509``): one task: one pass (unknown task, i.e. expert 0); ``T >= 2`` tasks (up to 61, ``mc:455,
+  463``): one pass per known task ``i`` gives ``20 * cos``; per sample the pass of lowest softmax entropy is kept;
+  one more pass with the task unknown; prediction = argmax of the sum of the two softmaxes.
+
+Our choices: the output at evaluation is ``log`` of the mean of those two softmaxes (same argmax; Avalanche's loss
+metric then reads a log-likelihood); ``CE(20 * z)`` is computed by ``F.cross_entropy`` (the reference's cosface sums
+``exp`` unshifted: same value while it does not overflow); the snapshot is taken and dropped around each phase
+explicitly. Not implemented: the ImageNet-R configs' ``decay`` (``mc:367-370``: it divides by ``task_size = known -
+total``, a negative number; the CIFAR-100 config has ``decay: false``) and AMP. Harness mapping: the harness's
+``epochs`` is ``tuned_epoch`` (each later phase ``max(epochs // 2, 1)``, so one-epoch tiny runs still train), its
+batch size is ``batch_size`` (alignment draws ``5 *`` it per class). The reference's ViT-B/16 has width 768;
+ViT-Tiny's 192 changes no mechanism (bottlenecks 64 and 16 fit); the temperature switch at block 6 is the reference's
+constant, an option here. timm's ``Block`` adds the module's output through ``ls2``/``drop_path2`` (identities for the
+reference's and our ViTs), via :class:`benchmarks.peers.adaptformer.ParallelAdapterMLP`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from avalanche.benchmarks.utils.data_loader import SingleDatasetDataLoader, collate_from_data_or_kwargs
+from avalanche.training.templates import SupervisedTemplate
+from timm.layers import trunc_normal_
+from torch import Tensor, nn
+
+from avalanche_sdlora import create_backbone
+
+from .adaptformer import ParallelAdapterMLP
+from .class_incremental import ClassIncrementalTemplate
+from .classifier_alignment import ClassGaussians, align_classifier
+from .first_session import OPTIMIZERS, first_session_optimizer, place_logits
+
+__all__ = ["ScaledAdapter", "BiLevelMoE", "TaskCosineHead", "CaREViT", "CaRE", "lowest_entropy",
+           "expert_weights", "entropy", "care_loss", "combine_predictions",
+           "inference_forward_passes", "build_strategy", "stored_breakdown", "stored_params", "REFERENCE_HPARAMS",
+           "INFERENCE_FORWARD_PASSES", "MAX_ITERATIVE_TASKS"]
+
+_REF = "LMMMEng/CaRE@d90800a"
+_VB = _REF + " backbone/vit_brmoe.py"
+_MC = _REF + " models/care.py"
+_CFG = _REF + " exps/cifar100/care_cifar_inc10.json"
+MAX_ITERATIVE_TASKS = 61  # mc:455,463: per-task passes while cur_task <= 60, a single pass beyond
+ENTROPY_EPS = 1e-10  # vb:259, mc:483
+ANCHOR_DECAY = 0.999  # vb:166
+MASKED_SCORE = -100.0  # vb:245,292: scores outside a router's top-k experts
+
+REFERENCE_HPARAMS: dict[str, tuple[object, str]] = {
+    "placement": ("every block, parallel to the MLP, reading the stream after attention",
+                  _VB + ":472-486,525; utils/inc_net.py:16 ffn_option='parallel'"),
+    "adapter": ("scale * up(dropout(relu(down(LayerNorm(x))))), scale a zero-initialised vector",
+                _VB + ":13-69 Adapter (adapter_layernorm_option='in')"),
+    "shared_bottleneck": (64, _CFG + " adapter_dim; vit_brmoe.py:89"),
+    "expert_bottleneck": (16, _CFG + " expert_dim; vit_brmoe.py:98"),
+    "adapter_dropout": (0.1, _VB + ":89,98 Adapter(dropout=0.1)"),
+    "topk_routers": (2, _CFG + " topk_routers (the current task's router + 1 by lowest latent entropy when known)"),
+    "topk_experts": (3, _CFG + " topk_experts; vit_brmoe.py:241-245,288-292 (others set to -100)"),
+    "expert_init": ("mean of experts 0..t-2 for t >= 2, fresh for t <= 1", _VB + ":96-115"),
+    "router": ("Linear(dim, t + 1) on expert t's CLS token, trunc-normal 0.02, bias 0", _VB + ":122-124,204"),
+    "latent_head": ("LayerNorm (weight trunc-normal 0.02) + Linear(dim, task classes)", _VB + ":132-140"),
+    "shared_anchor": (ANCHOR_DECAY, _VB + ":166-174 p = 0.999 * snapshot + 0.001 * p each training forward, "
+                      "tasks >= 1 (models/care.py:152,174)"),
+    "optimizer": ("sgd", _CFG + " optimizer; models/care.py:195-199 SGD(momentum=0.9)"),
+    "lr": (0.05, _CFG + " init_lr (ImageNet-R care_inr_inc20.json: 0.02)"),
+    "momentum": (0.9, _MC + ":198"),
+    "weight_decay": (5e-4, _CFG + " weight_decay"),
+    "min_lr": (0.0, _CFG + " min_lr"),
+    "schedule": ("cosine per epoch; task 0: epochs to min_lr; later: epochs//2 to lr/2, align, epochs//2 to min_lr",
+                 _MC + ":145-180,212-231"),
+    "epochs": (60, _CFG + " tuned_epoch (the harness's epochs are used)"),
+    "batch_size": (64, _CFG + " batch_size (the harness's batch size is used; ImageNet-R: 32)"),
+    "scale": (20.0, _CFG + " scale (cosface s, m = 0; models/care.py:236,405,480)"),
+    "self_distill": (True, _MC + ":76 self_dist_loss default; temperatures 1 (blocks 0-5) / 2, models/care.py:271"),
+    "distill_switch_block": (6, _MC + ":271 t = 1 if idx < 6 else 2"),
+    "classifier": ("one bias-free cosine Linear per task, trunc-normal 0.02, all rows trainable",
+                   _REF + " backbone/linears.py:258-308; utils/inc_net.py:121-128"),
+    "class_statistics": ("covariance", _CFG + " ca_storage_efficient_method; models/care.py:332-342 (+1e-4 I)"),
+    "align_epochs": (30, _CFG + " crct_epochs"),
+    "align_lr": (0.005, _CFG + " ca_lr; models/care.py:352 SGD(momentum 0.9, weight_decay 5e-4)"),
+    "align_schedule": ("CosineAnnealingLR(T_max=5) per epoch", _MC + ":353"),
+    "align_samples_per_class": ("5 * batch_size", _MC + ":363"),
+    "align_decay": (False, _CFG + " decay (ImageNet-R configs: true; not implemented, see the module docstring)"),
+    "inference": ("T <= 61 tasks: T known-task passes (lowest entropy kept) + 1 unknown-task pass, softmaxes summed",
+                  _MC + ":452-509 (iter_pred default True, models/care.py:91-94)"),
+}
+
+
+def inference_forward_passes(n_tasks: int, iterative: bool = True) -> int:
+    """Backbone passes per image at inference after ``n_tasks`` tasks: ``T + 1`` for ``2 <= T <= 61``, else one.
+
+    Each known-task pass runs experts ``0..i`` in every block, the unknown-task pass all ``T`` experts.
+    """
+    if n_tasks < 1:
+        raise ValueError(f"n_tasks must be at least 1, got {n_tasks}")
+    return n_tasks + 1 if iterative and 2 <= n_tasks <= MAX_ITERATIVE_TASKS else 1
+
+
+INFERENCE_FORWARD_PASSES: Callable[[int], int] = inference_forward_passes  # after 10 tasks: 11
+
+
+def entropy(logits: Tensor) -> Tensor:
+    """The reference's ``-sum p log(p + 1e-10)`` of ``softmax(logits)`` over the last dimension."""
+    p = torch.softmax(logits, dim=-1)
+    return -(p * torch.log(p + ENTROPY_EPS)).sum(-1)
+
+
+def lowest_entropy(entropies: Tensor, k: int) -> Tensor:
+    """Indices ``(k', B)`` of the ``k`` rows of ``entropies`` (R, B) lowest per sample; all R rows when ``k >= R``."""
+    R, B = entropies.shape
+    if k <= 0:
+        return entropies.new_zeros(0, B, dtype=torch.long)
+    if k == 1:  # argmin (first minimum), as the reference's topk_routers == 1 branches
+        return entropies.argmin(0, keepdim=True)
+    if k < R:
+        return entropies.topk(k, dim=0, largest=False).indices
+    return torch.arange(R, device=entropies.device)[:, None].expand(R, B)
+
+
+def expert_weights(scores: Tensor, topk: int) -> Tensor:
+    """Per-sample expert weights ``(B, E)`` from the picked routers' scores ``(R, B, E)``: top-k, softmax, summed."""
+    if topk < scores.shape[-1]:
+        keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(-1, scores.topk(topk, dim=-1).indices, True)
+        scores = scores.masked_fill(~keep, MASKED_SCORE)
+    return torch.softmax(scores, dim=-1).sum(0)
+
+
+class ScaledAdapter(nn.Module):
+    """The reference's ``Adapter``: ``scale * up(dropout(relu(down(LayerNorm(x)))))``, ``scale`` starting at zero."""
+
+    def __init__(self, dim: int, bottleneck: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        if bottleneck <= 0:
+            raise ValueError(f"adapter bottleneck must be a positive integer, got {bottleneck}")
+        self.norm = nn.LayerNorm(dim)
+        self.down = nn.Linear(dim, bottleneck)
+        self.up = nn.Linear(bottleneck, dim)
+        self.scale = nn.Parameter(torch.zeros(dim))
+        self.dropout = float(dropout)
+        for lin in (self.down, self.up):
+            nn.init.kaiming_uniform_(lin.weight, a=math.sqrt(5))
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.dropout(F.relu(self.down(self.norm(x))), p=self.dropout, training=self.training)
+        return self.up(h) * self.scale
+
+
+class BiLevelMoE(nn.Module):
+    """One block's shared adapter plus its bi-level routed task experts (the reference's ``MoEAdapter``).
+
+    ``route`` is the known task (an int) or None (unknown: inference's last pass); after a known-task forward
+    ``latent`` holds the latent head's logits of that task for the auxiliary loss.
+    """
+
+    def __init__(self, dim: int, *, shared_bottleneck: int = 64, expert_bottleneck: int = 16, topk_routers: int = 2,
+                 topk_experts: int = 3, dropout: float = 0.1) -> None:
+        super().__init__()
+        if topk_routers < 1 or topk_experts < 1:
+            raise ValueError(f"topk_routers and topk_experts must be at least 1, got {topk_routers} and {topk_experts}")
+        self.dim, self.expert_bottleneck, self.dropout = dim, expert_bottleneck, dropout
+        self.topk_routers, self.topk_experts = int(topk_routers), int(topk_experts)
+        self.shared = ScaledAdapter(dim, shared_bottleneck, dropout)
+        self.experts = nn.ModuleList()
+        self.routers = nn.ModuleList()
+        self.latent_heads = nn.ModuleList()
+        self.route: int | None = None
+        self.latent: Tensor | None = None
+        self.enabled = True  # read by ParallelAdapterMLP
+        self.anchor: list[Tensor] | None = None
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.experts)
+
+    def add_task(self, n_classes: int) -> None:
+        """New expert, router and latent head; everything earlier frozen, the shared adapter trainable."""
+        device = self.shared.scale.device
+        expert = ScaledAdapter(self.dim, self.expert_bottleneck, self.dropout).to(device)
+        if self.num_tasks > 1:  # vb:101-113: the mean of all experts but the newest existing one
+            with torch.no_grad():
+                for name, p in expert.named_parameters():
+                    p.copy_(torch.stack([e.get_parameter(name) for e in self.experts[:-1]]).mean(0))
+        self.experts.append(expert)
+        router = nn.Linear(self.dim, self.num_tasks).to(device)
+        nn.init.trunc_normal_(router.weight, std=0.02)
+        nn.init.zeros_(router.bias)
+        self.routers.append(router)
+        head = nn.Sequential(nn.LayerNorm(self.dim), nn.Linear(self.dim, n_classes)).to(device)
+        nn.init.trunc_normal_(head[0].weight, std=0.02)  # the LayerNorm's weight, as vb:139 does
+        nn.init.zeros_(head[0].bias)
+        self.latent_heads.append(head)
+        self.requires_grad_(False)
+        for m in (self.shared, expert, router, head):
+            m.requires_grad_(True)
+
+    def anchor_shared(self) -> None:
+        """Snapshot the shared adapter: each training forward then pulls it 99.9% back to this snapshot."""
+        self.anchor = [p.detach().clone() for p in self.shared.parameters()]
+
+    def release_anchor(self) -> None:
+        self.anchor = None
+
+    def _experts(self, x: Tensor, n: int) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """Outputs of experts ``0..n-1``, their latent logits and their routers' scores ``(n, B, n)`` (-inf padded)."""
+        outs = [self.experts[i](x) for i in range(n)]
+        cls = [o[:, 0] for o in outs]
+        latents = [self.latent_heads[i](c) for i, c in enumerate(cls)]
+        pad = float("-inf")
+        scores = torch.stack([F.pad(self.routers[i](c), (0, n - i - 1), value=pad) for i, c in enumerate(cls)])
+        return outs, latents, scores
+
+    @staticmethod
+    def _mix(outs: list[Tensor], weights: Tensor) -> Tensor:
+        return torch.einsum("be,bend->bnd", weights, torch.stack(outs, dim=1))
+
+    def known_task(self, x: Tensor, task: int) -> tuple[Tensor, Tensor]:
+        """Mixture with task ``task`` known and that task's latent logits: its router + the least uncertain earlier."""
+        outs, latents, scores = self._experts(x, task + 1)
+        if task == 0:
+            return outs[0], latents[0]
+        ent = torch.stack([entropy(z) for z in latents[:task]])  # (task, B)
+        picked = lowest_entropy(ent, self.topk_routers - 1)
+        earlier = torch.gather(scores[:task], 0, picked[..., None].expand(-1, -1, scores.shape[-1]))
+        chosen = torch.cat([earlier, scores[task:task + 1]])
+        return self._mix(outs, expert_weights(chosen, self.topk_experts)), latents[task]
+
+    def unknown_task(self, x: Tensor) -> Tensor:
+        """Mixture with the task unknown: the ``topk_routers`` least uncertain routers of all tasks."""
+        n = self.num_tasks
+        outs, latents, scores = self._experts(x, n)
+        if n == 1:
+            return outs[0]
+        picked = lowest_entropy(torch.stack([entropy(z) for z in latents]), self.topk_routers)
+        chosen = torch.gather(scores, 0, picked[..., None].expand(-1, -1, n))
+        return self._mix(outs, expert_weights(chosen, self.topk_experts))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.num_tasks:
+            raise RuntimeError("BiLevelMoE has no task yet; call add_task before the first forward")
+        if self.training and self.anchor is not None:
+            with torch.no_grad():
+                for p, a in zip(self.shared.parameters(), self.anchor):
+                    p.copy_(ANCHOR_DECAY * a + (1 - ANCHOR_DECAY) * p)
+        shared = self.shared(x)
+        if self.route is None:
+            self.latent = None
+            return self.unknown_task(x) + shared
+        mixed, self.latent = self.known_task(x, self.route)
+        return mixed + shared
+
+
+class TaskCosineHead(nn.Module):
+    """The reference's ``TunaLinear``: one bias-free row block per task; unscaled cosines over all seen classes."""
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.weights = nn.ParameterList()
+        self.register_buffer("class_ids", torch.zeros(0, dtype=torch.long))  # in learned order
+        self.task_sizes: list[int] = []
+
+    def add_task(self, classes: list[int]) -> None:
+        device = self.class_ids.device
+        w = torch.empty(len(classes), self.in_features, device=device)
+        trunc_normal_(w, std=0.02)
+        self.weights.append(nn.Parameter(w))  # earlier rows stay trainable (freeze_old=False)
+        self.class_ids = torch.cat([self.class_ids, torch.tensor(classes, dtype=torch.long, device=device)])
+        self.task_sizes.append(len(classes))
+
+    def forward(self, f: Tensor) -> Tensor:
+        """Cosines ``(B, seen classes)`` in learned order, in float32 even under an evaluation autocast (the
+        reference evaluates with autocast off, ``mc:441,478,497``; the entropy picks read these cosines)."""
+        with torch.autocast(f.device.type, enabled=False):
+            return F.normalize(f.float(), dim=1) @ F.normalize(torch.cat(list(self.weights)), dim=1).T
+
+
+def care_loss(cosines: Tensor, latents: list[Tensor], targets: Tensor, *, scale: float = 20.0,
+              self_distill: bool = True, switch_block: int = 6) -> Tensor:
+    """``CE(s cos) + mean_blocks[(CE(s z_b) + T^2 KL(z_b/T || cos/T)) / 2]`` over the current task's classes.
+
+    ``cosines`` (B, task classes) unscaled, ``latents`` the blocks' latent logits, ``targets`` task-local indices.
+    """
+    main = F.cross_entropy(scale * cosines, targets)
+    teacher = cosines.detach()
+    aux = []
+    for b, z in enumerate(latents):
+        term = F.cross_entropy(scale * z, targets)
+        if self_distill:
+            t = 1.0 if b < switch_block else 2.0
+            soft = F.kl_div(F.log_softmax(z / t, dim=1), F.softmax(teacher / t, dim=1), reduction="batchmean") * t * t
+            term = (term + soft) / 2
+        aux.append(term)
+    return main + torch.stack(aux).mean() if aux else main
+
+
+def combine_predictions(known: Tensor, unknown: Tensor) -> Tensor:
+    """``log`` of the mean of the lowest-entropy known-task softmax and the unknown-task softmax.
+
+    ``known`` (T, B, C) and ``unknown`` (B, C) are scaled logits; the argmax is the reference's (``mc:490-505``).
+    """
+    pick = entropy(known).argmin(0)
+    chosen = torch.softmax(known[pick, torch.arange(known.shape[1], device=known.device)], dim=1)
+    return torch.log((chosen + torch.softmax(unknown, dim=1)) / 2)
+
+
+class CaREViT(nn.Module):
+    """Frozen timm ViT with a :class:`BiLevelMoE` beside every block's MLP, a per-task cosine head, class Gaussians."""
+
+    def __init__(self, backbone: nn.Module, *, shared_bottleneck: int = 64, expert_bottleneck: int = 16,
+                 topk_routers: int = 2, topk_experts: int = 3, dropout: float = 0.1, scale: float = 20.0,
+                 class_statistics: str = "covariance", iterative_inference: bool = True) -> None:
+        super().__init__()
+        blocks = getattr(backbone, "blocks", None)
+        if not blocks or not all(isinstance(getattr(b, n, None), nn.Module) for b in blocks for n in ("norm2", "mlp")):
+            raise TypeError(f"{type(backbone).__name__} has no .blocks[*].norm2/.mlp; CaRE needs a timm "
+                            "VisionTransformer such as 'vit_tiny_patch16_224'")
+        self.backbone = backbone
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        dim = backbone.num_features
+        device = next(backbone.parameters()).device
+        for block in blocks:
+            moe = BiLevelMoE(dim, shared_bottleneck=shared_bottleneck, expert_bottleneck=expert_bottleneck,
+                             topk_routers=topk_routers, topk_experts=topk_experts, dropout=dropout).to(device)
+            block.mlp = ParallelAdapterMLP(block.norm2, block.mlp, moe)
+            block.norm2 = nn.Identity()
+        self.head = TaskCosineHead(dim).to(device)
+        self.stats = ClassGaussians(dim, class_statistics).to(device)
+        self.scale = float(scale)
+        self.iterative_inference = iterative_inference
+
+    @property
+    def moes(self) -> list[BiLevelMoE]:
+        return [b.mlp.adapter for b in self.backbone.blocks]
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.head.task_sizes)
+
+    def add_task(self, classes: list[int]) -> None:
+        for moe in self.moes:
+            moe.add_task(len(classes))
+        self.head.add_task(classes)
+
+    def current_classes(self) -> Tensor:
+        return self.head.class_ids[-self.head.task_sizes[-1]:]
+
+    @contextmanager
+    def routing(self, task: int | None) -> Iterator[None]:
+        """Run with task ``task`` known (None: unknown) in every block."""
+        old = [m.route for m in self.moes]
+        for m in self.moes:
+            m.route = task
+        try:
+            yield
+        finally:
+            for m, r in zip(self.moes, old):
+                m.route = r
+
+    def features(self, x: Tensor, task: int | None) -> Tensor:
+        with self.routing(task):
+            return self.backbone(x)
+
+    def latents(self) -> list[Tensor]:
+        return [m.latent for m in self.moes]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Training: unscaled cosines with the current task known; evaluation: log-probabilities (see module doc)."""
+        if self.training:
+            return place_logits(self.head(self.features(x, self.num_tasks - 1)), self.head.class_ids)
+        T = self.num_tasks
+        unknown = self.scale * self.head(self.features(x, None))
+        if inference_forward_passes(T, self.iterative_inference) == 1:
+            return place_logits(F.log_softmax(unknown, dim=1), self.head.class_ids)
+        known = torch.stack([self.scale * self.head(self.features(x, i)) for i in range(T)])
+        return place_logits(combine_predictions(known, unknown), self.head.class_ids)
+
+
+class CaRE(ClassIncrementalTemplate):
+    """CaRE's training schedule: one phase on task 0; two anchored phases with classifier alignment after each later."""
+
+    method_label = "CaRE"
+
+    def __init__(self, *, model: CaREViT, optimizer: torch.optim.Optimizer, lr: float, min_lr: float = 0.0,
+                 align_epochs: int = 30, align_lr: float = 0.005, align_samples_per_class: int = 320,
+                 self_distill: bool = True, distill_switch_block: int = 6, **kwargs) -> None:
+        if not isinstance(model, CaREViT):
+            raise TypeError(f"CaRE needs a CaREViT, got {type(model).__name__}")
+        super().__init__(model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(), **kwargs)
+        self.epochs, self.lr, self.min_lr = self.train_epochs, float(lr), float(min_lr)
+        self.align_epochs, self.align_lr = int(align_epochs), float(align_lr)
+        self.align_samples = int(align_samples_per_class)
+        self.self_distill, self.distill_switch_block = self_distill, int(distill_switch_block)
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.phase_lrs: list[list[float]] = []  # lr of every epoch of every phase, for reports and tests
+        self.align_losses: list[list[float]] = []
+
+    def model_adaptation(self, model=None):
+        model = self.model if model is None else model
+        if self.is_training:
+            classes = sorted(int(c) for c in self.experience.classes_in_this_experience)
+            if not set(classes) <= set(model.head.class_ids.tolist()):
+                model.add_task(classes)
+        return super().model_adaptation(model)
+
+    def criterion(self) -> Tensor:
+        if not self.is_training:
+            return self._criterion(self.mb_output, self.mb_y)
+        cur = self.model.current_classes()
+        local = torch.searchsorted(cur, self.mb_y)  # classes are added sorted
+        return care_loss(self.mb_output[:, cur], self.model.latents(), local, scale=self.model.scale,
+                         self_distill=self.self_distill, switch_block=self.distill_switch_block)
+
+    def _phase(self, epochs: int, lr: float, min_lr: float, anchored: bool, experience, eval_streams, **kwargs) -> None:
+        self.make_optimizer()
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=epochs, eta_min=min_lr)
+        self.phase_lrs.append([])
+        for m in self.model.moes:
+            if anchored:
+                m.anchor_shared()
+            else:
+                m.release_anchor()
+        self.train_epochs = epochs
+        try:
+            super()._train_exp(experience, eval_streams, **kwargs)
+        finally:
+            self.train_epochs = self.epochs
+            for m in self.model.moes:
+                m.release_anchor()
+
+    def _before_training_epoch(self, **kwargs) -> None:
+        self.phase_lrs[-1].append(self.optimizer.param_groups[0]["lr"])
+        super()._before_training_epoch(**kwargs)
+
+    def _after_training_epoch(self, **kwargs) -> None:
+        self.scheduler.step()
+        super()._after_training_epoch(**kwargs)
+
+    def _train_exp(self, experience, eval_streams=None, **kwargs) -> None:
+        task = self.model.num_tasks - 1
+        if task == 0:
+            self._phase(self.epochs, self.lr, self.min_lr, False, experience, eval_streams, **kwargs)
+        else:
+            half = max(self.epochs // 2, 1)
+            self._phase(half, self.lr, self.lr / 2, True, experience, eval_streams, **kwargs)
+            reached = self.optimizer.param_groups[0]["lr"]  # mc:171, read before the optimizer is rebuilt
+            self._fit_statistics_and_align()
+            self._phase(half, reached, self.min_lr, True, experience, eval_streams, **kwargs)
+        self._fit_statistics_and_align()
+
+    def _fit_statistics_and_align(self) -> None:
+        model = self.model
+        features, labels = self.training_features(model.num_tasks - 1)
+        model.stats.absorb(features, labels, model.head.class_ids)
+        if model.num_tasks > 1:
+            was_training = model.training
+            model.eval()
+            try:
+                self.align_losses.append(align_classifier(model.head, model.stats, epochs=self.align_epochs,
+                                                          lr=self.align_lr, per_class=self.align_samples,
+                                                          scale=model.scale))
+            finally:
+                model.train(was_training)
+        self.make_optimizer()  # the alignment's SGD owned the head for a while; the training optimizer is rebuilt
+
+    @torch.no_grad()
+    def training_features(self, task: int, num_workers: int = 0) -> tuple[Tensor, Tensor]:
+        """Features of the experience's training images, un-augmented, model in eval mode with ``task`` known."""
+        dataset = self.experience.dataset.eval()
+        args = self._obtain_common_dataloader_parameters(batch_size=self.eval_mb_size, num_workers=num_workers,
+                                                         shuffle=False, pin_memory=None, persistent_workers=False)
+        collate_from_data_or_kwargs(dataset, args)
+        was_training = self.model.training
+        self.model.eval()
+        feats, labels = [], []
+        try:
+            for mb in SingleDatasetDataLoader(dataset, **args):
+                feats.append(self.model.features(mb[0].to(self.device), task))
+                labels.append(mb[1].to(self.device))
+        finally:
+            self.model.train(was_training)
+        return torch.cat(feats), torch.cat(labels)
+
+
+def build_strategy(*, model_name: str, checkpoint: str | None, img_size: int, num_classes: int, n_experiences: int,
+                   epochs: int, batch_size: int, eval_batch_size: int, device: str, evaluator, plugins: list,
+                   lr: float | None = None, optimizer: str | None = None, weight_decay: float = 5e-4,
+                   min_lr: float = 0.0, shared_bottleneck: int = 64, expert_bottleneck: int = 16,
+                   topk_routers: int = 2, topk_experts: int = 3, scale: float = 20.0, align_epochs: int = 30,
+                   align_lr: float = 0.005, align_samples_per_class: int | None = None,
+                   class_statistics: str = "covariance", self_distill: bool = True, distill_switch_block: int = 6,
+                   iterative_inference: bool = True) -> SupervisedTemplate:
+    """CaRE with the reference recipe (``lr``/``optimizer`` None) or the given overrides.
+
+    ``align_samples_per_class`` None draws ``5 * batch_size`` per class (the reference's); ``class_statistics``
+    "variance" stores each class's diagonal only (the reference's storage-efficient option); ``iterative_inference``
+    False is the reference's ``iter_pred: false`` (one unknown-task pass; the registered forward-pass trait states
+    the default).
+    """
+    optimizer = optimizer or "sgd"
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer '{optimizer}'; choose one of {', '.join(OPTIMIZERS)}")
+    per_class = 5 * batch_size if align_samples_per_class is None else int(align_samples_per_class)
+    if per_class < 1 or align_epochs < 0:
+        raise ValueError(f"align_samples_per_class must be >= 1 and align_epochs >= 0, got {per_class} and "
+                         f"{align_epochs}")
+    backbone = create_backbone(model_name, checkpoint=checkpoint, img_size=img_size)
+    model = CaREViT(backbone, shared_bottleneck=shared_bottleneck, expert_bottleneck=expert_bottleneck,
+                    topk_routers=topk_routers, topk_experts=topk_experts, scale=scale,
+                    class_statistics=class_statistics, iterative_inference=iterative_inference)
+    lr = 0.05 if lr is None else float(lr)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = first_session_optimizer(optimizer, trainable, lr=lr, weight_decay=weight_decay)
+    return CaRE(model=model, optimizer=opt, lr=lr, min_lr=min_lr, align_epochs=align_epochs, align_lr=align_lr,
+                align_samples_per_class=per_class, self_distill=self_distill,
+                distill_switch_block=distill_switch_block, train_mb_size=batch_size, train_epochs=epochs,
+                eval_mb_size=eval_batch_size, device=device, evaluator=evaluator, plugins=list(plugins))
+
+
+def _numel(modules) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def stored_breakdown(strategy: SupervisedTemplate) -> dict[str, int]:
+    """Numbers CaRE keeps beyond the frozen backbone, by part (all blocks together)."""
+    model: CaREViT = strategy.model
+    moes = model.moes
+    return {"shared_adapters": _numel(m.shared for m in moes),
+            "experts": _numel(e for m in moes for e in m.experts),
+            "routers": _numel(r for m in moes for r in m.routers),
+            "latent_heads": _numel(h for m in moes for h in m.latent_heads),
+            "classifier": _numel([model.head]),
+            "class_means": model.stats.means.numel(),
+            "class_covariances": model.stats.covs.numel()}
+
+
+def stored_params(strategy: SupervisedTemplate) -> int:
+    """Shared adapters, per-task experts/routers/latent heads, classifier, class means and covariances."""
+    return int(sum(stored_breakdown(strategy).values()))
