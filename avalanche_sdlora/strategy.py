@@ -125,7 +125,7 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
         user = [p for p in user if not any(p is g for g in user_growth)]
         check_plugins(own + user, type(self).__name__)
         self.new_params_group = new_params_group
-        self._placed: set[int] = set()  # ids of the parameters make_optimizer put in the groups last time
+        self._placed: list[Tensor] = []  # what make_optimizer put in the groups last time (held: ids get reused)
         self._seen_classes: set[int] = set()
         self._trained_in: dict[int, int] = {}  # class -> experience that trained it (for error messages)
         self._param_group: dict[str, int] | None = None  # parameter name -> optimizer group index
@@ -206,7 +206,8 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
 
         A parameter keeps the group it is in (by name: the magnitudes and the pair are new tensors at every task);
         one no group holds yet (a new pair, new head rows) joins group ``new_params_group``. Frozen parameters of the
-        model, and tensors the model no longer holds (a finished pair), leave the groups; a parameter that is not
+        model (their stale gradients cleared), and tensors the model no longer holds (a finished pair), leave the
+        groups; a parameter that is not
         the model's (the user's own) stays unless ``remove_params=True``, as in Avalanche's ``update_optimizer``.
 
         Not Avalanche's ``update_optimizer``: it places a parameter it has never seen by the groups of its known
@@ -216,7 +217,7 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
         """
         groups = self.optimizer.param_groups
         named = dict(self.model.named_parameters())
-        ours = {id(p) for p in named.values()} | self._placed
+        ours = {id(p) for p in list(named.values()) + self._placed}
         first = self._param_group is None
         self._param_group = self._param_group or {}
         for g, group in enumerate(groups):  # where the parameters are now (the user may have moved some)
@@ -227,12 +228,15 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
         for group in groups:
             group["params"] = [p for p in group["params"] if id(p) not in ours and not remove_params]
         trainable = {n: p for n, p in named.items() if p.requires_grad}
+        for p in named.values():
+            if not p.requires_grad:  # a frozen head row keeps its last gradient, and no optimizer clears it any more:
+                p.grad = None        # plugins reading .grad (GEM, EWC, RWalk) would count it as the current one
         for n, p in trainable.items():
             g = self._param_group.get(n)
             if g is None:
                 g = self._param_group[n] = self._new_group(n, len(groups))
             groups[g]["params"].append(p)
-        self._placed = {id(p) for p in trainable.values()}
+        self._placed = list(trainable.values())
         if reset_optimizer_state:
             self.optimizer.state = defaultdict(dict)
         else:

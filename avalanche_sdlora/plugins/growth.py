@@ -62,7 +62,7 @@ class AdapterGrowthPlugin(SupervisedPlugin, supports_distributed=True):
         self.variant = variant
         self.rule = RULES[variant]
         self.task = 0  # 0-based index of the next task this plugin adds
-        self._trained: dict[str, int] = {}  # trainable parameter name -> id() when the last task ended
+        self._trained: dict[str, object] = {}  # trainable parameter name -> the tensor, when the last task ended
 
     def rank_for(self, task: int) -> int | None:
         """Rank of the pair of 0-based ``task`` (None: the model's rank)."""
@@ -86,7 +86,7 @@ class AdapterGrowthPlugin(SupervisedPlugin, supports_distributed=True):
         strategy.make_optimizer(reset_optimizer_state=True)
         # The new pair has the finished pair's names and the new head rows new names; the magnitudes only grew.
         new = [n for n, p in model.named_parameters()
-               if p.requires_grad and n != "magnitudes.alpha" and self._trained.get(n) != id(p)]
+               if p.requires_grad and n != "magnitudes.alpha" and self._trained.get(n) is not p]
         announce_new_parameters(strategy.plugins, model, new)
 
     def after_update(self, strategy, **kwargs) -> None:
@@ -96,7 +96,7 @@ class AdapterGrowthPlugin(SupervisedPlugin, supports_distributed=True):
         if not _at_task_boundary(strategy.experience, before=False):
             return  # the online task goes on in its next sub-experience
         model: SDLoRAViT = strategy.model
-        self._trained = {n: id(p) for n, p in model.named_parameters() if p.requires_grad}
+        self._trained = {n: p for n, p in model.named_parameters() if p.requires_grad}  # held: ids get reused
         if self.rule.keep_pair:
             model.normalize_task()
         else:
