@@ -56,6 +56,21 @@ REFUSED: dict[type, str] = {
 }
 
 
+# Plugins that track each parameter's values by name and can only grow them (``ParamData.expand``): knowledge
+# distillation (SDLoRAKD, DistillationPlugin) removes a magnitude when it folds a direction into earlier ones.
+TRACK_BY_NAME: tuple[type, ...] = (P.EWCPlugin, P.MASPlugin, P.SynapticIntelligencePlugin, P.RWalkPlugin)
+
+
+def check_no_shrinking(plugins: Sequence[BasePlugin]) -> None:
+    """One sentence if a plugin of :data:`TRACK_BY_NAME` is among ``plugins`` of a run whose magnitudes shrink."""
+    for p in plugins:
+        if isinstance(p, TRACK_BY_NAME):
+            raise ValueError(f"{type(p).__name__} cannot follow knowledge distillation (SDLoRAKD or "
+                             "DistillationPlugin): it keeps the magnitudes' values by name and can only grow them, "
+                             "and distillation removes a magnitude when it folds a direction into earlier ones; use "
+                             f"SDLoRA or SDLoRARR with {type(p).__name__}")
+
+
 def refusal(plugin: BasePlugin, plugins: Sequence[BasePlugin]) -> str | None:
     """The sentence refusing ``plugin`` among ``plugins``, or None if SD-LoRA takes it."""
     name = type(plugin).__name__

@@ -374,3 +374,19 @@ def test_the_table_lists_every_plugin_avalanche_ships_and_each_row_has_a_test():
         refused_here = name in {cls.__name__ for cls in REFUSED}
         kind = "Avalanche's limit" if name in AVALANCHE_LIMIT else "refused" if refused_here else "works"
         assert status.startswith(kind), (name, status, kind)
+
+
+@pytest.mark.parametrize("plugin", ["EWCPlugin", "MASPlugin", "SynapticIntelligencePlugin", "RWalkPlugin"])
+def test_name_tracking_regularisers_refuse_knowledge_distillation_in_one_sentence(plugin):
+    # SDLoRAKD drops a magnitude when it folds a direction into earlier ones (measured with kd_threshold=1e9:
+    # "Shape cannot decrease" inside EWC, MAS and SI); SDLoRARR's pairs change rank and work (same names, new state).
+    from avalanche_sdlora import SDLoRAKD
+
+    torch.manual_seed(0)
+    model = sdlora_vit("vit_tiny_patch16_224", img_size=IMG, rank=2)
+    args = {"EWCPlugin": (1.0,), "SynapticIntelligencePlugin": (1.0,)}.get(plugin, ())
+    s = SDLoRAKD(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=4,
+                 plugins=[getattr(P, plugin)(*args)], evaluator=evaluator(), kd_threshold=1e9)
+    with pytest.raises(ValueError, match=f"^{plugin} cannot follow knowledge distillation .* use SDLoRA or SDLoRARR"):
+        s.train(BENCH.train_stream[0])
+    assert len(model.magnitudes) == 0
