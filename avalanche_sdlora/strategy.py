@@ -62,8 +62,8 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
     (each task's new pair, each experience's new head rows) joins group ``new_params_group`` (an index, or a function
     of the parameter's name returning one, e.g. ``lambda n: 1 if n.startswith("head.") else 0``). Frozen parameters
     leave the groups; parameters that are not the model's stay unless ``remove_params=True`` is passed to
-    ``make_optimizer`` (see :meth:`make_optimizer`). ``alpha_lr`` puts the magnitudes in a group of their own (added once, after the user's
-    groups); a scheduler should then be built on an optimizer that already has that group, e.g.
+    ``make_optimizer`` (see :meth:`make_optimizer`). ``alpha_lr`` puts the magnitudes in a group of their own
+    (added once, after the user's groups); a scheduler should then be built on an optimizer that already has that group, e.g.
     ``SGD([{"params": others}, {"params": [model.magnitudes.alpha], "lr": a}])``, which needs no ``alpha_lr``.
     The optimizer state is fresh at every experience.
 
