@@ -390,3 +390,27 @@ def test_name_tracking_regularisers_refuse_knowledge_distillation_in_one_sentenc
     with pytest.raises(ValueError, match=f"^{plugin} cannot follow knowledge distillation .* use SDLoRA or SDLoRARR"):
         s.train(BENCH.train_stream[0])
     assert len(model.magnitudes) == 0
+
+
+def test_parameter_names_never_move_and_old_head_checkpoints_still_load():
+    s = strategy(train_epochs=1)
+    orders = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for exp in BENCH.train_stream:
+            s.train(exp)
+            orders.append([n for n, _ in s.model.named_parameters()])
+    for i in (1, 2):  # after each experience: the earlier names, in their order, then the new rows
+        assert orders[i][:len(orders[i - 1])] == orders[i - 1]
+        assert orders[i][len(orders[i - 1]):] == [f"head.rows.{i}.weight", f"head.rows.{i}.bias"]
+    # A state dict written when the head held weights.k / biases.k loads into a fresh model, to the same outputs.
+    sd = s.model.state_dict()
+    old_format = {k: v for k, v in sd.items() if not k.startswith("head.rows.")}
+    for k in range(3):
+        old_format[f"head.weights.{k}"], old_format[f"head.biases.{k}"] = sd[f"head.rows.{k}.weight"], sd[f"head.rows.{k}.bias"]
+    torch.manual_seed(1)
+    fresh = sdlora_vit("vit_tiny_patch16_224", img_size=IMG, rank=2)
+    fresh.load_state_dict(old_format)
+    x = torch.randn(2, 3, IMG, IMG)
+    assert torch.equal(fresh.eval()(x), s.model.eval()(x))
+    assert [p.requires_grad for p in fresh.head.weights] == [False, False, True]
