@@ -2,8 +2,11 @@
 
 Avalanche's ``IncrementalClassifier`` re-creates one ``nn.Linear`` per expansion, so the rows of
 earlier classes stay in the same trainable tensor as the new ones. SD-LoRA trains only the new
-rows; keeping each experience's rows in its own parameter lets the optimizer see exactly the
-trainable set and leaves old rows bit-identical whatever the optimizer does.
+rows; keeping each experience's rows in its own parameters lets the optimizer see exactly the
+trainable set and leaves old rows bit-identical whatever the optimizer does. Each experience's weight and
+bias sit together (``rows.k.weight``, ``rows.k.bias``), so a new experience's parameters come after every
+earlier one in ``named_parameters()``: plugins that pair parameters by position (online EWC) see the old
+names in the old order.
 
 Like ``IncrementalClassifier`` the head also widens in *eval* adaptation, to every class of the
 experience being evaluated, without rows for classes not trained yet: their logits are
@@ -18,6 +21,15 @@ from avalanche.models import DynamicModule
 from torch import Tensor, nn
 
 from .options import HEAD_INITS
+
+
+class _Rows(nn.Module):
+    """One experience's classifier rows: weight (classes x features) and bias."""
+
+    def __init__(self, weight: Tensor, bias: Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias)
 
 
 class FrozenPastHead(DynamicModule):
@@ -39,11 +51,20 @@ class FrozenPastHead(DynamicModule):
         self.in_features = in_features
         self.init = init
         self.mask_value = mask_value
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
+        self.rows = nn.ModuleList()  # one _Rows per experience, in creation order
         self.register_buffer("class_ids", torch.zeros(0, dtype=torch.long))
         self.register_buffer("out_features", torch.zeros((), dtype=torch.long))
         self._width = 0  # mirrors out_features, so forward never reads a device tensor (a GPU synchronisation)
+
+    @property
+    def weights(self) -> list[nn.Parameter]:
+        """Each experience's weight rows, in creation order."""
+        return [r.weight for r in self.rows]
+
+    @property
+    def biases(self) -> list[nn.Parameter]:
+        """Each experience's biases, in creation order."""
+        return [r.bias for r in self.rows]
 
     @property
     def num_classes(self) -> int:
@@ -63,15 +84,14 @@ class FrozenPastHead(DynamicModule):
         new = sorted(int(c) for c in classes if int(c) not in known)
         if not new:
             return
-        for p in list(self.weights) + list(self.biases):
+        for p in self.rows.parameters():
             p.requires_grad_(False)
         device = self.class_ids.device
         layer = nn.Linear(self.in_features, len(new), device=device)  # nn.Linear's default init
         if self.init == "zeros":
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
-        self.weights.append(nn.Parameter(layer.weight.detach().clone()))
-        self.biases.append(nn.Parameter(layer.bias.detach().clone()))
+        self.rows.append(_Rows(layer.weight.detach().clone(), layer.bias.detach().clone()))
         self.class_ids = torch.cat([self.class_ids, torch.tensor(new, dtype=torch.long, device=device)])
         self.widen(max(new) + 1)
 
@@ -85,22 +105,28 @@ class FrozenPastHead(DynamicModule):
     def forward(self, x: Tensor) -> Tensor:
         n = self.num_classes
         out = x.new_full((x.shape[0], n), self.mask_value)
-        if len(self.weights) == 0:
+        if len(self.rows) == 0:
             return out
-        logits = torch.cat([x @ w.T + b for w, b in zip(self.weights, self.biases)], dim=1)
+        logits = torch.cat([x @ r.weight.T + r.bias for r in self.rows], dim=1)
         return out.index_copy(1, self.class_ids, logits)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Written before weight and bias sat together (``weights.k``, ``biases.k``): the same tensors, renamed.
+        for k in range(len(state_dict)):
+            if f"{prefix}weights.{k}" not in state_dict:
+                break
+            state_dict[f"{prefix}rows.{k}.weight"] = state_dict.pop(f"{prefix}weights.{k}")
+            state_dict[f"{prefix}rows.{k}.bias"] = state_dict.pop(f"{prefix}biases.{k}")
         # Re-create one chunk per experience found in the checkpoint before copying values.
         sizes = []
-        while f"{prefix}weights.{len(sizes)}" in state_dict:
-            sizes.append(state_dict[f"{prefix}weights.{len(sizes)}"].shape[0])
-        if sizes and len(self.weights) == 0:
+        while f"{prefix}rows.{len(sizes)}.weight" in state_dict:
+            sizes.append(state_dict[f"{prefix}rows.{len(sizes)}.weight"].shape[0])
+        if sizes and len(self.rows) == 0:
             device = self.class_ids.device
             for k, n in enumerate(sizes):
-                trainable = k == len(sizes) - 1
-                self.weights.append(nn.Parameter(torch.zeros(n, self.in_features, device=device), trainable))
-                self.biases.append(nn.Parameter(torch.zeros(n, device=device), trainable))
+                rows = _Rows(torch.zeros(n, self.in_features, device=device), torch.zeros(n, device=device))
+                rows.requires_grad_(k == len(sizes) - 1)
+                self.rows.append(rows)
             self.class_ids = torch.zeros_like(state_dict[prefix + "class_ids"], device=device)
         if prefix + "out_features" not in state_dict and prefix + "class_ids" in state_dict:
             # written before the width was saved: it was 1 + the largest trained class

@@ -5,19 +5,22 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+from avalanche.benchmarks.scenarios.online import OnlineCLExperience
 from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins.evaluation import default_evaluator
 from avalanche.training.templates import SupervisedTemplate
+from avalanche.training.utils import _at_task_boundary
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .distributed import DataParallelMixin
 from .model import SDLoRAViT
 from .options import DEFAULTS, MODEL_OPTIONS, SDLoRAOptions, takes_options
+from .plugin_compat import check_plugins
 from .plugins import AdapterGrowthPlugin, DistillationPlugin, FiniteLossPlugin, RankReductionPlugin
 
 
@@ -53,11 +56,14 @@ def check_autocast_dtype(dtype: Any) -> torch.dtype | None:
 class SDLoRA(DataParallelMixin, SupervisedTemplate):
     """Scalable Decoupled LoRA (Wu et al., ICLR 2025), used exactly like ``avalanche.training.Naive``.
 
-    Pass ``model.parameters()`` (or any parameters) as the optimizer's: at each experience every parameter
-    group is re-pointed at the trainable parameters it holds (current pair, magnitudes, new head rows),
-    keeping its hyperparameters and scheduler keys; parameters the optimizer has not held before join the
-    first group. ``alpha_lr`` puts the magnitudes in a group of their own (added once, after the user's
-    groups); a scheduler should then be built on an optimizer that already has that group, e.g.
+    Pass ``model.parameters()`` (or any parameters, in as many groups as you like) as the optimizer's: at each
+    experience every group keeps its options (hyperparameters and scheduler keys) and the model's trainable
+    parameters it holds, by name (the magnitudes stay in the group you put them in); a parameter no group holds yet
+    (each task's new pair, each experience's new head rows) joins group ``new_params_group`` (an index, or a function
+    of the parameter's name returning one, e.g. ``lambda n: 1 if n.startswith("head.") else 0``). Frozen parameters
+    leave the groups; parameters that are not the model's stay unless ``remove_params=True`` is passed to
+    ``make_optimizer`` (see :meth:`make_optimizer`). ``alpha_lr`` puts the magnitudes in a group of their own
+    (added once, after the user's groups); a scheduler should then be built on an optimizer that already has that group, e.g.
     ``SGD([{"params": others}, {"params": [model.magnitudes.alpha], "lr": a}])``, which needs no ``alpha_lr``.
     The optimizer state is fresh at every experience.
 
@@ -88,7 +94,8 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
                  alpha_init: float = DEFAULTS.alpha_init, reset_alphas: bool = DEFAULTS.reset_alphas,
                  alpha_lr: float | None = DEFAULTS.alpha_lr, variant: str = DEFAULTS.variant,
                  current_classes_only: bool = True, autocast_dtype: torch.dtype | None = None,
-                 growth: SupervisedPlugin | None = None, **base_kwargs) -> None:
+                 growth: SupervisedPlugin | None = None,
+                 new_params_group: int | Callable[[str], int] = 0, **base_kwargs) -> None:
         if not isinstance(model, SDLoRAViT):
             raise TypeError(f"{type(self).__name__} needs a model built by sdlora_vit(...), got {type(model).__name__}")
         for name in MODEL_OPTIONS:
@@ -96,9 +103,10 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
                 raise ValueError(f"options.{name}={getattr(options, name)!r} differs from the model's "
                                  f"{getattr(model.options, name)!r}; it is fixed when the model is built: pass it "
                                  "to sdlora_vit(...) instead")
-        for name, value in (("train_mb_size", train_mb_size), ("train_epochs", train_epochs)):
-            if int(value) <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
+        if int(train_mb_size) <= 0:
+            raise ValueError(f"train_mb_size must be a positive integer, got {train_mb_size}")
+        if int(train_epochs) < 0:  # 0, as under Naive: the plugins run (e.g. fill a replay buffer), nothing trains
+            raise ValueError(f"train_epochs must be 0 or more, got {train_epochs}")
         self.options = options
         self.alpha_lr = options.alpha_lr
         self.current_classes_only = current_classes_only
@@ -110,8 +118,14 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
                              "in plugins=); each adds a task per experience")
         # A growth plugin in ``plugins`` (e.g. RankReductionPlugin) or ``growth`` replaces the default one
         # (the benchmarks' sequential-LoRA baseline passes ``growth``).
-        own = [] if user_growth else [growth or self._growth_plugin(options)]
+        # The growth plugin goes first (a user's one included), so every other plugin sees the experience's
+        # parameters and, after the experience, the finished pair frozen into its direction, whatever the order given.
+        own = user_growth or [growth or self._growth_plugin(options)]
         own += [FiniteLossPlugin()] + self._extra_plugins(options)
+        user = [p for p in user if not any(p is g for g in user_growth)]
+        check_plugins(own + user, type(self).__name__)
+        self.new_params_group = new_params_group
+        self._placed: list[Tensor] = []  # what make_optimizer put in the groups last time (held: ids get reused)
         self._seen_classes: set[int] = set()
         self._trained_in: dict[int, int] = {}  # class -> experience that trained it (for error messages)
         self._param_group: dict[str, int] | None = None  # parameter name -> optimizer group index
@@ -130,12 +144,18 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
     def _extra_plugins(self, options: SDLoRAOptions) -> list[SupervisedPlugin]:
         return []
 
+    def _before_training(self, **kwargs) -> None:
+        check_plugins(self.plugins, type(self).__name__)  # plugins added after construction (strategy.plugins.append)
+        super()._before_training(**kwargs)
+
     def _before_training_exp(self, **kwargs) -> None:
         # Class-incremental input is checked before anything changes in the model.
         exp = self.experience
         if len(exp.dataset) == 0:
             raise ValueError(f"experience {exp.current_experience} has no samples; every experience needs training data")
-        classes = {int(c) for c in exp.classes_in_this_experience}
+        classes = set(self._task_classes())
+        if not _at_task_boundary(exp, before=True):  # a later sub-experience of an online task: checked at its first
+            classes = set()
         shared = sorted(classes & self._seen_classes)
         if shared:
             where = sorted({self._trained_in[c] for c in shared if c in self._trained_in})
@@ -154,38 +174,85 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
         super()._before_training_exp(**kwargs)
 
     def _after_training_exp(self, **kwargs) -> None:
-        for c in self.experience.classes_in_this_experience:
-            self._seen_classes.add(int(c))
-            self._trained_in[int(c)] = int(self.experience.current_experience)
+        if _at_task_boundary(self.experience, before=False):
+            for c in self._task_classes():
+                self._seen_classes.add(c)
+                self._trained_in[c] = int(self._task_experience().current_experience)
         super()._after_training_exp(**kwargs)
 
-    def make_optimizer(self, reset_optimizer_state: bool = True, **kwargs) -> None:
-        """Re-point every parameter group at the trainable parameters it holds; new ones join group 0.
+    def _task_experience(self) -> Any:
+        """The experience whose classes the current task learns (an online sub-experience's original one)."""
+        exp = self.experience
+        if isinstance(exp, OnlineCLExperience) and exp.access_task_boundaries:
+            return exp.origin_experience
+        return exp
 
-        Avalanche's ``update_optimizer`` also keeps groups by parameter name, but it places a parameter it has
-        never seen by the groups of its known neighbours in the module tree, and ours are new at every experience
-        (pair, head rows) while their neighbours are frozen: with the magnitudes in a group of their own it put the
-        new pair and head rows into the magnitudes' group (measured: groups of 0 and 27 parameters), training them
-        at the magnitudes' rate. So the mapping is done here; a group's other keys are never touched.
+    def _task_classes(self) -> list[int]:
+        """The current task's classes; one sentence when the stream does not say them."""
+        classes = getattr(self._task_experience(), "classes_in_this_experience", None)
+        if classes is not None:
+            return sorted(int(c) for c in classes)
+        n = self.experience.current_experience
+        if isinstance(self.experience, OnlineCLExperience):
+            raise ValueError(f"online experience {n} has no class list and no task boundaries; SD-LoRA adds a pair and "
+                             "head rows per task for its classes: build the stream with split_online_stream(stream, "
+                             "experience_size, access_task_boundaries=True) from a class-incremental stream")
+        raise ValueError(f"experience {n} has no classes_in_this_experience; SD-LoRA adds head rows for an "
+                         "experience's classes and needs that list: use a class-incremental benchmark "
+                         "(class_incremental_benchmark, nc_benchmark) or give each experience its classes")
+
+    def make_optimizer(self, reset_optimizer_state: bool = True, remove_params: bool = False, **kwargs) -> None:
+        """Put every trainable parameter of the model in its group; leave each group's options as they are.
+
+        A parameter keeps the group it is in (by name: the magnitudes and the pair are new tensors at every task);
+        one no group holds yet (a new pair, new head rows) joins group ``new_params_group``. Frozen parameters of the
+        model (their stale gradients cleared), and tensors the model no longer holds (a finished pair), leave the
+        groups; a parameter that is not
+        the model's (the user's own) stays unless ``remove_params=True``, as in Avalanche's ``update_optimizer``.
+
+        Not Avalanche's ``update_optimizer``: it places a parameter it has never seen by the groups of its known
+        neighbours in the module tree, and ours are new at every experience while their neighbours are frozen; with
+        the magnitudes in a group of their own it put the new pair and head rows into the magnitudes' group
+        (measured: groups of 0 and 27 parameters), training them at the magnitudes' rate.
         """
         groups = self.optimizer.param_groups
         named = dict(self.model.named_parameters())
-        if self._param_group is None:  # first call: where the user's optimizer put each parameter
-            where = {id(p): g for g, group in enumerate(groups) for p in group["params"]}
-            self._param_group = {n: where[id(p)] for n, p in named.items() if id(p) in where}
-            if self.alpha_lr is not None:
-                self._alpha_group(groups)
+        ours = {id(p) for p in list(named.values()) + self._placed}
+        first = self._param_group is None
+        self._param_group = self._param_group or {}
+        for g, group in enumerate(groups):  # where the parameters are now (the user may have moved some)
+            held = {id(p) for p in group["params"]}
+            self._param_group.update({n: g for n, p in named.items() if id(p) in held})
+        if first and self.alpha_lr is not None:
+            self._alpha_group(groups)
         for group in groups:
-            group["params"] = []
+            group["params"] = [p for p in group["params"] if id(p) not in ours and not remove_params]
         trainable = {n: p for n, p in named.items() if p.requires_grad}
+        for p in named.values():
+            if not p.requires_grad:  # a frozen head row keeps its last gradient, and no optimizer clears it any more:
+                p.grad = None        # plugins reading .grad (GEM, EWC, RWalk) would count it as the current one
         for n, p in trainable.items():
-            groups[self._param_group.setdefault(n, 0)]["params"].append(p)
+            g = self._param_group.get(n)
+            if g is None:
+                g = self._param_group[n] = self._new_group(n, len(groups))
+            groups[g]["params"].append(p)
+        self._placed = list(trainable.values())
         if reset_optimizer_state:
             self.optimizer.state = defaultdict(dict)
         else:
-            keep = {id(p) for p in trainable.values()}
+            keep = {id(p) for group in groups for p in group["params"]}
             self.optimizer.state = defaultdict(dict, {p: s for p, s in self.optimizer.state.items() if id(p) in keep})
         self.optimized_param_id = trainable
+
+    def _new_group(self, name: str, n_groups: int) -> int:
+        """The optimizer group a parameter no group holds yet joins (``new_params_group``)."""
+        rule = self.new_params_group
+        g = rule(name) if callable(rule) else rule
+        if not isinstance(g, int) or not -n_groups <= g < n_groups:
+            raise ValueError(f"new_params_group gave {g!r} for the new parameter '{name}', and the optimizer has "
+                             f"{n_groups} parameter groups; pass an index below {n_groups} (or a function of the "
+                             "parameter's name returning one)")
+        return g % n_groups
 
     def _alpha_group(self, groups: list[dict]) -> None:
         """Give the magnitudes ``alpha_lr``: in their own group if the user made one, else in a new last group."""
@@ -194,7 +261,7 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
         if g is not None and all(v != g for n, v in self._param_group.items() if n != alpha):
             group = groups[g]
         else:  # a copy of the group they shared, hyperparameters and scheduler keys included
-            group = {k: v for k, v in groups[0 if g is None else g].items() if k != "params"}
+            group = {k: v for k, v in groups[0 if g is None else g].items() if k != "params"} | {"params": []}
             groups.append(group)
             self._param_group[alpha] = len(groups) - 1
         group["lr"] = self.alpha_lr
@@ -237,7 +304,7 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
 
     def _current_columns(self, device: torch.device) -> Tensor:
         if self._columns is None or self._columns.device != device:  # reset at every training experience
-            classes = sorted(int(c) for c in self.experience.classes_in_this_experience)
+            classes = self._task_classes()
             self._columns_host = torch.tensor(classes, dtype=torch.long)
             self._columns = self._columns_host.to(device)
         return self._columns

@@ -16,7 +16,7 @@ from benchmarks.methods.sdlora_ablations import ABLATIONS, ablation_config
 from conftest import TINY, make_evaluator
 
 PAIR = {f"backbone.blocks.{i}.attn.qkv.lora_{m}" for i in range(12) for m in "AB"}
-HEAD1 = {"head.weights.1", "head.biases.1"}
+HEAD1 = {"head.rows.1.weight", "head.rows.1.bias"}
 # Per method: (parameters with requires_grad at experience 1, magnitude slots that get a gradient there,
 #              old magnitudes reset to alpha_init when experience 1 starts, live pair after it)
 EXPECTED = {

@@ -112,7 +112,7 @@ def test_each_variant_trains_exactly_its_parameters(variant, kw):
     assert len(exps) == 3
     for t, e in enumerate(exps):
         assert e["steps"] == 4
-        expected = set(PAIR if spec["pair"](t) else []) | {"magnitudes.alpha", f"head.weights.{t}", f"head.biases.{t}"}
+        expected = set(PAIR if spec["pair"](t) else []) | {"magnitudes.alpha", f"head.rows.{t}.weight", f"head.rows.{t}.bias"}
         assert e["trainable"] == expected, t  # requires_grad: the pair (if any), the magnitudes, this task's rows
         assert e["grad"] == expected, t  # and every one of them got a gradient
         assert e["alpha_grad"] == spec["slots"](t), t  # magnitudes with a non-zero gradient, by slot

@@ -64,11 +64,12 @@ def test_class_count_not_divisible():
         split_cifar100(n_experiences=7, train_per_class=1, test_per_class=1, img_size=8)
 
 
-@pytest.mark.parametrize("field", ["train_mb_size", "train_epochs"])
-def test_non_positive_batch_size_or_epochs(field):
+@pytest.mark.parametrize("field, value, says", [("train_mb_size", 0, "a positive integer"),
+                                               ("train_epochs", -1, "0 or more")])  # 0 epochs: as Naive, issue 34
+def test_non_positive_batch_size_or_negative_epochs(field, value, says):
     model = sdlora_vit("vit_tiny_patch16_224", img_size=32)
-    kwargs = {"train_mb_size": 4, "train_epochs": 1, field: 0}
-    with pytest.raises(ValueError, match=f"{field} must be a positive integer, got 0"):
+    kwargs = {"train_mb_size": 4, "train_epochs": 1, field: value}
+    with pytest.raises(ValueError, match=f"{field} must be {says}, got {value}"):
         SDLoRA(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), **kwargs)
 
 

@@ -39,7 +39,7 @@ class Probe(SupervisedPlugin):
 
 
 def expected_trainable(model, exp_index):
-    names = {"magnitudes.alpha", f"head.weights.{exp_index}", f"head.biases.{exp_index}"}
+    names = {"magnitudes.alpha", f"head.rows.{exp_index}.weight", f"head.rows.{exp_index}.bias"}
     for i in range(len(model.backbone.blocks)):
         names |= {f"backbone.blocks.{i}.attn.qkv.lora_A", f"backbone.blocks.{i}.attn.qkv.lora_B"}
     return names
@@ -89,7 +89,7 @@ def test_only_current_pair_alpha_and_new_head_rows_train(tiny_vit, tiny_bench, m
         want = expected_trainable(model, t)
         assert rec["grad"] == want
         assert rec["requires_grad"] == want
-        assert f"head.weights.{t}" in rec["grad_nonzero"]
+        assert f"head.rows.{t}.weight" in rec["grad_nonzero"]
         # B = 0 at the first step, so alpha's gradient is non-zero only through stored directions
         assert ("magnitudes.alpha" in rec["grad_nonzero"]) == (t > 0)
         assert "backbone.blocks.0.attn.qkv.lora_B" in rec["grad_nonzero"]

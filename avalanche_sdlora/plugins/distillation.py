@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..adapter import lowrank_inner
 from ..model import SDLoRAViT, require_sdlora_model
+from ..plugin_compat import check_no_shrinking
 
 
 def direction_gram(model: SDLoRAViT) -> Tensor:
@@ -73,6 +74,9 @@ class DistillationPlugin(SupervisedPlugin, supports_distributed=True):
             raise ValueError(f"threshold must be >= 0, got {threshold}")
         self.threshold = threshold
         self.history: list[dict] = []
+
+    def before_training(self, strategy, **kwargs) -> None:
+        check_no_shrinking(strategy.plugins)  # before anything changes in the model
 
     def after_training_exp(self, strategy, **kwargs) -> None:
         task = strategy.experience.current_experience

@@ -11,8 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from avalanche.core import SupervisedPlugin
+from avalanche.training.utils import _at_task_boundary
 
 from ..model import SDLoRAViT, require_sdlora_model
+from ..plugin_compat import announce_new_parameters
 from ..options import VARIANTS, check_rank_schedule, check_variant, rank_for_task
 
 
@@ -43,7 +45,8 @@ class AdapterGrowthPlugin(SupervisedPlugin, supports_distributed=True):
     text describes). ``rank_schedule`` ``{first 0-based task: rank}`` gives later tasks other ranks (SD-LoRA-RR);
     without one every pair has ``rank``. ``variant`` (default ``"full"``) selects one of the paper's ablations
     (:data:`~avalanche_sdlora.options.VARIANTS`). A strategy holds one growth plugin: it is the only one that adds
-    tasks.
+    tasks. In an online stream with task boundaries (``split_online_stream(..., access_task_boundaries=True)``) a
+    task is the original experience: the pair is added at its first sub-experience and frozen after its last.
     """
 
     def __init__(self, rank: int | None = None, alpha_init: float | None = None, reset_alphas: bool | None = None,
@@ -59,6 +62,7 @@ class AdapterGrowthPlugin(SupervisedPlugin, supports_distributed=True):
         self.variant = variant
         self.rule = RULES[variant]
         self.task = 0  # 0-based index of the next task this plugin adds
+        self._trained: dict[str, object] = {}  # trainable parameter name -> the tensor, when the last task ended
 
     def rank_for(self, task: int) -> int | None:
         """Rank of the pair of 0-based ``task`` (None: the model's rank)."""
@@ -67,6 +71,8 @@ class AdapterGrowthPlugin(SupervisedPlugin, supports_distributed=True):
     def before_training_exp(self, strategy, **kwargs) -> None:
         model = require_sdlora_model(strategy.model, type(self).__name__)
         self._check_plugins(strategy.plugins)
+        if not _at_task_boundary(strategy.experience, before=True):
+            return  # a later sub-experience of an online task: same pair, same optimizer
         reset = model.options.reset_alphas if self.reset_alphas is None else self.reset_alphas
         check_variant(self.variant, reset)
         model.unmerge()  # a merged model's update is folded into W0; it must come out before the task changes
@@ -78,12 +84,19 @@ class AdapterGrowthPlugin(SupervisedPlugin, supports_distributed=True):
         model.magnitudes.freeze(range(model.num_directions) if self.rule.freeze_old else [])
         # Avalanche builds the optimizer before this hook; re-point it at the new trainable set.
         strategy.make_optimizer(reset_optimizer_state=True)
+        # The new pair has the finished pair's names and the new head rows new names; the magnitudes only grew.
+        new = [n for n, p in model.named_parameters()
+               if p.requires_grad and n != "magnitudes.alpha" and self._trained.get(n) is not p]
+        announce_new_parameters(strategy.plugins, model, new)
 
     def after_update(self, strategy, **kwargs) -> None:
         strategy.model.magnitudes.restore_frozen_()  # a no-op unless some magnitudes are frozen
 
     def after_training_exp(self, strategy, **kwargs) -> None:
+        if not _at_task_boundary(strategy.experience, before=False):
+            return  # the online task goes on in its next sub-experience
         model: SDLoRAViT = strategy.model
+        self._trained = {n: p for n, p in model.named_parameters() if p.requires_grad}  # held: ids get reused
         if self.rule.keep_pair:
             model.normalize_task()
         else:
