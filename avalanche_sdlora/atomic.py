@@ -15,11 +15,24 @@ from pathlib import Path
 from typing import BinaryIO
 
 TEMP_GLOB = ".*.tmp"  # every temporary name write_with uses
+_GUARDS: list[Callable[[], None]] = []  # called before every write of this process (guard_writes)
+
+
+def guard_writes(check: Callable[[], None]) -> None:
+    """Call ``check()`` before every later write of this process, and again before its rename; it refuses a write by
+    raising (the temporary file is removed). A pool worker uses it to stop writing the moment its parent is gone."""
+    _GUARDS.append(check)
+
+
+def _check_guards() -> None:
+    for check in _GUARDS:
+        check()
 
 
 def write_with(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """``write(binary file)`` to a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the folder."""
     path = Path(path)
+    _check_guards()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and checkpoints are meant to be shared
@@ -28,6 +41,7 @@ def write_with(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        _check_guards()
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -18,7 +18,7 @@ from torch.optim import Optimizer
 from .distributed import DataParallelMixin
 from .model import SDLoRAViT
 from .options import DEFAULTS, MODEL_OPTIONS, SDLoRAOptions, takes_options
-from .plugins import AdapterGrowthPlugin, DistillationPlugin, FiniteLossPlugin, RankReductionPlugin
+from .plugins import AdapterGrowthPlugin, DistillationPlugin, FiniteLossPlugin, InputCheckPlugin, RankReductionPlugin
 
 
 def current_classes_view(logits: Tensor, targets: Tensor, classes: Tensor | None = None, *,
@@ -111,7 +111,7 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
         # A growth plugin in ``plugins`` (e.g. RankReductionPlugin) or ``growth`` replaces the default one
         # (the benchmarks' sequential-LoRA baseline passes ``growth``).
         own = [] if user_growth else [growth or self._growth_plugin(options)]
-        own += [FiniteLossPlugin()] + self._extra_plugins(options)
+        own += [FiniteLossPlugin(), InputCheckPlugin()] + self._extra_plugins(options)
         self._seen_classes: set[int] = set()
         self._trained_in: dict[int, int] = {}  # class -> experience that trained it (for error messages)
         self._param_group: dict[str, int] | None = None  # parameter name -> optimizer group index
