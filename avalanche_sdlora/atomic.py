@@ -9,7 +9,9 @@ leaves at most a temporary file, which :func:`remove_stale_temps` clears.
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -56,6 +58,20 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 def write_text(path: str | Path, text: str) -> None:
     write_with(path, lambda f: f.write(text.encode()))
+
+
+def remove_temps_on_termination() -> None:
+    """Make SIGTERM and SIGHUP raise ``KeyboardInterrupt`` in this process, so a writer stopped by them removes its
+    temporary file (``write_with``'s cleanup) instead of dying with it on disk. ``kill -9`` cannot be caught: what it
+    leaves, the next writer of the folder clears (:func:`remove_stale_temps`). Main thread only, as signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
 
 
 def fsync_dir(folder: str | Path) -> None:

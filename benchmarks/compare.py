@@ -177,7 +177,6 @@ def run(cfg: RunConfig, methods: Sequence[str], seeds: Sequence[int], folder: Ru
     cfg = inputs.resolved(cfg)
     if resume and not folder.has_config():
         raise SystemExit(f"error: --resume '{folder}' is not a run folder of benchmarks.compare (no config.json)")
-    inputs.check_weights(cfg)  # before the folder exists: a bad --checkpoint leaves no failed run behind
     distributed.start(cfg, seed=list(seeds)[0] if len(seeds) else 0)
     threads = 1 if jobs > 1 else torch.get_num_threads()  # per (method, seed): workers run on one thread
     identity = run_identity(cfg, threads)
@@ -202,6 +201,7 @@ def _open_and_run(cfg: RunConfig, methods: list[str], seeds: list[int], folder: 
 
     def open_folder() -> dict | None:  # rank 0's: the lock, the identity check, or the refusal of a used folder
         if not resume:
+            inputs.check_weights(cfg)  # before the folder exists: a bad --checkpoint leaves no failed run behind
             take_folder()
             return None
         held.enter_context(folder.lock(command))
@@ -217,6 +217,7 @@ def _open_and_run(cfg: RunConfig, methods: list[str], seeds: list[int], folder: 
         if unrecorded:
             print(f"note: '{folder}' was written before compare recorded {', '.join(unrecorded)}; this call's "
                   "values are recorded as the run's", flush=True)
+        inputs.check_weights(cfg)  # after the identity check: other weights are refused as another setting first
         return saved
 
     def take_folder() -> None:  # a new run's folder: created, locked, refused if another writer filled it first

@@ -124,6 +124,8 @@ def check_log(path: Path, finished: bool) -> None:
         raise _refuse(path, "is not text", fix) from None
     lines = text.splitlines()
     header = LOG_HEADERS.get(path.name)
+    if not finished and len(lines) <= 1 and (header or "").startswith(text.rstrip("\n")):
+        return  # killed while the logger wrote its header: the (method, seed) starts its logs again
     if not lines or (header is not None and lines[0] != header):
         raise _refuse(path, f"does not start with the CSVLogger's header {header!r}", fix)
     width = lines[0].count(",") + 1

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from avalanche_sdlora.atomic import remove_stale_temps, write_text
+from avalanche_sdlora.atomic import remove_stale_temps, remove_temps_on_termination, write_text
 
 from .methods import method_names
 from .reports import markdown_grid, run_records, save_figure
@@ -284,6 +284,7 @@ def main(argv: list[str] | None = None) -> Path:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     command = " ".join(["python -m benchmarks.orders", *argv])
+    remove_temps_on_termination()
     if args.again:
         runs, reference = sources_of(args.again)
         out = Path(args.again)

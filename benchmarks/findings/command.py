@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from avalanche_sdlora import SDLoRAOptions
-from avalanche_sdlora.atomic import remove_stale_temps, write_text
+from avalanche_sdlora.atomic import remove_stale_temps, remove_temps_on_termination, write_text
 
 from .. import compare, inputs
 from ..config import RunConfig, add_run_flags, check_seeds, config_from_flags
@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> Path:
         if not out.is_dir():
             raise SystemExit(f"error: --report-only: '{out}' is not a findings folder; pass its --out")
         # One writer at a time, which clears what a killed one left (its temporary files) before writing.
+        remove_temps_on_termination()
         with RunLock(out, " ".join(["python -m benchmarks.findings", *argv])):
             remove_stale_temps(out)
             verdicts = report.write(out)
