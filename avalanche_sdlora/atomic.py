@@ -8,11 +8,12 @@ leaves at most a temporary file, which :func:`remove_stale_temps` clears.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -60,14 +61,21 @@ def write_text(path: str | Path, text: str) -> None:
     write_with(path, lambda f: f.write(text.encode()))
 
 
-def remove_temps_on_termination() -> None:
-    """Make SIGTERM and SIGHUP raise ``KeyboardInterrupt`` in this process, so a writer stopped by them removes its
-    temporary file (``write_with``'s cleanup) instead of dying with it on disk. ``kill -9`` cannot be caught: what it
-    leaves, the next writer of the folder clears (:func:`remove_stale_temps`). Main thread only, as signal handlers."""
+@contextlib.contextmanager
+def remove_temps_on_termination() -> Iterator[None]:
+    """While open, SIGTERM and SIGHUP raise ``KeyboardInterrupt``, so a writer stopped by them removes its temporary
+    file (``write_with``'s cleanup) instead of dying with it on disk; the previous handlers come back on exit.
+    ``kill -9`` cannot be caught: what it leaves, the next writer of the folder clears (:func:`remove_stale_temps`).
+    Signal handlers belong to the main thread: elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _interrupt(signum, frame) -> None:

@@ -227,7 +227,7 @@ def write(runs: RunSet, out: str | Path, reference: str = DEFAULT_REFERENCE, com
     texts, orders, pairs = build(runs, out, reference)
     out.mkdir(parents=True, exist_ok=True)
     # One writer at a time, which clears what a killed one left (its temporary files) before writing.
-    with RunLock(out, command or "benchmarks.orders.write"):
+    with remove_temps_on_termination(), RunLock(out, command or "benchmarks.orders.write"):
         remove_stale_temps(out)
         for name, text in texts.items():
             write_text(out / name, text)
@@ -284,7 +284,6 @@ def main(argv: list[str] | None = None) -> Path:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     command = " ".join(["python -m benchmarks.orders", *argv])
-    remove_temps_on_termination()
     if args.again:
         runs, reference = sources_of(args.again)
         out = Path(args.again)

@@ -109,8 +109,7 @@ def main(argv: list[str] | None = None) -> Path:
         if not out.is_dir():
             raise SystemExit(f"error: --report-only: '{out}' is not a findings folder; pass its --out")
         # One writer at a time, which clears what a killed one left (its temporary files) before writing.
-        remove_temps_on_termination()
-        with RunLock(out, " ".join(["python -m benchmarks.findings", *argv])):
+        with remove_temps_on_termination(), RunLock(out, " ".join(["python -m benchmarks.findings", *argv])):
             remove_stale_temps(out)
             verdicts = report.write(out)
         print(verdicts[["finding", "case", "verdict"]].to_string(index=False))
