@@ -9,22 +9,24 @@ trains as if they were absent. Each check here costs attribute reads, or one hos
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 
-def _pair(v) -> tuple[int, int]:
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
     return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
-def check_img_size(img_size, patch_size, model_name: str) -> None:
+def check_img_size(img_size: int | Sequence[int], patch_size: int | Sequence[int], model_name: str) -> None:
     """``img_size`` must be a whole number of patches: timm's patch embedding drops the remainder silently."""
     (h, w), (ph, pw) = _pair(img_size), _pair(patch_size)
     if h % ph or w % pw:
-        fit = f"{h // ph * ph or ph} or {(h // ph + 1) * ph}" if h == w and ph == pw else "a multiple of it"
-        raise ValueError(f"img_size={img_size!r} is not a multiple of '{model_name}''s patch size {ph if ph == pw else (ph, pw)}"
+        near = sorted({max(ph, h // ph * ph), (h // ph + 1) * ph})
+        fit = " or ".join(map(str, near)) if h == w and ph == pw else "a multiple of it"
+        patch = ph if ph == pw else (ph, pw)
+        raise ValueError(f"img_size={img_size!r} is not a multiple of '{model_name}''s patch size {patch}"
                          f" (the last pixel rows and columns would be ignored); pass img_size={fit}")
 
 
@@ -36,7 +38,7 @@ def check_finite_weights(state: Mapping[str, Tensor], where: str, fix: str) -> N
             raise ValueError(f"NaN or inf in {where} ({n} value(s) of '{name}'); {fix}")
 
 
-def check_images(x, backbone: nn.Module, who: str = "the images given to the model") -> None:
+def check_images(x: object, backbone: nn.Module, who: str = "the images given to the model") -> None:
     """Images must be a float (batch, channels, height, width) tensor with the backbone's channels and size."""
     pe = backbone.patch_embed
     channels = pe.proj.in_channels
@@ -66,7 +68,7 @@ def check_images(x, backbone: nn.Module, who: str = "the images given to the mod
                          f"sdlora_vit(..., img_size={shape[2] if shape[2] == shape[3] else (shape[2], shape[3])})")
 
 
-def check_labels(y, num_classes: int | float, who: str) -> None:
+def check_labels(y: Tensor | Sequence[int], num_classes: int | float, who: str) -> None:
     """Labels must be integer class ids in [0, num_classes): one host read (call it once per experience)."""
     if not isinstance(y, Tensor):
         y = torch.as_tensor(y)
@@ -85,7 +87,7 @@ def check_labels(y, num_classes: int | float, who: str) -> None:
                          "carry (build it with targets= the same labels)")
 
 
-def task_label_note(task_labels, experience: int) -> str | None:
+def task_label_note(task_labels: Iterable[int], experience: int) -> str | None:
     """A note when an experience carries task labels other than 0: SD-LoRA is class-incremental and ignores them."""
     labels = sorted({int(t) for t in task_labels})
     if labels and labels != [0]:
@@ -95,7 +97,8 @@ def task_label_note(task_labels, experience: int) -> str | None:
     return None
 
 
-def warn_task_labels(task_labels, experience: int) -> None:
+def warn_task_labels(task_labels: Iterable[int], experience: int) -> None:
+    """:func:`task_label_note` as a ``UserWarning`` (SD-LoRA trains on, ignoring the task labels)."""
     note = task_label_note(task_labels, experience)
     if note is not None:
         warnings.warn(note, UserWarning, stacklevel=3)

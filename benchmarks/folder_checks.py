@@ -1,4 +1,5 @@
-"""What a run folder's files must hold before any of them becomes a number, each refused in one sentence naming the file.
+"""What a run folder's files must hold before any of them becomes a number; each refusal is one sentence naming
+the file.
 
 Every number of a report comes from ``parts/<method>-seed<k>.csv`` (one row per finished experience), and a resume
 continues from them, from ``config.json`` and from Avalanche's CSV logs. A duplicated row, a stray CSV in ``parts/``,

@@ -98,10 +98,12 @@ def holder(lock_path: Path) -> str:
 
 
 def check_run_id(run_id: str) -> None:
-    """A run id names one folder inside ``<out>/<protocol>``: no separator, no ``..``, not absolute, not empty."""
-    if not run_id or "/" in run_id or "\\" in run_id or "\0" in run_id or ".." in run_id or run_id.strip() != run_id:
-        raise ValueError(f"--run-id {run_id!r} is not a plain folder name (no '/', '\\' or '..', not empty); the run "
-                         "goes to <out>/<protocol>/<run-id>: pass e.g. --run-id my-run, and --out for another place")
+    """A run id names one folder inside ``<out>/<protocol>``: no separator, no ``..``, not absolute, not ``.`` nor
+    empty (``--run-id ../x`` or an absolute path would write outside ``--out``)."""
+    if not run_id or run_id == "." or any(c in run_id for c in ("/", "\\", "\0", "..")) or run_id.strip() != run_id:
+        raise ValueError(f"--run-id {run_id!r} is not a plain folder name (no '/', '\\' or '..', not '.' nor empty); "
+                         "the run goes to <out>/<protocol>/<run-id>: pass e.g. --run-id my-run, and --out for another "
+                         "place")
 
 
 def check_out(out: str | Path) -> None:

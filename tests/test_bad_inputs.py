@@ -365,7 +365,9 @@ def test_a_log_line_cut_by_a_kill_is_dropped_on_resume(finished_run, tmp_path, c
 
 # ------------------------------------------------------------------------------------------------ flags placing a run
 @pytest.mark.parametrize("flags, message", [
-    (["--run-id", "../escape"], "--run-id '../escape' is not a plain folder name (no '/', '\\' or '..', not empty)"),
+    (["--run-id", "../escape"], "--run-id '../escape' is not a plain folder name (no '/', '\\' or '..', not '.' nor "
+                                "empty)"),
+    (["--run-id", "."], "--run-id '.' is not a plain folder name"),
     (["--run-id", "/tmp/abs"], "--run-id '/tmp/abs' is not a plain folder name"),
     (["--run-id", "a/b"], "--run-id 'a/b' is not a plain folder name"),
     (["--run-id", ".."], "--run-id '..' is not a plain folder name"),
