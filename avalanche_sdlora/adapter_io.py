@@ -23,11 +23,13 @@ from torch import Tensor
 
 from .adapter import SDLoRAQKV
 from .atomic import write_bytes
+from .input_checks import check_finite_weights
 
 FORMAT = "avalanche-sdlora-adapters/1"
 TENSORS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
 OPTIONS = ("rank", "direction_norm", "normalize_current", "head_init")
+UNVERIFIED = "allow_unverified=True"  # the keyword that accepts a file whose hashes were removed (named in refusals)
 
 
 def sha256_hex(data: bytes) -> str:
@@ -119,14 +121,37 @@ def _build_hint(cfg: dict) -> str:
     return f"sdlora_vit('{cfg['model_name']}', img_size={size}{opts}, checkpoint=<the same weights file>)"
 
 
+def check_saved_config(saved: dict, where: str) -> None:
+    """The fields of a saved ``adapter_config`` that loading reads, each of the type ``save_adapters`` writes."""
+    size = saved.get("img_size")
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                                for v in size)):
+        raise ValueError(f"the adapter config of '{where}' has img_size={size!r}; it must be the pair [height, width] "
+                         "of the base's input size that save_adapters writes: save the adapters again")
+    for key, kind in (("depth", int), ("width", int), ("model_name", str)):
+        value = saved.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise ValueError(f"the adapter config of '{where}' has {key}={value!r}, not a {kind.__name__}; save the "
+                             "adapters again")
+
+
 # ---------------------------------------------------------------------- loading onto a built model
-def load_adapter_state(model: torch.nn.Module, tensors: dict[str, Tensor], saved: dict, where: str) -> None:
+def load_adapter_state(model: torch.nn.Module, tensors: dict[str, Tensor], saved: dict, where: str, *,
+                       allow_unverified: bool = False) -> None:
     """Check ``model`` against the saved ``adapter_config`` and load ``tensors`` into it strictly.
 
     Architecture, options and base weights are checked before the model is touched; ``where`` (a file) is
-    named in every error.
+    named in every error. A config without the base's fingerprint is refused (deleting the field must not switch
+    the check off) unless ``allow_unverified``; adapters holding NaN or inf are always refused.
     """
     require_sdlora(model, "loading adapters")
+    check_saved_config(saved, where)
+    if saved.get("base_sha256") is None and not allow_unverified:
+        raise ValueError(f"the adapter config of '{where}' records no base_sha256, so the base weights they were "
+                         "trained on cannot be checked; save the adapters again, or pass "
+                         f"{UNVERIFIED} to load adapters you trust onto this base")
+    check_finite_weights(tensors, f"the adapters in '{where}'", "they were saved from a diverged model; load "
+                         "adapters saved before it diverged")
     current = adapter_config(model)
     if current["merged"]:
         raise ValueError(f"the model is merged, so its qkv weights hold an update; call model.unmerge() before "
@@ -172,17 +197,24 @@ def save_adapters(model: torch.nn.Module, path: str | Path) -> Path:
     :func:`load_adapters` merges the loaded model again, so it computes what the saved one computed.
     """
     require_sdlora(model, "save_adapters")
+    state = adapter_state_dict(model)
+    check_finite_weights(state, "the model's adapters", "nothing was saved: the model diverged (a lower learning "
+                         "rate, or the weights of an earlier experience, gives finite ones)")
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    data = save_bytes(adapter_state_dict(model))
+    data = save_bytes(state)
     cfg = {**adapter_config(model), "sha256": sha256_hex(data)}
     write_bytes(folder / TENSORS_FILE, data)
     write_bytes(folder / CONFIG_FILE, json.dumps(cfg, indent=1).encode())  # last: marks a complete save
     return folder
 
 
-def read_adapters(path: str | Path) -> tuple[dict[str, Tensor], dict]:
-    """Tensors and config of a :func:`save_adapters` folder, with the file's checksum verified."""
+def read_adapters(path: str | Path, *, allow_unverified: bool = False) -> tuple[dict[str, Tensor], dict]:
+    """Tensors and config of a :func:`save_adapters` folder, with the file's checksum verified.
+
+    A config without the checksum is refused unless ``allow_unverified`` (an edit of the file it protects must not
+    switch the check off).
+    """
     folder = Path(path)
     cfg_path, tensor_path = folder / CONFIG_FILE, folder / TENSORS_FILE
     if not cfg_path.is_file():
@@ -195,6 +227,10 @@ def read_adapters(path: str | Path) -> tuple[dict[str, Tensor], dict]:
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise ValueError(f"'{cfg_path}' is not an avalanche-sdlora adapter config (format "
                          f"{cfg.get('format') if isinstance(cfg, dict) else None!r}, expected {FORMAT!r})")
+    if cfg.get("sha256") is None and not allow_unverified:
+        raise ValueError(f"'{cfg_path}' records no sha256 of {TENSORS_FILE}, so damage to it cannot be detected; save "
+                         f"the adapters again, or pass load_adapters(..., {UNVERIFIED}) to load a file you trust")
+    check_saved_config(cfg, str(cfg_path))
     return read_checked_tensors(tensor_path, cfg.get("sha256"), "save the adapters again"), cfg
 
 
@@ -213,14 +249,15 @@ def read_checked_tensors(path: Path, sha256: str | None, fix: str) -> dict[str, 
 
 
 def load_adapters(path: str | Path, model: torch.nn.Module | None = None, *, checkpoint: str | Path | None = None,
-                  pretrained: bool = False):
+                  pretrained: bool = False, allow_unverified: bool = False):
     """Load adapters saved by :func:`save_adapters`, like PEFT's ``PeftModel.from_pretrained``.
 
     Without ``model`` the base is built by name from the saved config, ``sdlora_vit(name, img_size=...,
     checkpoint=checkpoint, pretrained=pretrained, ...)``: pass the weights file the adapters were trained on.
-    With ``model`` (an unmerged ``SDLoRAViT``) they are loaded into it. Returns the model.
+    With ``model`` (an unmerged ``SDLoRAViT``) they are loaded into it. Returns the model. A folder whose config
+    lacks ``sha256`` or ``base_sha256`` is refused unless ``allow_unverified=True``.
     """
-    tensors, cfg = read_adapters(path)
+    tensors, cfg = read_adapters(path, allow_unverified=allow_unverified)
     where = str(Path(path) / TENSORS_FILE)
     if model is None:
         from .model import sdlora_vit
@@ -231,5 +268,5 @@ def load_adapters(path: str | Path, model: torch.nn.Module | None = None, *, che
         h, w = cfg["img_size"]
         model = sdlora_vit(cfg["model_name"], img_size=h if h == w else (h, w), checkpoint=checkpoint,
                            pretrained=pretrained, **{k: cfg[k] for k in OPTIONS})
-    load_adapter_state(model, tensors, cfg, where)
+    load_adapter_state(model, tensors, cfg, where, allow_unverified=allow_unverified)
     return model

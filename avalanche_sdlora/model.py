@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .adapter import Magnitudes, SDLoRAQKV
 from .assets import default_asset, require_file
 from .head import FrozenPastHead
+from .input_checks import check_finite_weights, check_images, check_img_size
 from .options import DEFAULTS, SDLoRAOptions, takes_options
 
 
@@ -77,8 +78,12 @@ def create_backbone(model_name: str, *, checkpoint: str | Path | None = None, im
     except TypeError as exc:
         raise TypeError(f"timm model '{model_name}' is not a VisionTransformer ({exc}); SD-LoRA needs a timm ViT") from exc
     _check_vit(model, model_name)
+    if img_size is not None:
+        check_img_size(img_size, model.patch_embed.patch_size, model_name)
     if checkpoint is not None:
         sd = {k: v for k, v in read_state_dict(checkpoint).items() if not k.startswith("head")}
+        check_finite_weights(sd, f"the weights file '{checkpoint}'", "pass checkpoint= an undamaged weights file "
+                             "(these would make every logit NaN)")
         try:
             sd = checkpoint_filter_fn(sd, model)
             model.load_state_dict(sd, strict=True)
@@ -132,6 +137,7 @@ class SDLoRAViT(nn.Module):
         return len(self.magnitudes) - (1 if self.adapters[0].lora_A is not None else 0)
 
     def forward(self, x: Tensor) -> Tensor:
+        check_images(x, self.backbone)
         return self.head(self.backbone(x))
 
     # ------------------------------------------------------------------ task lifecycle

@@ -21,7 +21,7 @@ from .distributed import DataParallelMixin
 from .model import SDLoRAViT
 from .options import DEFAULTS, MODEL_OPTIONS, SDLoRAOptions, takes_options
 from .plugin_compat import check_plugins
-from .plugins import AdapterGrowthPlugin, DistillationPlugin, FiniteLossPlugin, RankReductionPlugin
+from .plugins import AdapterGrowthPlugin, DistillationPlugin, FiniteLossPlugin, InputCheckPlugin, RankReductionPlugin
 
 
 def current_classes_view(logits: Tensor, targets: Tensor, classes: Tensor | None = None, *,
@@ -121,7 +121,7 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
         # The growth plugin goes first (a user's one included), so every other plugin sees the experience's
         # parameters and, after the experience, the finished pair frozen into its direction, whatever the order given.
         own = user_growth or [growth or self._growth_plugin(options)]
-        own += [FiniteLossPlugin()] + self._extra_plugins(options)
+        own += [FiniteLossPlugin(), InputCheckPlugin()] + self._extra_plugins(options)
         user = [p for p in user if not any(p is g for g in user_growth)]
         check_plugins(own + user, type(self).__name__)
         self.new_params_group = new_params_group

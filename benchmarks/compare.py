@@ -33,7 +33,7 @@ from .config import (ORDER_SEEDS, RunConfig, add_run_flags, check_seeds, config_
                      resumed_flags)
 from .identity import identity_changes, run_identity, saved_identity
 from .methods import check_method_options, get_method, method_names
-from .run_folder import RunFolder
+from .run_folder import RunFolder, check_out, check_run_id
 
 DEFAULT_METHODS = ("sdlora",)
 DEFAULT_OUT = Path("runs")
@@ -100,6 +100,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         check_seeds(args.seeds)
         check_method_options(args.config.method_options)
         check_launch(args.config, args.methods, args.jobs)
+        if args.run_id is not None:
+            check_run_id(args.run_id)
+        if not (args.resume or args.report_only):
+            check_out(args.out)
     except ValueError as exc:
         p.error(str(exc))
     if args.config.device.startswith("cuda") and not torch.cuda.is_available():
@@ -130,6 +134,7 @@ def report_only(folder: RunFolder, command: str, quiet: bool = False) -> RunFold
                          "benchmarks.compare (runs/<protocol>/<run-id>)")
     with folder.lock(command):
         folder.clean(quiet)
+        folder.check()
         folder.write_reports()
     print(folder.report_path("table.md").read_text())
     return folder
@@ -176,42 +181,65 @@ def run(cfg: RunConfig, methods: Sequence[str], seeds: Sequence[int], folder: Ru
     distributed.start(cfg, seed=list(seeds)[0] if len(seeds) else 0)
     threads = 1 if jobs > 1 else torch.get_num_threads()  # per (method, seed): workers run on one thread
     identity = run_identity(cfg, threads)
-    with contextlib.ExitStack() as held:
-
-        def open_folder() -> dict | None:  # rank 0's: the lock, the identity check, or the refusal of a used folder
-            if not resume:
-                folder.refuse_existing()
-                return None
-            held.enter_context(folder.lock(command))
-            folder.clean(quiet)
-            saved = folder.read_config()
-            changed, unrecorded = identity_changes(saved_identity(saved, identity), identity)
-            if changed:
-                raise SystemExit(f"error: '{folder}' was run with other settings; a resumed run keeps its settings "
-                                 "(a flag left out takes the run's value), so drop these flags or pass the run's "
-                                 "values, or start a new run (another --run-id, without --resume) for these: "
-                                 + "; ".join(changed))
-            if unrecorded:
-                print(f"note: '{folder}' was written before compare recorded {', '.join(unrecorded)}; this call's "
-                      "values are recorded as the run's", flush=True)
-            return saved
-
-        def take_folder() -> None:  # rank 0's, for a new run
-            folder.path.mkdir(parents=True, exist_ok=True)
-            held.enter_context(folder.lock(command))
-            folder.refuse_existing()  # again: another writer may have filled it while the benchmark was built
-            folder.clean(quiet)
-
-        saved = distributed.on_main(open_folder)
-        # Built before anything is written (a bad npz fails here); a --class-order seed run builds one per seed.
-        benchmark = make_benchmark(cfg, seeds[0] if seeds else None)
-        if not resume:
-            distributed.on_main(take_folder)
-        record = inputs.benchmark_record(benchmark)
-        del benchmark  # kept by inputs.benchmark_for for the runs of its order
-        _run_locked(cfg, list(methods), list(seeds), folder, jobs, quiet, command, identity, threads, saved, record,
-                    tuned)
+    created: list[Path] = []  # the folders this call made, removed again if it fails before writing into them
+    try:
+        with contextlib.ExitStack() as held:
+            _open_and_run(cfg, list(methods), list(seeds), folder, jobs, quiet, resume, command, identity, threads,
+                          held, created, tuned)
+    except BaseException:
+        for path in created:  # deepest first; only while empty (nothing was written)
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise
     return folder
+
+
+def _open_and_run(cfg: RunConfig, methods: list[str], seeds: list[int], folder: RunFolder, jobs: int, quiet: bool,
+                  resume: bool, command: str, identity: dict, threads: int, held: contextlib.ExitStack,
+                  created: list[Path], tuned: dict | None = None) -> None:
+    """Lock the folder (a new run: create it first), build the benchmark, then run; the lock comes before the build,
+    so of two commands on one folder the later one is refused at once, not after minutes of building."""
+
+    def open_folder() -> dict | None:  # rank 0's: the lock, the identity check, or the refusal of a used folder
+        if not resume:
+            inputs.check_weights(cfg)  # before the folder exists: a bad --checkpoint leaves no failed run behind
+            take_folder()
+            return None
+        held.enter_context(folder.lock(command))
+        folder.clean(quiet)
+        folder.check()
+        saved = folder.read_config()
+        changed, unrecorded = identity_changes(saved_identity(saved, identity), identity)
+        if changed:
+            raise SystemExit(f"error: '{folder}' was run with other settings; a resumed run keeps its settings "
+                             "(a flag left out takes the run's value), so drop these flags or pass the run's "
+                             "values, or start a new run (another --run-id, without --resume) for these: "
+                             + "; ".join(changed))
+        if unrecorded:
+            print(f"note: '{folder}' was written before compare recorded {', '.join(unrecorded)}; this call's "
+                  "values are recorded as the run's", flush=True)
+        inputs.check_weights(cfg)  # after the identity check: other weights are refused as another setting first
+        return saved
+
+    def take_folder() -> None:  # a new run's folder: created, locked, refused if another writer filled it first
+        folder.refuse_existing()
+        created.extend(p for p in (folder.path, *folder.path.parents) if not p.exists())  # deepest first
+        try:
+            folder.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SystemExit(f"error: cannot create the run folder '{folder.path}' ({exc.strerror or exc}); pass "
+                             "--out a folder this user can write, e.g. runs") from None
+        held.enter_context(folder.lock(command))
+        folder.refuse_existing()  # again, locked: another writer may have filled it since the first check
+        folder.clean(quiet)
+
+    saved = distributed.on_main(open_folder)
+    # Built before anything is written (a bad npz fails here: the new folder, empty, is removed again); a
+    # --class-order seed run builds one per seed.
+    benchmark = make_benchmark(cfg, seeds[0] if seeds else None)
+    record = inputs.benchmark_record(benchmark)
+    del benchmark  # kept by inputs.benchmark_for for the runs of its order
+    _run_locked(cfg, methods, seeds, folder, jobs, quiet, command, identity, threads, saved, record, tuned)
 
 
 def _run_locked(cfg: RunConfig, methods: list[str], seeds: list[int], folder: RunFolder, jobs: int, quiet: bool,

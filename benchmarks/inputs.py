@@ -23,6 +23,7 @@ import torch
 from avalanche_sdlora.assets import default_asset
 from avalanche_sdlora.data import IMAGE_CACHE_ENV, N_CLASSES, split_cifar100, task_labelled
 from avalanche_sdlora.datasets import LOADERS, PAPER_BENCHMARKS, data_location
+from avalanche_sdlora.model import create_backbone
 
 from .config import RunConfig
 from .protocols import PAPER_WEIGHTS, benchmark_of
@@ -109,6 +110,16 @@ def check_per_class(cfg: RunConfig) -> None:
                              f"{' (the fewest of the chosen classes)' if classes else ''}"
                              f"{' beside the held-out validation images' if held and flag == '--train-per-class' else ''}"
                              f"; pass at most {fewest[flag]}")
+
+
+def check_weights(cfg: RunConfig) -> None:
+    """Load ``--checkpoint`` into the run's backbone once, so a damaged, foreign or non-finite weights file is refused
+    before a run folder exists (every method builds its backbone with :func:`create_backbone`)."""
+    try:
+        create_backbone(cfg.model, checkpoint=cfg.checkpoint, img_size=cfg.img_size)
+    except (ValueError, TypeError, OSError) as exc:
+        message = " ".join(str(exc).split()).replace("checkpoint=", "--checkpoint ").replace("model_name=", "--model ")
+        raise SystemExit(f"error: --checkpoint '{cfg.checkpoint}': {message}") from None
 
 
 def resolved(cfg: RunConfig) -> RunConfig:

@@ -27,10 +27,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from avalanche_sdlora.atomic import write_text
+from avalanche_sdlora.atomic import remove_stale_temps, remove_temps_on_termination, write_text
 
 from .methods import method_names
 from .reports import markdown_grid, run_records, save_figure
+from .run_folder import RunLock
 from .run_set import ORDER_KEYS, RunSet
 
 DEFAULT_REFERENCE = "sdlora"
@@ -225,11 +226,14 @@ def write(runs: RunSet, out: str | Path, reference: str = DEFAULT_REFERENCE, com
     out = Path(out)
     texts, orders, pairs = build(runs, out, reference)
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in texts.items():
-        write_text(out / name, text)
-    plot(orders, pairs, reference, out / "orders.png")
-    sources = {"runs": runs.specs_relative_to(out), "reference": reference, "command": command}
-    write_text(out / SOURCES, json.dumps(sources, indent=2) + "\n")
+    # One writer at a time, which clears what a killed one left (its temporary files) before writing.
+    with remove_temps_on_termination(), RunLock(out, command or "benchmarks.orders.write"):
+        remove_stale_temps(out)
+        for name, text in texts.items():
+            write_text(out / name, text)
+        plot(orders, pairs, reference, out / "orders.png")
+        sources = {"runs": runs.specs_relative_to(out), "reference": reference, "command": command}
+        write_text(out / SOURCES, json.dumps(sources, indent=2) + "\n")
     return out
 
 

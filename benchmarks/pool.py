@@ -15,6 +15,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 import torch
 
+from avalanche_sdlora.atomic import guard_writes
+
 from . import inputs, runner
 from .config import RunConfig
 from .run_folder import RunFolder
@@ -25,7 +27,7 @@ def run_parallel(cfg: RunConfig, jobs_todo: list[tuple[str, int]], folder: RunFo
     """(method, seed) runs in ``jobs`` spawned processes; the parent folds their parts into the reports."""
     reported = False
     payload = [{"method": m, "seed": s, "config": cfg.to_json(), "folder": str(folder.path)} for m, s in jobs_todo]
-    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as executor:
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_exit_with_parent) as executor:
         futures = {executor.submit(_worker, job): (job["method"], job["seed"]) for job in payload}
         pending, seen = set(futures), folder.parts_signature()
         while pending:
@@ -52,18 +54,34 @@ def run_parallel(cfg: RunConfig, jobs_todo: list[tuple[str, int]], folder: RunFo
 def _worker(job: dict) -> str:
     """One (method, seed) in a child process; its rows go to ``parts/<method>-seed<k>.csv`` as they come."""
     torch.set_num_threads(1)
-    _exit_with_parent()
     cfg = RunConfig.from_json(job["config"])
     folder = RunFolder(job["folder"])
     # A worker keeps the benchmark of the last class order it ran (a fixed-order run: one per worker). Workers never
     # run under torchrun (compare.check_launch refuses --jobs there), so no rank ordering is needed to build it.
     benchmark = inputs.benchmark_for(cfg, job["seed"])
-    runner.run(job["method"], job["seed"], cfg, benchmark, folder, quiet=True, resume=True)
+    try:
+        runner.run(job["method"], job["seed"], cfg, benchmark, folder, quiet=True, resume=True)
+    except ParentGone:
+        os._exit(1)  # the write was refused and its temporary file removed; nobody waits for this worker
     return str(folder.part(job["method"], job["seed"]))
 
 
-def _exit_with_parent(poll_seconds: float = 2.0) -> None:
-    """Stop this worker when the parent dies (a killed ``compare`` must not leave workers writing its parts)."""
+class ParentGone(SystemExit):
+    """The ``compare`` that started this worker has died: the worker writes nothing more."""
+
+
+def _refuse_orphan_writes(parent: int) -> None:
+    def check() -> None:
+        if os.getppid() != parent:
+            raise ParentGone(1)
+
+    guard_writes(check)
+
+
+def _exit_with_parent(poll_seconds: float = 0.5) -> None:
+    """Stop this worker when the parent dies (a killed ``compare`` must not leave workers writing its parts): every
+    write first checks that the parent is alive, and a watch ends the worker within ``poll_seconds`` while it trains.
+    Run once per worker process (the pool's initializer)."""
     parent = os.getppid()
 
     def watch() -> None:
@@ -72,3 +90,4 @@ def _exit_with_parent(poll_seconds: float = 2.0) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()
+    _refuse_orphan_writes(parent)

@@ -50,6 +50,8 @@ def _rows_upto(path: Path, experience: int) -> str:
         raise FileNotFoundError(f"'{path}' is missing; the run folder's logs cannot be continued (delete "
                                 f"{path.parent} and the (method, seed)'s part and checkpoints to rerun it)")
     lines = path.read_text().splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines = lines[:-1]  # a line a kill cut short: its experience is trained again (run_folder.check refuses any other)
     header, rows = lines[0], lines[1:]
     col = header.strip().split(",").index("training_exp")
     kept = [r for r in rows if r.strip() and r.split(",")[col] != "None" and int(r.split(",")[col]) <= experience]

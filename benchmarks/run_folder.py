@@ -26,7 +26,7 @@ import pandas as pd
 
 from avalanche_sdlora.atomic import remove_stale_temps, write_text
 
-from . import reports
+from . import folder_checks, reports
 
 LOCK_NAME = ".lock"
 CALL_KEYS = ("command", "started_utc", "wall_seconds", "methods", "seeds", "device", "device_name", "threads",
@@ -97,6 +97,27 @@ def holder(lock_path: Path) -> str:
         return "another process (it has not written its name into the lock file yet)"
 
 
+def check_run_id(run_id: str) -> None:
+    """A run id names one folder inside ``<out>/<protocol>``: no separator, no ``..``, not absolute, not ``.`` nor
+    empty (``--run-id ../x`` or an absolute path would write outside ``--out``)."""
+    if not run_id or run_id == "." or any(c in run_id for c in ("/", "\\", "\0", "..")) or run_id.strip() != run_id:
+        raise ValueError(f"--run-id {run_id!r} is not a plain folder name (no '/', '\\' or '..', not '.' nor empty); "
+                         "the run goes to <out>/<protocol>/<run-id>: pass e.g. --run-id my-run, and --out for another "
+                         "place")
+
+
+def check_out(out: str | Path) -> None:
+    """``--out`` must be a folder this process can create run folders in (or one it can create)."""
+    p = Path(out)
+    existing = next((q for q in (p, *p.parents) if q.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == p else f"lies under the file '{existing}'"
+        raise ValueError(f"--out '{out}' {where}, not a folder; pass --out a folder (created if missing), e.g. runs")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out '{out}' is in a read-only place ('{existing}' is not writable by this user); pass "
+                         "--out a folder you can write, e.g. runs")
+
+
 class RunFolder:
     """One run folder: its paths, its lock, its parts and reports, and its DONE / failure / calls bookkeeping."""
 
@@ -105,7 +126,8 @@ class RunFolder:
 
     @classmethod
     def new(cls, out: str | Path, protocol: str, run_id: str) -> RunFolder:
-        """The folder of run ``run_id`` of ``protocol`` under the results root ``out``."""
+        """The folder of run ``run_id`` (a plain name, :func:`check_run_id`) of ``protocol`` under the root ``out``."""
+        check_run_id(run_id)
         return cls(Path(out) / protocol / run_id)
 
     @classmethod
@@ -173,7 +195,7 @@ class RunFolder:
         return self.config_path.exists()
 
     def read_config(self) -> dict:
-        return json.loads(self.config_path.read_text())
+        return folder_checks.read_config(self.config_path)
 
     def write_config(self, config: dict) -> None:
         write_text(self.config_path, json.dumps(config, indent=2) + "\n")
@@ -206,7 +228,7 @@ class RunFolder:
     # ------------------------------------------------------------------ parts and reports
     def read_part(self, method: str, seed: int) -> list[dict]:
         """A part's rows as they were written (``alphas`` stays text: one magnitude would otherwise parse as a float)."""
-        return pd.read_csv(self.part(method, seed), dtype={"alphas": str}).to_dict("records")
+        return folder_checks.read_part(self.part(method, seed), dtype={"alphas": str}).to_dict("records")
 
     def write_part(self, method: str, seed: int, rows: list[dict]) -> None:
         reports.write_csv(pd.DataFrame(rows), self.part(method, seed))
@@ -216,8 +238,7 @@ class RunFolder:
 
     def part_names(self) -> list[tuple[str, int]]:
         """(method, seed) of every part on disk, finished or not, in file-name order (the inverse of :meth:`part`)."""
-        names = [f.stem.rsplit("-seed", 1) for f in sorted((self.path / "parts").glob("*-seed*.csv"))]
-        return [(m, int(s)) for m, s in names if s.isdigit()]
+        return [folder_checks.part_name(f) for f in folder_checks.check_parts_folder(self.path / "parts")]
 
     def planned_runs(self) -> tuple[list[str], list[int]]:
         """The run's own methods and seeds: every one its config.json or a recorded call names, or a part holds.
@@ -236,7 +257,18 @@ class RunFolder:
         part = self.part(method, seed)
         if not part.exists():
             return False
-        return int(pd.read_csv(part)["experience"].max()) == n_experiences - 1
+        return int(folder_checks.read_part(part)["experience"].max()) == n_experiences - 1
+
+    def check(self) -> None:
+        """Refuse, naming the file, a folder whose config, parts or logs were damaged or edited (nothing is read
+        from it into numbers); call while holding the lock, after :meth:`clean`."""
+        if self.has_config():
+            self.read_config()
+        for method, seed in self.part_names():
+            rows = folder_checks.read_part(self.part(method, seed))
+            finished = int(rows["experience"].max()) == int(rows["n_experiences"].iloc[0]) - 1
+            for log in sorted(self.log_dir(method, seed).glob("*.csv")):
+                folder_checks.check_log(log, finished)
 
     def parts_signature(self) -> tuple:
         """Names, mtimes and sizes of the parts: changes whenever a worker writes a row."""
@@ -249,7 +281,7 @@ class RunFolder:
 
     def read_parts(self) -> pd.DataFrame:
         """Every part's rows, in file-name order."""
-        frames = [pd.read_csv(f) for f in sorted((self.path / "parts").glob("*.csv"))]
+        frames = [folder_checks.read_part(f) for f in folder_checks.check_parts_folder(self.path / "parts")]
         if not frames:
             raise SystemExit(f"error: '{self.path}' has no parts/*.csv to report on")
         return pd.concat(frames, ignore_index=True)

@@ -21,13 +21,13 @@ import pandas as pd
 import torch
 
 from avalanche_sdlora import SDLoRAOptions
-from avalanche_sdlora.atomic import write_text
+from avalanche_sdlora.atomic import remove_stale_temps, remove_temps_on_termination, write_text
 
 from .. import compare, inputs
 from ..config import RunConfig, add_run_flags, check_seeds, config_from_flags
 from ..methods import check_method_options
 from ..reports import write_csv
-from ..run_folder import RunFolder
+from ..run_folder import RunFolder, RunLock
 from . import report
 from .directions import alpha_rows, residual_rows
 from .interpolation import interpolation_rows, points
@@ -108,7 +108,11 @@ def main(argv: list[str] | None = None) -> Path:
     if args.report_only:
         if not out.is_dir():
             raise SystemExit(f"error: --report-only: '{out}' is not a findings folder; pass its --out")
-        print(report.write(out)[["finding", "case", "verdict"]].to_string(index=False))
+        # One writer at a time, which clears what a killed one left (its temporary files) before writing.
+        with remove_temps_on_termination(), RunLock(out, " ".join(["python -m benchmarks.findings", *argv])):
+            remove_stale_temps(out)
+            verdicts = report.write(out)
+        print(verdicts[["finding", "case", "verdict"]].to_string(index=False))
         return out
     if args.threads:
         torch.set_num_threads(args.threads)
