@@ -4,7 +4,11 @@ Every timing is a RATIO of two models measured in the same process, interleaved 
 shuffled order after a warm-up; a ratio is the median over repetitions of the per-repetition ratio,
 so load from other processes on the machine cancels as far as possible. Peak memory of a training
 step is measured in a forked child per setting (CPU: peak RSS via /proc VmHWM, reset before the
-step, with glibc's mmap threshold pinned so freed tensors leave RSS; CUDA: max_memory_allocated).
+step, with glibc's mmap threshold pinned so freed tensors leave RSS, and torch's own peak allocation from its
+profiler's memory events; CUDA: max_memory_allocated), with the bytes autograd saves for backward.
+
+Issue 32: step time, step memory and merged inference after 1, 10, 20 and 50 tasks (``TASKS``), as ratios to one
+task (training) or to the frozen backbone (inference), and stored adapter numbers of SD-LoRA and RR at those counts.
 
 ``--peers`` adds the peer methods (issues 16, 17: DualPrompt, CODA-Prompt, L2P, InfLoRA merged and branch-summed,
 RanPAC, APER, SimpleCIL, each built by its registered builder as during the last of 10 tasks) to the same
