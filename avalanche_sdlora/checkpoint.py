@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import warnings
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from .evaluator_state import evaluator_state, has_state_dict, keyed_by_class, re
 FORMAT = "avalanche-sdlora-checkpoint/2"
 FORMAT_V1 = "avalanche-sdlora-checkpoint/1"  # whole model state dict, no checksum: still loaded
 KEEP_LAST = 2  # checkpoints a pruned folder keeps: the latest and its fallback
+_CHECKPOINT_FILE = re.compile(r"exp(\d+)\.(?:json|safetensors)")
 
 
 def _paths(directory: str | Path, experience: int) -> tuple[Path, Path]:
@@ -120,11 +122,8 @@ def checkpoint_problem(directory: str | Path, experience: int) -> str | None:
 def checkpoint_experiences(directory: str | Path) -> list[int]:
     """Experience indices with a checkpoint in ``directory`` (its ``exp<k>.json`` or ``exp<k>.safetensors``), sorted."""
     d = Path(directory)
-    if not d.is_dir():
-        return []
-    found = {int(p.name[3:].split(".", 1)[0]) for p in d.iterdir()
-             if p.name.startswith("exp") and p.suffix in (".json", ".safetensors") and p.name[3:].split(".", 1)[0].isdigit()}
-    return sorted(found)
+    names = (_CHECKPOINT_FILE.fullmatch(p.name) for p in d.iterdir()) if d.is_dir() else ()
+    return sorted({int(m[1]) for m in names if m})
 
 
 def prune_checkpoints(directory: str | Path, keep: int = KEEP_LAST) -> list[int]:
