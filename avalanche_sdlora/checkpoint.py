@@ -7,6 +7,12 @@ last, holds the experience index, the Python/NumPy RNG states, the strategy's st
 plugin's ``state_dict()``, Avalanche's clock and the evaluator's metric state), the adapter config with a
 fingerprint of the base weights, and the sha256 of the tensor file, verified on load.
 
+A checkpoint holds every stored direction so far, so its size grows with the tasks (ViT-Tiny, rank 10: about
+0.38 MB per task); keeping every one would make a run's checkpoints grow with the square of the tasks (about 480 MB
+after 50). Resume needs only the latest: :func:`prune_checkpoints` keeps the newest ``keep`` complete ones (default
+2: the one before is the fallback when the latest is damaged, and the harness's resume point while the latest
+experience's row is not yet written), and :class:`CheckpointPlugin` prunes after each save unless told to keep all.
+
 Avalanche's own ``save_checkpoint`` pickles the whole strategy with dill. The models pickle; in this
 torch/dill combination the optimizer does not (``PicklingError: Can't pickle sentinel``, for any model and
 strategy). More to the point, unpickling a file executes code from it, so this format stores only tensors
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import warnings
 from pathlib import Path
 
@@ -33,6 +40,8 @@ from .evaluator_state import evaluator_state, has_state_dict, keyed_by_class, re
 
 FORMAT = "avalanche-sdlora-checkpoint/2"
 FORMAT_V1 = "avalanche-sdlora-checkpoint/1"  # whole model state dict, no checksum: still loaded
+KEEP_LAST = 2  # checkpoints a pruned folder keeps: the latest and its fallback
+_CHECKPOINT_FILE = re.compile(r"exp(\d+)\.(?:json|safetensors)")
 
 
 def _paths(directory: str | Path, experience: int) -> tuple[Path, Path]:
@@ -110,6 +119,37 @@ def checkpoint_problem(directory: str | Path, experience: int) -> str | None:
     return None
 
 
+def checkpoint_experiences(directory: str | Path) -> list[int]:
+    """Experience indices with a checkpoint in ``directory`` (its ``exp<k>.json`` or ``exp<k>.safetensors``), sorted."""
+    d = Path(directory)
+    names = (_CHECKPOINT_FILE.fullmatch(p.name) for p in d.iterdir()) if d.is_dir() else ()
+    return sorted({int(m[1]) for m in names if m})
+
+
+def prune_checkpoints(directory: str | Path, keep: int = KEEP_LAST) -> list[int]:
+    """Delete every checkpoint but the newest ``keep`` complete, undamaged ones (and any newer than those, such as
+    one being written); returns the experiences removed. What resume needs stays: :func:`latest_checkpoint`'s answer
+    and the ``keep - 1`` before it. Each JSON file goes first, so a pruning cut short leaves no checkpoint that looks
+    complete without its tensors."""
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+        raise ValueError(f"keep must be a positive integer (the checkpoints kept), got {keep!r}")
+    d = Path(directory)
+    found = checkpoint_experiences(d)
+    kept: list[int] = []
+    for k in reversed(found):
+        if len(kept) == keep:
+            break
+        if checkpoint_problem(d, k) is None:
+            kept.append(k)
+    if len(kept) < keep:  # fewer usable ones than asked: remove nothing
+        return []
+    removed = [k for k in found if k < kept[-1]]
+    for k in removed:
+        for path in _paths(d, k):
+            path.unlink(missing_ok=True)
+    return removed
+
+
 def latest_checkpoint(directory: str | Path, upto: int | None = None) -> int | None:
     """Index of the last experience (<= ``upto``) with a complete, undamaged checkpoint, or None.
 
@@ -180,16 +220,20 @@ class CheckpointPlugin(SupervisedPlugin, supports_distributed=True):
     forgetting, BWT and AAA metrics) is then part of it, and a resumed run continues with the same RNG and
     metric state as an uninterrupted one. A run killed between ``train`` calls resumes from the experience
     before (it is trained again, to the same result). ``save(strategy)`` writes the last one on demand (after
-    the loop, for instance).
+    the loop, for instance). Only the newest ``keep`` checkpoints stay (default 2, what resume needs:
+    :func:`prune_checkpoints`); ``keep=None`` keeps one per experience (to analyse the model after each).
 
     Under torch.distributed only rank 0 writes (the ranks hold the same state); ``resume`` loads, on every rank, the
     checkpoint rank 0 finds, so the folder must be one every rank can read (one node, or a shared file system).
     """
 
-    def __init__(self, directory: str | Path, config: dict | None = None) -> None:
+    def __init__(self, directory: str | Path, config: dict | None = None, keep: int | None = KEEP_LAST) -> None:
         super().__init__()
+        if keep is not None and (not isinstance(keep, int) or isinstance(keep, bool) or keep < 1):
+            raise ValueError(f"keep must be a positive integer (checkpoints kept) or None (every one), got {keep!r}")
         self.directory = Path(directory)
         self.config = config or {}
+        self.keep = keep
         self._finished: int | None = None  # last experience trained in this process
         self._saved: int | None = None
 
@@ -214,6 +258,8 @@ class CheckpointPlugin(SupervisedPlugin, supports_distributed=True):
         path = save_checkpoint(self.directory, self._finished, strategy.model, extra=strategy_state(strategy),
                                config=self.config)
         self._saved = self._finished
+        if self.keep is not None:
+            prune_checkpoints(self.directory, self.keep)
         return path
 
     def resume(self, strategy) -> int:

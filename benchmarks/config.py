@@ -37,6 +37,7 @@ PEER_RECIPES = ("reference", "shared")
 CLASS_ORDERS = ("fixed", "seed")
 ORDER_SEEDS = (1993, 1994, 1995)  # the first three of the paper's seeds 1993-1997 (../shared/REFERENCE.md)
 TRAIN_AMPS = ("float32", "bf16")  # issue 20
+KEEP_CHECKPOINTS = ("last", "all")  # issue 32
 GPU_WORKERS = 4  # issue 20: --workers' default on a GPU (0 on CPU, where the training process converts the images)
 
 
@@ -223,6 +224,10 @@ class RunConfig:
                                 "(default: $SDLORA_SPLIT_LISTS, then beside the data; their content is part of "
                                 "--data's identity)",
                                 identity=False)
+    # issue 32: a checkpoint holds every direction so far, so keeping one per experience grows with tasks squared
+    keep_checkpoints: str = setting("last", "checkpoints kept per (method, seed): 'last' (the latest two, what --resume "
+                                    "needs) or 'all' (one per experience, which benchmarks.findings reads)",
+                                    choices=KEEP_CHECKPOINTS, identity=False)
 
     def __post_init__(self) -> None:
         if canonical(self.protocol) not in PROTOCOLS:

@@ -27,8 +27,8 @@ from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetti
 from avalanche.logging import InteractiveLogger
 from avalanche.training.plugins import EvaluationPlugin
 
-from avalanche_sdlora.checkpoint import (latest_checkpoint, load_checkpoint, restore_strategy_state, save_checkpoint,
-                                         strategy_state)
+from avalanche_sdlora.checkpoint import (latest_checkpoint, load_checkpoint, prune_checkpoints, restore_strategy_state,
+                                         save_checkpoint, strategy_state)
 from avalanche_sdlora.metrics import AverageAnytimeAccuracy, ParameterCount
 
 from . import distributed
@@ -215,6 +215,8 @@ def _train(m: Method, seed: int, cfg: RunConfig, benchmark, folder: RunFolder, e
             save_checkpoint(folder.checkpoints(m.name, seed), i, strategy.model, extra=strategy_state(strategy),
                             config={"method": m.name, "seed": seed})
         emit(row)
+        if m.checkpointable and distributed.is_main() and cfg.keep_checkpoints == "last":
+            prune_checkpoints(folder.checkpoints(m.name, seed))  # after the row: until then the one before resumes
 
 
 def _wait_for_device(strategy) -> None:

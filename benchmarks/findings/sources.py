@@ -63,7 +63,8 @@ def comparison_folder(out, cfg: RunConfig, name: str) -> RunFolder:
 def train_comparison(cfg: RunConfig, methods: Sequence[str], seeds: Sequence[int], folder: RunFolder, *,
                      jobs: int, quiet: bool, command: str) -> RunFolder:
     """``benchmarks.compare.run`` into ``folder``, continuing it if it exists (finished runs are kept; a finished
-    folder holding every (method, seed) asked for is left as it is)."""
+    folder holding every (method, seed) asked for is left as it is), keeping every experience's checkpoint."""
+    cfg = cfg.replace(keep_checkpoints="all")  # the findings read the model after each experience
     if folder.has_config():
         identity = run_identity(inputs.resolved(cfg), 1 if jobs > 1 else torch.get_num_threads())
         changed, _ = identity_changes(saved_identity(folder.read_config(), identity), identity)
@@ -211,8 +212,9 @@ def load_model(folder: RunFolder, method: str, seed: int, experience: int):
     ckpt = folder.checkpoints(method, seed)
     if not (ckpt / f"exp{experience}.json").exists():
         raise SystemExit(f"error: '{folder}' has no checkpoint of {method} seed {seed} after experience {experience} "
-                         f"('{ckpt / f'exp{experience}.json'}'); checkpoints are not committed: run the findings "
-                         "without --runs/--paper-runs to train them, or pass a run folder that holds them")
+                         f"('{ckpt / f'exp{experience}.json'}'); checkpoints are not committed, and benchmarks.compare keeps "
+                         "only the last two unless run with --keep-checkpoints all: run the findings without "
+                         "--runs/--paper-runs to train them, or pass a run folder that holds them")
     model = build_strategy(folder, method).model
     load_checkpoint(ckpt, experience, model, config={"method": method, "seed": seed})
     return model.eval()

@@ -4,7 +4,11 @@ Every timing is a RATIO of two models measured in the same process, interleaved 
 shuffled order after a warm-up; a ratio is the median over repetitions of the per-repetition ratio,
 so load from other processes on the machine cancels as far as possible. Peak memory of a training
 step is measured in a forked child per setting (CPU: peak RSS via /proc VmHWM, reset before the
-step, with glibc's mmap threshold pinned so freed tensors leave RSS; CUDA: max_memory_allocated).
+step, with glibc's mmap threshold pinned so freed tensors leave RSS, and torch's own peak allocation from its
+profiler's memory events; CUDA: max_memory_allocated), with the bytes autograd saves for backward.
+
+Issue 32: step time, step memory and merged inference after 1, 10, 20 and 50 tasks (``TASKS``), as ratios to one
+task (training) or to the frozen backbone (inference), and stored adapter numbers of SD-LoRA and RR at those counts.
 
 ``--peers`` adds the peer methods (issues 16, 17: DualPrompt, CODA-Prompt, L2P, InfLoRA merged and branch-summed,
 RanPAC, APER, SimpleCIL, each built by its registered builder as during the last of 10 tasks) to the same
@@ -37,7 +41,7 @@ from ..compare import Parser
 from ..config import add_run_flags
 from ..methods import get_method
 from ..reports import write_csv
-from .costs import data_loading_share, end_to_end, params_per_task
+from .costs import data_loading_share, end_to_end, params_per_task, stored_after_tasks
 from .memory import measure_memory
 from .models import N_HEAD_TASKS, build_backbone, build_l2p, build_plain_lora, build_sdlora
 from .peers import (CLAIM_TARGET, PAPER_GFLOPS, PAPER_SOURCE, PEER_EVERY, PROMPT_SETTINGS, SETTING_METHOD, SGD_PEERS,
@@ -47,11 +51,25 @@ from .timing import (batch, count_flops, count_flops_and_passes, infer_fn, inter
                      train_step_fn)
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+# issue 32: the task counts costs are measured at (training: tasks learned, the last one being trained, i.e. TASKS-1
+# stored directions and the current pair; inference: tasks finished, merged)
+TASKS = (1, 10, 20, 50)
+MEMORY_NOTES = {
+    "peak_delta": "CPU VmHWM in a forked child (reset before the step), minus RSS before it",
+    "torch_peak": "torch's CPU allocations during the step, peak above the start (its profiler's memory events)",
+    "saved_activations": "bytes of the tensors autograd saves for backward that the model does not hold anyway",
+}
 # measure name -> (comparison, target, sense); ">=" means the ratio must be at least the target.
 TARGETS = {
     "infer_throughput_ratio_sdlora_merged_vs_backbone": (">=", 0.98),
     "infer_throughput_ratio_sdlora_merged_vs_l2p": (">=", 1.9),
     "train_step_time_ratio_20tasks_vs_1task": ("<=", 1.10),
+    # issue 32: cost flat in the number of tasks
+    "train_step_time_ratio_50tasks_vs_1task": ("<=", 1.10),
+    "train_step_peak_memory_ratio_50tasks_vs_1task": ("<=", 1.10),
+    "train_step_torch_peak_ratio_50tasks_vs_1task": ("<=", 1.10),
+    "train_step_saved_activations_ratio_50tasks_vs_1task": ("<=", 1.10),
+    **{f"infer_throughput_ratio_sdlora_merged_{t}tasks_vs_backbone": (">=", 0.98) for t in (1, 20, 50)},
     "train_step_time_ratio_20tasks_vs_plain_lora": ("<=", 1.15),
     # --peers: the paper's claim that SD-LoRA's inference costs about half of every prompt method's
     **{f"infer_flops_ratio_{k}_vs_sdlora_merged": (">=", CLAIM_TARGET) for k in PROMPT_SETTINGS},
@@ -93,8 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.reps = a.reps or 7
     a.paper_model, a.paper_img_size = a.paper_model or "vit_base_patch16_224", a.paper_img_size or 224
     a.warmup = 1  # per model; the first train step also creates the momentum buffers
-    a.train_tasks = [0, 10, 20, 50]  # stored tasks (+ the current pair)
-    a.mem_tasks = [1, 10, 20, 50]  # tasks learned, the last one being trained
+    a.train_tasks = list(TASKS)  # tasks learned, the last one being trained
+    a.mem_tasks = list(TASKS)
     return a
 
 
@@ -148,14 +166,24 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
             res = measure_memory(args, img, tasks)
             if "error" in res:
                 warnings.warn(f"memory at {tasks} tasks, {img}px failed: {res['error']}")
-                res = {"peak_delta_mib": float("nan"), "state_mib": float("nan"), "peak_rss_mib": float("nan")}
+                res = {f"{k}_mib": float("nan") for k in ("peak_delta", "state", "peak_rss", *MEMORY_NOTES)}
             for k, v in res.items():
+                cuda = args.device.startswith("cuda") and k != "saved_activations_mib"
                 memory.append({**common, "img_size": img, "measure": f"train_step_{k[:-4]}", "setting": f"tasks={tasks}",
                                "tasks": tasks, "value": v, "unit": "MiB",
-                               "note": "CUDA max_memory_allocated" if args.device.startswith("cuda") else
-                               "CPU VmHWM in a forked child (reset before the step), minus RSS before it"})
+                               "note": "CUDA max_memory_allocated" if cuda else
+                               MEMORY_NOTES.get(k[:-4], MEMORY_NOTES["peak_delta"])})
             print(f"[{img}px] train-step peak memory at {tasks} tasks: +{res['peak_delta_mib']:.1f} MiB "
-                  f"(model/state {res['state_mib']:.1f} MiB)", flush=True)
+                  f"(torch's allocations +{res['torch_peak_mib']:.1f} MiB, saved for backward "
+                  f"{res['saved_activations_mib']:.1f} MiB; model/state {res['state_mib']:.1f} MiB)", flush=True)
+        mem = {(r["measure"], r["tasks"]): r["value"] for r in memory if r["img_size"] == img}
+        for tasks in args.mem_tasks[1:]:
+            for k, name in (("peak_delta", "peak_memory"), ("torch_peak", "torch_peak"),
+                            ("saved_activations", "saved_activations")):
+                one = mem[(f"train_step_{k}", args.mem_tasks[0])]
+                ratio(img, f"train_step_{name}_ratio_{tasks}tasks_vs_1task", mem[(f"train_step_{k}", tasks)] / one,
+                      MEMORY_NOTES[k] if not args.device.startswith("cuda") or k == "saved_activations" else
+                      "CUDA max_memory_allocated")
 
     for i, img in enumerate(args.img_size):
         x, y, classes = batch(args, img)
@@ -183,7 +211,13 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         l2p = build_l2p(args, img)
         unmerged = build_sdlora(args, img, stored=10, current=False)
         inf = {"backbone": backbone, "sdlora_merged": merged, "l2p": l2p}
-        t = interleaved({k: infer_fn(m, x) for k, m in {**inf, "backbone_copy": backbone_copy, **peer_inf}.items()},
+        # issue 32: merged SD-LoRA after 1, 20 and 50 tasks (10: sdlora_merged), and unmerged after each (FLOPs only)
+        merged_at = {f"sdlora_merged_{n}tasks": build_sdlora(args, img, stored=n, current=False, merged=True)
+                     for n in TASKS if n != 10}
+        unmerged_at = {f"sdlora_unmerged_{n}tasks": build_sdlora(args, img, stored=n, current=False)
+                       for n in TASKS if n != 10}
+        t = interleaved({k: infer_fn(m, x) for k, m in {**inf, "backbone_copy": backbone_copy, **merged_at,
+                                                         **peer_inf}.items()},
                         3 * args.reps, args.warmup, args.device,
                         every={"l2p": 3, **{k: PEER_EVERY["infer"] for k in peer_inf}})
         for k, v in t.items():
@@ -192,6 +226,8 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         ratio(img, "infer_throughput_ratio_backbone_copy_vs_backbone", paired_ratio(t["backbone"], t["backbone_copy"]),
               "A/A control: identical models, shows the timing noise")
         ratio(img, "infer_throughput_ratio_sdlora_merged_vs_backbone", paired_ratio(t["backbone"], t["sdlora_merged"]))
+        for k in merged_at:
+            ratio(img, f"infer_throughput_ratio_{k}_vs_backbone", paired_ratio(t["backbone"], t[k]))
         ratio(img, "infer_throughput_ratio_l2p_vs_backbone", paired_ratio(t["backbone"], t["l2p"]))
         ratio(img, "infer_throughput_ratio_sdlora_merged_vs_l2p", paired_ratio(t["l2p"], t["sdlora_merged"]))
         if peers:
@@ -206,9 +242,14 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
 
         phase(f"FLOPs {img}px")
         # ---- FLOPs per image (inference at this batch; the unmerged update is formed once per batch)
-        per_image = count_inference(img, {**inf, "sdlora_unmerged_10tasks": unmerged, **peer_inf}, x)
+        per_image = count_inference(img, {**inf, "sdlora_unmerged_10tasks": unmerged, **merged_at, **unmerged_at,
+                                          **peer_inf}, x)
+        for k in ("sdlora_merged", "sdlora_unmerged_10tasks", *merged_at, *unmerged_at):
+            ratio(img, f"infer_flops_ratio_{k}_vs_backbone", per_image[k] / per_image["backbone"],
+                  "merged: the backbone's own FLOPs, whatever the number of tasks" if "_merged" in k else
+                  "unmerged: the update formed once per batch, a cost that grows with the tasks")
         if peers:
-            for k in ("sdlora_merged", "l2p", *peer_inf):
+            for k in ("l2p", *peer_inf):
                 ratio(img, f"infer_flops_ratio_{k}_vs_backbone", per_image[k] / per_image["backbone"])
             for k in PROMPT_SETTINGS:
                 ratio(img, f"infer_flops_ratio_{k}_vs_sdlora_merged", per_image[k] / per_image["sdlora_merged"])
@@ -223,13 +264,13 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         peers = {m: p for m, p in peers.items() if m in SGD_PEERS}
         for p in peers.values():
             p.infer.clear()
-        del merged, backbone, backbone_copy, l2p, unmerged, inf, peer_inf
+        del merged, backbone, backbone_copy, l2p, unmerged, inf, peer_inf, merged_at, unmerged_at
         gc.collect()
 
         phase(f"training step {img}px")
         # ---- training step vs stored tasks, and vs plain LoRA
         head_src = build_sdlora(args, img, stored=0, current=False).head
-        train = {f"sdlora_{n}stored": build_sdlora(args, img, stored=n) for n in args.train_tasks}
+        train = {f"sdlora_{n - 1}stored": build_sdlora(args, img, stored=n - 1) for n in args.train_tasks}
         train["seq_lora_single_pair"] = build_sdlora(args, img, stored=0, single_frozen_alpha=True)
         train["plain_lora"] = build_plain_lora(args, img, head_src)
         fns = {k: train_step_fn(m, x, y, classes) for k, m in train.items()}
@@ -239,13 +280,13 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         for k, v in t.items():
             timings.append({**common, "img_size": img, "measure": "train_step_seconds", "setting": k,
                             "value": median(v), "unit": "s", "reps": sum(s is not None for s in v)})
-        one = t["sdlora_0stored"]
-        ratio(img, "train_step_time_ratio_20tasks_vs_1task", paired_ratio(t["sdlora_20stored"], one))
-        ratio(img, "train_step_time_ratio_50tasks_vs_1task", paired_ratio(t["sdlora_50stored"], one))
-        ratio(img, "train_step_time_ratio_20tasks_vs_plain_lora", paired_ratio(t["sdlora_20stored"], t["plain_lora"]),
+        one, twenty = t["sdlora_0stored"], t["sdlora_19stored"]
+        for n in args.train_tasks[1:]:
+            ratio(img, f"train_step_time_ratio_{n}tasks_vs_1task", paired_ratio(t[f"sdlora_{n - 1}stored"], one),
+                  f"{n - 1} stored directions and the current pair")
+        ratio(img, "train_step_time_ratio_20tasks_vs_plain_lora", paired_ratio(twenty, t["plain_lora"]),
               "minimal LoRA: base(x), += B(Ax) on q and v")
-        ratio(img, "train_step_time_ratio_20tasks_vs_seq_lora", paired_ratio(t["sdlora_20stored"],
-                                                                             t["seq_lora_single_pair"]),
+        ratio(img, "train_step_time_ratio_20tasks_vs_seq_lora", paired_ratio(twenty, t["seq_lora_single_pair"]),
               "SDLoRAViT with one pair, alpha frozen")
         ratio(img, "train_step_time_ratio_1task_vs_plain_lora", paired_ratio(one, t["plain_lora"]))
         for k in peer_steps:
@@ -286,7 +327,8 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
 
     # ---- parameters, end to end, data loading
     phase("parameters, end to end, data loading")
-    params = [{**common, "img_size": "", **r} for r in params_per_task(args) + peer_params]
+    params = [{**common, "img_size": "", **r} for r in params_per_task(args) + stored_after_tasks(args, TASKS)
+              + peer_params]
     e2e = end_to_end(args)
     e2e = [{**common, "img_size": "", **r} for r in e2e]
     data = [{**common, **r} for r in data_loading_share(args)]

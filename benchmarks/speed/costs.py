@@ -48,6 +48,26 @@ def params_per_task(args) -> list[dict]:
     return rows
 
 
+def stored_after_tasks(args, tasks: tuple[int, ...]) -> list[dict]:
+    """Stored adapter numbers (directions, their scales, magnitudes; the head is the same for every method) after each
+    of ``tasks`` for SD-LoRA and RR (the paper's schedule, its last rank kept after task 7), counted on the model after
+    adding and freezing that many pairs. KD stores SD-LoRA's count less one task's directions and magnitude per absorbed
+    task, a number only training tells: SD-LoRA's count is its upper bound."""
+    rows = []
+    schedules = {"sdlora": lambda t: args.rank, "sdlora-rr": lambda t: rank_for_task(t, PAPER_SCHEDULE)}
+    for method, rank_of in schedules.items():
+        m = sdlora_vit(args.model, img_size=32, rank=args.rank)  # counts do not depend on weights or input size
+        for t in range(max(tasks)):
+            m.add_task(rank_of(t))
+            m.freeze_task()
+            if t + 1 in tasks:
+                rows.append({"method": method, "setting": f"task={t + 1}", "task": t + 1,
+                             "measure": "stored_adapter_params_after_tasks", "value": m.stored_adapter_params(),
+                             "unit": "count", "note": f"ranks {rank_of(0)}..{rank_of(t)}; stored rank per adapted "
+                                                      f"slice {m.adapters[0].stored_rank}"})
+    return rows
+
+
 def end_to_end(args) -> list[dict]:
     """Wall time per method from compare's run folders under ``--results-root``: per_task.csv, else a running
     job's parts."""

@@ -105,6 +105,38 @@ def _inference_rows(args: Namespace, fl: list[dict], ra: list[dict], ti: list[di
     return rows
 
 
+def tasks_rows(args: Namespace, frames: dict[str, list[dict]]) -> list[dict]:
+    """Issue 32: per image size and number of tasks, every cost relative to the same cost after one task (training)
+    or to the frozen backbone (inference)."""
+    ra = frames["ratios"]
+    rows = []
+    for img in args.img_size:
+        for n in args.train_tasks:
+            def r(measure: str) -> float:
+                return 1.0 if n == 1 and "vs_1task" in measure else _value(ra, img_size=img, measure=measure)
+
+            merged = "sdlora_merged" if n == 10 else f"sdlora_merged_{n}tasks"
+            unmerged = f"sdlora_unmerged_{n}tasks"
+            rows.append({"img_size": img, "tasks": n,
+                         "step time (x 1 task)": r(f"train_step_time_ratio_{n}tasks_vs_1task"),
+                         "step peak RSS (x 1 task)": r(f"train_step_peak_memory_ratio_{n}tasks_vs_1task"),
+                         "step peak torch CPU/CUDA alloc (x 1 task)": r(f"train_step_torch_peak_ratio_{n}tasks_vs_1task"),
+                         "saved for backward (x 1 task)": r(f"train_step_saved_activations_ratio_{n}tasks_vs_1task"),
+                         "merged img/s (x backbone)": r(f"infer_throughput_ratio_{merged}_vs_backbone"),
+                         "merged FLOPs (x backbone)": r(f"infer_flops_ratio_{merged}_vs_backbone"),
+                         "unmerged FLOPs (x backbone)": r(f"infer_flops_ratio_{unmerged}_vs_backbone")})
+    return rows
+
+
+def _stored_after_rows(params: list[dict]) -> list[dict]:
+    wide: dict[int, dict] = {}
+    for r in (r for r in params if r["measure"] == "stored_adapter_params_after_tasks"):
+        wide.setdefault(r["task"], {"tasks": r["task"]})[r["method"]] = float(r["value"])
+    for w in wide.values():
+        w["sdlora-rr (x sdlora)"] = w.get("sdlora-rr", float("nan")) / w.get("sdlora", float("nan"))
+    return list(wide.values())
+
+
 TRAIN_SETTINGS = ("backbone_head_only", "sdlora_9stored", "dualprompt", "coda_prompt", "l2p", "inflora",
                   "ranpac_first_session", "aper_first_session")
 
@@ -280,7 +312,8 @@ def readme(args: Namespace, argv: list[str], frames: dict[str, list[dict]], runt
     """The run's README.md: command, machine, every table, and with ``--peers`` the peer methods' section."""
     cmd = " ".join(["python -m benchmarks.speed"] + [shlex.quote(str(a)) for a in argv])
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    mem = [r for r in frames["memory"] if r["measure"] == "train_step_peak_delta"]
+    mem = [r for r in frames["memory"] if r["measure"] in ("train_step_peak_delta", "train_step_torch_peak",
+                                                           "train_step_saved_activations")]
     par = [r for r in frames["params"] if r["measure"] in ("learnable_adapter_params", "stored_params_total")
            and r["method"] != "sdlora-kd (upper bound = sdlora)"]
     wide = {}
@@ -303,9 +336,25 @@ Model `{args.model}`, batch {args.batch_size}, {args.reps} interleaved repetitio
 SD-LoRA: {3 * args.reps}) after {args.warmup} warm-up call(s);
 every ratio is the median over repetitions of the per-repetition ratio of two models timed back to back
 in one process; `infer_throughput_ratio_backbone_copy_vs_backbone` (two identical models, A/A) shows
-the noise floor of the machine. SD-LoRA models: 10 (inference) or N (training) stored tasks with random non-zero B,
+the noise floor of the machine. SD-LoRA models: N finished tasks (inference; 10 where not named) or N - 1 stored
+tasks and the current pair (training) with random non-zero B,
 rank {args.rank}, a 100-class head (last 10 classes trainable); the backbone reference has the same head.
 
+## Cost against the number of tasks (issue 32)
+
+Training: after N tasks, the step of the N-th (N-1 stored directions and the current pair), each cost over the same
+cost in the first task: wall time (interleaved, median), peak RSS above the RSS before the step (forked child),
+torch's own peak allocation during the step (CPU: its profiler's memory events; CUDA: max_memory_allocated) and the
+bytes of the tensors autograd saves for backward that the model does not hold anyway. Inference: merged SD-LoRA
+after N tasks against the frozen backbone (timed, and FLOPs counted), and the unmerged model's FLOPs (the update
+formed once per batch). Target: 1.10 for training at 50 tasks; merged inference equal to the backbone.
+
+{table(tasks_rows(args, frames), _cols(tasks_rows(args, frames)))}
+Stored adapter numbers (directions, scales, magnitudes; the head is the same for every method) after N tasks, rank
+{args.rank}; RR with the paper's schedule (its last rank, 6, kept after task 7). KD stores at most SD-LoRA's (one
+task fewer per absorbed task; how many it absorbs only training tells).
+
+{table(_stored_after_rows(frames['params']), _cols(_stored_after_rows(frames['params'])))}
 ## Ratios
 
 {table(frames['ratios'], ['img_size', 'measure', 'value', 'target', 'meets_target', 'note'])}
@@ -314,7 +363,7 @@ rank {args.rank}, a 100-class head (last 10 classes trainable); the backbone ref
 {table(frames['timings'], ['img_size', 'measure', 'setting', 'value', 'unit'])}
 ## Peak memory of a training step (above the RSS before the step)
 
-{table(mem, ['img_size', 'setting', 'value', 'unit', 'note'])}
+{table(mem, ['img_size', 'measure', 'setting', 'value', 'unit', 'note'])}
 ## FLOPs per image
 
 {table(frames['flops'], ['img_size', 'measure', 'setting', 'value', 'note'])}

@@ -73,12 +73,17 @@ def step_fn(model: nn.Module, loss: Callable[[], Tensor], optimizer: torch.optim
     return step
 
 
+def sdlora_loss(model: nn.Module, x: Tensor, y: Tensor, classes: list[int]) -> Callable[[], Tensor]:
+    """forward + SD-LoRA's loss (cross-entropy over the current classes, the library's)."""
+    columns = torch.tensor(classes, device=x.device)
+    return lambda: F.cross_entropy(*current_classes_view(model(x), y, columns))
+
+
 def train_step_fn(model: nn.Module, x: Tensor, y: Tensor, classes: list[int]) -> Callable[[], float]:
-    """forward + SD-LoRA's loss (cross-entropy over the current classes, the library's) + backward + SGD step."""
+    """forward + SD-LoRA's loss (:func:`sdlora_loss`) + backward + SGD step."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
-    columns = torch.tensor(classes, device=x.device)
-    return step_fn(model, lambda: F.cross_entropy(*current_classes_view(model(x), y, columns)), opt)
+    return step_fn(model, sdlora_loss(model, x, y, classes), opt)
 
 
 def infer_fn(model: nn.Module, x: Tensor) -> Callable[[], Tensor]:
