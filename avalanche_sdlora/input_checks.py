@@ -42,6 +42,8 @@ def check_images(x: object, backbone: nn.Module, who: str = "the images given to
     """Images must be a float (batch, channels, height, width) tensor with the backbone's channels and size."""
     pe = backbone.patch_embed
     channels = pe.proj.in_channels
+    if isinstance(x, torch.fx.Proxy):  # symbolic tracing (Avalanche's RAR traces the model): no values to check
+        return
     if not isinstance(x, Tensor):
         raise TypeError(f"{who} are a {type(x).__name__}, not a tensor; pass images as a float tensor "
                         f"(batch, {channels}, height, width), e.g. through torchvision's v2.ToImage() and v2.ToDtype")
