@@ -48,11 +48,11 @@ def load_cifar100(path: str | Path | None = None) -> dict[str, np.ndarray]:
             missing = [k for k in CIFAR_KEYS if k not in f.files]
             if missing:
                 raise KeyError(f"'{p}' lacks keys {missing} (has {sorted(f.files)}); expected x_train, y_train, "
-                               "x_test, y_test as in ../shared/README.md")
+                               "x_test, y_test (uint8 images N x H x W x 3, labels 0..99)")
             data = {k: f[k] for k in CIFAR_KEYS}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise ValueError(f"'{p}' is not a readable npz file, truncated or damaged ({type(exc).__name__}: {exc}); "
-                         f"pass {_PATH_ARG} a complete copy of cifar100.npz (its sha256 is in ../shared/README.md)") from exc
+                         f"pass {_PATH_ARG} a complete copy of cifar100.npz") from exc
     for split in ("train", "test"):
         x, y = data[f"x_{split}"], data[f"y_{split}"]
         if x.ndim != 4 or x.shape[-1] != 3 or y.ndim != 1 or len(x) != len(y):

@@ -147,7 +147,7 @@ def resolved_paper(cfg: RunConfig) -> RunConfig:
     if cfg.checkpoint is None:
         raise SystemExit(f"error: --protocol {cfg.protocol} needs --checkpoint PATH, a local weights file of "
                          f"{cfg.model} (the paper's weights are timm's {PAPER_WEIGHTS}; save them once on a machine "
-                         "with internet, see the README's 'Reproducing the paper'); nothing is downloaded")
+                         "with internet, see docs/reproducing.md); nothing is downloaded")
     checkpoint = resolve_checkpoint(cfg.model, cfg.checkpoint)
     try:
         root, lists = data_location(name, cfg.data, split=cfg.split, lists=cfg.lists)

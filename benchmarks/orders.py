@@ -9,7 +9,7 @@ one or several run folders of one protocol (a ``--class-order seed`` run, or fix
 * ``orders_summary.csv``: per method, mean and sample std (ddof=1) over orders;
 * ``paired.csv``: per method and order, the reference method (``--reference``, SD-LoRA) minus that method;
 * ``paired_summary.csv``: per method, the mean and std of that paired difference and the orders the reference wins;
-* ``table.md`` (what the README's class-order table is, via ``python -m benchmarks.headline``), ``orders.png``
+* ``table.md`` (what the class-order table of docs/results.md is, via ``python -m benchmarks.headline``), ``orders.png``
   and ``sources.json`` (the folders, relative to ``--out``, and the reference: what regenerates the rest).
 
 Folders whose settings differ other than by class order are refused naming the setting
