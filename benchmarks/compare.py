@@ -26,14 +26,19 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
+from .commands import print_kept_help
 
-from . import distributed, inputs, pool, runner
-from .config import (ORDER_SEEDS, RunConfig, add_run_flags, check_seeds, config_from_flags, default_seeds,
-                     resumed_flags)
-from .identity import identity_changes, run_identity, saved_identity
-from .methods import check_method_options, get_method, method_names
-from .run_folder import RunFolder
+if __name__ == "__main__":  # --help before importing torch, timm and Avalanche (benchmarks/commands.py says why)
+    print_kept_help("benchmarks.compare", sys.argv[1:])
+
+import torch  # noqa: E402 - after the kept help
+
+from . import distributed, inputs, pool, runner  # noqa: E402
+from .config import (ORDER_SEEDS, RunConfig, add_run_flags, check_seeds, config_from_flags,  # noqa: E402
+                     default_seeds, resumed_flags)
+from .identity import identity_changes, run_identity, saved_identity  # noqa: E402
+from .methods import check_method_options, get_method, method_names  # noqa: E402
+from .run_folder import RunFolder  # noqa: E402
 
 DEFAULT_METHODS = ("sdlora",)
 DEFAULT_OUT = Path("runs")

@@ -173,7 +173,8 @@ class RunConfig:
     method_options: tuple[tuple[str, str, Any], ...] = setting(
         (), "METHOD.NAME=VALUE: a keyword of that method's builder (e.g. ranpac.M=2000, dualprompt.lr=0.01); "
         "repeat for several", flag="--method-option", parse=parse_method_option, legacy={})
-    device: str = setting("cuda" if torch.cuda.is_available() else "cpu", "torch device")
+    device: str = setting("cuda" if torch.cuda.is_available() else "cpu",
+                          "torch device (default: cuda when torch sees a GPU, else cpu)")
     workers: int | None = setting(None, "DataLoader worker processes per run (per rank under torchrun) for the "
                                   "per-sample conversion and flip (0: in the training process) (default: 0 on CPU, "
                                   f"{GPU_WORKERS} on a GPU; config.json records the value)", check=_nonneg_int,

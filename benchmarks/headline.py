@@ -22,10 +22,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from avalanche_sdlora.atomic import write_text
+from .commands import print_kept_help
 
-from .reports import markdown_table
-from .run_set import RunSet, Spec
+if __name__ == "__main__":  # --help before torch, timm and Avalanche load
+    print_kept_help("benchmarks.headline", sys.argv[1:])
+
+from avalanche_sdlora.atomic import write_text  # noqa: E402
+
+from .reports import markdown_table  # noqa: E402
+from .run_set import RunSet, Spec  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS: tuple[Spec, ...] = ("results/cifar100-tiny128/cpu-3seeds",

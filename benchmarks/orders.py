@@ -24,14 +24,19 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
+from .commands import print_kept_help
 
-from avalanche_sdlora.atomic import write_text
+if __name__ == "__main__":  # --help before torch, timm and Avalanche load
+    print_kept_help("benchmarks.orders", sys.argv[1:])
 
-from .methods import method_names
-from .reports import markdown_grid, run_records, save_figure
-from .run_set import ORDER_KEYS, RunSet
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from avalanche_sdlora.atomic import write_text  # noqa: E402
+
+from .methods import method_names  # noqa: E402
+from .reports import markdown_grid, run_records, save_figure  # noqa: E402
+from .run_set import ORDER_KEYS, RunSet  # noqa: E402
 
 DEFAULT_REFERENCE = "sdlora"
 SOURCES = "sources.json"
