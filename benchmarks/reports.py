@@ -27,7 +27,7 @@ def write_reports(per_task: pd.DataFrame, run_dir: Path, title: str | None = Non
     write_csv(per_task, run_dir / "per_task.csv")
     write_csv(summary, run_dir / "summary.csv")
     write_text(run_dir / "table.md", markdown_table(summary))
-    plot(per_task, summary, run_dir, title=title)
+    plot(per_task, summary, run_dir, title)
 
 
 def with_class_order_seed(per_task: pd.DataFrame, config: dict) -> pd.DataFrame:
