@@ -9,4 +9,4 @@ from .strategy import SDLoRA, SDLoRAKD, SDLoRARR
 __all__ = ["SDLoRA", "SDLoRARR", "SDLoRAKD", "SDLoRAOptions", "sdlora_vit", "create_backbone", "SDLoRAViT",
            "SDLoRAQKV", "Magnitudes", "AdapterGrowthPlugin", "RankReductionPlugin", "DistillationPlugin",
            "FiniteLossPlugin"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # pyproject.toml reads it; CHANGELOG.md says what changed

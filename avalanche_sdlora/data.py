@@ -22,6 +22,7 @@ from avalanche.benchmarks.utils import _make_taskaware_classification_dataset
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
+from tqdm import tqdm
 
 from .assets import default_asset, require_file
 from .atomic import write_with
@@ -54,11 +55,11 @@ def load_cifar100(path: str | Path | None = None, splits: tuple[str, ...] = ("tr
             missing = [k for k in keys if k not in f.files]
             if missing:
                 raise KeyError(f"'{p}' lacks keys {missing} (has {sorted(f.files)}); expected x_train, y_train, "
-                               "x_test, y_test as in ../shared/README.md")
+                               "x_test, y_test (uint8 images N x H x W x 3, labels 0..99)")
             data = {k: f[k] for k in keys}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise ValueError(f"'{p}' is not a readable npz file, truncated or damaged ({type(exc).__name__}: {exc}); "
-                         f"pass {_PATH_ARG} a complete copy of cifar100.npz (its sha256 is in ../shared/README.md)") from exc
+                         f"pass {_PATH_ARG} a complete copy of cifar100.npz") from exc
     for split in splits:
         x, y = data[f"x_{split}"], data[f"y_{split}"]
         if x.ndim != 4 or x.shape[-1] != 3 or y.ndim != 1 or len(x) != len(y):
@@ -102,6 +103,10 @@ def check_labels(y: np.ndarray, n_classes: int, where: str) -> None:
 IMAGE_CACHE_ENV = "SDLORA_IMAGE_CACHE"  # the folder resize_images keeps resized images in (read per call)
 
 
+# A step that takes longer than this shows a progress bar (on stderr); shorter ones stay silent.
+PROGRESS_DELAY_S = 2.0
+
+
 def resize_images(x: np.ndarray, size: int, batch: int = 2000, cache_dir: str | Path | None = None) -> Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, size, size) uint8, bicubic, cached per process.
 
@@ -121,11 +126,15 @@ def resize_images(x: np.ndarray, size: int, batch: int = 2000, cache_dir: str | 
             _CACHE[key] = _load_mapped(path, (len(x), 3, size, size))
             return _CACHE[key]
     out = torch.empty(len(x), 3, size, size, dtype=torch.uint8)
-    for i in range(0, len(x), batch):
-        t = torch.from_numpy(x[i:i + batch]).permute(0, 3, 1, 2).float()
-        if t.shape[-1] != size:
-            t = F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False)
-        out[i:i + batch] = t.round_().clamp_(0, 255).to(torch.uint8)
+    hint = "" if path is not None else f"; ${IMAGE_CACHE_ENV}=DIR keeps them on disk for the next run"
+    with tqdm(total=len(x), unit="img", delay=PROGRESS_DELAY_S,
+              desc=f"resizing {len(x)} images to {size} px (once per process{hint})") as progress:
+        for i in range(0, len(x), batch):
+            t = torch.from_numpy(x[i:i + batch]).permute(0, 3, 1, 2).float()
+            if t.shape[-1] != size:
+                t = F.interpolate(t, size=(size, size), mode="bicubic", align_corners=False)
+            out[i:i + batch] = t.round_().clamp_(0, 255).to(torch.uint8)
+            progress.update(len(t))
     if path is not None:
         write_with(path, lambda f: np.save(f, out.numpy()))  # a unique temporary name: other processes may write it too
         out = _load_mapped(path, tuple(out.shape))

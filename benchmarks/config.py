@@ -164,13 +164,15 @@ class RunConfig:
     classes: int | None = setting(None, "use only the first N classes of the order-free label set (quick runs; on a "
                                   "paper protocol the folder's class count is then not checked)", check=_positive_int)
     test_per_class: int | None = setting(None, "test images per class (default: all)", check=_positive_int)
-    data: str | None = setting(None, "the data: the CIFAR-100 npz of the cifar100-tiny*/cifar100-paper protocols "
-                               "(default: cifar100.npz in the assets folder); the dataset's folder for a paper "
+    data: str | None = setting(None, "the data: the CIFAR-100 npz (or torchvision's cifar-100-python folder) of the "
+                               "cifar100-tiny*/cifar100-paper protocols (default: cifar100.npz in the assets folder "
+                               "or $SDLORA_CACHE, else torchvision's download, once); the dataset's folder for a paper "
                                "protocol (default: the loaders' variables, e.g. $SDLORA_IMAGENET_R or "
                                "$SDLORA_DATA/imagenet-r)",
                                label="--data (the data's content)")
-    checkpoint: str | None = setting(None, "local weights file (default: <model>.safetensors in the assets folder; "
-                                     "required by a paper protocol)", label="--checkpoint (the weights' content)")
+    checkpoint: str | None = setting(None, "local weights file (default: <model>.safetensors in the assets folder "
+                                     "or $SDLORA_CACHE, else timm's pretrained weights, fetched once; required by a "
+                                     "paper protocol)", label="--checkpoint (the weights' content)")
     sdlora: SDLoRAOptions = setting(SDLoRAOptions(), "SD-LoRA's options (flags from SDLoRAOptions' fields; --rank is "
                                     "also the rank of the one LoRA pair of seq-lora and the Avalanche baselines)",
                                     flag=None)
@@ -182,7 +184,8 @@ class RunConfig:
     method_options: tuple[tuple[str, str, Any], ...] = setting(
         (), "METHOD.NAME=VALUE: a keyword of that method's builder (e.g. ranpac.M=2000, dualprompt.lr=0.01); "
         "repeat for several", flag="--method-option", parse=parse_method_option, legacy={})
-    device: str = setting("cuda" if torch.cuda.is_available() else "cpu", "torch device")
+    device: str = setting("cuda" if torch.cuda.is_available() else "cpu",
+                          "torch device (default: cuda when torch sees a GPU, else cpu)")
     workers: int | None = setting(None, "DataLoader worker processes per run (per rank under torchrun) for the "
                                   "per-sample conversion and flip (0: in the training process) (default: 0 on CPU, "
                                   f"{GPU_WORKERS} on a GPU; config.json records the value)", check=_nonneg_int,

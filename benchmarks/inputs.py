@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from avalanche_sdlora.assets import default_asset
+from avalanche_sdlora import public_sources
 from avalanche_sdlora.data import IMAGE_CACHE_ENV, N_CLASSES, split_cifar100, task_labelled
 from avalanche_sdlora.datasets import LOADERS, PAPER_BENCHMARKS, data_location
 from avalanche_sdlora.model import create_backbone
@@ -60,25 +60,33 @@ def check_classes(cfg: RunConfig) -> None:
 
 
 def resolve_checkpoint(model: str, given: str | None) -> str:
-    """The weights file: the one given, else ``<model>.safetensors`` in the assets folder; a clear error if neither."""
-    checkpoint = given or default_asset(f"{model}.safetensors")
-    if checkpoint is None:
-        raise SystemExit(f"error: no weights for '{model}' in the assets folder: pass --checkpoint PATH or set "
-                         "$SDLORA_ASSETS to the folder holding <model>.safetensors")
-    if not Path(checkpoint).is_file():
-        raise SystemExit(f"error: --checkpoint '{checkpoint}' is not a file; pass the path of the weights file")
-    return str(checkpoint)
+    """The weights file: the one given, else ``<model>.safetensors`` in the assets folder or the cache, else timm's
+    pretrained weights fetched into the cache (:mod:`avalanche_sdlora.public_sources`); a clear error if none."""
+    if given is None:
+        try:
+            return str(public_sources.vit_weights(model))
+        except FileNotFoundError as exc:
+            raise SystemExit(f"error: {exc}") from None
+    if not Path(given).is_file():
+        raise SystemExit(f"error: --checkpoint '{given}' is not a file; pass the path of the weights file")
+    return str(given)
 
 
 def resolve_data(given: str | None) -> str:
-    """The CIFAR-100 npz: the one given, else ``cifar100.npz`` in the assets folder."""
-    data = given or default_asset("cifar100.npz")
-    if data is None:
-        raise SystemExit("error: cifar100.npz not found in the assets folder: pass --data PATH or set $SDLORA_ASSETS "
-                         "to the folder holding it")
-    if not Path(data).is_file():
-        raise SystemExit(f"error: --data '{data}' is not a file; pass the path of the CIFAR-100 npz")
-    return str(data)
+    """The CIFAR-100 npz: the one given (an npz, or torchvision's CIFAR-100 folder, converted once into the cache),
+    else the assets folder's or the cache's, else torchvision's download into the cache."""
+    try:
+        if given is None:
+            return str(public_sources.cifar100_npz())
+        if Path(given).is_dir():
+            npz = public_sources.cache_dir() / public_sources.CIFAR_NPZ
+            return str(npz if npz.is_file() else public_sources.cifar100_folder_to_npz(given, npz))
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"error: {' '.join(str(exc).split())}") from None
+    if not Path(given).is_file():
+        raise SystemExit(f"error: --data '{given}' is not a file (nor a folder); pass the CIFAR-100 npz or "
+                         "torchvision's cifar-100-python folder")
+    return str(given)
 
 
 def check_per_class(cfg: RunConfig) -> None:
@@ -167,7 +175,7 @@ def resolved_paper(cfg: RunConfig) -> RunConfig:
     if cfg.checkpoint is None:
         raise SystemExit(f"error: --protocol {cfg.protocol} needs --checkpoint PATH, a local weights file of "
                          f"{cfg.model} (the paper's weights are timm's {PAPER_WEIGHTS}; save them once on a machine "
-                         "with internet, see the README's 'Reproducing the paper'); nothing is downloaded")
+                         "with internet, see docs/reproducing.md); nothing is downloaded")
     checkpoint = resolve_checkpoint(cfg.model, cfg.checkpoint)
     try:
         root, lists = data_location(name, cfg.data, split=cfg.split, lists=cfg.lists)

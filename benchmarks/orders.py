@@ -9,7 +9,7 @@ one or several run folders of one protocol (a ``--class-order seed`` run, or fix
 * ``orders_summary.csv``: per method, mean and sample std (ddof=1) over orders;
 * ``paired.csv``: per method and order, the reference method (``--reference``, SD-LoRA) minus that method;
 * ``paired_summary.csv``: per method, the mean and std of that paired difference and the orders the reference wins;
-* ``table.md`` (what the README's class-order table is, via ``python -m benchmarks.headline``), ``orders.png``
+* ``table.md`` (what the class-order table of docs/results.md is, via ``python -m benchmarks.headline``), ``orders.png``
   and ``sources.json`` (the folders, relative to ``--out``, and the reference: what regenerates the rest).
 
 Folders whose settings differ other than by class order are refused naming the setting
@@ -24,15 +24,20 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
+from .commands import print_kept_help
 
-from avalanche_sdlora.atomic import remove_stale_temps, remove_temps_on_termination, write_text
+if __name__ == "__main__":  # --help before torch, timm and Avalanche load
+    print_kept_help("benchmarks.orders", sys.argv[1:])
 
-from .methods import method_names
-from .reports import markdown_grid, run_records, save_figure
-from .run_folder import RunLock
-from .run_set import ORDER_KEYS, RunSet
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from avalanche_sdlora.atomic import remove_stale_temps, remove_temps_on_termination, write_text  # noqa: E402
+
+from .methods import method_names  # noqa: E402
+from .reports import markdown_grid, method_style, run_records, save_figure  # noqa: E402
+from .run_folder import RunLock  # noqa: E402
+from .run_set import ORDER_KEYS, RunSet  # noqa: E402
 
 DEFAULT_REFERENCE = "sdlora"
 SOURCES = "sources.json"
@@ -171,13 +176,13 @@ def plot(orders: pd.DataFrame, pairs: pd.DataFrame, reference: str, path: Path) 
     all_orders = sorted(done["class_order_seed"].unique())
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     for method, g in done.groupby("method", sort=False):
-        left.plot([all_orders.index(o) for o in g["class_order_seed"]], 100 * g["acc"], marker="o", ms=4,
-                  label=method)
+        left.plot([all_orders.index(o) for o in g["class_order_seed"]], 100 * g["acc"], ms=4, label=method,
+                  **method_style(method))  # one (colour, marker) per method, as in every plot of the harness
     left.set_xticks(range(len(all_orders)), [str(o) for o in all_orders])
     left.set_xlabel("class order (seed)")
     left.set_ylabel("final accuracy Acc (%)")
     left.grid(alpha=0.3)
-    left.legend(fontsize=7)
+    left.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     methods = list(dict.fromkeys(pairs["method"]))
     for k, method in enumerate(methods):
         d = 100 * pairs.loc[pairs["method"] == method, "acc_diff"].to_numpy()
@@ -188,7 +193,7 @@ def plot(orders: pd.DataFrame, pairs: pd.DataFrame, reference: str, path: Path) 
     right.set_ylabel(f"{reference} minus method, Acc (points)")
     right.set_title("points: class orders; bar: mean", fontsize=9)
     right.grid(alpha=0.3)
-    save_figure(fig, path)
+    save_figure(fig, path, pdf=True)
 
 
 def shown_paths(runs: RunSet, out: str | Path) -> dict[str, str]:

@@ -5,7 +5,7 @@ A preset sets SD-LoRA's training recipe: the optimizer and learning rate of the 
 protocol's budget (data, epochs, batch size), so ``--preset paper`` on ``cifar100-tiny128`` still trains 3 epochs at
 batch 32: the paper's epochs and batch size are those of the named paper protocols (``imagenet-r-10`` ...), and the
 authors' 20 epochs are ``--epochs 20`` there. Flags given beside ``--preset`` override it. Each value carries its
-source; :func:`preset_table` renders the README's table of every difference from them.
+source; :func:`preset_table` renders docs/reproducing.md's table of every difference from them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from avalanche_sdlora.options import AUTHORS_SCHEDULE, PAPER_SCHEDULE, SDLoRAOpt
 from .protocols import AUTHORS_LR, PAPER_BATCH_SIZE, PAPER_EPOCHS, PROTOCOLS, authors_lr, canonical, dataset_of
 
 OPTIMIZERS = ("sgd", "adam")  # sgd: momentum 0.9, no weight decay (the shared recipe); adam: torch's defaults
-SOURCES = {"paper": "the paper (Wu et al., ICLR 2025), as ../shared/REFERENCE.md quotes it",
+SOURCES = {"paper": "the paper (Wu et al., ICLR 2025, arXiv 2501.13198)",
            "official": "the authors' code, WuYichen-97/SD-Lora-CL at 8bacded (its released logs print each run's "
                        "config)"}
 
@@ -35,7 +35,7 @@ class Setting:
 
 @dataclass(frozen=True)
 class Preset:
-    """A named SD-LoRA recipe: what it sets (``optimizer``, ``lr``, ``options``) and, for the README's table, what
+    """A named SD-LoRA recipe: what it sets (``optimizer``, ``lr``, ``options``) and, for docs/reproducing.md's table, what
     it cannot set because the protocol owns it (``epochs``, ``batch_size``) or the harness has one form only
     (``schedule``, ``weight_decay``, ``normalization``)."""
 
@@ -130,7 +130,7 @@ def _show(value: Any) -> str:
 
 
 def preset_table() -> str:
-    """The README's table of every difference between the presets, each value with its source (markdown)."""
+    """docs/reproducing.md's table of every difference between the presets, each value with its source (markdown)."""
     official_lr = ", ".join(f"{lr:g} ({b}{'' if t is None else f'-{t}'})" for (b, t), (lr, _) in AUTHORS_LR.items())
     rows = [("optimizer (`--sdlora-optimizer`)", PAPER.optimizer, OFFICIAL.optimizer),
             ("learning rate (`--sdlora-lr`)", PAPER.lr, Setting(official_lr, OFFICIAL.lr.source))]

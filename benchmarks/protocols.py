@@ -54,7 +54,7 @@ AUTHORS_LR: dict[tuple[str, int | None], tuple[float, str]] = {
     ("imagenet-a", None): (0.01, "authors' logs/InA.log"),
     ("cifar100", None): (0.008, "authors' logs/C100.log and exps/sdlora_c100.json"),
     ("domainnet", None): (0.02, "authors' exps/sdlora_dom.json (no log released; it also decays the lr x0.005 at "
-                                 "epochs 4, 6 and 8, which the harness does not: see the README's preset table)"),
+                                 "epochs 4, 6 and 8, which the harness does not: see the preset table of docs/reproducing.md)"),
     ("cub", None): (0.01, "none: the authors released no CUB config or log; their ImageNet-R/-A value"),
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from avalanche_sdlora.atomic import write_text, write_with
 from avalanche_sdlora.metrics import average_anytime_accuracy, backward_transfer, forgetting
 
 from .config import RunConfig
+from .methods import method_names
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -18,14 +20,14 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
     write_text(path, df.to_csv(index=False))
 
 
-def write_reports(per_task: pd.DataFrame, run_dir: Path) -> None:
-    """per_task.csv, summary.csv, table.md and the two plots of a run folder."""
+def write_reports(per_task: pd.DataFrame, run_dir: Path, title: str | None = None) -> None:
+    """per_task.csv, summary.csv, table.md and the two plots of a run folder (``title`` heads the plots)."""
     run_dir = Path(run_dir)
     summary = summarize(per_task)
     write_csv(per_task, run_dir / "per_task.csv")
     write_csv(summary, run_dir / "summary.csv")
     write_text(run_dir / "table.md", markdown_table(summary))
-    plot(per_task, summary, run_dir)
+    plot(per_task, summary, run_dir, title)
 
 
 def with_class_order_seed(per_task: pd.DataFrame, config: dict) -> pd.DataFrame:
@@ -130,39 +132,74 @@ def markdown_table(summary: pd.DataFrame) -> str:
                           "BWT", "trainable params", "stored params", "train s", "seeds"], rows)
 
 
-def plot(per_task: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> None:
-    """seen_accuracy.png (a line per method, std band over seeds) and final_accuracy.png (bars)."""
+# Ten colours times four markers: 40 distinct (colour, marker) pairs, one per method in registry order, so a method
+# looks the same in every plot of every command (sdlora and simplecil no longer share a colour).
+_MARKERS = ("o", "s", "^", "D")
+
+
+def method_style(method: str) -> dict[str, str]:
+    """The plot style of a method: a (colour, marker) pair no other registered method has."""
+    names = list(method_names())
+    k = names.index(method) if method in names else len(names) + zlib.crc32(method.encode()) % 20  # stable
+    return {"color": f"C{k % 10}", "marker": _MARKERS[(k // 10) % len(_MARKERS)]}
+
+
+def plot(per_task: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, title: str | None = None) -> None:
+    """seen_accuracy.png/.pdf (a line per method, std band over seeds, legend outside, integer experience ticks)
+    and final_accuracy.png/.pdf (horizontal bars sorted by accuracy, error bars only where a method has several
+    seeds); ``title`` (e.g. the protocol) heads both, with the seed count."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     out_dir = Path(out_dir)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    n_seeds = per_task.groupby("method")["seed"].nunique() if len(per_task) else pd.Series(dtype=int)
+    runs = sorted(set(n_seeds.tolist()))
+    seeds = ("1 seed" if runs == [1] else f"{'/'.join(map(str, runs))} seeds, mean ± std") if runs else ""
+    head = ", ".join(s for s in (title, seeds) if s)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     for method, g in per_task.groupby("method", sort=False):
         s = g.groupby("experience")["acc_seen"].agg(["mean", "std"]).fillna(0.0)
         x = s.index.to_numpy() + 1
-        ax.plot(x, 100 * s["mean"], marker="o", ms=3, label=method)
-        ax.fill_between(x, 100 * (s["mean"] - s["std"]), 100 * (s["mean"] + s["std"]), alpha=0.2)
-    ax.set_xlabel("experience")
+        style = method_style(method)
+        ax.plot(x, 100 * s["mean"], ms=4, label=method, **style)
+        ax.fill_between(x, 100 * (s["mean"] - s["std"]), 100 * (s["mean"] + s["std"]), alpha=0.15,
+                        color=style["color"])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("experience (task)")
     ax.set_ylabel("accuracy on seen classes (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save_figure(fig, out_dir / "seen_accuracy.png")
-    if len(summary):
-        s = summary.sort_values("acc_mean", ascending=False)
-        fig, ax = plt.subplots(figsize=(7, 4))
-        s = s[s["n_seeds"] > 0]
-        ax.bar(s["method"], 100 * s["acc_mean"], yerr=100 * s["acc_std"].fillna(0), capsize=3)
-        ax.set_ylabel("final accuracy Acc (%)")
-        ax.tick_params(axis="x", rotation=30)
-        save_figure(fig, out_dir / "final_accuracy.png")
+    if head:
+        ax.set_title(head, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    save_figure(fig, out_dir / "seen_accuracy.png", pdf=True)
+    done = summary[summary["n_seeds"] > 0].sort_values("acc_mean") if len(summary) else summary
+    if len(done):
+        fig, ax = plt.subplots(figsize=(7, 0.8 + 0.35 * len(done)))
+        y = np.arange(len(done))
+        several = (done["n_seeds"] > 1).to_numpy()
+        ax.barh(y, 100 * done["acc_mean"], color=[method_style(m)["color"] for m in done["method"]])
+        if several.any():
+            ax.errorbar(100 * done["acc_mean"][several], y[several], xerr=100 * done["acc_std"][several],
+                        fmt="none", ecolor="k", capsize=3, lw=1)
+        ax.set_yticks(y, done["method"])
+        ax.set_xlabel("final accuracy Acc (%)" + (" (bars: mean, lines: ± std over seeds)" if several.any() else ""))
+        ax.grid(axis="x", alpha=0.3)
+        if head:
+            ax.set_title(head, fontsize=10)
+        save_figure(fig, out_dir / "final_accuracy.png", pdf=True)
 
 
-def save_figure(fig, path: Path, dpi: int = 120) -> None:
-    """A matplotlib figure laid out, written atomically as PNG, and closed (every plot of the harness)."""
+def save_figure(fig, path: Path, dpi: int = 120, pdf: bool = False) -> None:
+    """A matplotlib figure laid out, written atomically as PNG and closed (every plot of the harness); with ``pdf``
+    also as a vector PDF beside it (for a paper), both cropped to what is drawn (a legend outside the axes too)."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    write_with(path, lambda f: fig.savefig(f, dpi=dpi, format="png"))
+    crop = {"bbox_inches": "tight"} if pdf else {}
+    write_with(path, lambda f: fig.savefig(f, dpi=dpi, format="png", **crop))
+    if pdf:
+        write_with(Path(path).with_suffix(".pdf"), lambda f: fig.savefig(f, format="pdf", **crop))
     plt.close(fig)

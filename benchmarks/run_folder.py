@@ -27,6 +27,7 @@ import pandas as pd
 from avalanche_sdlora.atomic import remove_stale_temps, write_text
 
 from . import folder_checks, reports
+from .config import RunConfig
 
 LOCK_NAME = ".lock"
 CALL_KEYS = ("command", "started_utc", "wall_seconds", "methods", "seeds", "device", "device_name", "threads",
@@ -302,5 +303,6 @@ class RunFolder:
         reports.write_csv(self.gather(), self.per_task_path)
 
     def write_reports(self) -> None:
-        """per_task.csv, summary.csv, table.md and the plots, from the parts."""
-        reports.write_reports(self.gather(), self.path)
+        """per_task.csv, summary.csv, table.md and the plots (titled with the run's protocol), from the parts."""
+        protocol = RunConfig.from_json(self.read_config()).protocol if self.has_config() else None  # old formats too
+        reports.write_reports(self.gather(), self.path, title=None if protocol is None else f"protocol {protocol}")

@@ -22,15 +22,21 @@ import shlex
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
+from .commands import print_kept_help
 
-from . import compare, distributed
-from .config import ORDER_SEEDS, RunConfig, add_run_flags, check_seeds, config_from_flags, default_seeds, flags_for
-from .methods import check_method_options
-from .reports import run_records, save_figure, with_class_order_seed, write_csv
-from .run_folder import RunFolder
+if __name__ == "__main__":  # --help before torch, timm and Avalanche load
+    print_kept_help("benchmarks.study", sys.argv[1:])
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from . import compare, distributed  # noqa: E402
+from .config import (ORDER_SEEDS, RunConfig, add_run_flags, check_seeds, config_from_flags,  # noqa: E402
+                     default_seeds, flags_for)
+from .methods import check_method_options  # noqa: E402
+from .reports import run_records, save_figure, with_class_order_seed, write_csv  # noqa: E402
+from .run_folder import RunFolder  # noqa: E402
 
 DEFAULT_METHODS = ("sdlora", "seq-lora", "ncm")
 GRID = {"epochs": [1, 3, 10], "train_per_class": [100, 500], "lr": [0.01, 0.05]}  # the axes and their defaults

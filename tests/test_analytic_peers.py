@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 import math
 
 import pytest
@@ -204,6 +205,31 @@ def test_ranpac_names_num_classes_when_labels_exceed_it(tiny_bench):
     strategy.train(tiny_bench.train_stream[0])  # classes 0, 1
     with pytest.raises(ValueError, match=r"classes \[2, 3\] not below num_classes=2"):
         strategy.train(tiny_bench.train_stream[1])
+
+
+def test_ranpac_warns_when_m_exceeds_the_streams_images_and_announces_long_refits(tiny_bench, capsys, monkeypatch):
+    """At M >= ANNOUNCED_M each refit says it started and how long it took; M above the stream's training images
+    (about 32 here: 16 in the first of 2 experiences) warns once, naming the flag that makes it smaller. The
+    threshold is lowered to 128 so the solves stay instant; the rule is the same."""
+    monkeypatch.setattr(ranpac, "ANNOUNCED_M", 128)
+    M = 128
+    strategy = build("ranpac", M=M)
+    with pytest.warns(UserWarning, match=rf"M = {M} random features for about 32 training images \(16 in the "
+                                         r"first of 2 experiences\).*"
+                                         r"--method-option ranpac.M=64\)"):
+        strategy.train(tiny_bench.train_stream[0])
+    out = capsys.readouterr().out
+    assert f"RanPAC: refitting the ridge head after experience 0 ({M} x {M} solve)..." in out
+    assert "RanPAC: head refitted in " in out
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second refit does not warn again
+        strategy.train(tiny_bench.train_stream[1])
+    assert f"after experience 1 ({M} x {M} solve)" in capsys.readouterr().out
+    quiet = build("ranpac", M=64)  # below the threshold: neither a warning nor a line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet.train(tiny_bench.train_stream[0])
+    assert "RanPAC" not in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------- first session, APER

@@ -26,6 +26,22 @@ def test_disk_cache_matches_memory_and_is_reused(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_a_long_resize_shows_progress_and_a_short_one_does_not(monkeypatch, capsys):
+    """A resize longer than PROGRESS_DELAY_S shows what it does on stderr (lowered to 0 here: every resize is long);
+    one shorter stays silent."""
+    x = _images(10)
+    monkeypatch.setattr(data, "_CACHE", {})
+    data.resize_images(x, 16)
+    assert capsys.readouterr().err == ""  # 10 tiny images: far below the delay
+    monkeypatch.setattr(data, "_CACHE", {})
+    monkeypatch.setattr(data, "PROGRESS_DELAY_S", 0)
+    monkeypatch.delenv("SDLORA_IMAGE_CACHE", raising=False)
+    data.resize_images(x, 16, batch=4)
+    err = capsys.readouterr().err
+    assert "resizing 10 images to 16 px (once per process; $SDLORA_IMAGE_CACHE=DIR keeps them on disk" in err
+    assert "10/10" in err
+
+
 def test_a_cache_file_of_another_shape_is_a_clear_error(tmp_path, monkeypatch):
     x = _images()
     monkeypatch.setattr(data, "_CACHE", {})

@@ -1,4 +1,5 @@
-"""The README's two opening commands are exactly what CI runs, and its example uses the real API."""
+"""The README's two opening commands are exactly what CI runs, its examples use the real API and run, it fits on a
+screen, and it and docs/ point only inside the repository."""
 
 import ast
 import re
@@ -35,6 +36,13 @@ def test_readme_example_runs_on_a_tiny_slice():
     """The drop-in example, shrunk only in data size, trains, evaluates, merges and exports."""
     import timm
 
+    ns = _run_dropin()
+    plain = timm.create_model("vit_tiny_patch16_224", num_classes=4, img_size=32)
+    plain.load_state_dict(ns["state"])  # strict: the export is a plain timm state dict
+
+
+def _run_dropin() -> dict:
+    """The README's drop-in example, shrunk only in data size, run; its namespace."""
     src = _blocks("python")[0]
     shrink = {"split_cifar100(n_experiences=10, train_per_class=100, img_size=128)":
               "split_cifar100(n_experiences=2, train_per_class=3, test_per_class=2, img_size=32, classes=list(range(4)))",
@@ -45,12 +53,45 @@ def test_readme_example_runs_on_a_tiny_slice():
         src = src.replace(old, new)
     ns: dict = {}
     exec(compile(src, "README.md", "exec"), ns)
-    plain = timm.create_model("vit_tiny_patch16_224", num_classes=4, img_size=32)
-    plain.load_state_dict(ns["state"])  # strict: the export is a plain timm state dict
+    return ns
+
+
+def test_readme_adapters_block_round_trips_the_dropin_model(tmp_path):
+    """The adapters block, run after the (shrunk) drop-in example: saved, reloaded into a fresh base, merged and
+    exported, it gives the drop-in model's exported state tensor for tensor."""
+    import torch
+
+    ns = _run_dropin()
+    src = _blocks("python")[1].replace('"adapters/"', repr(str(tmp_path / "adapters")))
+    before = ns["state"]
+    exec(compile(src, "README.md", "exec"), ns)
+    assert (tmp_path / "adapters" / "adapter_config.json").is_file()
+    assert ns["state"].keys() == before.keys()
+    for key, value in before.items():
+        torch.testing.assert_close(ns["state"][key], value, rtol=0, atol=1e-6, msg=key)
+
+
+def test_readme_fits_on_a_screen_and_docs_point_inside_the_repository():
+    """README.md under 200 lines; no README or docs page names a path outside the checkout (``../shared``) or an
+    issue tracker readers cannot see; every relative link of them names a file or folder that exists."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert len((ROOT / "README.md").read_text().splitlines()) < 200
+    assert (ROOT / "docs" / "README.md").is_file()
+    for page in pages:
+        text = page.read_text()
+        assert "../shared" not in text and "REFERENCE.md" not in text, page
+        assert not re.search(r"\(issue \d+|issue \d+\)|issues? #?\d+\b", text, flags=re.I), page
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if "://" in target:
+                continue
+            assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"
+    toc = (ROOT / "docs" / "README.md").read_text()
+    for page in pages[1:]:  # every docs page is in the table of contents
+        assert page.name == "README.md" or f"]({page.name})" in toc, page.name
 
 
 def test_headline_tables_are_the_committed_runs_tables():
-    """README.md and results/README.md lead with tables generated from the committed runs: the headline from the
+    """docs/results.md and results/README.md lead with tables generated from the committed runs: the headline from the
     summary.csv of each run folder of headline.RUNS (one folder: its table.md), the class-order table (once
     committed) from the class-order report's table.md, which tests/test_orders.py regenerates from its runs."""
     from benchmarks import headline

@@ -82,11 +82,48 @@ def test_plots_are_written_atomically_and_durably(tmp_path, monkeypatch):
     summary = summarize(per_task)
     events = _trace_durability(monkeypatch)
     plot(per_task, summary, tmp_path)
-    for name in ("seen_accuracy.png", "final_accuracy.png"):
+    for name in ("seen_accuracy.png", "final_accuracy.png", "seen_accuracy.pdf", "final_accuracy.pdf"):
         k = events.index(("rename", name))
         assert events[k - 1] == ("fsync", "file") and events[k + 1] == ("fsync", "dir"), events
-        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["final_accuracy.png", "seen_accuracy.png"]
+        assert (tmp_path / name).read_bytes()[:4] == (b"\x89PNG" if name.endswith(".png") else b"%PDF")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final_accuracy.pdf", "final_accuracy.png",
+                                                          "seen_accuracy.pdf", "seen_accuracy.png"]
+
+
+def test_every_method_has_its_own_colour_and_marker():
+    from benchmarks.methods import method_names
+    from benchmarks.reports import method_style
+
+    styles = [tuple(method_style(m).values()) for m in method_names()]
+    assert len(set(styles)) == len(styles)
+    assert method_style("sdlora") != method_style("simplecil")  # they shared a colour in the old plots
+
+
+def test_plots_read_as_a_reviewer_expects(tmp_path, monkeypatch):
+    """Integer task ticks, the legend outside the axes, the title naming the protocol and seed count, bars sorted
+    by accuracy with an error bar only for a method with several seeds."""
+    from benchmarks import reports
+
+    figures = {}
+
+    def keep(fig, path, dpi=120, pdf=False):
+        figures[path.name] = (fig, pdf)
+
+    monkeypatch.setattr(reports, "save_figure", keep)
+    per_task = pd.DataFrame(_rows("sdlora", 0, [0.9, 0.8, 0.7]) + _rows("sdlora", 1, [0.9, 0.7, 0.6])
+                            + _rows("ncm", 0, [0.95, 0.9, 0.85]) + _rows("seq-lora", 0, [0.5, 0.4, 0.3]))
+    reports.plot(per_task, summarize(per_task), tmp_path, title="protocol p")
+    (seen, pdf), (final, _) = figures["seen_accuracy.png"], figures["final_accuracy.png"]
+    assert pdf
+    ax = seen.axes[0]
+    ax.figure.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks == [1.0, 2.0, 3.0]
+    assert ax.get_legend().get_bbox_to_anchor().transformed(ax.transAxes.inverted()).x0 > 1  # right of the axes
+    assert ax.get_title() == "protocol p, 1/2 seeds, mean ± std"
+    bars = final.axes[0]
+    assert [t.get_text() for t in bars.get_yticklabels()] == ["seq-lora", "sdlora", "ncm"]  # ascending: best on top
+    assert len(bars.containers) == 2 and len(bars.containers[1].lines[2][0].get_segments()) == 1  # sdlora's only
 
 
 def test_every_committed_summary_regenerates_byte_identical():

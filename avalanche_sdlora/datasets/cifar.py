@@ -1,5 +1,5 @@
 """CIFAR-100 from torchvision's own ``cifar-100-python`` folder (the official 50,000 / 10,000 split) or from the
-project's shared npz (its own 500 / 100 per class split, see ../shared/README.md).
+project's shared npz (its own 500 / 100 per class split).
 
 torchvision's ``CIFAR100`` reads the folder and verifies each file's md5 itself; it is only wrapped here so that a
 missing or corrupted folder gets an error naming the path and the layout.

@@ -1,5 +1,9 @@
 import sys
 
+from ..commands import print_kept_help
+
+print_kept_help("benchmarks.speed", sys.argv[1:])  # --help before torch, timm and Avalanche load
+
 from ..compare import cli
 from . import main
 
