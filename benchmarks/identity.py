@@ -69,11 +69,17 @@ def run_identity(cfg: RunConfig, threads: int) -> dict[str, Any]:
     return identity
 
 
+# Protocol fields that were run fields before (issue 30: a protocol sets its training precision): a folder that did
+# not record one ran with its legacy value, as for any run field.
+FORMER_RUN_FIELDS = ("train_amp",)
+
+
 def _legacy() -> dict[str, Any]:
     """What a run folder that did not record a setting ran with: SD-LoRA options and fields added since."""
     out = dict(SDLoRAOptions().to_dict())
     for f in dataclasses.fields(RunConfig):
-        if f.metadata["legacy"] is not dataclasses.MISSING and f.name not in PROTOCOL_FIELDS:
+        if f.metadata["legacy"] is not dataclasses.MISSING and (f.name not in PROTOCOL_FIELDS or
+                                                               f.name in FORMER_RUN_FIELDS):
             out[f.name] = f.metadata["legacy"]
     return out
 

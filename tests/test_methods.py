@@ -105,7 +105,7 @@ def test_method_options_are_checked_by_name():
         check_method_options((("ranpac", "N", 64),))
     with pytest.raises(ValueError, match="unknown method 'ranpak'"):
         check_method_options((("ranpak", "M", 64),))
-    with pytest.raises(ValueError, match="sdlora has no option 'rank'; it takes none"):
+    with pytest.raises(ValueError, match="sdlora has no option 'rank'; its options are optimizer, lr"):
         check_method_options((("sdlora", "rank", 4),))  # SD-LoRA's options are flags of their own
 
 
