@@ -9,8 +9,10 @@ weights, a teacher snapshot of its shared LoRA and 100 prototypes; MOS with 10 s
 prototypes and the mean and covariance of 100 classes; CaRE with 10 experts, routers and latent heads per block, its
 anchored shared adapters and 100 class Gaussians. Values training would set are random: costs depend on shapes, not
 values. What each method trains by gradient is timed as one step of its last task (RanPAC and APER
-only train in the first session: that step), and the analytic per-experience update (RanPAC's ridge fit at its M,
-prototype means, InfLoRA's SVDs and subspace update) is timed apart.
+only train in the first session: that step; CL-LoRA, MOS and CaRE: one iteration of their own strategy's forward,
+criterion, backward and optimizer step, CL-LoRA's distillation step included), and the analytic per-experience update
+(RanPAC's ridge fit at its M, prototype means, InfLoRA's SVDs and subspace update, MOS's and CaRE's classifier
+alignment on features drawn from the stored class Gaussians) is timed apart.
 """
 
 from __future__ import annotations
@@ -287,6 +289,12 @@ def _care(strategy, x: Tensor) -> nn.Module:
 
 
 _LAST_TASK = {"cl-lora": _cl_lora, "mos": _mos, "care": _care}
+STORED_NOTES = {"cl-lora": "after the 10th task (its training head dropped); kd_teacher: the shared LoRA as after the "
+                            "9th task; prototypes: one d-vector per class (d={d})",
+                "mos": "after the 10th task; class_covariances: one d x d matrix per class (d={d}); adapter_sums: the "
+                       "running sums its merge pulls towards",
+                "care": "after the 10th task; class_covariances: one d x d matrix per class (d={d}); experts, routers "
+                        "and latent heads: one per task and block"}
 
 
 def _time_alignment(method: str, strategy, after: nn.Module, quick: bool) -> tuple[float, str]:
@@ -343,7 +351,7 @@ def build_peer(method: str, args, img: int, x: Tensor, *, batches: list[Tensor] 
         peer.infer[method.replace("-", "_")] = after
         state = SimpleNamespace(model=after)
         peer.stored = {k: v for k, v in NEW_PEERS[method].stored_breakdown(state).items() if v}
-        peer.stored_note = "after the 10th task (random values, the shapes training leaves)"
+        peer.stored_note = STORED_NOTES[method].format(d=after.backbone.num_features)
         if time_update and method != "cl-lora":
             peer.update_seconds, peer.update_note = _time_alignment(method, strategy, after, args.quick)
     else:  # ranpac, aper, simplecil

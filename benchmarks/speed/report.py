@@ -188,7 +188,8 @@ def _claim_rows(args: Namespace, fl: list[dict], ra: list[dict]) -> list[dict]:
              "GFLOPs/img": _g(_value(fl, **there, setting=k)), FLOPS_VS_SD: _value(fl, **there, setting=k) / sd,
              "paper GFLOPs/img": PAPER_GFLOPS.get(k, nan),
              PAPER_VS_SD: PAPER_GFLOPS.get(k, nan) / PAPER_GFLOPS["sdlora_merged"], SD_SPEED_VS: nan}
-            for k in ("backbone", "sdlora_merged", "inflora_merged", "inflora_branches", *PROMPT_SETTINGS)]
+            for k in ("backbone", "sdlora_merged", "inflora_merged", "inflora_branches", *PROMPT_SETTINGS,
+                      "cl_lora", "mos", "care")]
     here = {"model": args.model, "batch": args.batch_size, "measure": "infer_flops_per_image"}
     for img in args.img_size:
         for k in PROMPT_SETTINGS:
@@ -305,7 +306,8 @@ stored class Gaussians (n/a: their statistics and prototype passes are not count
 `{args.paper_model}` at {args.paper_img_size} px: random weights, batch 1, FLOPs only (not timed; FLOPs depend on
 the architecture alone), beside the paper's numbers: {PAPER_SOURCE}. `{args.model}` rows: this run's models (FLOPs
 at batch {args.batch_size}, throughput timed). L2P prepends prompt_length x top_k prompt tokens to the patch tokens,
-so with few patches (small inputs) its ratio is well above 2; with ViT-B/16's 196 patches it is close to 2.
+so with few patches (small inputs) its ratio is well above 2; with ViT-B/16's 196 patches it is close to 2. The
+rows of CL-LoRA, MOS and CaRE (issue 31, after 10 tasks) are set beside the claim, not part of it.
 
 {claim_verdict(claim)}
 
