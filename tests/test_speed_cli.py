@@ -12,8 +12,10 @@ from avalanche_sdlora.assets import default_asset
 from benchmarks import speed
 from benchmarks.speed.timing import count_flops, count_flops_and_passes
 
-PEER_INFERENCE = ("dualprompt", "coda_prompt", "inflora_merged", "inflora_branches", "ranpac", "aper", "simplecil")
-PEER_TRAINING = ("dualprompt", "coda_prompt", "l2p", "inflora", "ranpac_first_session", "aper_first_session")
+PEER_INFERENCE = ("dualprompt", "coda_prompt", "inflora_merged", "inflora_branches", "ranpac", "aper", "simplecil",
+                  "cl_lora", "mos", "care")
+PEER_TRAINING = ("dualprompt", "coda_prompt", "l2p", "inflora", "ranpac_first_session", "aper_first_session",
+                 "cl_lora", "mos", "care")
 EXPECTED = {
     "ratios": {"infer_throughput_ratio_sdlora_merged_vs_backbone", "infer_throughput_ratio_l2p_vs_backbone",
                "infer_throughput_ratio_sdlora_merged_vs_l2p", "train_step_time_ratio_20tasks_vs_1task",
@@ -23,11 +25,11 @@ EXPECTED = {
                *(f"infer_flops_ratio_{k}_vs_sdlora_merged" for k in ("dualprompt", "coda_prompt", "l2p")),
                *(f"train_step_time_ratio_{k}_vs_{ref}" for k in PEER_TRAINING for ref in ("backbone", "sdlora")),
                *(f"analytic_update_time_ratio_{m}_vs_backbone_feature_pass"
-                 for m in ("ranpac", "aper", "simplecil", "inflora"))},
+                 for m in ("ranpac", "aper", "simplecil", "inflora", "mos", "care"))},
     "timings": {"infer_images_per_second", "train_step_seconds", "analytic_update_seconds_per_experience"},
     "memory": {"train_step_peak_delta"},
     "flops": {"infer_flops_per_image", "train_step_flops_per_image", "infer_forward_passes_per_image",
-              "experience_extra_passes_per_train_image"},
+              "infer_backbone_block_passes_per_image", "experience_extra_passes_per_train_image"},
     "params": {"learnable_params", "stored_params_total", "stored_params_added", "stored_params_after_10_tasks"},
     "end_to_end": {"data_loading_share"},
 }
@@ -91,6 +93,10 @@ def test_quick_peer_flops_follow_their_mechanisms(quick_run):
             assert f[k] >= 1.99 * b, (key, k, f[k] / b)  # (or APER's frozen one) has no classifier head
         assert b < f["ranpac"] < 1.2 * b, key  # one pass + adapters + the random projection and its ridge head
         assert f["simplecil"] == pytest.approx(b, rel=0.01), key
+        # issue 31: MOS one pass per stored adapter (10), CaRE 10 known-task passes + 1 unknown (11), each pass with
+        # adapters and experts on top; CL-LoRA 6 shared + 10 x 6 later blocks (5.5 backbones) and LoRA on q, v
+        assert 10 * b < f["mos"] < 11 * b and 11 * b < f["care"] < 13 * b, key
+        assert 5.4 * b < f["cl_lora"] < 6 * b, key
 
 
 def test_quick_counted_forward_passes_equal_the_registered_traits(quick_run):
@@ -98,9 +104,14 @@ def test_quick_counted_forward_passes_equal_the_registered_traits(quick_run):
     flops = pd.read_csv(out / "flops.csv")
     passes = flops[flops["measure"] == "infer_forward_passes_per_image"]
     assert set(passes["setting"]) == {"backbone", "sdlora_merged", "l2p", *PEER_INFERENCE}
-    assert len(passes) == 2 * 10  # every inference model, at this run's size and on the paper architecture
+    assert len(passes) == 2 * 13  # every inference model, at this run's size and on the paper architecture
     assert (passes["value"] == passes["trait"]).all(), passes[["model", "setting", "value", "trait"]]
-    assert dict(zip(passes["setting"], passes["value"]))["aper"] == 2
+    counted = dict(zip(passes["setting"], passes["value"]))
+    assert counted["aper"] == 2 and counted["mos"] == 10 and counted["care"] == 11 and counted["cl_lora"] == 1
+    blocks = flops[flops["measure"] == "infer_backbone_block_passes_per_image"]
+    blocks = dict(zip(blocks["setting"], blocks["value"]))
+    assert blocks["cl_lora"] == pytest.approx(5.5)  # one embedding, then 6 shared + 6 x 10 task-specific blocks
+    assert all(blocks[k] == pytest.approx(counted[k]) for k in counted if k != "cl_lora"), blocks
     extra = flops[flops["measure"] == "experience_extra_passes_per_train_image"]
     assert dict(zip(extra["setting"], extra["value"])) == {"inflora": 2, "ranpac": 1, "aper": 2, "simplecil": 1}
 
@@ -114,7 +125,8 @@ def test_quick_peer_rows_stored_state_and_claim(quick_run):
     par = pd.read_csv(out / "params.csv")
     stored = par[par["measure"] == "stored_params_after_10_tasks"]
     parts = {(m, p): v for m, p, v in zip(stored["method"], stored["part"], stored["value"])}
-    methods = {"sdlora", "dualprompt", "coda-prompt", "l2p", "inflora", "ranpac", "aper", "simplecil"}
+    methods = {"sdlora", "dualprompt", "coda-prompt", "l2p", "inflora", "ranpac", "aper", "simplecil", "cl-lora",
+               "mos", "care"}
     assert {m for m, _ in parts} == methods and all(parts[m, "total"] > 0 for m in methods)
     assert parts["ranpac", "G"] == 64 * 64  # --quick: M = 64; G is M x M
     assert parts["ranpac", "total"] == sum(v for (m, p), v in parts.items() if m == "ranpac" and p != "total")
@@ -122,6 +134,14 @@ def test_quick_peer_rows_stored_state_and_claim(quick_run):
     assert parts["inflora", "total"] == parts["inflora", "branches"] + parts["inflora", "subspace_bases"] + \
         parts["inflora", "head"]
     assert parts["inflora", "branches"] == 12 * 10 * (10 * 192 + 2 * 192 * 10)  # blocks x tasks x (A + B_k, B_v)
+    for m in ("cl-lora", "mos", "care"):  # stored by parts, after 10 tasks
+        assert parts[m, "total"] == sum(v for (k, p), v in parts.items() if k == m and p != "total"), m
+    # ViT-Tiny (d 192), 100 classes: a d x d covariance per class; CL-LoRA (rank 8): the module's own arithmetic
+    assert parts["mos", "class_covariances"] == parts["care", "class_covariances"] == 100 * 192 * 192
+    assert parts["mos", "task_adapters"] == parts["mos", "adapter_sums"] == 10 * 76_224
+    assert parts["cl-lora", "specific_lora"] == 10 * 6 * 2 * 2 * 192 * 8 and parts["cl-lora", "prototypes"] == 100 * 192
+    assert parts["cl-lora", "total"] == 461_748 and parts["mos", "total"] == 5_344_804
+    assert ("cl-lora", "training_head") not in parts  # the training head is dropped after the task
     readme = (out / "README.md").read_text()
     assert "## Peer methods" in readme and "The paper's claim" in readme and "**Holds**" in readme
 

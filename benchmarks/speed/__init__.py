@@ -10,11 +10,12 @@ profiler's memory events; CUDA: max_memory_allocated), with the bytes autograd s
 Issue 32: step time, step memory and merged inference after 1, 10, 20 and 50 tasks (``TASKS``), as ratios to one
 task (training) or to the frozen backbone (inference), and stored adapter numbers of SD-LoRA and RR at those counts.
 
-``--peers`` adds the peer methods (issues 16, 17: DualPrompt, CODA-Prompt, L2P, InfLoRA merged and branch-summed,
-RanPAC, APER, SimpleCIL, each built by its registered builder as during the last of 10 tasks) to the same
-interleaved runs: forward passes per image (counted), FLOPs, throughput and training step relative to the frozen
-backbone and to SD-LoRA, the per-experience analytic updates, stored state after 10 tasks, and FLOPs of the paper's
-architecture (``--paper-model``, random weights, not timed) to set beside the paper's Table 5.
+``--peers`` adds the peer methods (issues 16, 17, 31: DualPrompt, CODA-Prompt, L2P, InfLoRA merged and
+branch-summed, RanPAC, APER, SimpleCIL, CL-LoRA, MOS, CaRE, each built by its registered builder as during the last
+of 10 tasks) to the same interleaved runs: forward passes per image (counted), FLOPs, throughput and training step
+relative to the frozen backbone and to SD-LoRA, the per-experience analytic updates (MOS's and CaRE's classifier
+alignment among them), stored state after 10 tasks by parts, and FLOPs of the paper's architecture
+(``--paper-model``, random weights, not timed) to set beside the paper's Table 5.
 
 Writes ``<out>/{ratios,timings,memory,flops,params,end_to_end}.csv`` (tidy rows: model, img_size,
 measure, setting, value, unit, device, threads, ...), ``<out>/train_step_vs_tasks.png`` and
@@ -47,7 +48,7 @@ from .models import N_HEAD_TASKS, build_backbone, build_l2p, build_plain_lora, b
 from .peers import (CLAIM_TARGET, PAPER_GFLOPS, PAPER_SOURCE, PEER_EVERY, PROMPT_SETTINGS, SETTING_METHOD, SGD_PEERS,
                     UPDATE_IMAGES, build_peers, paper_architecture_models, stored_rows, train_steps)
 from .report import fmt, plot, readme
-from .timing import (batch, count_flops, count_flops_and_passes, infer_fn, interleaved, median, paired_ratio,
+from .timing import (batch, count_flops, count_inference_costs, infer_fn, interleaved, median, paired_ratio,
                      train_step_fn)
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -91,8 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny sizes and few repetitions (< 60 s; for tests)")
     p.add_argument("--peers", action="store_true",
                    help="also measure the peer methods (DualPrompt, CODA-Prompt, L2P, InfLoRA, RanPAC, APER, "
-                        "SimpleCIL) in the same interleaved runs, and their FLOPs on --paper-model (about doubles the "
-                        "runtime)")
+                        "SimpleCIL, CL-LoRA, MOS, CaRE) in the same interleaved runs, and their FLOPs on --paper-model "
+                        "(about doubles the runtime)")
     p.add_argument("--paper-model", default=None, help="--peers: timm ViT whose FLOPs per image are set beside the "
                    "paper's Table 5, random weights, not timed (default vit_base_patch16_224; --quick: --model)")
     p.add_argument("--paper-img-size", type=int, default=None, help="--peers: input size of --paper-model (default "
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         """FLOPs and counted forward passes per image of each inference model (flops.csv rows)."""
         per_image = {}
         for k, m in models.items():
-            f, passes = count_flops_and_passes(infer_fn(m, x), m, x.shape[0])
+            f, passes, blocks = count_inference_costs(infer_fn(m, x), m, x.shape[0])
             per_image[k] = f / x.shape[0]
             base = {**common, "img_size": img, "setting": k, "batch": x.shape[0],
                     **({"model": model} if model else {})}
@@ -154,6 +155,10 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
                               "trait": get_method(method).forward_passes(N_HEAD_TASKS) if method else 1,
                               "note": "images through the model's timm PatchEmbed modules per input image; trait: "
                                       "the method's registered inference_forward_passes"})
+                flops.append({**base, "measure": "infer_backbone_block_passes_per_image", "value": blocks,
+                              "unit": "count",
+                              "note": "transformer block calls per input image over the ViT's depth (backbones' worth "
+                                      "of blocks; CL-LoRA runs its later blocks once per task after one embedding)"})
         return per_image
 
     def phase(name):

@@ -4,10 +4,15 @@ Every strategy comes from its registered builder (``benchmarks.methods``: the re
 brought, without training, to the state it has during the last of 10 tasks: DualPrompt with its 10 E-prompts and keys
 (the 10th trainable), CODA-Prompt with the components of 10 tasks, InfLoRA with 10 branches (input matrices set from
 data by its own plugin, kept subspace updated after each task), RanPAC and APER adapted (adapters frozen) with their
-classifier fitted over 100 classes, every head with 100 classes. Values training would set are random: costs depend
-on shapes, not values. What each method trains by gradient is timed as one step of its last task (RanPAC and APER
-only train in the first session: that step), and the analytic per-experience update (RanPAC's ridge fit at its M,
-prototype means, InfLoRA's SVDs and subspace update) is timed apart.
+classifier fitted over 100 classes, every head with 100 classes; CL-LoRA with 10 task-specific LoRAs and block
+weights, a teacher snapshot of its shared LoRA and 100 prototypes; MOS with 10 stored adapters, their running sums,
+prototypes and the mean and covariance of 100 classes; CaRE with 10 experts, routers and latent heads per block, its
+anchored shared adapters and 100 class Gaussians. Values training would set are random: costs depend on shapes, not
+values. What each method trains by gradient is timed as one step of its last task (RanPAC and APER
+only train in the first session: that step; CL-LoRA, MOS and CaRE: one iteration of their own strategy's forward,
+criterion, backward and optimizer step, CL-LoRA's distillation step included), and the analytic per-experience update
+(RanPAC's ridge fit at its M, prototype means, InfLoRA's SVDs and subspace update, MOS's and CaRE's classifier
+alignment on features drawn from the stored class Gaussians) is timed apart.
 """
 
 from __future__ import annotations
@@ -31,22 +36,30 @@ from avalanche_sdlora.strategy import current_classes_view
 
 from ..config import RunConfig
 from ..methods import get_method
+from ..peers import care as care_peer
+from ..peers import classifier_alignment as care_alignment
+from ..peers import cl_lora as cl_lora_peer
 from ..peers import inflora as inflora_peer
+from ..peers import mos as mos_peer
 from ..peers import ranpac as ranpac_peer
 from .models import N_CLASSES, N_HEAD_TASKS, build_backbone, build_sdlora, fill_head, weights
-from .timing import PassCounter, batch, step_fn, train_step_fn
+from .timing import PassCounter, batch, step_fn, strategy_step_fn, train_step_fn
 
 # Registry names of the peer methods, in table order.
-PEER_METHODS = ("dualprompt", "coda-prompt", "l2p", "inflora", "ranpac", "aper", "simplecil")
+PEER_METHODS = ("dualprompt", "coda-prompt", "l2p", "inflora", "ranpac", "aper", "simplecil", "cl-lora", "mos", "care")
 PROMPT_SETTINGS = ("dualprompt", "coda_prompt", "l2p")
 # The paper's claim: every prompt method costs about 2x merged SD-LoRA at inference; a ratio must reach this.
 CLAIM_TARGET = 1.9
-SGD_PEERS = ("dualprompt", "coda-prompt", "l2p", "inflora")  # trained by SGD steps in every task (their state is kept)
+# trained by SGD steps in every task (their state is kept)
+SGD_PEERS = ("dualprompt", "coda-prompt", "l2p", "inflora", "cl-lora", "mos", "care")
 PEER_EVERY = {"infer": 3, "train": 2}  # peers run every n-th repetition of the interleaved runs (as L2P at inference)
 # Setting of the speed tables -> registry name (whose INFERENCE_FORWARD_PASSES trait the counted passes must equal).
 SETTING_METHOD = {"backbone": None, "sdlora_merged": "sdlora", "dualprompt": "dualprompt",
                   "coda_prompt": "coda-prompt", "l2p": "l2p", "inflora_merged": "inflora",
-                  "inflora_branches": "inflora", "ranpac": "ranpac", "aper": "aper", "simplecil": "simplecil"}
+                  "inflora_branches": "inflora", "ranpac": "ranpac", "aper": "aper", "simplecil": "simplecil",
+                  "cl_lora": "cl-lora", "mos": "mos", "care": "care"}
+# Issue 31's peers: registry name -> their module (each has ``stored_breakdown``); set up by ``_LAST_TASK`` below.
+NEW_PEERS = {"cl-lora": cl_lora_peer, "mos": mos_peer, "care": care_peer}
 # Paper Table 5 (ImageNet-R 20 tasks, ViT-B/16 at 224 px), GFLOPs per image.
 PAPER_GFLOPS = {"l2p": 70.14, "dualprompt": 70.26, "coda_prompt": 70.61, "inflora_merged": 35.12,
                 "sdlora_merged": 35.12}
@@ -190,6 +203,128 @@ def _fitted(strategy, x: Tensor, time_update: bool) -> tuple[float | None, float
     return (seconds if time_update else None), passes
 
 
+def _task_classes(t: int) -> list[int]:
+    per = N_CLASSES // N_HEAD_TASKS
+    return list(range(t * per, (t + 1) * per))
+
+
+def _random_params_(module: nn.Module, gen: torch.Generator, scale: float = 0.02) -> None:
+    for p in module.parameters():
+        _random_(p, gen, scale)
+
+
+def _gaussians(n: int, dim: int, gen: torch.Generator, device) -> tuple[Tensor, Tensor]:
+    """Random class means and diagonal positive-definite covariances (shapes as stored: n x d, n x d x d)."""
+    means = torch.randn(n, dim, generator=gen)
+    covs = torch.diag_embed(1 + torch.rand(n, dim, generator=gen))
+    return means.to(device), covs.to(device)
+
+
+def _cl_lora(strategy, x: Tensor) -> nn.Module:
+    """CL-LoRA: 9 tasks finished (their specific LoRA and block weights frozen, prototypes of their classes, the
+    shared LoRA's teacher snapshot), the 10th started (its specific LoRA, block weights and training head trainable).
+    Returns a copy finished after the 10th task: the inference model and the stored state."""
+    model = strategy.model.to(x.device)
+    gen = torch.Generator().manual_seed(0)
+
+    def finish(m, t: int) -> None:  # prototypes of the task's classes (one random feature each), then end_task
+        classes = torch.tensor(_task_classes(t), device=x.device)
+        m.add_prototypes(torch.randn(len(classes), m.width, generator=gen).to(x.device), classes, t)
+        m.end_task()
+
+    for t in range(N_HEAD_TASKS):
+        model.start_task(_task_classes(t))
+        for pairs in (*model.shared, *model.specific[-1]):
+            for pair in pairs:
+                _random_(pair.up.weight, gen)  # up starts at zero; trained values stand in
+        if t < N_HEAD_TASKS - 1:
+            finish(model, t)
+    after = copy.deepcopy(model)
+    finish(after, N_HEAD_TASKS - 1)
+    strategy.make_optimizer()
+    return after
+
+
+def _mos(strategy, x: Tensor) -> nn.Module:
+    """MOS: 9 tasks finished (adapter snapshots and running sums, class statistics, prototypes), the 10th training
+    its current adapter (class-to-task map set). Returns a copy finished after the 10th task."""
+    model = strategy.model.to(x.device)
+    gen = torch.Generator().manual_seed(0)
+    dim = model.head.in_features
+
+    def finish(m, t: int) -> None:
+        classes = torch.tensor(_task_classes(t), device=x.device)
+        for mlp in m.mlps:
+            _random_params_(mlp.adapter, gen)  # the trained adapter stands in
+        m.snapshot()
+        m.add_statistics(classes, *_gaussians(len(classes), dim, gen, x.device))
+        m.prototypes.absorb(torch.randn(len(classes), dim, generator=gen).to(x.device), classes)
+        m.task += 1
+
+    for t in range(N_HEAD_TASKS):
+        model.class_task[_task_classes(t)] = t
+        if t < N_HEAD_TASKS - 1:
+            finish(model, t)
+    after = copy.deepcopy(model)
+    finish(after, N_HEAD_TASKS - 1)
+    strategy.make_optimizer()
+    return after
+
+
+def _care(strategy, x: Tensor) -> nn.Module:
+    """CaRE: 10 tasks added (per block: 10 experts, routers and latent heads, the 10th trainable; the head's 10 row
+    blocks), the shared adapters anchored as in a later task's phases, Gaussians of 100 classes. Training only
+    anchors and trains; inference reads no statistics: one model serves both."""
+    model = strategy.model.to(x.device)
+    gen = torch.Generator().manual_seed(0)
+    for t in range(N_HEAD_TASKS):
+        model.add_task(_task_classes(t))
+    for moe in model.moes:
+        for adapter in (moe.shared, *moe.experts):
+            _random_(adapter.scale, gen)  # zero-initialised: a fresh adapter is a no-op
+        moe.anchor_shared()
+    model.stats.means, model.stats.covs = _gaussians(N_CLASSES, model.head.in_features, gen, x.device)
+    strategy.make_optimizer()
+    return model
+
+
+_LAST_TASK = {"cl-lora": _cl_lora, "mos": _mos, "care": _care}
+STORED_NOTES = {"cl-lora": "after the 10th task (its training head dropped); kd_teacher: the shared LoRA as after the "
+                            "9th task; prototypes: one d-vector per class (d={d})",
+                "mos": "after the 10th task; class_covariances: one d x d matrix per class (d={d}); adapter_sums: the "
+                       "running sums its merge pulls towards",
+                "care": "after the 10th task; class_covariances: one d x d matrix per class (d={d}); experts, routers "
+                        "and latent heads: one per task and block"}
+
+
+def _time_alignment(method: str, strategy, after: nn.Module, quick: bool) -> tuple[float, str]:
+    """Seconds of MOS's / CaRE's classifier alignment after the 10th task, on a copy of the head: features drawn from
+    the 100 stored class Gaussians, the method's epochs (``quick``: one), lr and draws per class (CaRE aligns twice in
+    a later task, after each of its two phases: both are timed). CL-LoRA has no analytic update (its prototypes are
+    class means of a feature pass)."""
+    head = copy.deepcopy(after.head)
+    epochs = 1 if quick else (strategy.ca_epochs if method == "mos" else strategy.align_epochs)
+    torch.manual_seed(0)  # the draws use torch's global generator, as the references'
+    t0 = time.perf_counter()
+    if method == "mos":
+        k = 5 * strategy.train_mb_size
+        mos_peer.align_classifier(head, after.stat_classes, after.class_means, after.class_covs,
+                                  epochs=epochs, lr=strategy.ca_lr, weight_decay=strategy.weight_decay,
+                                  samples_per_class=k)
+        runs = 1
+    else:
+        k = strategy.align_samples
+        for _ in range(2):
+            care_alignment.align_classifier(head, after.stats, epochs=epochs, lr=strategy.align_lr,
+                                            per_class=k, scale=after.scale)
+        runs = 2
+    seconds = time.perf_counter() - t0
+    what = f"{epochs} epoch(s){' (--quick)' if quick else ''} x {N_CLASSES} classes"
+    return seconds, (f"classifier alignment{' x2' if runs == 2 else ''}: {what}, {k} features drawn per class from "
+                     f"its d x d Gaussian (d={after.head.in_features}), head-only SGD steps (statistics and prototype "
+                     "passes excluded)")
+
+
 def build_peer(method: str, args, img: int, x: Tensor, *, batches: list[Tensor] | None = None,
                time_update: bool = False) -> Peer:
     """``method`` built by its registered builder and set up as during its last of 10 tasks."""
@@ -211,6 +346,14 @@ def build_peer(method: str, args, img: int, x: Tensor, *, batches: list[Tensor] 
         sub = strategy.subspace_plugin.subspace
         peer.stored = {"subspace_bases": sub.numel(), "head": sum(p.numel() for p in model.head.parameters())}
         peer.stored_note = "branches: one A and the k, v B per task and block"
+    elif method in NEW_PEERS:
+        after = _LAST_TASK[method](strategy, x)
+        peer.infer[method.replace("-", "_")] = after
+        state = SimpleNamespace(model=after)
+        peer.stored = {k: v for k, v in NEW_PEERS[method].stored_breakdown(state).items() if v}
+        peer.stored_note = STORED_NOTES[method].format(d=after.backbone.num_features)
+        if time_update and method != "cl-lora":
+            peer.update_seconds, peer.update_note = _time_alignment(method, strategy, after, args.quick)
     else:  # ranpac, aper, simplecil
         peer.update_seconds, peer.extra_passes = _fitted(strategy, x, time_update)
         peer.infer[method] = model
@@ -223,7 +366,8 @@ def build_peer(method: str, args, img: int, x: Tensor, *, batches: list[Tensor] 
             peer.update_note = f"class means of {UPDATE_IMAGES} features"
     for m in peer.infer.values():
         m.eval()
-    peer.stored["total"] = int(get_method(method).stored_params(strategy))
+    after = SimpleNamespace(model=peer.infer[method.replace("-", "_")]) if method in NEW_PEERS else strategy
+    peer.stored["total"] = int(get_method(method).stored_params(after))
     if method == "inflora":  # the branches are what the method's count holds besides the bases and the head
         peer.stored = {"branches": peer.stored["total"] - sum(v for k, v in peer.stored.items() if k != "total"),
                        **peer.stored}
@@ -269,6 +413,9 @@ def train_steps(peers: dict[str, Peer], args, img: int, x: Tensor, y: Tensor, cl
     steps["l2p"] = step_fn(l2p.model, l2p_loss, l2p.optimizer)
     inf = peers["inflora"].strategy
     steps["inflora"] = step_fn(inf.model, lambda: ce(inf.model(x)), inf.optimizer)
+    for method in NEW_PEERS:  # the strategy's own forward, criterion, backward and optimizer_step
+        s = peers[method].strategy
+        steps[method.replace("-", "_")] = strategy_step_fn(s, x, y, classes)
     for method in ("ranpac", "aper"):  # first session: adapters and a cosine head over the first task's classes
         s = build_strategy(method, run_config(args, img))
         s.model.start_adaptation(classes)

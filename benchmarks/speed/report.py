@@ -96,6 +96,8 @@ def _inference_rows(args: Namespace, fl: list[dict], ra: list[dict], ti: list[di
                 "img_size": img, "setting": k,
                 "forward passes/img (counted)": passes[0]["value"] if passes else float("nan"),
                 "registered passes": str(passes[0]["trait"]) if passes else "",
+                "backbones' worth of blocks/img": _value(fl, **here, img_size=img, setting=k,
+                                                         measure="infer_backbone_block_passes_per_image"),
                 "GFLOPs/img": _g(_value(fl, **here, img_size=img, setting=k, measure="infer_flops_per_image")),
                 "FLOPs/img (x backbone)": 1.0 if ref else
                 _value(ra, **here_ratio, img_size=img, measure=f"infer_flops_ratio_{k}_vs_backbone"),
@@ -137,8 +139,8 @@ def _stored_after_rows(params: list[dict]) -> list[dict]:
     return list(wide.values())
 
 
-TRAIN_SETTINGS = ("backbone_head_only", "sdlora_9stored", "dualprompt", "coda_prompt", "l2p", "inflora",
-                  "ranpac_first_session", "aper_first_session")
+TRAIN_SETTINGS = ("backbone_head_only", "sdlora_9stored", "dualprompt", "coda_prompt", "l2p", "inflora", "cl_lora",
+                  "mos", "care", "ranpac_first_session", "aper_first_session")
 
 
 def _training_rows(args: Namespace, fl: list[dict], ra: list[dict], ti: list[dict]) -> list[dict]:
@@ -186,7 +188,8 @@ def _claim_rows(args: Namespace, fl: list[dict], ra: list[dict]) -> list[dict]:
              "GFLOPs/img": _g(_value(fl, **there, setting=k)), FLOPS_VS_SD: _value(fl, **there, setting=k) / sd,
              "paper GFLOPs/img": PAPER_GFLOPS.get(k, nan),
              PAPER_VS_SD: PAPER_GFLOPS.get(k, nan) / PAPER_GFLOPS["sdlora_merged"], SD_SPEED_VS: nan}
-            for k in ("backbone", "sdlora_merged", "inflora_merged", "inflora_branches", *PROMPT_SETTINGS)]
+            for k in ("backbone", "sdlora_merged", "inflora_merged", "inflora_branches", *PROMPT_SETTINGS,
+                      "cl_lora", "mos", "care")]
     here = {"model": args.model, "batch": args.batch_size, "measure": "infer_flops_per_image"}
     for img in args.img_size:
         for k in PROMPT_SETTINGS:
@@ -263,14 +266,20 @@ def peer_section(args: Namespace, frames: dict[str, list[dict]]) -> str:
 
 Each method is built by its registered builder (`benchmarks.methods`, the reference recipe) and set up as during the
 last of 10 tasks (prompts or components of 10 tasks, 10 InfLoRA branches, RanPAC and APER adapted with their
-classifier fitted, 100-class heads); values training would set are random, since costs depend on shapes only. The
+classifier fitted, 100-class heads; CL-LoRA, MOS and CaRE with their per-task modules of 10 tasks and the class
+statistics of 100 classes, trained by one iteration of their own strategy's forward, criterion, backward and
+optimizer step); values training would set are random, since costs depend on shapes only. The
 peers are timed in every {_nth(PEER_EVERY['infer'])} inference and every {_nth(PEER_EVERY['train'])} training
 repetition, interleaved with the backbone and SD-LoRA. Columns "(x REF)" are ratios to REF (REF = 1): for times
 and FLOPs above 1 means costlier, for img/s above 1 means faster. GFLOPs/img: 10^9 floating-point operations per
 image (torch's FlopCounterMode); img/s: images per second (median); s: seconds (median).
 
 Forward passes are counted (images through every timm `PatchEmbed` per input image) and must equal the method's
-registered `inference_forward_passes`. `inflora_branches` sums its 10 branches into the weights once per batch (the
+registered `inference_forward_passes` (after 10 tasks: MOS one pass per stored adapter, 10; CaRE one pass per known
+task plus one with the task unknown, 11). "backbones' worth of blocks/img" counts transformer block calls per image
+over the ViT's depth: it differs from the passes where blocks run more than once per embedding, as CL-LoRA's
+(one embedding and its 6 shared blocks, then its 6 later blocks once per task: 6 + 6 x 10 = 66 blocks, 5.5
+backbones). `inflora_branches` sums its 10 branches into the weights once per batch (the
 unmerged form); `inflora_merged` has them merged, as SD-LoRA.
 
 ### Inference, relative to the frozen backbone (`{args.model}`, batch {args.batch_size})
@@ -288,7 +297,8 @@ RanPAC and APER train only in the first session, so theirs is that session's ste
 Timed once, on one experience's worth of features (10 classes x 100 images). "s (x backbone pass)": the update's
 seconds over those of the frozen backbone's forward over the same images; "extra forward passes/train img":
 forward passes over each training image outside the SGD steps (InfLoRA's two covariance passes, the classifiers'
-feature pass), counted.
+feature pass), counted. MOS and CaRE: their classifier alignment after the 10th task, on features drawn from the 100
+stored class Gaussians (n/a: their statistics and prototype passes are not counted here).
 
 {table(update, _cols(update)) if update else 'none timed'}
 ### The paper's claim: SD-LoRA's inference is about 2x cheaper than every prompt method's
@@ -296,7 +306,8 @@ feature pass), counted.
 `{args.paper_model}` at {args.paper_img_size} px: random weights, batch 1, FLOPs only (not timed; FLOPs depend on
 the architecture alone), beside the paper's numbers: {PAPER_SOURCE}. `{args.model}` rows: this run's models (FLOPs
 at batch {args.batch_size}, throughput timed). L2P prepends prompt_length x top_k prompt tokens to the patch tokens,
-so with few patches (small inputs) its ratio is well above 2; with ViT-B/16's 196 patches it is close to 2.
+so with few patches (small inputs) its ratio is well above 2; with ViT-B/16's 196 patches it is close to 2. The
+rows of CL-LoRA, MOS and CaRE (issue 31, after 10 tasks) are set beside the claim, not part of it.
 
 {claim_verdict(claim)}
 

@@ -6,6 +6,8 @@ import random
 import statistics
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +75,27 @@ def step_fn(model: nn.Module, loss: Callable[[], Tensor], optimizer: torch.optim
     return step
 
 
+def strategy_step_fn(strategy: Any, x: Tensor, y: Tensor, classes: list[int]) -> Callable[[], float]:
+    """One training iteration of an Avalanche strategy as its ``training_epoch`` runs it, plugin callbacks aside:
+    ``zero_grad``, the strategy's own ``forward``, ``criterion``, ``backward`` (CL-LoRA's holds its distillation
+    step) and ``optimizer_step`` (MOS's merges), on the minibatch (x, y) of an experience with ``classes``."""
+    strategy.model.train()
+    strategy.is_training = True
+    strategy.experience = SimpleNamespace(classes_in_this_experience=list(classes))
+    labels = torch.zeros_like(y)
+
+    def step():
+        strategy.mbatch = [x, y, labels]
+        strategy.optimizer.zero_grad()
+        strategy.mb_output = strategy.forward()
+        strategy.loss = strategy.criterion()
+        strategy.backward()
+        strategy.optimizer_step()
+        return float(strategy.loss.detach())
+
+    return step
+
+
 def sdlora_loss(model: nn.Module, x: Tensor, y: Tensor, classes: list[int]) -> Callable[[], Tensor]:
     """forward + SD-LoRA's loss (cross-entropy over the current classes, the library's)."""
     columns = torch.tensor(classes, device=x.device)
@@ -119,17 +142,33 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 class PassCounter:
     """Images through every timm ``PatchEmbed`` of a model while it counts: a ViT's forward passes, whatever the
-    method says (the query pass of a prompt method, APER's frozen branch and its adapted one each embed the image)."""
+    method says (the query pass of a prompt method, APER's frozen branch and its adapted one each embed the image).
+
+    ``blocks``: images through the transformer blocks, each block call counted as ``1 / depth`` of its ViT
+    (``depth = len(vit.blocks)``), i.e. the number of full backbones' worth of blocks run; it differs from the
+    embedding count where a method runs some blocks more than once per embedding (CL-LoRA's later blocks per task).
+    """
 
     def __init__(self, model: nn.Module) -> None:
         embeds = [m for m in model.modules() if isinstance(m, PatchEmbed)]
         if not embeds:
             raise ValueError(f"{type(model).__name__} has no timm PatchEmbed; forward passes are counted on timm ViTs")
-        self.images = 0
+        self.images, self.blocks = 0, 0.0
         self._hooks = [e.register_forward_pre_hook(self._count) for e in embeds]
+        seen: set[int] = set()
+        for m in model.modules():
+            stack = getattr(m, "blocks", None)
+            if isinstance(stack, (nn.Sequential, nn.ModuleList)) and len(stack) and id(stack) not in seen:
+                seen.add(id(stack))
+                share = 1.0 / len(stack)
+                self._hooks += [b.register_forward_pre_hook(lambda _m, inputs, share=share: self._block(inputs, share))
+                                for b in stack]
 
     def _count(self, _module, inputs) -> None:
         self.images += int(inputs[0].shape[0])
+
+    def _block(self, inputs, share: float) -> None:
+        self.blocks += share * int(inputs[0].shape[0])
 
     def stop(self) -> int:
         for h in self._hooks:
@@ -137,8 +176,9 @@ class PassCounter:
         return self.images
 
 
-def count_flops_and_passes(fn: Callable[[], object], model: nn.Module, batch_size: int) -> tuple[int, float]:
-    """FLOPs of one call of ``fn`` and the forward passes per image it made through ``model``'s ViTs.
+def count_inference_costs(fn: Callable[[], object], model: nn.Module, batch_size: int) -> tuple[int, float, float]:
+    """FLOPs of one call of ``fn``, the forward passes per image it made through ``model``'s ViTs (patch
+    embeddings) and the backbones' worth of transformer blocks per image (:class:`PassCounter`).
 
     Parameters are counted frozen: FlopCounterMode's module tracker fails on views of trainable tensors made under
     ``inference_mode`` (a prompt expanded to the batch), and inference computes the same either way.
@@ -153,4 +193,10 @@ def count_flops_and_passes(fn: Callable[[], object], model: nn.Module, batch_siz
         images = counter.stop()
         for p in trainable:
             p.requires_grad_(True)
-    return flops, images / batch_size
+    return flops, images / batch_size, round(counter.blocks / batch_size, 6)
+
+
+def count_flops_and_passes(fn: Callable[[], object], model: nn.Module, batch_size: int) -> tuple[int, float]:
+    """FLOPs of one call of ``fn`` and the forward passes per image it made through ``model``'s ViTs."""
+    flops, passes, _ = count_inference_costs(fn, model, batch_size)
+    return flops, passes
