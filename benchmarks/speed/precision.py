@@ -3,8 +3,8 @@
 The training step of SD-LoRA (forward, the current-classes loss, backward, SGD step) in float32 and under bf16
 autocast of the forward (as ``--train-amp bf16`` runs it: weights, gradients, optimizer and loss in float32), on the
 same batch, timed interleaved (:func:`benchmarks.speed.timing.interleaved`) so the machine's load cancels in the
-ratio. What it prints is the speed-up the protocol ``cifar100-tiny128-full`` takes; its accuracy cost is measured by
-training (results/cifar100-tiny128/bf16-training).
+ratio. Measured 1.12x on a 2-core AMD EPYC with AVX-512 BF16; against an accuracy cost measured by training
+(results/cifar100-tiny128/bf16-training*), too little for the ``cifar100-tiny128-full`` protocol to train in bf16.
 """
 
 from __future__ import annotations
