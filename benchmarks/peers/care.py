@@ -83,7 +83,6 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from avalanche.benchmarks.utils.data_loader import SingleDatasetDataLoader, collate_from_data_or_kwargs
 from avalanche.training.templates import SupervisedTemplate
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
@@ -532,20 +531,7 @@ class CaRE(ClassIncrementalTemplate):
     @torch.no_grad()
     def training_features(self, task: int, num_workers: int = 0) -> tuple[Tensor, Tensor]:
         """Features of the experience's training images, un-augmented, model in eval mode with ``task`` known."""
-        dataset = self.experience.dataset.eval()
-        args = self._obtain_common_dataloader_parameters(batch_size=self.eval_mb_size, num_workers=num_workers,
-                                                         shuffle=False, pin_memory=None, persistent_workers=False)
-        collate_from_data_or_kwargs(dataset, args)
-        was_training = self.model.training
-        self.model.eval()
-        feats, labels = [], []
-        try:
-            for mb in SingleDatasetDataLoader(dataset, **args):
-                feats.append(self.model.features(mb[0].to(self.device), task))
-                labels.append(mb[1].to(self.device))
-        finally:
-            self.model.train(was_training)
-        return torch.cat(feats), torch.cat(labels)
+        return self.experience_features(lambda x: self.model.features(x, task), num_workers)
 
 
 def build_strategy(*, model_name: str, checkpoint: str | None, img_size: int, num_classes: int, n_experiences: int,

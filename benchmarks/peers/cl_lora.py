@@ -102,7 +102,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from avalanche.benchmarks.utils.data_loader import SingleDatasetDataLoader, collate_from_data_or_kwargs
 from avalanche.training.plugins import LRSchedulerPlugin
 from avalanche.training.templates import SupervisedTemplate
 from torch import Tensor, nn
@@ -446,20 +445,7 @@ class CLLoRA(ClassIncrementalTemplate):
     @torch.no_grad()
     def prototype_pass(self, num_workers: int = 0, **kwargs) -> tuple[Tensor, Tensor]:
         """Current-pathway features and labels of the experience's training images, un-augmented, in eval mode."""
-        dataset = self.experience.dataset.eval()
-        args = self._obtain_common_dataloader_parameters(batch_size=self.eval_mb_size, num_workers=num_workers,
-                                                         shuffle=False, pin_memory=None, persistent_workers=False)
-        collate_from_data_or_kwargs(dataset, args)
-        was_training = self.model.training
-        self.model.eval()
-        feats, labels = [], []
-        try:
-            for mb in SingleDatasetDataLoader(dataset, **args):
-                feats.append(self.model.features(mb[0].to(self.device)))
-                labels.append(mb[1].to(self.device))
-        finally:
-            self.model.train(was_training)
-        return torch.cat(feats), torch.cat(labels)
+        return self.experience_features(self.model.features, num_workers)
 
 
 def build_strategy(*, model_name: str, checkpoint: str | None, img_size: int, num_classes: int, n_experiences: int,

@@ -6,8 +6,12 @@ tensors that train now.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
+import torch
+from avalanche.benchmarks.utils.data_loader import SingleDatasetDataLoader, collate_from_data_or_kwargs
 from avalanche.training.templates import SupervisedTemplate
+from torch import Tensor
 
 
 class ClassIncrementalTemplate(SupervisedTemplate):
@@ -51,3 +55,22 @@ class ClassIncrementalTemplate(SupervisedTemplate):
         if params:
             self.optimizer.add_param_group({"params": params})
         self.optimized_param_id = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def experience_features(self, features: Callable[[Tensor], Tensor], num_workers: int = 0) -> tuple[Tensor, Tensor]:
+        """``features(images)`` and labels of the experience's training images, un-augmented, model in eval mode: the
+        pass prototype and class-statistics methods make after each experience (SimpleCIL/APER/RanPAC, CL-LoRA, CaRE)."""
+        dataset = self.experience.dataset.eval()
+        args = self._obtain_common_dataloader_parameters(batch_size=self.eval_mb_size, num_workers=num_workers,
+                                                         shuffle=False, pin_memory=None, persistent_workers=False)
+        collate_from_data_or_kwargs(dataset, args)
+        was_training = self.model.training
+        self.model.eval()
+        feats, labels = [], []
+        try:
+            for mb in SingleDatasetDataLoader(dataset, **args):
+                feats.append(features(mb[0].to(self.device)))
+                labels.append(mb[1].to(self.device))
+        finally:
+            self.model.train(was_training)
+        return torch.cat(feats), torch.cat(labels)

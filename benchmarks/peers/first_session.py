@@ -25,7 +25,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-from avalanche.benchmarks.utils.data_loader import SingleDatasetDataLoader, collate_from_data_or_kwargs
 from avalanche.core import SupervisedPlugin
 from avalanche.training.plugins import LRSchedulerPlugin
 from torch import Tensor, nn
@@ -136,20 +135,7 @@ class FirstSessionStrategy(ClassIncrementalTemplate):
     @torch.no_grad()
     def feature_pass(self, num_workers: int = 0, **kwargs) -> tuple[Tensor, Tensor]:
         """Classifier features and labels of the experience's training images, un-augmented, model in eval mode."""
-        dataset = self.experience.dataset.eval()
-        args = self._obtain_common_dataloader_parameters(batch_size=self.eval_mb_size, num_workers=num_workers,
-                                                         shuffle=False, pin_memory=None, persistent_workers=False)
-        collate_from_data_or_kwargs(dataset, args)
-        was_training = self.model.training
-        self.model.eval()
-        feats, labels = [], []
-        try:
-            for mb in SingleDatasetDataLoader(dataset, **args):
-                feats.append(self.model.features(mb[0].to(self.device)))
-                labels.append(mb[1].to(self.device))
-        finally:
-            self.model.train(was_training)
-        return torch.cat(feats), torch.cat(labels)
+        return self.experience_features(self.model.features, num_workers)
 
 
 def first_session_optimizer(name: str, params, *, lr: float, weight_decay: float, momentum: float = 0.9
