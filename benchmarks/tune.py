@@ -18,7 +18,13 @@ Every method that trains by gradient gets the same search, so a comparison ranks
 Each candidate is a :mod:`benchmarks.compare` run folder (``candidates/<method>/<candidate>``), so an interrupted
 tuning resumes where it stopped (``--resume``). The command writes ``candidates.csv`` (every score and cost),
 ``chosen.json`` (the recipe of each method, read by ``compare --tuned``) and ``README.md`` beside them. Methods that
-train nothing by gradient (prototype classifiers) have nothing to tune and are listed as such.
+train nothing by gradient (prototype classifiers) have nothing to tune and are listed as such; a variant that
+trains with another method's recipe (``recipe_of``: SD-LoRA-RR and -KD, whose first experiences are SD-LoRA's own)
+is not tuned twice: its base method is tuned in its place.
+
+Two processes may tune disjoint methods into the same folder (one thread each on a small machine): candidates are
+per-method folders and ``failures.json`` is updated per method; a last call over all methods (everything done, so
+nothing trains) writes the one ``chosen.json``.
 """
 
 from __future__ import annotations
@@ -118,7 +124,7 @@ def trains_by_gradient(method: str, cfg: RunConfig) -> bool:
 def candidates(method: str, cfg: RunConfig) -> list[Recipe]:
     """The candidates of ``method``: ``len(OPTIMIZERS) * len(GRID_DECADES)`` for every method that trains by gradient
     (none for the others), each published recipe among them."""
-    if not trains_by_gradient(method, cfg):
+    if get_method(method).recipe_of or not trains_by_gradient(method, cfg):
         return []
     refs = reference_recipes(method, cfg)
     out: list[Recipe] = []
@@ -194,6 +200,13 @@ def run_candidate(cfg: RunConfig, method: str, recipe: Recipe, folder: Path, *, 
     return Outcome(**base, status="done", **_scores(folder))
 
 
+def _record_failures(path: Path, method: str, mine: Mapping[str, str]) -> None:
+    """Write ``method``'s failed candidates into ``path``, keeping what another process wrote for other methods."""
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data[method] = dict(mine)
+    write_json(path, {m: v for m, v in data.items() if v})
+
+
 def choose(outcomes: Sequence[Outcome]) -> Outcome | None:
     """The candidate with the highest validation accuracy (ties: the higher mean over the tuned experiences)."""
     done = [o for o in outcomes if o.status == "done" and math.isfinite(o.val_acc)]
@@ -226,7 +239,12 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
     failures = json.loads(failures_path.read_text()) if failures_path.exists() else {}
     outcomes: list[Outcome] = []
     chosen: dict[str, Any] = {}
+    bases = [get_method(m).recipe_of for m in methods if get_method(m).recipe_of]
+    methods = list(dict.fromkeys([b for b in bases if b not in methods] + list(methods)))
     for method in methods:
+        if get_method(method).recipe_of:
+            chosen[method] = {"recipe_of": get_method(method).recipe_of, "candidates": 0}
+            continue
         started = time.perf_counter()
         grid = candidates(method, cfg)
         mine = []
@@ -234,7 +252,7 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
             c_cfg = candidate_config(cfg, method, recipe, validation_per_class, tune_experiences, order)
             o = run_candidate(c_cfg, method, recipe, out / "candidates" / method / recipe.key, quiet=quiet,
                               failures=failures)
-            write_json(failures_path, failures)
+            _record_failures(failures_path, method, failures.get(method, {}))
             mine.append(o)
             if not quiet:
                 print(f"[tune {method}] {recipe.key}: {o.status}, validation accuracy "
@@ -281,6 +299,9 @@ def _write_table(out: Path, outcomes: Sequence[Outcome], result: Mapping[str, An
     untuned = [m for m, v in result["methods"].items() if v.get("trains_by_gradient") is False]
     if untuned:
         lines += ["", f"Nothing to tune (no training by gradient): {', '.join(untuned)}."]
+    shared = [f"{m} (that of {v['recipe_of']})" for m, v in result["methods"].items() if v.get("recipe_of")]
+    if shared:
+        lines += ["", f"Trained with another method's tuned recipe, as in its paper: {', '.join(shared)}."]
     write_text(out / "README.md", "\n".join(lines) + "\n")
 
 

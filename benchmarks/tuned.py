@@ -51,10 +51,11 @@ def apply(cfg: RunConfig, methods: Sequence[str], path: str | Path) -> tuple[Run
     for m in methods:
         if get_method(m).recipe(cfg).optimizer is None:
             continue  # nothing trained by gradient: nothing was tuned
-        pick = data["methods"].get(m)
+        base = get_method(m).recipe_of or m  # a variant trains with its base method's tuned recipe
+        pick = data["methods"].get(base)
         if not isinstance(pick, dict) or any(k not in pick for k in RECIPE_KEYS):
-            raise ValueError(f"--tuned '{path}' holds no chosen recipe for {m}; tune it (python -m benchmarks.tune "
-                             f"--methods {m} ...) or run {m} in another run without --tuned")
+            raise ValueError(f"--tuned '{path}' holds no chosen recipe for {base}; tune it (python -m benchmarks.tune "
+                             f"--methods {base} ...) or run {m} in another run without --tuned")
         entries = [(m, "optimizer", pick["optimizer"]), (m, "lr", float(pick["lr"])),
                    *((m, k, v) for k, v in pick["options"].items())]
         # the same value is no clash: a resumed run's config.json already holds the tuned options
@@ -64,5 +65,7 @@ def apply(cfg: RunConfig, methods: Sequence[str], path: str | Path) -> tuple[Run
                              "drop one of the two")
         added += entries
         used[m] = {k: pick[k] for k in ("optimizer", "lr", "options", "source", "val_acc") if k in pick}
+        if base != m:
+            used[m]["recipe_of"] = base
     record = {"file": file_identity(path), "methods": used, "settings": data.get("settings", {})}
     return cfg.replace(method_options=tuple(cfg.method_options) + tuple(added)), record

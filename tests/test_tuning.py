@@ -67,9 +67,11 @@ def test_every_method_that_trains_gets_the_same_number_of_candidates_with_its_pu
     counts = {m: len(tune.candidates(m, cfg)) for m in method_names()}
     per_method = len(tune.OPTIMIZERS) * len(tune.GRID_DECADES)
     for m, n in counts.items():
-        trains = get_method(m).recipe(cfg).optimizer is not None
+        trains = get_method(m).recipe(cfg).optimizer is not None and not get_method(m).recipe_of
         assert n == (per_method if trains else 0), (m, n)
     assert counts["sdlora"] == counts["dualprompt"] == counts["ranpac"] == 6 and counts["simplecil"] == 0
+    # RR and KD train as SD-LoRA does (their first experiences are SD-LoRA's own): tuned once, through sdlora
+    assert counts["sdlora-rr"] == counts["sdlora-kd"] == 0 and get_method("sdlora-rr").recipe_of == "sdlora"
 
     def has(method, optimizer, lr, **options):
         return any(c.optimizer == optimizer and c.lr == pytest.approx(lr) and dict(c.options) == options
@@ -174,3 +176,23 @@ def test_the_autocast_plugin_runs_a_peers_training_forward_in_bf16_and_hands_flo
     assert losses and all(d == (torch.float32, torch.float32) for d in losses)
     assert model.seen and all(d == torch.float32 for d in model.seen)  # evaluation: no training autocast
     assert not torch.is_autocast_enabled("cpu")
+
+
+def test_a_variant_is_tuned_through_its_base_and_runs_with_its_recipe(tmp_path):
+    chosen = tmp_path / "chosen.json"
+    chosen.write_text(json.dumps({"protocol": "cifar100-tiny128", "methods": {
+        "sdlora": {"optimizer": "adam", "lr": 0.002, "options": {}, "source": "grid"},
+        "sdlora-rr": {"recipe_of": "sdlora", "candidates": 0}}}))
+    cfg = RunConfig.for_protocol("cifar100-tiny128")
+    tuned_cfg, record = tuned.apply(cfg, ["sdlora-rr", "sdlora-kd"], chosen)
+    for m in ("sdlora-rr", "sdlora-kd"):
+        r = get_method(m).recipe(tuned_cfg)
+        assert (r.optimizer, r.lr) == ("adam", 0.002) and record["methods"][m]["recipe_of"] == "sdlora"
+
+
+def test_two_processes_record_their_failures_side_by_side(tmp_path):
+    path = tmp_path / "failures.json"
+    tune._record_failures(path, "l2p", {"sgd-lr0.03": "diverged"})
+    tune._record_failures(path, "seq-lora", {})  # another process, with nothing failed, keeps l2p's record
+    tune._record_failures(path, "inflora", {"adam-lr0.1": "diverged"})
+    assert json.loads(path.read_text()) == {"l2p": {"sgd-lr0.03": "diverged"}, "inflora": {"adam-lr0.1": "diverged"}}

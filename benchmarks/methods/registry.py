@@ -44,7 +44,8 @@ class Method:
     cannot run data-parallel under torchrun (None: it can, see :mod:`benchmarks.distributed`); ``train_amp``: the
     builder honours ``--train-amp bf16`` itself (the runner gives the others :class:`benchmarks.train_amp.TrainingAutocastPlugin`).
     ``inference_forward_passes`` is a count, or a function of the number of tasks learned (CaRE's and MOS's grow
-    with them); read it through :meth:`forward_passes`.
+    with them); read it through :meth:`forward_passes`. ``recipe_of`` names the method whose tuned recipe a variant
+    shares (SD-LoRA-RR and -KD train as SD-LoRA does, as in the paper).
     """
 
     name: str
@@ -60,6 +61,7 @@ class Method:
     options: tuple[str, ...] = ()
     single_process_only: str | None = None  # issue 20
     train_amp: bool = False  # issue 20
+    recipe_of: str | None = None  # a variant trained with another method's recipe: benchmarks.tune tunes that one
 
     def forward_passes(self, n_tasks: int) -> int:
         """Backbone passes per image at inference after ``n_tasks`` tasks (most methods: a constant)."""

@@ -53,6 +53,7 @@ def _traits(name: str) -> dict:
 
 register_method("sdlora", summary="SD-LoRA (avalanche_sdlora.SDLoRA)", **_traits("sdlora"))(_builder("sdlora", SDLoRA))
 register_method("sdlora-rr", summary="SD-LoRA-RR: later tasks get lower ranks (--rank-schedule)",
-                **_traits("sdlora-rr"))(_builder("sdlora-rr", SDLoRARR))
+                recipe_of="sdlora", **_traits("sdlora-rr"))(_builder("sdlora-rr", SDLoRARR))
 register_method("sdlora-kd", summary="SD-LoRA-KD: a direction the old ones span is folded into their magnitudes "
-                "(--kd-threshold)", extra_columns=kd_columns, **_traits("sdlora-kd"))(_builder("sdlora-kd", SDLoRAKD))
+                "(--kd-threshold)", extra_columns=kd_columns, recipe_of="sdlora",
+                **_traits("sdlora-kd"))(_builder("sdlora-kd", SDLoRAKD))
