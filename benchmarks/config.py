@@ -131,6 +131,11 @@ def _json_normal(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+
+# The fields that name local input files or folders: a run folder records them by identity, never by path (issue 35).
+INPUT_FIELDS = ("data", "checkpoint", "lists")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Every setting of a run of the harness (what to run and where to write it are the commands' arguments)."""
@@ -320,6 +325,9 @@ class RunConfig:
                 sdlora["rank"] = data["rank"]
             data["sdlora"] = sdlora
         given = {k: v for k, v in data.items() if k in names}
+        for k in INPUT_FIELDS:  # recorded by identity, not path (benchmarks.local_paths): found as a new run finds it
+            if isinstance(given.get(k), Mapping):
+                given[k] = None
         given["sdlora"] = SDLoRAOptions.from_dict(given.get("sdlora", {}))
         given["method_options"] = tuple((m, k, v) for m, kv in dict(given.get("method_options") or {}).items()
                                         for k, v in kv.items())
@@ -446,7 +454,8 @@ def config_from_flags(args: argparse.Namespace, **fixed: Any) -> RunConfig:
 
 
 # Input paths are taken from a resumed run only where they exist here: a run resumed on another machine finds its
-# inputs as a new run does (the identity compares them by content, so a moved file is the same input).
+# inputs as a new run does (the identity compares them by content, so a moved file is the same input). Folders
+# written since issue 35 record no path at all (benchmarks.local_paths), only the inputs' identity.
 _RESUMED_PATHS = ("data", "checkpoint")
 
 

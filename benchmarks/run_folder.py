@@ -28,6 +28,7 @@ from avalanche_sdlora.atomic import remove_stale_temps, write_text
 
 from . import folder_checks, reports
 from .config import RunConfig
+from .local_paths import portable_record
 
 LOCK_NAME = ".lock"
 CALL_KEYS = ("command", "started_utc", "wall_seconds", "methods", "seeds", "device", "device_name", "threads",
@@ -199,7 +200,8 @@ class RunFolder:
         return folder_checks.read_config(self.config_path)
 
     def write_config(self, config: dict) -> None:
-        write_text(self.config_path, json.dumps(config, indent=2) + "\n")
+        """Write ``config.json``, with no absolute local path in it (:mod:`benchmarks.local_paths`)."""
+        write_text(self.config_path, json.dumps(portable_record(config, self.path), indent=2) + "\n")
 
     def is_done(self) -> bool:
         return self.done_path.exists()

@@ -47,6 +47,7 @@ from avalanche_sdlora.atomic import write_text
 from . import compare
 from .compare import Parser
 from .config import RunConfig, add_run_flags, config_from_flags, run_flags
+from .local_paths import portable_record, portable_text
 from .methods import get_method, method_names
 from .protocols import AUTHORS_LR
 from .run_folder import RunFolder
@@ -117,6 +118,12 @@ def reference_recipes(method: str, cfg: RunConfig) -> list[Recipe]:
     return out
 
 
+# A reference schedule written for many epochs gets the same curve per iteration at the protocol's few (issue 30):
+# CODA's per-epoch cosine at 3 epochs would run the last third at 1.6 % of the rate (benchmarks/peers/step_schedule.py).
+FITTED_SCHEDULES: dict[str, tuple[tuple[str, Any], ...]] = {
+    "coda-prompt": (("schedule", "cosine-steps"),), "inflora": (("schedule", "cosine-steps"),)}
+
+
 def trains_by_gradient(method: str, cfg: RunConfig) -> bool:
     return get_method(method).recipe(cfg).optimizer is not None
 
@@ -143,7 +150,8 @@ def candidates(method: str, cfg: RunConfig) -> list[Recipe]:
             i = min(free, key=lambda i: abs(math.log10(grid[i].lr / extra.lr)))
             grid[i] = extra
         out += grid
-    return out
+    fitted = FITTED_SCHEDULES.get(method, ())
+    return [Recipe(r.optimizer, r.lr, (*r.options, *fitted), r.source) for r in out]
 
 
 # ----------------------------------------------------------------------------------------------- the runs
@@ -219,7 +227,7 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
     """Tune every method of ``methods`` into folder ``out`` (resuming what it holds); returns ``chosen.json``'s
     content. Methods that train nothing by gradient are recorded with no candidates."""
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"protocol": cfg.protocol, "config": cfg.to_json(), "validation_per_class": validation_per_class,
+    settings = {"protocol": cfg.protocol, "config": portable_record(cfg.to_json(), out), "validation_per_class": validation_per_class,
                 "tune_experiences": tune_experiences, "class_order_seed": order, "seed": TUNE_SEED,
                 "grid_decades": list(GRID_DECADES), "optimizers": list(OPTIMIZERS), "adam_anchor": ADAM_ANCHOR,
                 "selection": "highest seen-class validation accuracy after the last tuned experience (ties: mean "
@@ -282,7 +290,7 @@ def _write_table(out: Path, outcomes: Sequence[Outcome], result: Mapping[str, An
     write_text(out / "candidates.csv", frame.to_csv(index=False))
     s = result["settings"]
     lines = [f"# Tuning on validation data: {result['protocol']}", "",
-             f"Command: `{command}`", "",
+             f"Command: `{portable_text(command, out)}`", "",
              f"Each candidate trains seed {s['seed']} on the first {s['tune_experiences']} experiences of class order "
              f"{s['class_order_seed']}, with {s['validation_per_class']} training images per class held out "
              "(avalanche_sdlora.data.validation_split) and scored on them; no test image is read. Candidates per "

@@ -8,7 +8,7 @@ import pytest
 
 from avalanche_sdlora import SDLoRAOptions
 from benchmarks import compare
-from benchmarks.config import RunConfig, config_from_flags, flag_of, run_flags
+from benchmarks.config import INPUT_FIELDS, RunConfig, config_from_flags, flag_of, run_flags
 from benchmarks.identity import identity_changes, labels, saved_identity
 from benchmarks.protocols import PROTOCOLS
 
@@ -57,10 +57,11 @@ def test_every_committed_config_json_reads_as_a_run_config():
         proto = saved["protocol"]
         if isinstance(proto, str):  # written by RunConfig: its fields read back unchanged
             fields = cfg.to_json()  # fields added since (e.g. an SD-LoRA option) take their defaults
-            assert {k: saved[k] for k in fields if k in saved and k != "sdlora"} == \
-                {k: fields[k] for k in fields if k in saved and k != "sdlora"}, path
+            kept = [k for k in fields if k in saved and k not in ("sdlora", *INPUT_FIELDS)]  # inputs: by identity
+            assert {k: saved[k] for k in kept} == {k: fields[k] for k in kept}, path
             assert {k: v for k, v in fields["sdlora"].items() if k in saved["sdlora"]} == saved["sdlora"], path
-            assert cfg.protocol == "cifar100-tiny128", path
+            assert cfg.protocol in path.relative_to(ROOT / "results").parts, path  # <protocol>/<run-id> folders
+            assert all(cfg.to_json()[k] is None for k in INPUT_FIELDS), path  # no path to find them by
             continue
         # written before RunConfig: a dict, under the protocol's former name
         assert proto["name"] == "cifar100-cpu" and cfg.protocol == "cifar100-tiny128", path

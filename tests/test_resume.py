@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from avalanche_sdlora.assets import default_asset
 from benchmarks import compare, reports, runner
 from conftest import TINY6 as TINY
 METHODS = ["naive", "seq-lora", "sdlora"]  # an Avalanche baseline (restarts) and two checkpointed methods
@@ -149,11 +150,12 @@ def test_resume_refuses_every_setting_that_changes_a_number(finished_ncm, tmp_pa
 
 
 def test_resume_accepts_the_same_weights_moved_elsewhere(finished_ncm, tmp_path):
-    weights = json.loads((finished_ncm / "config.json").read_text())["checkpoint"]
+    recorded = json.loads((finished_ncm / "config.json").read_text())["checkpoint"]  # by identity, not path
     moved = tmp_path / "elsewhere.safetensors"
-    shutil.copy(weights, moved)  # another name, path and mtime; the same content
+    shutil.copy(default_asset(recorded["name"]), moved)  # another name, path and mtime; the same content
     assert compare.main(TINY + ["--methods", "ncm", "--checkpoint", str(moved), "--resume", str(finished_ncm)]) == finished_ncm
-    assert json.loads((finished_ncm / "config.json").read_text())["checkpoint"] == str(moved)
+    again = json.loads((finished_ncm / "config.json").read_text())["checkpoint"]
+    assert again == {**recorded, "name": "elsewhere.safetensors"}
 
 
 def test_a_run_folder_from_before_identity_is_checked_on_what_it_recorded(finished_ncm, tmp_path):

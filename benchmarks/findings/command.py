@@ -25,6 +25,7 @@ from avalanche_sdlora.atomic import remove_stale_temps, remove_temps_on_terminat
 
 from .. import compare, inputs
 from ..config import RunConfig, add_run_flags, check_seeds, config_from_flags
+from ..local_paths import portable_record
 from ..methods import check_method_options
 from ..reports import write_csv
 from ..run_folder import RunFolder, RunLock
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> Path:
                     for r in interpolation_rows(comparison[m][0], m, seed, points(args.points))]
             write_csv(pd.DataFrame(rows), out / report.CSV["f3"])
             sources["analysis_seconds"]["f3"] = time.perf_counter() - t0
-        write_text(sources_path, json.dumps(sources, indent=2) + "\n")
+        write_text(sources_path, json.dumps(portable_record(sources, out), indent=2) + "\n")
         verdicts = report.write(out)
         if not args.quiet:
             print(verdicts[["finding", "case", "verdict"]].to_string(index=False))

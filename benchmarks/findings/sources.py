@@ -198,7 +198,8 @@ def quiet_evaluator(*metrics) -> EvaluationPlugin:
 
 
 def folder_config(folder: RunFolder) -> RunConfig:
-    return RunConfig.from_json(folder.read_config())
+    """The run's config with its inputs found here (a folder records them by identity, not path)."""
+    return inputs.resolved(RunConfig.from_json(folder.read_config()))
 
 
 def build_strategy(folder: RunFolder, method: str, plugins: Sequence = ()):

@@ -26,7 +26,8 @@ LAMDA-PILOT and the SD-LoRA authors' code copy unchanged (mammoth ports it too):
   :class:`~avalanche_sdlora.head.FrozenPastHead`. Evaluation scores seen classes (``[:, :valid_out_dim]``).
 - Recipe: Adam (beta1 = momentum 0.9), lr 1e-3, no weight decay, cosine schedule per epoch
   ``lr * cos(99 pi e / (200 (K - 1)))`` (``utils/schedulers.py CosineSchedule``; at K = 1 epoch, where that
-  divides by zero, the rate stays constant), ``configs/cifar-100_prompt.yaml``.
+  divides by zero, the rate stays constant), ``configs/cifar-100_prompt.yaml``. ``schedule="cosine-steps"`` follows
+  the same curve per iteration (:mod:`benchmarks.peers.step_schedule`), the tuned protocol's form at 3 epochs.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from torch import Tensor, nn
 
 from avalanche_sdlora.head import FrozenPastHead
 from .prefix_vit import PrefixViT, PromptStrategy, make_optimizer, prompt_backbone
+from .step_schedule import StepSchedulePlugin, coda_curve
 
 __all__ = ["ComponentPool", "CodaPromptViT", "CODAPrompt", "coda_cosine_factor", "build_strategy", "stored_params",
            "REFERENCE_HPARAMS", "INFERENCE_FORWARD_PASSES", "OPTIONS"]
@@ -220,15 +222,16 @@ def build_strategy(*, model_name: str, checkpoint: str | None, img_size: int, nu
                    lr: float | None = None, optimizer: str | None = None, **options) -> SupervisedTemplate:
     """CODA-Prompt on ``model_name``: the reference recipe (``REFERENCE_HPARAMS``) unless ``lr``/``optimizer`` given.
 
-    ``options``: model ``pool_size, prompt_length, layers``; strategy ``ortho_mu``, ``schedule`` ('cosine' or
-    'constant'), ``clip_grad``. The pool is divided over ``n_experiences`` tasks; the head grows.
+    ``options``: model ``pool_size, prompt_length, layers``; strategy ``ortho_mu``, ``schedule`` ('cosine' per
+    epoch, 'cosine-steps': the same curve per iteration, or 'constant'), ``clip_grad``. The pool is divided over ``n_experiences`` tasks; the head grows.
     """
     unknown = sorted(set(options) - set(_MODEL_OPTIONS) - set(_STRATEGY_OPTIONS))
     if unknown:
         raise TypeError(f"unknown CODA-Prompt options {unknown}; allowed: {list(_MODEL_OPTIONS + _STRATEGY_OPTIONS)}")
     schedule = options.get("schedule", REFERENCE_HPARAMS["schedule"][0])
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"schedule must be 'cosine' (CODA-Prompt's) or 'constant', got {schedule!r}")
+    if schedule not in ("cosine", "cosine-steps", "constant"):
+        raise ValueError(f"schedule must be 'cosine' (CODA-Prompt's, per epoch), 'cosine-steps' (its curve per "
+                         f"iteration) or 'constant', got {schedule!r}")
     if num_classes <= 0:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     backbone = prompt_backbone(model_name, checkpoint=checkpoint, img_size=img_size, method="CODA-Prompt")
@@ -240,6 +243,8 @@ def build_strategy(*, model_name: str, checkpoint: str | None, img_size: int, nu
     if schedule == "cosine":
         own.append(LRSchedulerPlugin(torch.optim.lr_scheduler.LambdaLR(opt, coda_cosine_factor(epochs)),
                                      reset_scheduler=True, reset_lr=True, step_granularity="epoch"))
+    elif schedule == "cosine-steps":  # the same curve per iteration: its shape kept at a few epochs (issue 30)
+        own.append(StepSchedulePlugin(coda_curve, endpoint=True))
     return CODAPrompt(model=model, optimizer=opt, ortho_mu=options.get("ortho_mu", ref["ortho_mu"]),
                       clip_grad=options.get("clip_grad"), train_mb_size=batch_size, train_epochs=epochs,
                       eval_mb_size=eval_batch_size, device=device, evaluator=evaluator,

@@ -45,6 +45,7 @@ from avalanche_sdlora.head import FrozenPastHead
 
 from .class_incremental import ClassIncrementalTemplate
 from .dualgpm import DualGPM, threshold_schedule
+from .step_schedule import StepSchedulePlugin, annealing_curve, coda_curve
 
 __all__ = ["InfLoRAKV", "InfLoRAViT", "DualGPM", "InfLoRAPlugin", "InfLoRA", "threshold_schedule", "input_matrix",
            "build_strategy", "stored_params", "REFERENCE_HPARAMS", "INFERENCE_FORWARD_PASSES"]
@@ -62,7 +63,8 @@ REFERENCE_HPARAMS: dict[str, tuple[object, str]] = {
     "optimizer": ("adam", _CFG + " optim; methods/inflora.py: Adam(betas=(0.9, 0.999))"),
     "lr": (5e-4, _CFG + " init_lr / lrate"),
     "weight_decay": (0.0, _CFG + " init_weight_decay / weight_decay"),
-    "schedule": ("lr * cos(99 pi e / (200 (K - 1))) per epoch", _REF + " utils/schedulers.py CosineSchedule"),
+    "schedule": ("cosine", "lr * cos(99 pi e / (200 (K - 1))) per epoch, " + _REF + " utils/schedulers.py "
+                 "CosineSchedule ('cosine-steps': the same curve per iteration, benchmarks.peers.step_schedule)"),
     "epochs": (20, _CFG + " init_epoch / epochs (the harness's epochs are used)"),
     "batch_size": (128, _CFG + " batch_size (the harness's batch size is used)"),
     "loss": ("cross-entropy on the current task's logits", _REF + " methods/inflora.py train_function"),
@@ -285,8 +287,15 @@ def build_strategy(*, model_name: str, checkpoint: str | None, img_size: int, nu
                    epochs: int, batch_size: int, eval_batch_size: int, device: str, evaluator, plugins: list,
                    lr: float | None = None, optimizer: str | None = None, rank: int = 10,
                    threshold_start: float = 0.95, threshold_end: float = 1.0,
-                   weight_decay: float = 0.0) -> SupervisedTemplate:
-    """InfLoRA with the reference recipe (``lr``/``optimizer`` None: Adam 5e-4, cosine) or the given overrides."""
+                   weight_decay: float = 0.0, schedule: str = "cosine") -> SupervisedTemplate:
+    """InfLoRA with the reference recipe (``lr``/``optimizer`` None: Adam 5e-4, cosine) or the given overrides.
+
+    ``schedule``: "cosine", the reference's curve stepped per epoch (Adam: CODA's ``CosineSchedule``; SGD:
+    ``CosineAnnealingLR(T_max=epochs)``), or "cosine-steps", the same curve per iteration
+    (:mod:`benchmarks.peers.step_schedule`: its shape kept at a few epochs)."""
+    if schedule not in ("cosine", "cosine-steps"):
+        raise ValueError(f"schedule must be 'cosine' (the reference's, per epoch) or 'cosine-steps' (its curve per "
+                         f"iteration), got {schedule!r}")
     model = InfLoRAViT(create_backbone(model_name, checkpoint=checkpoint, img_size=img_size), rank=rank)
     lr = 5e-4 if lr is None else lr
     placeholder = [nn.Parameter(torch.zeros(1))]  # make_optimizer re-points it at each experience's trainable set
@@ -294,15 +303,17 @@ def build_strategy(*, model_name: str, checkpoint: str | None, img_size: int, nu
     if name == "adam":
         opt = torch.optim.Adam(placeholder, lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, coda_cosine(epochs))
+        steps = StepSchedulePlugin(coda_curve, endpoint=True)
     elif name == "sgd":
         opt = torch.optim.SGD(placeholder, lr=lr, momentum=0.9, weight_decay=weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(int(epochs), 1))
+        steps = StepSchedulePlugin(annealing_curve, endpoint=False)
     else:
         raise ValueError(f"unknown optimizer '{name}' for InfLoRA; choose 'adam' (the reference's) or 'sgd'")
     return InfLoRA(model=model, optimizer=opt, n_experiences=n_experiences, threshold_start=threshold_start,
                    threshold_end=threshold_end, train_mb_size=batch_size, train_epochs=epochs,
                    eval_mb_size=eval_batch_size, device=device, evaluator=evaluator,
-                   plugins=list(plugins) + [LRSchedulerPlugin(sched)])
+                   plugins=list(plugins) + [LRSchedulerPlugin(sched) if schedule == "cosine" else steps])
 
 
 def stored_params(strategy: SupervisedTemplate) -> int:
