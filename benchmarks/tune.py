@@ -223,9 +223,10 @@ def choose(outcomes: Sequence[Outcome]) -> Outcome | None:
 
 def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_class: int = DEFAULT_VALIDATION_PER_CLASS,
          tune_experiences: int = DEFAULT_TUNE_EXPERIENCES, order: int = DEFAULT_TUNE_ORDER, quiet: bool = True,
-         command: str = "benchmarks.tune") -> dict[str, Any]:
+         command: str = "benchmarks.tune", report_only: bool = False) -> dict[str, Any]:
     """Tune every method of ``methods`` into folder ``out`` (resuming what it holds); returns ``chosen.json``'s
-    content. Methods that train nothing by gradient are recorded with no candidates."""
+    content. Methods that train nothing by gradient are recorded with no candidates. ``report_only``: train nothing,
+    write the files from the candidates finished so far (a method with some not run is "incomplete", no choice)."""
     out.mkdir(parents=True, exist_ok=True)
     settings = {"protocol": cfg.protocol, "config": portable_record(cfg.to_json(), out), "validation_per_class": validation_per_class,
                 "tune_experiences": tune_experiences, "class_order_seed": order, "seed": TUNE_SEED,
@@ -258,8 +259,13 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
         mine = []
         for recipe in grid:
             c_cfg = candidate_config(cfg, method, recipe, validation_per_class, tune_experiences, order)
-            o = run_candidate(c_cfg, method, recipe, out / "candidates" / method / recipe.key, quiet=quiet,
-                              failures=failures)
+            folder = out / "candidates" / method / recipe.key
+            if report_only and not RunFolder(folder).is_done() and recipe.key not in failures.get(method, {}):
+                mine.append(Outcome(method=method, candidate=recipe.key, optimizer=recipe.optimizer, lr=recipe.lr,
+                                    options=json.dumps(dict(recipe.options)), source=recipe.source,
+                                    status="not run yet", folder=folder.name))
+                continue
+            o = run_candidate(c_cfg, method, recipe, folder, quiet=quiet, failures=failures)
             _record_failures(failures_path, method, failures.get(method, {}))
             mine.append(o)
             if not quiet:
@@ -267,8 +273,11 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
                       f"{100 * o.val_acc:.2f}%", flush=True)
         outcomes += mine
         best = choose(mine)
+        pending = sum(o.status == "not run yet" for o in mine)
         if not grid:
             chosen[method] = {"trains_by_gradient": False, "candidates": 0}
+        elif pending:
+            chosen[method] = {"candidates": len(grid), "incomplete": f"{len(grid) - pending} of {len(grid)} run"}
         elif best is not None:
             chosen[method] = {"optimizer": best.optimizer, "lr": best.lr, "options": json.loads(best.options),
                               "source": best.source, "candidate": best.candidate, "val_acc": best.val_acc,
@@ -329,6 +338,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results root; the tuning goes to <out>/<protocol>/<run-id>")
     p.add_argument("--run-id", default="tuned", help="folder name (default: tuned); an existing one is resumed")
     p.add_argument("--verbose", action="store_true", help="print each candidate's result")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write candidates.csv, chosen.json and README.md from the candidates finished "
+                        "so far (methods with candidates not run yet are marked incomplete, with no choice)")
     args = p.parse_args(argv)
     unknown = [m for m in args.methods if m not in method_names()]
     if unknown:
@@ -355,7 +367,7 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.out) / args.config.protocol / args.run_id
     command = " ".join(["python -m benchmarks.tune"] + (argv if argv is not None else sys.argv[1:]))
     result = tune(args.config, args.methods, out, validation_per_class=args.tune_validation,
-                  tune_experiences=args.tune_experiences, order=args.tune_order, quiet=not args.verbose,
+                  tune_experiences=args.tune_experiences, order=args.tune_order, quiet=not args.verbose, report_only=args.report_only,
                   command=command)
     print((out / "README.md").read_text())
     for method, pick in result["methods"].items():

@@ -80,7 +80,12 @@ def test_every_method_that_trains_gets_the_same_number_of_candidates_with_its_pu
     assert has("sdlora", "sgd", 0.008) and has("sdlora", "adam", 8e-3)  # the authors' code and the paper
     assert has("dualprompt", "adam", 1e-3)  # PILOT's, and dualprompt-pytorch's CIFAR recipe with its own settings
     assert has("dualprompt", "adam", 0.03 * 32 / 256, clip_grad=1.0, pull_coeff=1.0)
-    assert has("l2p", "adam", 0.03 * 32 / 256) and has("inflora", "adam", 5e-4) and has("coda-prompt", "adam", 1e-3)
+    assert has("l2p", "adam", 0.03 * 32 / 256)
+    # CODA's per-epoch cosine would run the last of 3 epochs at 1.6 %: every candidate follows it per iteration
+    assert has("inflora", "adam", 5e-4, schedule="cosine-steps") and has("coda-prompt", "adam", 1e-3,
+                                                                          schedule="cosine-steps")
+    assert all(dict(c.options)["schedule"] == "cosine-steps" for m in ("inflora", "coda-prompt")
+               for c in tune.candidates(m, cfg))
     lrs = sorted(c.lr for c in tune.candidates("seq-lora", cfg) if c.optimizer == "sgd")
     assert lrs == pytest.approx([0.01 * 10 ** -0.5, 0.01, 0.01 * 10 ** 0.5])  # one log grid, half a decade apart
 
@@ -92,6 +97,11 @@ def test_tune_chooses_on_validation_only_and_compare_trains_the_choice(tmp_path,
     monkeypatch.setattr(tune, "OPTIMIZERS", ("sgd",))
     flags = ["--classes", "4", "--n-experiences", "2", "--img-size", "32", "--epochs", "1", "--batch-size", "4",
              "--threads", "1", "--data", str(npz), "--train-per-class", "6"]
+    # --report-only trains nothing: every candidate "not run yet", the method incomplete, no choice to use
+    report = tune.main(["--methods", "seq-lora", "--validation-per-class", "3", "--tune-experiences", "1",
+                        "--out", str(tmp_path / "t"), "--report-only", *flags])
+    assert not (report / "candidates").exists()
+    assert json.loads((report / "chosen.json").read_text())["methods"]["seq-lora"]["incomplete"] == "0 of 2 run"
     out = tune.main(["--methods", "seq-lora", "simplecil", "--validation-per-class", "3", "--tune-experiences", "1",
                      "--out", str(tmp_path / "t"), *flags])
     rows = [json.loads(p.read_text()) for p in (out / "candidates").rglob("config.json")]
@@ -107,6 +117,9 @@ def test_tune_chooses_on_validation_only_and_compare_trains_the_choice(tmp_path,
     # a second call resumes: nothing is trained again, the same choice comes back
     again = tune.main(["--methods", "seq-lora", "simplecil", "--validation-per-class", "3", "--tune-experiences", "1",
                        "--out", str(tmp_path / "t"), *flags])
+    assert json.loads((again / "chosen.json").read_text())["methods"]["seq-lora"]["lr"] == pick["lr"]
+    tune.main(["--methods", "seq-lora", "--validation-per-class", "3", "--tune-experiences", "1",
+               "--out", str(tmp_path / "t"), "--report-only", *flags])
     assert json.loads((again / "chosen.json").read_text())["methods"]["seq-lora"]["lr"] == pick["lr"]
 
     run = compare.main(TINY + ["--methods", "seq-lora", "simplecil", "--out", str(tmp_path / "c"), "--tuned",
