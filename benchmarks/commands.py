@@ -40,7 +40,7 @@ class Command:
 COMMANDS: tuple[Command, ...] = (
     Command("sdlora-compare", "benchmarks.compare", "benchmarks.compare"),
     Command("sdlora-findings", "benchmarks.findings", "benchmarks.findings.command"),
-    Command("sdlora-speed", "benchmarks.speed", "benchmarks.speed"),
+    Command("sdlora-speed", "benchmarks.speed", "benchmarks.speed.command"),
     Command("sdlora-study", "benchmarks.study", "benchmarks.study"),
     Command("sdlora-orders", "benchmarks.orders", "benchmarks.orders"),
     Command("sdlora-headline", "benchmarks.headline", "benchmarks.headline"),

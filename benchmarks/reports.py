@@ -21,13 +21,34 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
 
 
 def write_reports(per_task: pd.DataFrame, run_dir: Path, title: str | None = None) -> None:
-    """per_task.csv, summary.csv, table.md and the two plots of a run folder (``title`` heads the plots)."""
+    """per_task.csv, summary.csv, magnitudes.csv (SD-LoRA's runs), table.md and the two plots of a run folder
+    (``title`` heads the plots)."""
     run_dir = Path(run_dir)
     summary = summarize(per_task)
     write_csv(per_task, run_dir / "per_task.csv")
     write_csv(summary, run_dir / "summary.csv")
+    long = magnitudes(per_task)
+    if len(long):
+        write_csv(long, run_dir / "magnitudes.csv")
     write_text(run_dir / "table.md", markdown_table(summary))
     plot(per_task, summary, run_dir, title)
+
+
+def magnitudes(per_task: pd.DataFrame) -> pd.DataFrame:
+    """The magnitudes as a long table, one row per (method, seed, experience, task): per_task.csv keeps them as one
+    space-joined ``alphas`` string per row (a row per experience, and a growing number of them), which no plotting
+    or stats tool reads as numbers."""
+    keys = [c for c in ("method", "seed", "class_order_seed", "experience") if c in per_task]
+    rows = []
+    if "alphas" in per_task:
+        for record in per_task.to_dict("records"):
+            text = record["alphas"]
+            if isinstance(text, str) and text.strip():
+                rows += [{**{k: record[k] for k in keys}, "task": k, "alpha": float(a)}
+                         for k, a in enumerate(text.split())]
+            elif isinstance(text, (int, float)) and np.isfinite(text):  # one magnitude, read back as a number
+                rows.append({**{k: record[k] for k in keys}, "task": 0, "alpha": float(text)})
+    return pd.DataFrame(rows, columns=[*keys, "task", "alpha"])
 
 
 def with_class_order_seed(per_task: pd.DataFrame, config: dict) -> pd.DataFrame:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics
+from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics, loss_metrics
 from avalanche.logging import InteractiveLogger
 from avalanche.training.plugins import EvaluationPlugin
 
@@ -56,7 +56,12 @@ def make_evaluator(log_dir: Path, quiet: bool) -> tuple[EvaluationPlugin, Parame
     loggers = []
     if distributed.is_main():
         loggers = [ResumableCSVLogger(log_dir)] + ([] if quiet else [InteractiveLogger()])
-    ev = EvaluationPlugin(accuracy_metrics(experience=True, stream=True), forgetting_metrics(experience=True, stream=True),
+    # Epoch accuracy and loss on the training minibatches, and each experience's test loss, fill the CSVLogger's
+    # training_accuracy, training_loss and eval_loss columns (without them Avalanche writes 0 there); val_accuracy and
+    # val_loss stay 0: nothing is evaluated during training (no eval_every).
+    ev = EvaluationPlugin(accuracy_metrics(epoch=True, experience=True, stream=True),
+                          loss_metrics(epoch=True, experience=True),
+                          forgetting_metrics(experience=True, stream=True),
                           bwt_metrics(experience=True, stream=True), AverageAnytimeAccuracy(), params, loggers=loggers)
     return ev, params
 

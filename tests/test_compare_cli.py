@@ -40,6 +40,18 @@ def test_every_method_logs_expected_columns(tiny_run):
     for f in ("table.md", "seen_accuracy.png", "final_accuracy.png", "config.json", "DONE"):
         assert (run_dir / f).exists(), f
     assert (run_dir / "csv" / "sdlora" / "seed0" / "eval_results.csv").exists()  # Avalanche's CSVLogger
+    # its training accuracy/loss and test loss columns hold the values (Avalanche writes 0 without their metrics)
+    train_log = pd.read_csv(run_dir / "csv" / "sdlora" / "seed0" / "training_results.csv")
+    eval_log = pd.read_csv(run_dir / "csv" / "sdlora" / "seed0" / "eval_results.csv")
+    assert (train_log["training_loss"] > 0).all() and train_log["training_accuracy"].between(0, 1).all()
+    assert train_log["training_accuracy"].gt(0).any() and (eval_log["eval_loss"] > 0).all()
+    # the magnitudes as a long table: one row per (method, seed, experience, task), the numbers of per_task's string
+    long = pd.read_csv(run_dir / "magnitudes.csv")
+    sd = per_task[per_task["method"] == "sdlora"].sort_values("experience")
+    got = long[long["method"] == "sdlora"].sort_values(["experience", "task"])
+    assert list(got.groupby("experience")["task"].apply(list)) == [[0], [0, 1]]
+    assert got["alpha"].tolist() == [float(a) for text in sd["alphas"].astype(str) for a in text.split()]
+    assert set(long["method"]) <= {m for m in methods if m.startswith("sdlora")}
 
 
 def test_our_aaa_matches_avalanche_metric_plugin(tiny_run):

@@ -9,7 +9,7 @@ import timm
 import torch
 
 from avalanche_sdlora.assets import default_asset
-from benchmarks import speed
+from benchmarks.speed import command as speed
 from benchmarks.speed.timing import count_flops, count_flops_and_passes
 
 PEER_INFERENCE = ("dualprompt", "coda_prompt", "inflora_merged", "inflora_branches", "ranpac", "aper", "simplecil",
