@@ -42,6 +42,7 @@ def encode(value):
 
 
 def decode(value):
+    """Inverse of the JSON encoding of a metric's state."""
     if isinstance(value, list):
         return [decode(v) for v in value]
     if isinstance(value, dict):
@@ -79,6 +80,7 @@ def snapshot(obj, depth: int = 0) -> dict:
 
 
 def restore(obj, snap: dict) -> None:
+    """Write a saved state back into ``obj``, attribute by attribute."""
     for name, entry in snap.items():
         current = getattr(obj, name, None)
         if "metric" in entry:
