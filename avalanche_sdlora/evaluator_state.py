@@ -14,6 +14,7 @@ not saved; their names are recorded under ``"not_saved"``.
 from __future__ import annotations
 
 import numbers
+import warnings
 
 from avalanche.evaluation.metric_definitions import Metric
 
@@ -137,8 +138,6 @@ def evaluator_state(evaluator) -> dict:
 
 def restore_evaluator_state(evaluator, state: dict) -> None:
     """Set the saved metric state back into an evaluator built like the saved one (same metrics, same order)."""
-    import warnings
-
     saved = dict(state.get("metrics", {}))
     for key, m in keyed_by_class(getattr(evaluator, "metrics", [])):
         entry = saved.pop(key, None)
