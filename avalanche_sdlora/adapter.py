@@ -4,17 +4,16 @@ For task t the update of slice s in {q, v} is
 
     dW_s = sum_{k<t} alpha_k * D_{k,s} + alpha_t * B_{t,s} A_{t,s}
 
-where D_{k,s} = B_{k,s} A_{k,s} * scale_{k,s} is the frozen direction of a finished task, stored as its low-rank
-factors (buffers) and one scale per task and slice: by default (``direction_norm="factors"``, the authors' code)
-scale = 1 / (||B||_F ||A||_F), so ||D||_F <= 1; with ``"frobenius"`` (the paper's) scale = 1 / ||B A||_F and
-||D||_F = 1. (A_t, B_t) is the trainable pair of the current task (normalised to ||B A||_F = 1 while it trains
-only under ``normalize_current=True``, the paper's form). The magnitudes alpha live once in :class:`Magnitudes`,
-owned by the model and shared by every adapted layer and by q and v.
+where D_{k,s} = B_{k,s} A_{k,s} * scale_{k,s} is the frozen direction of a finished task, kept as low-rank factors
+(buffers) and a scale: 1 / (||B||_F ||A||_F) by default (``direction_norm="factors"``, the authors' code), so
+||D||_F <= 1; 1 / ||B A||_F with ``"frobenius"`` (the paper's), so ||D||_F = 1. (A_t, B_t) is the current task's
+trainable pair (a unit B A / ||B A||_F only under ``normalize_current=True``, the paper's form). The magnitudes
+alpha live once in :class:`Magnitudes`, owned by the model and shared by every adapted layer and by q and v.
 
-``delta_weight()`` is the single place the update is formed; forward, merge, export and the knowledge-distillation
-fit all call it (or its low-rank pieces). The forward pass forms the dense update once per call (cost out x R x in,
-independent of the number of tokens), so training cost stays flat as tasks accumulate. The paper's ablations and
-the pair starts are rules in :mod:`avalanche_sdlora.variants`, not here.
+``delta_weight()`` is the single place the update is formed; forward, merge, export and the KD fit all call it (or
+its low-rank pieces). Forward forms the dense update once per call (cost out x R x in, whatever the number of
+tokens), so training cost stays flat as tasks accumulate. The Table 4 ablations and the pair starts are rules in
+:mod:`avalanche_sdlora.variants`.
 """
 
 from __future__ import annotations
@@ -27,8 +26,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .options import DIRECTION_NORMS
-
-SLICES = ("q", "v")
 
 
 class Magnitudes(nn.Module):
@@ -67,8 +64,7 @@ class Magnitudes(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: D401
         key = prefix + "alpha"
         if key in state_dict and state_dict[key].shape != self.alpha.shape:
-            # A checkpoint taken after more tasks: grow to its shape before copying.
-            # (on this module's device, whatever device the checkpoint's tensor is on)
+            # A checkpoint taken after more tasks: grow to its shape (on this module's device) before copying.
             self.alpha = nn.Parameter(self.alpha.new_zeros(state_dict[key].shape), requires_grad=self.alpha.requires_grad)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -87,11 +83,9 @@ def lowrank_inner(B1: Tensor, A1: Tensor, B2: Tensor, A2: Tensor) -> Tensor:
 class SDLoRAQKV(nn.Module):
     """Wraps a frozen fused qkv ``nn.Linear`` and adds SD-LoRA updates to its q and v slices.
 
-    Buffers (per slice, stacked over q and v on dim 0):
-      ``dir_A`` (2, R, in), ``dir_B`` (2, out, R): factors of all finished tasks' directions;
-      ``dir_scale`` (2, R): 1 / ||B_k||_F ||A_k||_F (default, the authors' code) or 1 / ||B_k A_k||_F
-      (``direction_norm="frobenius"``, the paper) repeated over each task's rank rows;
-      ``dir_slot`` (R,): index of the magnitude that scales each rank row.
+    Buffers (per slice, stacked over q and v on dim 0): ``dir_A`` (2, R, in), ``dir_B`` (2, out, R): factors of all
+    finished tasks' directions; ``dir_scale`` (2, R): each task's scale (``direction_norm``) repeated over its rank
+    rows; ``dir_slot`` (R,): index of the magnitude that scales each rank row.
     Parameters: ``lora_A`` (2, r, in) and ``lora_B`` (2, out, r) of the current task, if any.
     """
 
@@ -102,16 +96,11 @@ class SDLoRAQKV(nn.Module):
             raise TypeError(f"SDLoRAQKV wraps a fused qkv nn.Linear with 3*dim outputs, got {base_layer!r}")
         if direction_norm not in DIRECTION_NORMS:
             raise ValueError(f"direction_norm must be one of {', '.join(map(repr, DIRECTION_NORMS))}, got {direction_norm!r}")
-        self.base_layer = base_layer
-        for p in self.base_layer.parameters():
-            p.requires_grad_(False)
+        self.base_layer = base_layer.requires_grad_(False)
         # A reference, not a submodule: the model owns the magnitudes once.
         object.__setattr__(self, "_magnitudes", magnitudes)
-        self.normalize_current = normalize_current
-        self.direction_norm = direction_norm
-        self.eps = eps
-        self.dim = base_layer.out_features // 3
-        self.in_features = base_layer.in_features
+        self.normalize_current, self.direction_norm, self.eps = normalize_current, direction_norm, eps
+        self.dim, self.in_features = base_layer.out_features // 3, base_layer.in_features
         w = base_layer.weight
         self.register_buffer("dir_A", w.new_zeros(2, 0, self.in_features))
         self.register_buffer("dir_B", w.new_zeros(2, self.dim, 0))
@@ -153,11 +142,12 @@ class SDLoRAQKV(nn.Module):
         self.lora_B = nn.Parameter(w.new_zeros(2, self.dim, rank))
         self.current_slot = slot
 
-    def pair_norm(self, B: Tensor, A: Tensor) -> Tensor:
-        """The norm a finished pair of one slice is divided by (``direction_norm``)."""
+    def pair_norms(self) -> Tensor:
+        """Per slice, the norm the live pair is divided by when it is frozen (``direction_norm``), shape (2,)."""
+        A, B = self.lora_A.detach(), self.lora_B.detach()
         if self.direction_norm == "factors":  # the authors' code: ||B||_F ||A||_F (an upper bound)
-            return B.norm() * A.norm()
-        return _lowrank_fro_norm(B, A)
+            return torch.stack([B[s].norm() * A[s].norm() for s in range(2)])
+        return torch.stack([_lowrank_fro_norm(B[s], A[s]) for s in range(2)])
 
     @torch.no_grad()
     def freeze_pair(self) -> None:
@@ -165,17 +155,13 @@ class SDLoRAQKV(nn.Module):
         if self.lora_A is None:
             return
         self.refuse_if_merged("freeze the pair")
-        A, B = self.lora_A.detach(), self.lora_B.detach()
-        rank = A.shape[1]
-        norms = torch.stack([self.pair_norm(B[s], A[s]) for s in range(2)])
+        A, B, rank, norms = self.lora_A.detach(), self.lora_B.detach(), self.lora_A.shape[1], self.pair_norms()
         scale = torch.where(norms > self.eps, 1.0 / norms.clamp_min(self.eps), torch.zeros_like(norms))
         self.dir_A = torch.cat([self.dir_A, A], dim=1)
         self.dir_B = torch.cat([self.dir_B, B], dim=2)
         self.dir_scale = torch.cat([self.dir_scale, scale[:, None].expand(2, rank)], dim=1)
         self.dir_slot = torch.cat([self.dir_slot, self.dir_slot.new_full((rank,), self.current_slot)])
-        self.lora_A = None
-        self.lora_B = None
-        self.current_slot = None
+        self.lora_A = self.lora_B = self.current_slot = None
 
     @torch.no_grad()
     def drop_slot(self, slot: int) -> None:
@@ -246,7 +232,6 @@ class SDLoRAQKV(nn.Module):
         self._merged = value
 
     def refuse_if_merged(self, what: str) -> None:
-        # Changing the update while it is folded into W0 would make unmerge() subtract another update.
         """One sentence when the update is merged: changing it then would make unmerge() subtract another."""
         if self._merged:
             raise RuntimeError(f"cannot {what} while the SD-LoRA update is merged into the base weights; call "

@@ -129,12 +129,6 @@ def reading(variant: type[GrowthVariant]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- pair starts
-def pair_norms(adapter: SDLoRAQKV) -> Tensor:
-    """The norm ``freeze_pair`` divides each slice of the live pair by (``direction_norm``), shape (2,)."""
-    A, B = adapter.lora_A.detach(), adapter.lora_B.detach()
-    return torch.stack([adapter.pair_norm(B[s], A[s]) for s in range(2)])
-
-
 @torch.no_grad()
 def normalize_pair(adapter: SDLoRAQKV) -> None:
     """Rescale the live pair's B so that B A is the direction ``freeze_pair`` would store; it stays trainable.
@@ -145,7 +139,7 @@ def normalize_pair(adapter: SDLoRAQKV) -> None:
     if adapter.lora_A is None:
         return
     adapter.refuse_if_merged("normalise the pair")
-    norms = pair_norms(adapter)
+    norms = adapter.pair_norms()
     scale = torch.where(norms > adapter.eps, 1.0 / norms.clamp_min(adapter.eps), torch.ones_like(norms))
     adapter.lora_B.mul_(scale[:, None, None])
 
