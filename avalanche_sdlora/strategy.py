@@ -18,7 +18,7 @@ from torch.optim import Optimizer
 
 from .distributed import DataParallelMixin
 from .model import SDLoRAViT
-from .options import MODEL_FIELDS, SDLoRAOptions, check_options
+from .options import MODEL_FIELDS, STRATEGY_FIELDS, SDLoRAOptions, check_options
 from .plugin_compat import check_plugins
 from .plugins import AdapterGrowthPlugin, DistillationPlugin, FiniteLossPlugin, InputCheckPlugin, RankReductionPlugin
 
@@ -92,9 +92,9 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
                  current_classes_only: bool = True, autocast_dtype: torch.dtype | None = None,
                  growth: SupervisedPlugin | None = None, new_params_group: int | Callable[[str], int] = 0,
                  **base_kwargs: Any) -> None:
+        given = {k: v for k, v in locals().items() if k in STRATEGY_FIELDS}  # the option keywords above, as passed
         if not isinstance(model, SDLoRAViT):
             raise TypeError(f"{type(self).__name__} needs a model built by sdlora_vit(...), got {type(model).__name__}")
-        given = dict(rank=rank, alpha_init=alpha_init, reset_alphas=reset_alphas, alpha_lr=alpha_lr, variant=variant)
         self.options = self._merge_options(model, options, {**given, **self._own_options()})
         if int(train_mb_size) <= 0:
             raise ValueError(f"train_mb_size must be a positive integer, got {train_mb_size}")
