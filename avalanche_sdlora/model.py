@@ -28,7 +28,7 @@ from .assets import default_asset, require_file
 from .head import FrozenPastHead
 from .input_checks import check_finite_weights, check_images, check_img_size
 from .options import DEFAULTS, SDLoRAOptions, check_options
-from .variants import PAIR_STARTS
+from .variants import PAIR_STARTS, SingleComponent
 
 
 def _check_vit(model: nn.Module, name: str) -> None:
@@ -207,6 +207,12 @@ class SDLoRAViT(nn.Module):
         """End the task: every adapter stores its pair as a frozen, normalised direction."""
         for a in self.adapters:
             a.freeze_pair()
+
+    def normalize_task(self) -> None:
+        """Former name of the single-component ablation's task end (deprecated; removed in the next version)."""
+        warnings.warn("model.normalize_task() is deprecated: the single-component rule does it "
+                      "(avalanche_sdlora.variants.SingleComponent().end_task(model))", DeprecationWarning, stacklevel=2)
+        SingleComponent().end_task(self)
 
     @torch.no_grad()
     def absorb_last_direction(self, coef: Tensor) -> None:
