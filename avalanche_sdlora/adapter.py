@@ -4,15 +4,16 @@ For task t the update of slice s in {q, v} is
 
     dW_s = sum_{k<t} alpha_k * D_{k,s} + alpha_t * B_{t,s} A_{t,s}
 
-where D_{k,s} is the frozen direction of a finished task, stored as low-rank factors (buffers)
-with a per-task scale so that ||D_{k,s}||_F = 1, and (A_t, B_t) is the trainable pair of the
-current task. The magnitudes alpha live once in :class:`Magnitudes`, owned by the model and
-shared by every adapted layer and by q and v.
+where D_{k,s} = B_{k,s} A_{k,s} * scale_{k,s} is the frozen direction of a finished task, kept as low-rank factors
+(buffers) and a scale: 1 / (||B||_F ||A||_F) by default (``direction_norm="factors"``, the authors' code), so
+||D||_F <= 1; 1 / ||B A||_F with ``"frobenius"`` (the paper's), so ||D||_F = 1. (A_t, B_t) is the current task's
+trainable pair (a unit B A / ||B A||_F only under ``normalize_current=True``, the paper's form). The magnitudes
+alpha live once in :class:`Magnitudes`, owned by the model and shared by every adapted layer and by q and v.
 
-``delta_weight()`` is the single place the update is formed; forward, merge, export and the
-knowledge-distillation fit all call it (or its low-rank pieces). The forward pass forms the dense
-update once per call (cost out x R x in, independent of the number of tokens), so training cost
-stays flat as tasks accumulate.
+``delta_weight()`` is the single place the update is formed; forward, merge, export and the KD fit all call it (or
+its low-rank pieces). Forward forms the dense update once per call (cost out x R x in, whatever the number of
+tokens), so training cost stays flat as tasks accumulate. The Table 4 ablations and the pair starts are rules in
+:mod:`avalanche_sdlora.variants`.
 """
 
 from __future__ import annotations
@@ -24,9 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .options import DIRECTION_NORMS, PAIR_INITS
-
-SLICES = ("q", "v")
+from .options import DIRECTION_NORMS
 
 
 class Magnitudes(nn.Module):
@@ -34,60 +33,20 @@ class Magnitudes(nn.Module):
 
     Stored as one growing parameter vector so the state dict holds exactly one entry,
     ``alpha``, whose length is the number of tasks whose directions are kept.
-
-    Some slots can be held fixed while others train (``freeze``; the frozen-old-magnitudes ablation): torch has no
-    per-element ``requires_grad``, so the adapters read the magnitudes through ``values()``, which detaches the frozen
-    slots (their gradient is exactly 0), and ``restore_frozen_()`` writes their values back after an optimizer step
-    (weight decay or any rule that moves a parameter without a gradient would otherwise shift them). The freeze is
-    not saved: the growth plugin sets it at the start of every task, and any change of length clears it.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.alpha = nn.Parameter(torch.zeros(0))
-        self.register_buffer("frozen_mask", torch.zeros(0, dtype=torch.bool), persistent=False)
-        self.register_buffer("frozen_values", torch.zeros(0), persistent=False)
-        self._any_frozen = False  # mirrors frozen_mask.any() without a device synchronisation per forward
 
     def __len__(self) -> int:
         return int(self.alpha.numel())
-
-    def values(self) -> Tensor:
-        """The magnitudes as the adapters use them: frozen slots carry no gradient.
-
-        A method, not ``forward``: a module call returning its own parameter trips torch's module hooks (FLOP counter).
-        """
-        if not self._any_frozen:
-            return self.alpha
-        return torch.where(self.frozen_mask, self.alpha.detach(), self.alpha)
-
-    @property
-    def frozen_slots(self) -> list[int]:
-        return [int(i) for i in torch.nonzero(self.frozen_mask).flatten()] if self._any_frozen else []
-
-    @torch.no_grad()
-    def freeze(self, slots) -> None:
-        """Hold ``slots`` at their current values (an empty list: every slot trains)."""
-        mask = torch.zeros(len(self), dtype=torch.bool, device=self.alpha.device)
-        slots = [int(k) for k in slots]
-        if any(not 0 <= k < len(self) for k in slots):
-            raise ValueError(f"slots {slots} out of range for {len(self)} magnitudes")
-        mask[slots] = True
-        self.frozen_mask, self.frozen_values = mask, self.alpha.detach().clone()
-        self._any_frozen = bool(slots)
-
-    @torch.no_grad()
-    def restore_frozen_(self) -> None:
-        """Write the frozen slots' values back (after an optimizer step)."""
-        if self._any_frozen:
-            self.alpha.copy_(torch.where(self.frozen_mask, self.frozen_values, self.alpha))
 
     @torch.no_grad()
     def append(self, value: float) -> int:
         """Add a magnitude for a new task; returns its slot index."""
         new = torch.cat([self.alpha.detach(), self.alpha.new_full((1,), float(value))])
         self.alpha = nn.Parameter(new, requires_grad=self.alpha.requires_grad)
-        self.freeze([])
         return len(self) - 1
 
     @torch.no_grad()
@@ -95,21 +54,19 @@ class Magnitudes(nn.Module):
         """Remove the last magnitude (used when knowledge distillation absorbs a task)."""
         last = float(self.alpha[-1])
         self.alpha = nn.Parameter(self.alpha.detach()[:-1].clone(), requires_grad=self.alpha.requires_grad)
-        self.freeze([])
         return last
 
     @torch.no_grad()
     def fill_(self, value: float) -> None:
+        """Set every magnitude to ``value`` (``reset_alphas`` at a new task)."""
         self.alpha.fill_(float(value))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: D401
         key = prefix + "alpha"
         if key in state_dict and state_dict[key].shape != self.alpha.shape:
-            # A checkpoint taken after more tasks: grow to its shape before copying.
-            # (on this module's device, whatever device the checkpoint's tensor is on)
+            # A checkpoint taken after more tasks: grow to its shape (on this module's device) before copying.
             self.alpha = nn.Parameter(self.alpha.new_zeros(state_dict[key].shape), requires_grad=self.alpha.requires_grad)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.freeze([])
 
 
 def _lowrank_fro_norm(B: Tensor, A: Tensor) -> Tensor:
@@ -126,11 +83,9 @@ def lowrank_inner(B1: Tensor, A1: Tensor, B2: Tensor, A2: Tensor) -> Tensor:
 class SDLoRAQKV(nn.Module):
     """Wraps a frozen fused qkv ``nn.Linear`` and adds SD-LoRA updates to its q and v slices.
 
-    Buffers (per slice, stacked over q and v on dim 0):
-      ``dir_A`` (2, R, in), ``dir_B`` (2, out, R): factors of all finished tasks' directions;
-      ``dir_scale`` (2, R): 1 / ||B_k||_F ||A_k||_F (default, the authors' code) or 1 / ||B_k A_k||_F
-      (``direction_norm="frobenius"``, the paper) repeated over each task's rank rows;
-      ``dir_slot`` (R,): index of the magnitude that scales each rank row.
+    Buffers (per slice, stacked over q and v on dim 0): ``dir_A`` (2, R, in), ``dir_B`` (2, out, R): factors of all
+    finished tasks' directions; ``dir_scale`` (2, R): each task's scale (``direction_norm``) repeated over its rank
+    rows; ``dir_slot`` (R,): index of the magnitude that scales each rank row.
     Parameters: ``lora_A`` (2, r, in) and ``lora_B`` (2, out, r) of the current task, if any.
     """
 
@@ -141,16 +96,11 @@ class SDLoRAQKV(nn.Module):
             raise TypeError(f"SDLoRAQKV wraps a fused qkv nn.Linear with 3*dim outputs, got {base_layer!r}")
         if direction_norm not in DIRECTION_NORMS:
             raise ValueError(f"direction_norm must be one of {', '.join(map(repr, DIRECTION_NORMS))}, got {direction_norm!r}")
-        self.base_layer = base_layer
-        for p in self.base_layer.parameters():
-            p.requires_grad_(False)
+        self.base_layer = base_layer.requires_grad_(False)
         # A reference, not a submodule: the model owns the magnitudes once.
         object.__setattr__(self, "_magnitudes", magnitudes)
-        self.normalize_current = normalize_current
-        self.direction_norm = direction_norm
-        self.eps = eps
-        self.dim = base_layer.out_features // 3
-        self.in_features = base_layer.in_features
+        self.normalize_current, self.direction_norm, self.eps = normalize_current, direction_norm, eps
+        self.dim, self.in_features = base_layer.out_features // 3, base_layer.in_features
         w = base_layer.weight
         self.register_buffer("dir_A", w.new_zeros(2, 0, self.in_features))
         self.register_buffer("dir_B", w.new_zeros(2, self.dim, 0))
@@ -168,92 +118,55 @@ class SDLoRAQKV(nn.Module):
     # ------------------------------------------------------------------ task lifecycle
     @property
     def magnitudes(self) -> Magnitudes:
+        """The model's shared magnitudes (a reference: the model owns them)."""
         return self._magnitudes
 
     @property
     def stored_rank(self) -> int:
+        """Rank rows of all stored directions together (0 before the first task ends)."""
         return int(self.dir_slot.numel())
 
     @torch.no_grad()
-    def add_pair(self, rank: int, slot: int, generator: torch.Generator | None = None, init: str = "random") -> None:
-        """Start a new task: trainable A (Kaiming-uniform, as in LoRA) and B = 0, scaled by ``alpha[slot]``.
-
-        ``init="span"`` (``SDLoRAOptions.pair_init``) projects the same draw onto the row span of this slice's stored
-        A and gives each row its drawn norm back, so a new direction starts inside the old ones' input subspace (the
-        random stream is the one ``"random"`` uses; with nothing stored yet, or a row with no component in the span,
-        the draw is kept).
-        """
+    def add_pair(self, rank: int, slot: int, generator: torch.Generator | None = None) -> None:
+        """Start a new task: trainable A (Kaiming-uniform, as in LoRA) and B = 0, scaled by ``alpha[slot]``."""
         if rank <= 0:
             raise ValueError(f"rank must be a positive integer, got {rank}")
-        if init not in PAIR_INITS:
-            raise ValueError(f"init must be one of {', '.join(map(repr, PAIR_INITS))}, got {init!r}")
-        self._refuse_if_merged("add a pair")
+        self.refuse_if_merged("add a pair")
         if self.lora_A is not None:
             raise RuntimeError("the current pair must be frozen (freeze_pair) before a new one is added")
         w = self.base_layer.weight
         A = torch.empty(2, rank, self.in_features, device=w.device, dtype=w.dtype)
         bound = 1.0 / math.sqrt(self.in_features)  # == kaiming_uniform_(a=sqrt(5)) on a (rank, in) weight
         A.uniform_(-bound, bound, generator=generator)
-        if init == "span" and self.stored_rank:
-            A = self._in_stored_span(A)
         self.lora_A = nn.Parameter(A)
         self.lora_B = nn.Parameter(w.new_zeros(2, self.dim, rank))
         self.current_slot = slot
 
-    def _in_stored_span(self, A: Tensor) -> Tensor:
-        """``A`` (2, r, in) with each slice's rows projected onto the row span of its stored ``dir_A``, norms kept."""
-        out = A.clone()
-        for s in range(2):
-            q, _ = torch.linalg.qr(self.dir_A[s].T.double())  # (in, R): orthonormal basis of the stored rows
-            proj = (A[s].double() @ q) @ q.T
-            norm = proj.norm(dim=1, keepdim=True)
-            ok = norm.squeeze(1) > self.eps
-            scaled = proj * (A[s].double().norm(dim=1, keepdim=True) / norm.clamp_min(self.eps))
-            out[s][ok] = scaled[ok].to(A.dtype)
-        return out
-
-    def _pair_norm(self, B: Tensor, A: Tensor) -> Tensor:
+    def pair_norms(self) -> Tensor:
+        """Per slice, the norm the live pair is divided by when it is frozen (``direction_norm``), shape (2,)."""
+        A, B = self.lora_A.detach(), self.lora_B.detach()
         if self.direction_norm == "factors":  # the authors' code: ||B||_F ||A||_F (an upper bound)
-            return B.norm() * A.norm()
-        return _lowrank_fro_norm(B, A)
+            return torch.stack([B[s].norm() * A[s].norm() for s in range(2)])
+        return torch.stack([_lowrank_fro_norm(B[s], A[s]) for s in range(2)])
 
     @torch.no_grad()
     def freeze_pair(self) -> None:
         """End the task: store the pair as a frozen direction normalised per slice."""
         if self.lora_A is None:
             return
-        self._refuse_if_merged("freeze the pair")
-        A, B = self.lora_A.detach(), self.lora_B.detach()
-        rank = A.shape[1]
-        norms = torch.stack([self._pair_norm(B[s], A[s]) for s in range(2)])
+        self.refuse_if_merged("freeze the pair")
+        A, B, rank, norms = self.lora_A.detach(), self.lora_B.detach(), self.lora_A.shape[1], self.pair_norms()
         scale = torch.where(norms > self.eps, 1.0 / norms.clamp_min(self.eps), torch.zeros_like(norms))
         self.dir_A = torch.cat([self.dir_A, A], dim=1)
         self.dir_B = torch.cat([self.dir_B, B], dim=2)
         self.dir_scale = torch.cat([self.dir_scale, scale[:, None].expand(2, rank)], dim=1)
         self.dir_slot = torch.cat([self.dir_slot, self.dir_slot.new_full((rank,), self.current_slot)])
-        self.lora_A = None
-        self.lora_B = None
-        self.current_slot = None
-
-    @torch.no_grad()
-    def normalize_pair(self) -> None:
-        """Rescale the live pair's B so that B A is the direction ``freeze_pair`` would store; it stays trainable.
-
-        The single-component ablation's task end: its one pair is never frozen, but is normalised as a finished
-        direction is (``direction_norm``). Under ``normalize_current=True`` this changes only the factors' scale.
-        """
-        if self.lora_A is None:
-            return
-        self._refuse_if_merged("normalise the pair")
-        A, B = self.lora_A.detach(), self.lora_B.detach()
-        norms = torch.stack([self._pair_norm(B[s], A[s]) for s in range(2)])
-        scale = torch.where(norms > self.eps, 1.0 / norms.clamp_min(self.eps), torch.ones_like(norms))
-        self.lora_B.mul_(scale[:, None, None])
+        self.lora_A = self.lora_B = self.current_slot = None
 
     @torch.no_grad()
     def drop_slot(self, slot: int) -> None:
         """Remove every stored direction scaled by ``slot`` (used by knowledge distillation)."""
-        self._refuse_if_merged("drop a direction")
+        self.refuse_if_merged("drop a direction")
         keep = self.dir_slot != slot
         self.dir_A, self.dir_B = self.dir_A[:, keep], self.dir_B[:, :, keep]
         self.dir_scale, self.dir_slot = self.dir_scale[:, keep], self.dir_slot[keep]
@@ -268,7 +181,7 @@ class SDLoRAQKV(nn.Module):
     # ------------------------------------------------------------------ the update
     def delta_weight(self) -> Tensor:
         """Update of the q and v slices, shape (2, dim, in); the one place it is formed."""
-        alpha = self.magnitudes.values()
+        alpha = self.magnitudes.alpha
         w = self.base_layer.weight
         delta = w.new_zeros(2, self.dim, self.in_features)
         if self.stored_rank:
@@ -288,6 +201,7 @@ class SDLoRAQKV(nn.Module):
         return torch.cat([dq, torch.zeros_like(dq), dv], dim=0)
 
     def forward(self, x: Tensor) -> Tensor:
+        """The qkv projection with the update: W0 + dW formed once per call (or W0 alone when merged)."""
         if self._merged:
             if self.training and self.lora_A is not None and torch.is_grad_enabled():
                 raise RuntimeError("this SD-LoRA model is merged, so its current pair would get no gradient; call "
@@ -317,8 +231,8 @@ class SDLoRAQKV(nn.Module):
         self.merged.fill_(value)
         self._merged = value
 
-    def _refuse_if_merged(self, what: str) -> None:
-        # Changing the update while it is folded into W0 would make unmerge() subtract another update.
+    def refuse_if_merged(self, what: str) -> None:
+        """One sentence when the update is merged: changing it then would make unmerge() subtract another."""
         if self._merged:
             raise RuntimeError(f"cannot {what} while the SD-LoRA update is merged into the base weights; call "
                                "model.unmerge() first (the strategies' growth plugin does)")
@@ -344,5 +258,6 @@ class SDLoRAQKV(nn.Module):
         self._merged = bool(state_dict[prefix + "merged"])
 
     def extra_repr(self) -> str:
+        """Sizes and state for print(model)."""
         cur = 0 if self.lora_A is None else self.lora_A.shape[1]
         return f"dim={self.dim}, stored_rank={self.stored_rank}, current_rank={cur}, merged={self._merged}"

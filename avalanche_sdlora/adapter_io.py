@@ -1,272 +1,43 @@
-"""SD-LoRA adapters on disk without the frozen backbone, in the manner of PEFT's ``save_pretrained``/``from_pretrained``.
+"""Former home of the adapter folder functions (deprecated; removed in the next version).
 
-``save_adapters(model, folder)`` writes ``adapter_model.safetensors`` (stored directions, the current pair,
-the magnitudes and the head chunks: every tensor that is not the frozen timm backbone) and, last,
-``adapter_config.json`` (timm model name, image size, depth, width, the SD-LoRA options, whether the model was
-merged, which tensors were trainable, a fingerprint of the base weights and the sha256 of the tensor file).
-``load_adapters(folder)`` builds the base by name and loads them strictly; a base of another model, width,
-depth, image size or other weights is refused with one sentence. The backbone is what makes a full state
-dict big (23 MB for ViT-Tiny, ~340 MB for ViT-B) and it never changes, so it is rebuilt from its weights file.
-Nothing is pickled: loading runs no code from the files.
+Use ``model.save_pretrained(folder)``, ``SDLoRAViT.from_pretrained(folder, ...)`` (or
+``sdlora_vit(..., adapters=folder)``) and ``model.load_adapters(folder)``; the format itself is
+:mod:`avalanche_sdlora.adapter_format`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import warnings
 from pathlib import Path
 
 import torch
-from safetensors.torch import load as load_bytes
-from safetensors.torch import save as save_bytes
-from torch import Tensor
 
-from .adapter import SDLoRAQKV
-from .atomic import write_bytes
-from .input_checks import check_finite_weights
+from .adapter_format import (CONFIG_FILE, FORMAT, TENSORS_FILE, UNVERIFIED, adapter_config, adapter_state_dict,
+                             base_fingerprint, check_saved_config, load_adapter_state, read_adapters,
+                             read_checked_tensors, require_sdlora, sha256_hex)
+from .model import SDLoRAViT
 
-FORMAT = "avalanche-sdlora-adapters/1"
-TENSORS_FILE = "adapter_model.safetensors"
-CONFIG_FILE = "adapter_config.json"
-OPTIONS = ("rank", "direction_norm", "normalize_current", "head_init")
-UNVERIFIED = "allow_unverified=True"  # the keyword that accepts a file whose hashes were removed (named in refusals)
+__all__ = ["CONFIG_FILE", "FORMAT", "TENSORS_FILE", "UNVERIFIED", "adapter_config", "adapter_state_dict",
+           "base_fingerprint", "check_saved_config", "load_adapter_state", "read_adapters", "read_checked_tensors",
+           "require_sdlora", "sha256_hex", "save_adapters", "load_adapters"]
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-# ---------------------------------------------------------------------- what belongs to the adapters
-def _adapter_prefixes(model: torch.nn.Module) -> list[str]:
-    return [f"{name}." for name, m in model.named_modules() if isinstance(m, SDLoRAQKV)]
-
-
-def _is_adapter_key(key: str, prefixes: list[str]) -> bool:
-    """Everything outside the backbone (head, magnitudes) and each adapter's own tensors (not its base layer)."""
-    if not key.startswith("backbone."):
-        return True
-    for p in prefixes:
-        if key.startswith(p):
-            return not key.startswith(f"{p}base_layer.")
-    return False
-
-
-def _is_flag(key: str) -> bool:
-    # A merged flag in the state dict would describe the base weight, which is not saved: the flag travels in
-    # the JSON instead and the loaded model is merged again.
-    return key.rsplit(".", 1)[-1] == "merged"
-
-
-def adapter_state_dict(model: torch.nn.Module) -> dict[str, Tensor]:
-    """The entries of ``model.state_dict()`` that are not the frozen backbone (CPU copies)."""
-    prefixes = _adapter_prefixes(model)
-    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()
-            if _is_adapter_key(k, prefixes) and not _is_flag(k)}
-
-
-def base_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 over the frozen backbone's tensors (names, dtypes, shapes, bytes).
-
-    The weights of the adapted qkv layers are left out because ``merge()`` changes them in place; every
-    other backbone tensor (patch embedding, position embedding, norms, MLPs, projections) identifies the base.
-    """
-    prefixes = _adapter_prefixes(model)
-    skip = {f"{p}base_layer.weight" for p in prefixes}
-    h = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        if _is_adapter_key(key, prefixes) or key in skip:
-            continue
-        t = value.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{key}|{t.dtype}|{tuple(value.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy())
-    return h.hexdigest()
-
-
-def adapter_config(model: torch.nn.Module) -> dict:
-    """The facts a base must match to take these adapters, and the options that rebuild the model."""
-    require_sdlora(model, "adapter_config")
-    backbone = model.backbone
-    first = model.adapters[0]
-    return {"format": FORMAT, "model_name": (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture"),
-            "img_size": [int(s) for s in backbone.patch_embed.img_size], "depth": len(backbone.blocks),
-            "width": int(backbone.embed_dim), "rank": int(model.rank), "direction_norm": first.direction_norm,
-            "normalize_current": bool(first.normalize_current), "head_init": model.head.init,
-            "merged": bool(first.merged), "base_sha256": base_fingerprint(model),
-            "requires_grad": sorted(n for n, p in model.named_parameters() if p.requires_grad)}
-
-
-def require_sdlora(model, caller: str) -> None:
-    """Adapters exist only on an ``SDLoRAViT``; anything else gets a TypeError naming ``caller``."""
-    from .model import SDLoRAViT
-
-    if not isinstance(model, SDLoRAViT):
-        raise TypeError(f"{caller} needs a model built by sdlora_vit(...), got {type(model).__name__}")
-
-
-def _describe(cfg: dict) -> str:
-    h, w = cfg["img_size"]
-    size = f"{h} px" if h == w else f"{h}x{w} px"
-    return f"'{cfg['model_name']}' at {size} ({cfg['depth']} blocks, width {cfg['width']})"
-
-
-def _build_hint(cfg: dict) -> str:
-    import inspect
-
-    from .model import sdlora_vit
-
-    h, w = cfg["img_size"]
-    size = h if h == w else (h, w)
-    defaults = inspect.signature(sdlora_vit).parameters
-    opts = "".join(f", {k}={cfg[k]!r}" for k in OPTIONS if k in cfg and (k not in defaults or defaults[k].default != cfg[k]))
-    return f"sdlora_vit('{cfg['model_name']}', img_size={size}{opts}, checkpoint=<the same weights file>)"
-
-
-def check_saved_config(saved: dict, where: str) -> None:
-    """The fields of a saved ``adapter_config`` that loading reads, each of the type ``save_adapters`` writes."""
-    size = saved.get("img_size")
-    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                                                                for v in size)):
-        raise ValueError(f"the adapter config of '{where}' has img_size={size!r}; it must be the pair [height, width] "
-                         "of the base's input size that save_adapters writes: save the adapters again")
-    for key, kind in (("depth", int), ("width", int), ("model_name", str)):
-        value = saved.get(key)
-        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-            raise ValueError(f"the adapter config of '{where}' has {key}={value!r}, not a {kind.__name__}; save the "
-                             "adapters again")
-
-
-# ---------------------------------------------------------------------- loading onto a built model
-def load_adapter_state(model: torch.nn.Module, tensors: dict[str, Tensor], saved: dict, where: str, *,
-                       allow_unverified: bool = False) -> None:
-    """Check ``model`` against the saved ``adapter_config`` and load ``tensors`` into it strictly.
-
-    Architecture, options and base weights are checked before the model is touched; ``where`` (a file) is
-    named in every error. A config without the base's fingerprint is refused (deleting the field must not switch
-    the check off) unless ``allow_unverified``; adapters holding NaN or inf are always refused.
-    """
-    require_sdlora(model, "loading adapters")
-    check_saved_config(saved, where)
-    if saved.get("base_sha256") is None and not allow_unverified:
-        raise ValueError(f"the adapter config of '{where}' records no base_sha256, so the base weights they were "
-                         "trained on cannot be checked; save the adapters again, or pass "
-                         f"{UNVERIFIED} to load adapters you trust onto this base")
-    check_finite_weights(tensors, f"the adapters in '{where}'", "they were saved from a diverged model; load "
-                         "adapters saved before it diverged")
-    current = adapter_config(model)
-    if current["merged"]:
-        raise ValueError(f"the model is merged, so its qkv weights hold an update; call model.unmerge() before "
-                         f"loading the adapters of '{where}'")
-    arch = ("model_name", "img_size", "depth", "width")
-    if any(saved.get(k) != current[k] for k in arch if saved.get(k) is not None and current[k] is not None):
-        raise ValueError(f"the adapters in '{where}' were saved on {_describe(saved)} but this model is "
-                         f"{_describe(current)}; build the base with {_build_hint(saved)}")
-    diff = {k: (saved[k], current[k]) for k in OPTIONS if k in saved and saved[k] != current[k]}
-    if diff:
-        raise ValueError(f"the adapters in '{where}' were saved with other options {diff} (saved, this model); "
-                         f"build the model with {_build_hint(saved)}")
-    if saved.get("base_sha256") not in (None, current["base_sha256"]):
-        raise ValueError(f"the base weights of this model differ from those the adapters in '{where}' were trained "
-                         f"on (fingerprint {current['base_sha256'][:12]} vs {saved['base_sha256'][:12]}); build the base "
-                         f"from the same weights file: {_build_hint(saved)}")
-    device = next(model.parameters()).device
-    state = {k: v.to(device) for k, v in tensors.items()}
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        raise ValueError(f"the adapters in '{where}' do not fit this model ({' '.join(str(exc).split())[:300]}); "
-                         f"build the model with {_build_hint(saved)}") from exc
-    prefixes = _adapter_prefixes(model)
-    missing = sorted(k for k in result.missing_keys if _is_adapter_key(k, prefixes) and not _is_flag(k))
-    if result.unexpected_keys or missing:
-        raise ValueError(f"the adapters in '{where}' do not fit this model (unexpected {result.unexpected_keys[:5]}, "
-                         f"missing {missing[:5]}); load them into a model built with {_build_hint(saved)}")
-    if "requires_grad" in saved:
-        trainable = set(saved["requires_grad"])
-        for name, p in model.named_parameters():
-            if name in state:
-                p.requires_grad_(name in trainable)
-    if saved.get("merged"):
-        model.merge()
-
-
-# ---------------------------------------------------------------------- PEFT-style folder
 def save_adapters(model: torch.nn.Module, path: str | Path) -> Path:
-    """Write the adapters of ``model`` (not its backbone) to the folder ``path``; returns the folder.
-
-    A merged model is saved as it is: the adapters do not change when merged, the JSON records ``merged`` and
-    :func:`load_adapters` merges the loaded model again, so it computes what the saved one computed.
-    """
+    """Deprecated: ``model.save_pretrained(path)``."""
+    warnings.warn("avalanche_sdlora.adapter_io.save_adapters(model, path) is deprecated: use "
+                  "model.save_pretrained(path)", DeprecationWarning, stacklevel=2)
     require_sdlora(model, "save_adapters")
-    state = adapter_state_dict(model)
-    check_finite_weights(state, "the model's adapters", "nothing was saved: the model diverged (a lower learning "
-                         "rate, or the weights of an earlier experience, gives finite ones)")
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    data = save_bytes(state)
-    cfg = {**adapter_config(model), "sha256": sha256_hex(data)}
-    write_bytes(folder / TENSORS_FILE, data)
-    write_bytes(folder / CONFIG_FILE, json.dumps(cfg, indent=1).encode())  # last: marks a complete save
-    return folder
-
-
-def read_adapters(path: str | Path, *, allow_unverified: bool = False) -> tuple[dict[str, Tensor], dict]:
-    """Tensors and config of a :func:`save_adapters` folder, with the file's checksum verified.
-
-    A config without the checksum is refused unless ``allow_unverified`` (an edit of the file it protects must not
-    switch the check off).
-    """
-    folder = Path(path)
-    cfg_path, tensor_path = folder / CONFIG_FILE, folder / TENSORS_FILE
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"'{folder}' has no {CONFIG_FILE}: pass load_adapters(path=...) a folder written by "
-                                "save_adapters (a save that was interrupted has none)")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"'{cfg_path}' is damaged ({exc}); save the adapters again") from exc
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise ValueError(f"'{cfg_path}' is not an avalanche-sdlora adapter config (format "
-                         f"{cfg.get('format') if isinstance(cfg, dict) else None!r}, expected {FORMAT!r})")
-    if cfg.get("sha256") is None and not allow_unverified:
-        raise ValueError(f"'{cfg_path}' records no sha256 of {TENSORS_FILE}, so damage to it cannot be detected; save "
-                         f"the adapters again, or pass load_adapters(..., {UNVERIFIED}) to load a file you trust")
-    check_saved_config(cfg, str(cfg_path))
-    return read_checked_tensors(tensor_path, cfg.get("sha256"), "save the adapters again"), cfg
-
-
-def read_checked_tensors(path: Path, sha256: str | None, fix: str) -> dict[str, Tensor]:
-    """Read a safetensors file whose sha256 was recorded (None: an old file without one)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ValueError(f"cannot read '{path}' ({exc}); {fix}") from exc
-    if sha256 is not None and sha256_hex(data) != sha256:
-        raise ValueError(f"'{path}' is damaged (its sha256 differs from the one recorded when it was written); {fix}")
-    try:
-        return load_bytes(data)
-    except Exception as exc:  # safetensors raises its own error types for a bad header
-        raise ValueError(f"'{path}' is not a readable safetensors file ({exc}); {fix}") from exc
+    return model.save_pretrained(path)
 
 
 def load_adapters(path: str | Path, model: torch.nn.Module | None = None, *, checkpoint: str | Path | None = None,
-                  pretrained: bool = False, allow_unverified: bool = False):
-    """Load adapters saved by :func:`save_adapters`, like PEFT's ``PeftModel.from_pretrained``.
-
-    Without ``model`` the base is built by name from the saved config, ``sdlora_vit(name, img_size=...,
-    checkpoint=checkpoint, pretrained=pretrained, ...)``: pass the weights file the adapters were trained on.
-    With ``model`` (an unmerged ``SDLoRAViT``) they are loaded into it. Returns the model. A folder whose config
-    lacks ``sha256`` or ``base_sha256`` is refused unless ``allow_unverified=True``.
-    """
-    tensors, cfg = read_adapters(path, allow_unverified=allow_unverified)
-    where = str(Path(path) / TENSORS_FILE)
+                  pretrained: bool = False, allow_unverified: bool = False) -> SDLoRAViT:
+    """Deprecated: ``SDLoRAViT.from_pretrained(path, checkpoint=..., pretrained=...)`` or ``model.load_adapters(path)``."""
+    warnings.warn("avalanche_sdlora.adapter_io.load_adapters is deprecated: use SDLoRAViT.from_pretrained(path, ...) "
+                  "(or sdlora_vit(..., adapters=path)), or model.load_adapters(path) for a built model",
+                  DeprecationWarning, stacklevel=2)
     if model is None:
-        from .model import sdlora_vit
-
-        if not cfg.get("model_name"):
-            raise ValueError(f"'{path}' does not record a timm model name (its backbone was not built by name); "
-                             "pass load_adapters(path, model=...) a model built like the saved one")
-        h, w = cfg["img_size"]
-        model = sdlora_vit(cfg["model_name"], img_size=h if h == w else (h, w), checkpoint=checkpoint,
-                           pretrained=pretrained, **{k: cfg[k] for k in OPTIONS})
-    load_adapter_state(model, tensors, cfg, where, allow_unverified=allow_unverified)
-    return model
+        return SDLoRAViT.from_pretrained(path, checkpoint=checkpoint, pretrained=pretrained,
+                                         allow_unverified=allow_unverified)
+    require_sdlora(model, "loading adapters")
+    return model.load_adapters(path, allow_unverified=allow_unverified)

@@ -54,10 +54,12 @@ def write_with(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`write_with`)."""
     write_with(path, lambda f: f.write(data))
 
 
 def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (:func:`write_with`)."""
     write_with(path, lambda f: f.write(text.encode()))
 
 

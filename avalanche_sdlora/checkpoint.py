@@ -1,7 +1,7 @@
 """Exact resume from the last finished experience: safetensors + JSON, never pickle.
 
 A checkpoint ``exp<k>`` is two files. ``exp<k>.safetensors`` holds the adapter state (stored directions,
-current pair, magnitudes, head chunks: :func:`~avalanche_sdlora.adapter_io.adapter_state_dict`, never the
+current pair, magnitudes, head chunks: :func:`~avalanche_sdlora.adapter_format.adapter_state_dict`, never the
 frozen backbone, which is rebuilt from its weights file) and the torch RNG states. ``exp<k>.json``, written
 last, holds the experience index, the Python/NumPy RNG states, the strategy's state (classes seen, each
 plugin's ``state_dict()``, Avalanche's clock and the evaluator's metric state), the adapter config with a
@@ -33,10 +33,11 @@ from avalanche.core import SupervisedPlugin
 from avalanche.distributed import DistributedHelper
 from safetensors.torch import save as save_bytes
 
-from .adapter_io import (adapter_config, adapter_state_dict, load_adapter_state, read_checked_tensors, require_sdlora,
+from .adapter_format import (adapter_config, adapter_state_dict, load_adapter_state, read_checked_tensors, require_sdlora,
                          sha256_hex)
 from .atomic import remove_stale_temps, write_bytes
 from .evaluator_state import evaluator_state, has_state_dict, keyed_by_class, restore_evaluator_state
+from .plugins import DistillationPlugin, RankReductionPlugin
 
 FORMAT = "avalanche-sdlora-checkpoint/2"
 FORMAT_V1 = "avalanche-sdlora-checkpoint/1"  # whole model state dict, no checksum: still loaded
@@ -238,9 +239,11 @@ class CheckpointPlugin(SupervisedPlugin, supports_distributed=True):
         self._saved: int | None = None
 
     def after_training_exp(self, strategy, **kwargs) -> None:
+        """Note the finished experience: it is saved when the next ``train`` call starts (or by :meth:`save`)."""
         self._finished = strategy.experience.current_experience
 
     def before_training(self, strategy, **kwargs) -> None:
+        """Save the experience the last ``train`` call finished, with the evaluator's state of that call."""
         # Runs before Avalanche's evaluator and periodic-eval hooks of this call (they follow user plugins).
         if self._finished is not None and self._finished != self._saved:
             self.save(strategy)
@@ -280,8 +283,6 @@ def strategy_state(strategy) -> dict:
     Classes seen so far (``strategy._seen_classes``), every plugin's ``state_dict()`` (any plugin with both
     ``state_dict`` and ``load_state_dict``), Avalanche's clock counters and the evaluator's metric state.
     """
-    from .plugins import DistillationPlugin, RankReductionPlugin
-
     state: dict = {"seen_classes": sorted(int(c) for c in getattr(strategy, "_seen_classes", set()))}
     plugins = {}
     for key, p in keyed_by_class(strategy.plugins):
@@ -307,8 +308,6 @@ def strategy_state(strategy) -> dict:
 
 def restore_strategy_state(strategy, state: dict) -> None:
     """Inverse of :func:`strategy_state`; also reads checkpoints written before plugins had ``state_dict()``."""
-    from .plugins import DistillationPlugin, RankReductionPlugin
-
     if hasattr(strategy, "_seen_classes"):
         strategy._seen_classes = set(state.get("seen_classes", []))
     saved = dict(state.get("plugins", {}))

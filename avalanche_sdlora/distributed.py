@@ -119,6 +119,7 @@ class DataParallelMixin:
     # ------------------------------------------------------------------ training data
     def make_train_dataloader(self, num_workers: int = 0, shuffle: bool = True, pin_memory: bool | None = None,
                               persistent_workers: bool = False, drop_last: bool = False, **kwargs) -> None:
+        """Avalanche's loader, with this rank's shard of every experience under torchrun."""
         self._train_sampler = None
         if not is_distributed():
             return super().make_train_dataloader(num_workers=num_workers, shuffle=shuffle, pin_memory=pin_memory,
@@ -149,6 +150,7 @@ class DataParallelMixin:
         super()._after_training_exp(**kwargs)
 
     def forward(self) -> Tensor:
+        """The model's forward (through DistributedDataParallel under torchrun)."""
         if self._ddp is None or not self.is_training:
             return super().forward()
         if isinstance(self.model, MultiTaskModule):

@@ -14,6 +14,7 @@ not saved; their names are recorded under ``"not_saved"``.
 from __future__ import annotations
 
 import numbers
+import warnings
 
 from avalanche.evaluation.metric_definitions import Metric
 
@@ -42,6 +43,7 @@ def encode(value):
 
 
 def decode(value):
+    """Inverse of the JSON encoding of a metric's state."""
     if isinstance(value, list):
         return [decode(v) for v in value]
     if isinstance(value, dict):
@@ -79,6 +81,7 @@ def snapshot(obj, depth: int = 0) -> dict:
 
 
 def restore(obj, snap: dict) -> None:
+    """Write a saved state back into ``obj``, attribute by attribute."""
     for name, entry in snap.items():
         current = getattr(obj, name, None)
         if "metric" in entry:
@@ -135,8 +138,6 @@ def evaluator_state(evaluator) -> dict:
 
 def restore_evaluator_state(evaluator, state: dict) -> None:
     """Set the saved metric state back into an evaluator built like the saved one (same metrics, same order)."""
-    import warnings
-
     saved = dict(state.get("metrics", {}))
     for key, m in keyed_by_class(getattr(evaluator, "metrics", [])):
         entry = saved.pop(key, None)

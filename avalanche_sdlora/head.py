@@ -96,6 +96,7 @@ class FrozenPastHead(DynamicModule):
         self.widen(max(new) + 1)
 
     def adaptation(self, experience: CLExperience) -> None:
+        """Training: add rows for the experience's new classes; evaluation: widen to its classes."""
         classes = [int(c) for c in getattr(experience, "classes_in_this_experience", None) or ()]
         if self.training:
             self.add_classes(classes)
@@ -103,6 +104,7 @@ class FrozenPastHead(DynamicModule):
             self.widen(max(classes) + 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits of every class seen so far; classes without rows get ``mask_value``."""
         n = self.num_classes
         out = x.new_full((x.shape[0], n), self.mask_value)
         if len(self.rows) == 0:

@@ -80,24 +80,30 @@ class AverageAnytimeAccuracy(PluginMetric[float]):
         self._current: dict[str, Accuracy] = {}
 
     def reset(self) -> None:
+        """Forget every accuracy measured so far."""
         self._history = {}
 
     def result(self, stream: str = "test") -> float:
+        """AAA of ``stream`` over the evaluations so far (0 before the first)."""
         values = self._history.get(stream, {})
         return average_anytime_accuracy([values[k] for k in sorted(values)]) if values else 0.0
 
     def before_training_exp(self, strategy) -> None:
+        """Evaluations while an experience trains do not count."""
         self._training = True
 
     def after_training_exp(self, strategy) -> None:
+        """The experience is finished: its classes count as seen."""
         self._training = False
         self._finished += 1
         self._seen |= {int(c) for c in strategy.experience.classes_in_this_experience}
 
     def before_eval(self, strategy) -> None:
+        """Start counting this evaluation's correct predictions."""
         self._current = {}
 
     def after_eval_iteration(self, strategy) -> None:
+        """Count the minibatch's correct predictions on seen classes."""
         if self._training or not self._seen:
             return
         y = strategy.mb_y
@@ -107,6 +113,7 @@ class AverageAnytimeAccuracy(PluginMetric[float]):
             self._current.setdefault(stream, Accuracy()).update(strategy.mb_output[keep], y[keep])
 
     def after_eval(self, strategy):
+        """Record this evaluation's seen-class accuracy and emit AAA."""
         values = []
         for stream, acc in self._current.items():
             self._history.setdefault(stream, {})[self._finished - 1] = acc.result()
@@ -121,6 +128,7 @@ class AverageAnytimeAccuracy(PluginMetric[float]):
                 "history": {s: [[k, v] for k, v in sorted(h.items())] for s, h in self._history.items()}}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (a resumed run)."""
         self._seen = {int(c) for c in state["seen"]}
         self._finished = int(state["finished"])
         self._history = {s: {int(k): float(v) for k, v in h} for s, h in state["history"].items()}
@@ -137,15 +145,19 @@ class ParameterCount(PluginMetric[int]):
         self._trainable = 0
 
     def reset(self) -> None:
+        """Start the count at 0."""
         self._trainable = 0
 
     def result(self) -> int:
+        """The last count."""
         return self._trainable
 
     def after_training_epoch(self, strategy) -> None:
+        """Count the trainable parameters."""
         self._trainable = sum(p.numel() for p in strategy.model.parameters() if p.requires_grad)
 
     def after_training_exp(self, strategy):
+        """Emit the trainable count and the adapter parameters stored after the experience."""
         step = strategy.clock.train_iterations
         values = [MetricValue(self, "TrainableParams/train_phase/train_stream", self._trainable, step)]
         stored = getattr(strategy.model, "stored_adapter_params", None)
@@ -159,4 +171,5 @@ class ParameterCount(PluginMetric[int]):
 
 @torch.no_grad()
 def count_params(module: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters of ``module`` (only those with ``requires_grad`` if ``trainable_only``)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

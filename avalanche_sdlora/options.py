@@ -1,27 +1,30 @@
-"""SD-LoRA's options, declared once: each with its default, allowed values and source.
+"""SD-LoRA's options, declared once: each with its default, allowed values, source and scope.
 
-``SDLoRAOptions`` is a frozen, typed dataclass (in the spirit of PEFT's ``LoraConfig``) accepted by
-``sdlora_vit``, ``SDLoRAViT`` and the strategies beside their explicit keyword arguments:
+``SDLoRAOptions`` is a frozen, typed dataclass, one carrier as PEFT's ``LoraConfig``:
 
-* a keyword the caller passes overrides the options object (``None`` for an option that cannot be ``None``,
-  such as ``rank``, counts as not passed);
-* every other option comes from the options object; a strategy given none uses its model's options, so
-  ``SDLoRA(model=sdlora_vit(..., rank=4), ...)`` trains rank-4 pairs;
-* the defaults shown in those signatures are this class's defaults (``tests/test_dropin.py`` pins that).
+* the model owns one (``sdlora_vit(name, options=..., **changes)``, ``model.options``); ``changes`` are fields;
+* a strategy starts from its model's (or the ``options=`` it is given) and applies the option keywords it is
+  given (non-None) once, into ``strategy.options``; the growth plugins read ``strategy.options`` in their hooks;
+* a field's ``scope`` says who may set it: ``"model"`` fields shape the adapters (normalisation, head and pair
+  init) and are fixed when the model is built; ``"strategy"`` fields say how tasks are trained and may differ
+  per strategy. :data:`MODEL_FIELDS` and :data:`STRATEGY_FIELDS` are read from the dataclass.
 
-Each field's metadata holds ``help``, ``source`` (paper / authors' code, see ../shared/REFERENCE.md),
-``used_by`` and, where the values are a fixed set, ``choices``: enough to generate command-line flags.
+Each field's metadata holds ``help``, ``source`` (paper / authors' code, see ../shared/REFERENCE.md), ``scope``,
+``used_by`` and, where the values are a fixed set, ``choices``: enough to generate command-line flags. A new option
+is a field here and the line that reads it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from .variants import PAIR_STARTS
+from .variants import VARIANTS as VARIANT_RULES
+from .variants import reading
 
 # 0-based task index at which each rank starts. The paper: rank 10, 8 from the 4th task, 6 from the 8th.
 # The authors' code switches one task later.
@@ -29,36 +32,13 @@ PAPER_SCHEDULE: dict[int, int] = {0: 10, 3: 8, 7: 6}
 AUTHORS_SCHEDULE: dict[int, int] = {0: 10, 4: 8, 8: 6}
 DIRECTION_NORMS = ("factors", "frobenius")
 HEAD_INITS = ("linear", "zeros")
-PAIR_INITS = ("random", "span")
-# Options fixed when the model is built (its structure); a strategy cannot change them.
-MODEL_OPTIONS = ("normalize_current", "direction_norm", "head_init", "pair_init")
+PAIR_INITS = tuple(PAIR_STARTS)
+SCOPES = ("model", "strategy")
 
-# The paper's Table 4 ablations as growth variants (``variant``), each one option away from SD-LoRA. The name is the
-# choice; the text is its exact reading (the paper gives one line per row; its numbers are ImageNet-R 5 / 10 tasks Acc).
-# plugins/growth.py implements each name; nothing else in the library branches on it.
-VARIANTS: dict[str, str] = {
-    "full": "SD-LoRA: a new pair and magnitude at every task, the pair frozen into a normalised direction when its "
-            "task ends, every magnitude trainable (paper 79.15 / 77.34).",
-    "fixed-direction": "Table 4 (i), Finding 1(b): the first task is trained as in SD-LoRA and its pair frozen into a "
-                       "normalised direction as SD-LoRA freezes any pair; later tasks add no pair and no magnitude and "
-                       "train only that direction's magnitude (and the new head rows). The magnitude is treated as "
-                       "SD-LoRA treats alpha_1: reset to alpha_init at each task when reset_alphas, else trained on from "
-                       "its learned value, so the row differs from 'full' only by the missing later components "
-                       "(paper 78.17 / 74.82).",
-    "single-component": "Table 4 (ii): one pair and one magnitude, W = W0 + alpha * normalised(B A), trained through "
-                        "every task and never frozen; the magnitude keeps its learned value across tasks (there is no "
-                        "finished component for reset_alphas to reset). Normalised as SD-LoRA normalises its pairs: "
-                        "with normalize_current=True (the paper's form) the pair is the unit-Frobenius B A / ||B A||_F "
-                        "while it trains; with False (the authors' code) it trains as alpha * B A and its B is rescaled "
-                        "at each task end to the direction direction_norm stores, so the network changes there as "
-                        "SD-LoRA's does when it freezes a pair. It differs from sequential LoRA (one pair, alpha fixed "
-                        "at 1, never normalised) exactly by that decoupling: the normalisation and a trainable magnitude "
-                        "starting at alpha_init (paper 73.24 / 70.62).",
-    "frozen-old-magnitudes": "Table 4 (iii), old components fixed without rescaling: as SD-LoRA, but when task t "
-                             "starts every earlier magnitude is frozen at the value it had learned, so only the "
-                             "current pair, alpha_t and the new head rows train; needs reset_alphas=False, since "
-                             "resetting old magnitudes to alpha_init is a rescaling (paper 78.28 / 74.29).",
-}
+# The paper's Table 4 ablations as growth variants (``variant``), each one option away from SD-LoRA: {name: its exact
+# reading} (the paper gives one line per row; its numbers are ImageNet-R 5 / 10 tasks Acc). Each is a class in
+# variants.py, which the growth plugin calls; nothing else in the library branches on the name.
+VARIANTS: dict[str, str] = {name: reading(cls) for name, cls in VARIANT_RULES.items()}
 
 
 def check_rank_schedule(schedule: Mapping[int, int] | Iterable[tuple[int, int]]) -> dict[int, int]:
@@ -96,8 +76,10 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _option(default: Any, help: str, source: str, used_by: str, choices: tuple | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "source": source, "used_by": used_by, "choices": choices})
+def _option(default: Any, help: str, source: str, used_by: str, choices: tuple | None = None, *,
+            scope: str = "strategy") -> Any:
+    return field(default=default, metadata={"help": help, "source": source, "used_by": used_by, "choices": choices,
+                                            "scope": scope})
 
 
 @dataclass(frozen=True)
@@ -115,18 +97,19 @@ class SDLoRAOptions:
                                      "(None: the optimizer's)", "authors' code (one learning rate)",
                                      "SDLoRA, SDLoRARR, SDLoRAKD")
     normalize_current: bool = _option(False, "normalise the current pair while it trains (True: the paper's form)",
-                                      "authors' code", "sdlora_vit")
+                                      "authors' code", "sdlora_vit", scope="model")
     direction_norm: str = _option("factors", "normalisation of a finished direction: B A / (||B|| ||A||) "
                                   "('factors') or B A / ||B A|| ('frobenius', the paper's)",
-                                  "authors' code (reproduces their result)", "sdlora_vit", DIRECTION_NORMS)
+                                  "authors' code (reproduces their result)", "sdlora_vit", DIRECTION_NORMS,
+                                  scope="model")
     head_init: str = _option("linear", "init of new classifier rows: nn.Linear's default ('linear') or zeros",
-                             "authors' code", "sdlora_vit", HEAD_INITS)
+                             "authors' code", "sdlora_vit", HEAD_INITS, scope="model")
     pair_init: str = _option("random", "init of a new pair's input-side A: LoRA's Kaiming-uniform draw ('random') or "
                              "that draw projected onto the row span of the stored directions' A of its slice, each "
                              "row's norm kept ('span', off by default: a test of whether KD's near-orthogonal "
                              "directions come from A's random start); B = 0 either way",
                              "authors' code (LoRA's init); 'span' is this project's (issue 19)", "sdlora_vit",
-                             PAIR_INITS)
+                             PAIR_INITS, scope="model")
     kd_threshold: float = _option(9e-4, "SD-LoRA-KD absorbs a new direction when ||r||^2 / ||D_t||^2 is at most this",
                                   "paper", "SDLoRAKD")
     variant: str = _option("full", "SD-LoRA or one of the paper's Table 4 ablations; VARIANTS says exactly what each "
@@ -187,47 +170,16 @@ class SDLoRAOptions:
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SDLoRAOptions))
+MODEL_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SDLoRAOptions) if f.metadata["scope"] == "model")
+STRATEGY_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SDLoRAOptions)
+                                         if f.metadata["scope"] == "strategy")
 DEFAULTS = SDLoRAOptions()
-_NULLABLE = {"alpha_lr"}
+MODEL_OPTIONS = MODEL_FIELDS  # the former name (deprecated; removed in the next version)
 
 
-def takes_options(base: Callable[[dict[str, Any]], SDLoRAOptions | None] | None = None,
-                  refuse: Mapping[str, str] | None = None) -> Callable:
-    """Decorator for a function with an ``options`` parameter and option keywords (the rule in the module doc).
-
-    The function receives ``options`` resolved (never None) and its option keywords at their defaults: it
-    reads options only from ``options``. ``base(arguments)`` gives the options used when the caller passes
-    none (the strategies: the model's); ``refuse`` maps an option keyword this function does not use to the
-    sentence raised when a caller passes it. Python cannot tell a keyword passed with its default value
-    from one left out, hence a wrapper that sees the call as written.
-    """
-
-    def decorate(fn: Callable) -> Callable:
-        sig = inspect.signature(fn)
-        names = [n for n in sig.parameters if n in FIELDS]
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            bound = sig.bind(*args, **kwargs)
-            given = bound.arguments
-            options = given.get("options")
-            if options is None:
-                options = (base(given) if base is not None else None) or DEFAULTS
-            elif not isinstance(options, SDLoRAOptions):
-                raise TypeError(f"options must be an avalanche_sdlora.SDLoRAOptions, got {type(options).__name__}")
-            explicit = {}
-            for name in names:
-                if name not in given:
-                    continue
-                value = given.pop(name)
-                if value is None and name not in _NULLABLE:
-                    continue
-                if refuse and name in refuse:
-                    raise ValueError(refuse[name])
-                explicit[name] = value
-            given["options"] = options.replace(**explicit) if explicit else options
-            return fn(*bound.args, **bound.kwargs)
-
-        return wrapper
-
-    return decorate
+def check_options(options: Any, where: str) -> SDLoRAOptions:
+    """``options`` if it is an :class:`SDLoRAOptions`, else one sentence naming ``where`` it was passed."""
+    if not isinstance(options, SDLoRAOptions):
+        raise TypeError(f"{where}(options=...) takes an avalanche_sdlora.SDLoRAOptions, got {type(options).__name__}; "
+                        "build one with SDLoRAOptions(rank=..., ...) or pass the options as keywords")
+    return options

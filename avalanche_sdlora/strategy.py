@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -19,7 +18,7 @@ from torch.optim import Optimizer
 
 from .distributed import DataParallelMixin
 from .model import SDLoRAViT
-from .options import DEFAULTS, MODEL_OPTIONS, SDLoRAOptions, takes_options
+from .options import MODEL_FIELDS, STRATEGY_FIELDS, SDLoRAOptions, check_options
 from .plugin_compat import check_plugins
 from .plugins import AdapterGrowthPlugin, DistillationPlugin, FiniteLossPlugin, InputCheckPlugin, RankReductionPlugin
 
@@ -35,10 +34,6 @@ def current_classes_view(logits: Tensor, targets: Tensor, classes: Tensor | None
     """
     cols = torch.unique(torch.cat([classes, targets])) if columns is None else columns  # sorted
     return logits.index_select(1, cols), torch.searchsorted(cols, targets)
-
-
-def _model_options(arguments: dict[str, Any]) -> SDLoRAOptions | None:
-    return getattr(arguments.get("model"), "options", None)
 
 
 def check_autocast_dtype(dtype: Any) -> torch.dtype | None:
@@ -74,10 +69,13 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
     the current classes and the other replayed classes present. ``current_classes_only=False``: the loss over
     every head column. Any criterion taking (logits, targets) works.
 
-    Options (``rank``, ``alpha_init``, ``reset_alphas``, ``alpha_lr``, ``variant``) come from ``options`` or, without
-    one, the model's; explicit keywords override either (see :mod:`avalanche_sdlora.options`). ``variant`` selects one
-    of the paper's Table 4 ablations (``"fixed-direction"``, ``"single-component"``, ``"frozen-old-magnitudes"``; read
-    exactly in ``options.VARIANTS``); the default ``"full"`` is SD-LoRA.
+    Options: ``self.options`` is the model's :class:`~avalanche_sdlora.options.SDLoRAOptions` (or ``options=``) with
+    the option keywords given here applied once (``rank``, ``alpha_init``, ``reset_alphas``, ``alpha_lr``,
+    ``variant``; SDLoRARR adds ``rank_schedule``, SDLoRAKD ``kd_threshold``: together the strategy-scope fields,
+    :data:`~avalanche_sdlora.options.STRATEGY_FIELDS`; None counts as not given); the growth plugins read it in their
+    hooks. The model-scope options are the model's. ``variant`` selects one of the paper's Table 4 ablations
+    (``"fixed-direction"``, ``"single-component"``, ``"frozen-old-magnitudes"``; read exactly in
+    ``options.VARIANTS``); the default ``"full"`` is SD-LoRA.
 
     ``autocast_dtype=torch.bfloat16`` runs the training forward under ``torch.autocast`` (the weights, the optimizer
     and the loss stay float32; evaluation stays float32); the default None trains in float32, exactly. Under
@@ -85,30 +83,23 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
     whole set on every rank (:mod:`avalanche_sdlora.distributed`); ``train_mb_size`` is then per rank.
     """
 
-    @takes_options(base=_model_options)
     def __init__(self, *, model: SDLoRAViT, optimizer: Optimizer, criterion: nn.Module | None = None,
                  train_mb_size: int = 1, train_epochs: int = 1, eval_mb_size: int | None = None,
                  device: str | torch.device = "cpu", plugins: Sequence[SupervisedPlugin] | None = None,
                  evaluator=default_evaluator, eval_every: int = -1, peval_mode: str = "epoch",
-                 options: SDLoRAOptions | None = None, rank: int | None = None,
-                 alpha_init: float = DEFAULTS.alpha_init, reset_alphas: bool = DEFAULTS.reset_alphas,
-                 alpha_lr: float | None = DEFAULTS.alpha_lr, variant: str = DEFAULTS.variant,
+                 options: SDLoRAOptions | None = None, rank: int | None = None, alpha_init: float | None = None,
+                 reset_alphas: bool | None = None, alpha_lr: float | None = None, variant: str | None = None,
                  current_classes_only: bool = True, autocast_dtype: torch.dtype | None = None,
-                 growth: SupervisedPlugin | None = None,
-                 new_params_group: int | Callable[[str], int] = 0, **base_kwargs) -> None:
+                 growth: SupervisedPlugin | None = None, new_params_group: int | Callable[[str], int] = 0,
+                 **base_kwargs: Any) -> None:
+        given = {k: v for k, v in locals().items() if k in STRATEGY_FIELDS}  # the option keywords above, as passed
         if not isinstance(model, SDLoRAViT):
             raise TypeError(f"{type(self).__name__} needs a model built by sdlora_vit(...), got {type(model).__name__}")
-        for name in MODEL_OPTIONS:
-            if getattr(options, name) != getattr(model.options, name):
-                raise ValueError(f"options.{name}={getattr(options, name)!r} differs from the model's "
-                                 f"{getattr(model.options, name)!r}; it is fixed when the model is built: pass it "
-                                 "to sdlora_vit(...) instead")
+        self.options = self._merge_options(model, options, {**given, **self._own_options()})
         if int(train_mb_size) <= 0:
             raise ValueError(f"train_mb_size must be a positive integer, got {train_mb_size}")
         if int(train_epochs) < 0:  # 0, as under Naive: the plugins run (e.g. fill a replay buffer), nothing trains
             raise ValueError(f"train_epochs must be 0 or more, got {train_epochs}")
-        self.options = options
-        self.alpha_lr = options.alpha_lr
         self.current_classes_only = current_classes_only
         self.autocast_dtype = check_autocast_dtype(autocast_dtype)
         user = list(plugins or [])
@@ -120,8 +111,8 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
         # (the benchmarks' sequential-LoRA baseline passes ``growth``).
         # The growth plugin goes first (a user's one included), so every other plugin sees the experience's
         # parameters and, after the experience, the finished pair frozen into its direction, whatever the order given.
-        own = user_growth or [growth or self._growth_plugin(options)]
-        own += [FiniteLossPlugin(), InputCheckPlugin()] + self._extra_plugins(options)
+        own = user_growth or [growth or self._growth_plugin()]
+        own += [FiniteLossPlugin(), InputCheckPlugin()] + self._extra_plugins()
         user = [p for p in user if not any(p is g for g in user_growth)]
         check_plugins(own + user, type(self).__name__)
         self.new_params_group = new_params_group
@@ -137,11 +128,36 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
                          device=device, plugins=own + user, evaluator=evaluator,
                          eval_every=eval_every, peval_mode=peval_mode, **base_kwargs)
 
-    def _growth_plugin(self, options: SDLoRAOptions) -> AdapterGrowthPlugin:
-        return AdapterGrowthPlugin(rank=options.rank, alpha_init=options.alpha_init, reset_alphas=options.reset_alphas,
-                                   variant=options.variant)
+    def _merge_options(self, model: SDLoRAViT, options: SDLoRAOptions | None, given: dict) -> SDLoRAOptions:
+        """``options`` (default: the model's) with the option keywords ``given`` (those not None) applied, once.
 
-    def _extra_plugins(self, options: SDLoRAOptions) -> list[SupervisedPlugin]:
+        Model-scope options are fixed when the model is built: ``options`` whose model-scope fields differ from the
+        model's are refused by name, not silently ignored.
+        """
+        base = model.options if options is None else check_options(options, type(self).__name__)
+        for name in MODEL_FIELDS:
+            if getattr(base, name) != getattr(model.options, name):
+                raise ValueError(f"options.{name}={getattr(base, name)!r} differs from the model's "
+                                 f"{getattr(model.options, name)!r}; it is fixed when the model is built: pass it "
+                                 "to sdlora_vit(...) instead")
+        changes = {k: v for k, v in given.items() if v is not None}
+        return base.replace(**changes) if changes else base
+
+    def _own_options(self) -> dict[str, Any]:
+        """A variant's own option keyword (SDLoRARR's ``rank_schedule``, SDLoRAKD's ``kd_threshold``), set before
+        ``SDLoRA.__init__`` runs: Avalanche refuses keywords ``SDLoRA``'s signature does not name."""
+        return {}
+
+    @property
+    def alpha_lr(self) -> float | None:
+        """Learning rate of the magnitudes' own parameter group (``options.alpha_lr``; None: the optimizer's)."""
+        return self.options.alpha_lr
+
+    def _growth_plugin(self) -> AdapterGrowthPlugin:
+        """The growth plugin this strategy adds when it is given none (it reads ``self.options`` in its hooks)."""
+        return AdapterGrowthPlugin()
+
+    def _extra_plugins(self) -> list[SupervisedPlugin]:
         return []
 
     def _before_training(self, **kwargs) -> None:
@@ -269,6 +285,7 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
             group["initial_lr"] = self.alpha_lr
 
     def forward(self) -> Tensor:
+        """The model's logits (under ``autocast_dtype`` while training, returned as float32)."""
         if self.autocast_dtype is None or not self.is_training:
             return super().forward()
         with torch.autocast(self.device.type, dtype=self.autocast_dtype):
@@ -281,6 +298,7 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
         self._targets = (self.mbatch[1], y) if isinstance(y, Tensor) and y.device.type == "cpu" else None
 
     def criterion(self) -> Tensor:
+        """The loss over the current classes' columns (and replayed classes'), or over all of them."""
         out, y = self.mb_output, self.mb_y
         if self.is_training and self.current_classes_only and self.experience is not None:
             out, y = current_classes_view(out, y, columns=self._loss_columns(y, out.device))
@@ -310,42 +328,40 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
         return self._columns
 
 
-def _signature_with(base: Any, **extra: tuple[Any, Any]) -> inspect.Signature:
-    """``base``'s signature with keyword-only ``extra`` {name: (default, annotation)} before its ``**kwargs``."""
-    params = list(inspect.signature(base).parameters.values())
-    var_kw = [p for p in params if p.kind is p.VAR_KEYWORD]
-    params = [p for p in params if p.kind is not p.VAR_KEYWORD]
-    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a) for n, (d, a) in extra.items()]
-    return inspect.Signature(params + var_kw)
-
-
 class SDLoRARR(SDLoRA):
     """SD-LoRA-RR: SD-LoRA whose later tasks get lower-rank pairs (``rank_schedule``, default the paper's).
 
-    Takes every SDLoRA argument, in the same order; the ranks come from ``rank_schedule`` (``rank`` is refused).
+    Takes every SDLoRA argument, in the same order; the ranks come from ``rank_schedule`` {first 0-based task:
+    rank} (default: ``options.rank_schedule``, the paper's), so ``rank`` is refused.
     """
 
     def __init__(self, *args: Any, rank_schedule: Mapping[int, int] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # rank_schedule is in kwargs["options"] (takes_options put it there)
+        if kwargs.get("rank") is not None:
+            raise ValueError("SDLoRARR takes each task's rank from rank_schedule; pass rank_schedule={0: r} for a "
+                             "constant rank r, not rank=r")
+        self._rank_schedule = rank_schedule
+        super().__init__(*args, **kwargs)
 
-    __init__.__signature__ = _signature_with(SDLoRA.__init__, rank_schedule=(None, "Mapping[int, int] | None"))
-    __init__ = takes_options(base=_model_options, refuse={
-        "rank": "SDLoRARR takes each task's rank from rank_schedule; pass rank_schedule={0: r} for a constant rank r, "
-                "not rank=r"})(__init__)
+    def _own_options(self) -> dict[str, Any]:
+        return {"rank_schedule": self._rank_schedule}
 
-    def _growth_plugin(self, options: SDLoRAOptions) -> AdapterGrowthPlugin:
-        return RankReductionPlugin(options.schedule, alpha_init=options.alpha_init, reset_alphas=options.reset_alphas,
-                                   variant=options.variant)
+    def _growth_plugin(self) -> AdapterGrowthPlugin:
+        return RankReductionPlugin(self.options.schedule)
 
 
 class SDLoRAKD(SDLoRA):
-    """SD-LoRA-KD: a new direction the old ones already span is folded into their magnitudes (``kd_threshold``)."""
+    """SD-LoRA-KD: a new direction the old ones already span is folded into their magnitudes.
 
-    def __init__(self, *args: Any, kd_threshold: float = DEFAULTS.kd_threshold, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # kd_threshold is in kwargs["options"]
+    ``kd_threshold`` (default: ``options.kd_threshold``, the paper's 9e-4) is the largest ||r||^2 / ||D_t||^2 of a
+    direction that is absorbed (:class:`~avalanche_sdlora.plugins.DistillationPlugin`).
+    """
 
-    __init__.__signature__ = _signature_with(SDLoRA.__init__, kd_threshold=(DEFAULTS.kd_threshold, "float"))
-    __init__ = takes_options(base=_model_options)(__init__)
+    def __init__(self, *args: Any, kd_threshold: float | None = None, **kwargs: Any) -> None:
+        self._kd_threshold = kd_threshold
+        super().__init__(*args, **kwargs)
 
-    def _extra_plugins(self, options: SDLoRAOptions) -> list[SupervisedPlugin]:
-        return [DistillationPlugin(options.kd_threshold)]
+    def _own_options(self) -> dict[str, Any]:
+        return {"kd_threshold": self._kd_threshold}
+
+    def _extra_plugins(self) -> list[SupervisedPlugin]:
+        return [DistillationPlugin(self.options.kd_threshold)]

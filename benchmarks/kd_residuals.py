@@ -12,6 +12,7 @@ from pathlib import Path
 
 from avalanche_sdlora import sdlora_vit
 from avalanche_sdlora.checkpoint import latest_checkpoint, load_checkpoint
+from avalanche_sdlora.plugins.distillation import direction_residuals
 
 from . import compare, inputs
 from .config import RunConfig
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> list[float]:
     model = sdlora_vit(cfg.model, img_size=cfg.img_size, options=cfg.sdlora,
                        checkpoint=inputs.resolve_checkpoint(cfg.model, cfg.checkpoint))
     load_checkpoint(ckpt, exp, model)
-    res = model.direction_residuals()
+    res = direction_residuals(model)
     for k, r in enumerate(res, start=1):
         print(f"direction {k}: relative residual {r:.6f}")
     if res:

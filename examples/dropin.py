@@ -10,16 +10,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import timm
 import torch
 from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics
 from avalanche.logging import InteractiveLogger
 from avalanche.training.plugins import EvaluationPlugin
 
-from avalanche_sdlora import SDLoRA, sdlora_vit
-from avalanche_sdlora.adapter_io import load_adapters
-from avalanche_sdlora.data import split_cifar100
-from avalanche_sdlora.metrics import AverageAnytimeAccuracy
+from avalanche_sdlora import AverageAnytimeAccuracy, SDLoRA, SDLoRAViT, sdlora_vit, split_cifar100
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -48,13 +44,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         results = strategy.eval(benchmark.test_stream)
 
     # The adapters alone (a few MB), reloaded into a fresh base built from the same weights.
-    folder = model.save_adapters(Path(args.out))
-    reloaded = load_adapters(folder, pretrained=True).eval()
+    folder = model.save_pretrained(Path(args.out))
+    reloaded = SDLoRAViT.from_pretrained(folder, pretrained=True).eval()
     model.merge()
-    reloaded.merge()
-    # Exported, they are a plain timm ViT: no SD-LoRA code is needed to run it.
-    plain = timm.create_model("vit_tiny_patch16_224", num_classes=model.head.num_classes, img_size=args.img_size)
-    plain.load_state_dict(reloaded.export_timm_state_dict())
+    # Merged and unloaded, they are a plain timm ViT: no SD-LoRA code is needed to run it.
+    plain = reloaded.merge_and_unload()
     x, *_ = next(iter(torch.utils.data.DataLoader(benchmark.test_stream[0].dataset.eval(), batch_size=8)))
     with torch.no_grad():
         same = torch.allclose(plain.eval()(x), model.eval()(x), atol=1e-4)

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> list[float]:
         seen_accuracy.append(float(next(v for k, v in results.items() if k.startswith("Top1_Acc_Stream/eval_phase"))))
         names = [train.classes[c] for c in experience.classes_in_this_experience]
         print(f"task {t + 1} ({', '.join(names)}): accuracy on the classes seen so far {100 * seen_accuracy[-1]:.2f}%")
-    print(f"adapters saved in {model.save_adapters(args.out)}")
+    print(f"adapters saved in {model.save_pretrained(args.out)}")
     return seen_accuracy
 
 

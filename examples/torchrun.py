@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         results = strategy.eval(benchmark.test_stream)  # every rank gets the same numbers, over the whole test set
     checkpoints.save(strategy)  # the last experience too, so a rerun finds it finished (rank 0 writes)
     if main_rank:  # one writer
-        model.save_adapters(args.out / "adapters")
+        model.save_pretrained(args.out / "adapters")
         final = {k: float(v) for k, v in results.items() if k.startswith(("Top1_Acc_Stream", "AAA"))}
         (args.out / "final.json").write_text(json.dumps({"world_size": world, **final}, indent=1) + "\n")
         print(f"{world} rank(s): " + ", ".join(f"{k} = {v:.4f}" for k, v in final.items()))

@@ -20,6 +20,7 @@ from test_dropin_resume import one_thread  # noqa: F401 (an autouse fixture: one
 from avalanche_sdlora import AdapterGrowthPlugin, SDLoRA, SDLoRAKD, SDLoRAOptions, SDLoRARR, sdlora_vit
 from avalanche_sdlora.checkpoint import CheckpointPlugin, load_checkpoint, save_checkpoint
 from avalanche_sdlora.options import VARIANTS
+from avalanche_sdlora.variants import SingleComponent
 
 RANK = 2
 PAIR = [f"backbone.blocks.{i}.attn.qkv.lora_{m}" for i in range(12) for m in "AB"]
@@ -180,7 +181,7 @@ def test_single_component_is_alpha_times_a_unit_direction_in_the_papers_form():
         for a in model.adapters:
             a.lora_B.mul_(7.0)  # any scale of the pair: the same function
         y = model(x)
-        model.normalize_task()
+        SingleComponent().end_task(model)
         torch.testing.assert_close(model(x), y, rtol=1e-5, atol=1e-5)
 
 
@@ -191,7 +192,8 @@ def test_frozen_old_magnitudes_stay_bit_identical_under_weight_decay():
     for t in (1, 2):
         assert torch.equal(exps[t]["alpha1"][:t], exps[t - 1]["alpha1"])
         assert exps[t]["alpha1"][t] != 0.8
-    assert strategy.model.magnitudes.frozen_slots == [0, 1]
+    growth = next(p for p in strategy.plugins if isinstance(p, AdapterGrowthPlugin))
+    assert growth.variant.held_slots == [0, 1]
 
 
 def test_variants_with_rank_reduction():
@@ -208,8 +210,8 @@ def test_contradictions_and_unknown_values_are_refused_in_one_sentence(tiny_vit)
     reset = r"variant='frozen-old-magnitudes' keeps old magnitudes at their learned values.*pass reset_alphas=False"
     with pytest.raises(ValueError, match=reset):
         SDLoRAOptions(variant="frozen-old-magnitudes")
-    with pytest.raises(ValueError, match=reset):
-        AdapterGrowthPlugin(variant="frozen-old-magnitudes", reset_alphas=True)
+    with pytest.raises(ValueError, match=reset), pytest.warns(DeprecationWarning, match="pass the options to the"):
+        AdapterGrowthPlugin(variant="frozen-old-magnitudes", reset_alphas=True)  # the former way: still checked
     with pytest.raises(ValueError, match="variant must be one of 'full', 'fixed-direction'"):
         SDLoRAOptions(variant="fixed")
     model = tiny_vit(rank=RANK)
@@ -218,8 +220,9 @@ def test_contradictions_and_unknown_values_are_refused_in_one_sentence(tiny_vit)
         SDLoRA(model=model, optimizer=opt, variant="frozen-old-magnitudes")
     bm = tensor_benchmark()
     # The plugin without reset_alphas reads the model's (True): refused before the model changes.
-    s = SDLoRA(model=model, optimizer=opt, evaluator=evaluator(),
-               growth=AdapterGrowthPlugin(variant="frozen-old-magnitudes"))
+    with pytest.warns(DeprecationWarning):
+        growth = AdapterGrowthPlugin(variant="frozen-old-magnitudes")
+    s = SDLoRA(model=model, optimizer=opt, evaluator=evaluator(), growth=growth)
     with pytest.raises(ValueError, match=reset):
         s.train(bm.train_stream[0])
     assert len(model.magnitudes) == 0
@@ -227,9 +230,11 @@ def test_contradictions_and_unknown_values_are_refused_in_one_sentence(tiny_vit)
     with pytest.raises(ValueError, match="variant='single-component' does not combine with knowledge distillation"):
         kd.train(bm.train_stream[0])
     assert len(model.magnitudes) == 0
-    plugin = AdapterGrowthPlugin(variant="fixed-direction")
-    with pytest.raises(ValueError, match="trained with variant='full', this growth plugin has variant='fixed-direction'"):
-        plugin.load_state_dict({"task": 2})
+    s = SDLoRA(model=model, optimizer=opt, evaluator=evaluator(), variant="fixed-direction")
+    next(p for p in s.plugins if isinstance(p, AdapterGrowthPlugin)).load_state_dict({"task": 2})
+    with pytest.raises(ValueError, match="trained with variant='full', this strategy has variant='fixed-direction'"):
+        s.train(bm.train_stream[0])
+    assert len(model.magnitudes) == 0
 
 
 def test_save_and_load_checkpoint_round_trip_every_variant(tmp_path):
@@ -277,4 +282,5 @@ def test_checkpoint_plugin_resume_equals_uninterrupted(tmp_path, variant):
     resumed.train(bm.train_stream[2])
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed.model.magnitudes.frozen_slots == whole.model.magnitudes.frozen_slots
+    held = [next(p for p in s.plugins if isinstance(p, AdapterGrowthPlugin)).variant for s in (whole, resumed)]
+    assert getattr(held[0], "held_slots", None) == getattr(held[1], "held_slots", None)

@@ -26,7 +26,7 @@ from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetti
 from avalanche.training.plugins import EvaluationPlugin
 from safetensors.torch import load_file, save_file
 
-from avalanche_sdlora import SDLoRARR, sdlora_vit
+from avalanche_sdlora import SDLoRARR, SDLoRAViT, sdlora_vit
 from avalanche_sdlora.adapter_io import CONFIG_FILE, TENSORS_FILE, load_adapters, save_adapters
 from avalanche_sdlora.checkpoint import CheckpointPlugin, load_checkpoint, save_checkpoint
 from avalanche_sdlora.metrics import AverageAnytimeAccuracy
@@ -152,18 +152,17 @@ def test_save_adapters_round_trip_onto_a_base_built_by_name(tmp_path):
     model = _trained()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     expected = model(x)
-    folder = model.save_adapters(tmp_path / "adapters")
+    folder = model.save_pretrained(tmp_path / "adapters")
     assert sorted(p.name for p in folder.iterdir()) == [CONFIG_FILE, TENSORS_FILE]
     cfg = json.loads((folder / CONFIG_FILE).read_text())
-    assert {k: cfg[k] for k in ("model_name", "img_size", "rank", "direction_norm", "normalize_current", "head_init",
-                                "merged", "format")} == {
-        "model_name": "vit_tiny_patch16_224", "img_size": [32, 32], "rank": 2, "direction_norm": "factors",
-        "normalize_current": False, "head_init": "linear", "merged": False, "format": "avalanche-sdlora-adapters/1"}
+    assert {k: cfg[k] for k in ("model_name", "timm_name", "img_size", "options", "merged", "format")} == {
+        "model_name": "vit_tiny_patch16_224", "timm_name": "vit_tiny_patch16_224", "img_size": [32, 32],
+        "options": model.options.to_dict(), "merged": False, "format": "avalanche-sdlora-adapters/1"}
     saved = load_file(str(folder / TENSORS_FILE))
     assert not [k for k in saved if k.startswith("backbone.") and ".qkv." not in k]  # no frozen backbone
     assert not [k for k in saved if "base_layer" in k]
-    torch.manual_seed(0)  # load_adapters builds the (random, seed-0) base by name from the saved config
-    loaded = load_adapters(folder).eval()
+    torch.manual_seed(0)  # from_pretrained builds the (random, seed-0) base by name from the saved config
+    loaded = SDLoRAViT.from_pretrained(folder).eval()
     assert torch.equal(loaded(x), expected)
     a, b = model.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

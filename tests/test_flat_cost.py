@@ -59,7 +59,7 @@ def test_the_footprint_sees_activations_kept_per_direction(tiny_vit):
     """The measure is not blind: applying the stored directions to the activations, one by one (what the adapter
     avoids), makes the saved bytes grow with the tasks."""
     def per_direction_forward(adapter, x):
-        alpha, extra = adapter.magnitudes.values(), [0, 0]
+        alpha, extra = adapter.magnitudes.alpha, [0, 0]
         for k in range(len(adapter.magnitudes) - 1):  # the stored tasks (the last slot is the current pair's)
             for s, (B, A) in enumerate(adapter.directions(k)):
                 extra[s] = extra[s] + alpha[k] * ((x @ A.T) @ B.T)

@@ -38,7 +38,8 @@ def test_readme_example_runs_on_a_tiny_slice():
 
     ns = _run_dropin()
     plain = timm.create_model("vit_tiny_patch16_224", num_classes=4, img_size=32)
-    plain.load_state_dict(ns["state"])  # strict: the export is a plain timm state dict
+    assert type(ns["vit"]) is type(plain)
+    plain.load_state_dict(ns["vit"].state_dict())  # strict: a plain timm model
 
 
 def _run_dropin() -> dict:
@@ -63,12 +64,13 @@ def test_readme_adapters_block_round_trips_the_dropin_model(tmp_path):
 
     ns = _run_dropin()
     src = _blocks("python")[1].replace('"adapters/"', repr(str(tmp_path / "adapters")))
-    before = ns["state"]
+    before = ns["vit"].state_dict()
     exec(compile(src, "README.md", "exec"), ns)
     assert (tmp_path / "adapters" / "adapter_config.json").is_file()
-    assert ns["state"].keys() == before.keys()
+    after = ns["vit"].state_dict()
+    assert after.keys() == before.keys()
     for key, value in before.items():
-        torch.testing.assert_close(ns["state"][key], value, rtol=0, atol=1e-6, msg=key)
+        torch.testing.assert_close(after[key], value, rtol=0, atol=1e-6, msg=key)
 
 
 def test_readme_fits_on_a_screen_and_docs_point_inside_the_repository():

@@ -207,7 +207,6 @@ def test_direction_residuals_report_kd_statistic(tiny_vit):
     add_combination_task(model, C0, C1)
     model.freeze_task()
     res = direction_residuals(model)
-    assert model.direction_residuals() == res  # the model keeps the method for existing callers
     assert len(res) == 2
     assert res[0] == pytest.approx(1.0, abs=1e-6)  # D_1 is orthogonal to D_0: nothing explained
     assert res[1] < 1e-6  # D_2 is an exact combination of D_0 and D_1

@@ -14,6 +14,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR100
 
+from ..data import load_cifar100  # the npz reader and its checks live there
+
 FOLDER = CIFAR100.base_folder  # "cifar-100-python"
 LAYOUT = (f"torchvision's CIFAR-100 folder '<root>/{FOLDER}/{{train,test,meta}}' (unpacked {CIFAR100.filename}, "
           "e.g. from torchvision.datasets.CIFAR100(root, download=True) on a machine with internet), or the shared "
@@ -43,8 +45,6 @@ def read_cifar100(root: Path) -> tuple[str, list[str], dict[str, tuple[np.ndarra
     if root.is_file():
         if root.suffix != ".npz":
             raise ValueError(f"CIFAR-100: '{root}' is a file but not an npz; expected {LAYOUT}")
-        from ..data import load_cifar100  # the npz reader and its checks live there
-
         arrays = load_cifar100(root)
         return "npz", [], {s: (arrays[f"x_{s}"], np.asarray(arrays[f"y_{s}"])) for s in ("train", "test")}
     folder = cifar_folder(root)

@@ -46,6 +46,7 @@ class SplitSpec:
 
 @dataclass(frozen=True)
 class PaperBenchmark:
+    """One of the paper's benchmarks: its classes, task counts, split sizes and archive."""
     name: str
     n_classes: int
     task_counts: tuple[int, ...]  # the task counts the paper reports

@@ -49,6 +49,7 @@ class BenchmarkInfo:
 
     @property
     def classes_per_experience(self) -> int:
+        """Classes of each experience, in order."""
         return self.n_classes // self.n_experiences
 
 
@@ -78,12 +79,14 @@ def first_per_class(targets: np.ndarray, n: int | None, arg: str) -> np.ndarray:
 
 
 def check_experiences(n_classes: int, n_experiences: int) -> None:
+    """One sentence unless ``n_experiences`` divides ``n_classes`` into non-empty experiences."""
     if n_experiences <= 0 or n_classes % n_experiences:
         raise ValueError(f"n_experiences={n_experiences} does not divide the {n_classes} classes evenly; choose a "
                          f"divisor of {n_classes} (class_incremental_benchmark would silently drop the remainder)")
 
 
 def check_class_count(what: str, found: int, expected: int | None, where: str) -> None:
+    """One sentence when ``found`` classes differ from the ``expected`` count of ``what``."""
     if expected is not None and found != expected:
         raise ValueError(f"{what}: found {found} classes in '{where}', expected {expected}; the download is "
                          f"incomplete or not this dataset (pass n_classes={found} or None only for a deliberate "

@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
+import yaml  # declared in pyproject.toml (timm needs it too)
+
 SPLITS = ("train", "test")
 
 
 def read_split_list(path: Path) -> tuple[list[str], list[int]]:
     """Entries and targets of one list, refusing anything that is not CODA-Prompt's structure."""
-    import yaml  # declared in pyproject.toml (timm needs it too)
-
     expected = ("a YAML mapping with 'data' (a list of image paths such as data/imagenet-r/<wnid>/<file>.jpg) "
                 "and 'targets' (one integer class per path), as CODA-Prompt's dataloaders/splits/*.yaml")
     try:

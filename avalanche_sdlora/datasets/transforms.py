@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import timm.data
 import torch
 from torch import nn
 from torchvision.transforms import InterpolationMode, v2
@@ -35,8 +36,6 @@ def timm_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float
     is the one of the timm name the model was built under, not read from a checkpoint file: build with the name of
     the weights' family, or pass mean/std.
     """
-    import timm.data
-
     for m in (model, getattr(model, "backbone", None)):
         if m is not None and getattr(m, "pretrained_cfg", None):
             cfg = timm.data.resolve_model_data_config(m)

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ..adapter import lowrank_inner
 from ..model import SDLoRAViT, require_sdlora_model
+from ..options import DEFAULTS
 from ..plugin_compat import check_no_shrinking
 
 
@@ -68,7 +69,7 @@ class DistillationPlugin(SupervisedPlugin, supports_distributed=True):
     list relative to the growth plugin.
     """
 
-    def __init__(self, threshold: float = 9e-4) -> None:
+    def __init__(self, threshold: float = DEFAULTS.kd_threshold) -> None:
         super().__init__()
         if threshold < 0:
             raise ValueError(f"threshold must be >= 0, got {threshold}")
@@ -76,9 +77,11 @@ class DistillationPlugin(SupervisedPlugin, supports_distributed=True):
         self.history: list[dict] = []
 
     def before_training(self, strategy, **kwargs) -> None:
+        """Refuse plugins that cannot follow a magnitude being removed, before anything changes."""
         check_no_shrinking(strategy.plugins)  # before anything changes in the model
 
     def after_training_exp(self, strategy, **kwargs) -> None:
+        """Freeze the task, fit its direction on the earlier ones, absorb it if spanned."""
         task = strategy.experience.current_experience
         model = require_sdlora_model(strategy.model, "DistillationPlugin")
         model.freeze_task()
@@ -96,4 +99,5 @@ class DistillationPlugin(SupervisedPlugin, supports_distributed=True):
         return {"history": [dict(h) for h in self.history]}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (a resumed run)."""
         self.history = [dict(h) for h in state["history"]]

@@ -40,9 +40,11 @@ class FiniteLossPlugin(SupervisedPlugin, supports_distributed=True):
         self._saved: list[tuple[Tensor, Tensor]] = []
 
     def before_training_exp(self, strategy, **kwargs) -> None:
+        """Start the experience with no pending checks."""
         self._reset()
 
     def before_backward(self, strategy, **kwargs) -> None:
+        """Check the loss (on CPU at once; on a device, every ``check_every`` steps)."""
         loss = strategy.loss.detach()
         where = (getattr(strategy.experience, "current_experience", "?"), strategy.clock.train_exp_epochs,
                  strategy.clock.train_epoch_iterations)
@@ -61,11 +63,13 @@ class FiniteLossPlugin(SupervisedPlugin, supports_distributed=True):
             self._read()
 
     def before_update(self, strategy, **kwargs) -> None:
+        """Keep the parameters, so a step with a non-finite loss can be undone."""
         if self._stop is not None:
             self._saved = [(p, p.detach().clone()) for g in strategy.optimizer.param_groups for p in g["params"]]
 
     @torch.no_grad()
     def after_update(self, strategy, **kwargs) -> None:
+        """Undo the step if any rank saw a non-finite loss."""
         if self._stop is not None and self._saved:
             stop = self._stop.reshape(()).bool()
             for p, before in self._saved:
@@ -73,6 +77,7 @@ class FiniteLossPlugin(SupervisedPlugin, supports_distributed=True):
         self._saved = []
 
     def after_training_epoch(self, strategy, **kwargs) -> None:
+        """Read the pending checks at the end of every epoch."""
         self._read()
 
     def _read(self) -> None:

@@ -25,21 +25,26 @@ class InputCheckPlugin(SupervisedPlugin, supports_distributed=True):
         self._eval_checked = False
 
     def before_train_dataset_adaptation(self, strategy, **kwargs) -> None:
+        """Check the experience's class ids and note task labels."""
         exp = strategy.experience
         self._check_classes(exp, "training")
         warn_task_labels(getattr(exp, "task_labels", None) or (), exp.current_experience)
 
     def before_eval_dataset_adaptation(self, strategy, **kwargs) -> None:
+        """Check the evaluation experience's class ids."""
         self._check_classes(strategy.experience, "evaluation")
 
     def before_training_iteration(self, strategy, **kwargs) -> None:
+        """Check the first training minibatch of the experience."""
         if strategy.clock.train_exp_iterations == 0:
             self._check_batch(strategy, "training")
 
     def before_eval_exp(self, strategy, **kwargs) -> None:
+        """The first minibatch of this evaluation experience is checked again."""
         self._eval_checked = False
 
     def before_eval_iteration(self, strategy, **kwargs) -> None:
+        """Check the first evaluation minibatch of the experience."""
         if not self._eval_checked:
             self._eval_checked = True
             self._check_batch(strategy, "evaluation")
