@@ -2,9 +2,10 @@
 
 Every method that trains by gradient gets the same search, so a comparison ranks mechanisms rather than recipes:
 
-* the same number of candidates: for each of the two optimizers (SGD with momentum 0.9; Adam), three learning rates
-  half a decade apart (``GRID_DECADES``) around the method's own reference learning rate for that optimizer, or, where
-  its reference has none, around the protocol's ``--lr`` (SGD) or ``ADAM_ANCHOR`` (Adam). Every published recipe of a
+* the same number of candidates per optimizer: three learning rates half a decade apart (``GRID_DECADES``) around
+  the method's own reference learning rate for that optimizer, or, where its reference has none, around the
+  protocol's ``--lr`` (SGD) or ``ADAM_ANCHOR`` (Adam); SGD with momentum 0.9 for every method, and Adam as well for
+  a method whose reference uses Adam (:func:`optimizers_of`). Every published recipe of a
   method is a candidate: a method's second recipe for one optimizer (DualPrompt's two, SD-LoRA's SGD of the authors'
   code) takes the place of the grid point nearest to it, with its own settings (a recipe is an optimizer, a learning
   rate and the method options its source sets, e.g. DualPrompt's pull constraint and clipping);
@@ -128,14 +129,21 @@ def trains_by_gradient(method: str, cfg: RunConfig) -> bool:
     return get_method(method).recipe(cfg).optimizer is not None
 
 
+def optimizers_of(refs: Sequence[Recipe]) -> tuple[str, ...]:
+    """The optimizers a method is tuned with: SGD always (the shared recipe's), Adam too when one of its published
+    recipes uses Adam, so that a method is never held to an optimizer its reference did not choose (issue 30: "for
+    methods whose reference uses Adam, both Adam and SGD")."""
+    return tuple(o for o in OPTIMIZERS if o == "sgd" or any(r.optimizer == o for r in refs))
+
+
 def candidates(method: str, cfg: RunConfig) -> list[Recipe]:
-    """The candidates of ``method``: ``len(OPTIMIZERS) * len(GRID_DECADES)`` for every method that trains by gradient
-    (none for the others), each published recipe among them."""
+    """The candidates of ``method``: ``len(GRID_DECADES)`` learning rates per optimizer of :func:`optimizers_of` for
+    every method that trains by gradient (none for the others), each published recipe among them."""
     if get_method(method).recipe_of or not trains_by_gradient(method, cfg):
         return []
     refs = reference_recipes(method, cfg)
     out: list[Recipe] = []
-    for opt in OPTIMIZERS:
+    for opt in optimizers_of(refs):
         own = [r for r in refs if r.optimizer == opt]
         if own:
             anchor = own[0]
@@ -303,8 +311,9 @@ def _write_table(out: Path, outcomes: Sequence[Outcome], result: Mapping[str, An
              f"Each candidate trains seed {s['seed']} on the first {s['tune_experiences']} experiences of class order "
              f"{s['class_order_seed']}, with {s['validation_per_class']} training images per class held out "
              "(avalanche_sdlora.data.validation_split) and scored on them; no test image is read. Candidates per "
-             f"method: {len(s['optimizers'])} optimizers x {len(s['grid_decades'])} learning rates half a decade apart "
-             "around the method's reference rate (benchmarks/tune.py). Accuracies in %.", "",
+             f"method: {len(s['grid_decades'])} learning rates half a decade apart around the method's reference rate, "
+             "with SGD (momentum 0.9), and with Adam too where the method's reference uses Adam (benchmarks/tune.py). "
+             "Accuracies in %.", "",
              "| method | candidate | source | validation acc | mean over tuned experiences | train s | chosen |",
              "|---|---|---|---|---|---|---|"]
     for o in outcomes:

@@ -65,11 +65,16 @@ def test_validation_benchmark_reads_no_test_image_and_evaluates_on_held_out_trai
 def test_every_method_that_trains_gets_the_same_number_of_candidates_with_its_published_recipes():
     cfg = RunConfig.for_protocol("cifar100-tiny128-full")
     counts = {m: len(tune.candidates(m, cfg)) for m in method_names()}
-    per_method = len(tune.OPTIMIZERS) * len(tune.GRID_DECADES)
     for m, n in counts.items():
         trains = get_method(m).recipe(cfg).optimizer is not None and not get_method(m).recipe_of
-        assert n == (per_method if trains else 0), (m, n)
-    assert counts["sdlora"] == counts["dualprompt"] == counts["ranpac"] == 6 and counts["simplecil"] == 0
+        uses_adam = any(r.optimizer == "adam" for r in tune.reference_recipes(m, cfg))
+        assert n == ((2 if uses_adam else 1) * len(tune.GRID_DECADES) if trains else 0), (m, n)
+        wanted = ({"sgd", "adam"} if uses_adam else {"sgd"}) if trains else set()
+        assert {c.optimizer for c in tune.candidates(m, cfg)} == wanted, m
+    # Adam and SGD for a method whose reference uses Adam (SD-LoRA's paper, the prompt methods, InfLoRA), SGD alone
+    # for the others, three learning rates each
+    assert counts["sdlora"] == counts["dualprompt"] == counts["inflora"] == 6 and counts["simplecil"] == 0
+    assert counts["ranpac"] == counts["seq-lora"] == counts["care"] == 3
     # RR and KD train as SD-LoRA does (their first experiences are SD-LoRA's own): tuned once, through sdlora
     assert counts["sdlora-rr"] == counts["sdlora-kd"] == 0 and get_method("sdlora-rr").recipe_of == "sdlora"
 

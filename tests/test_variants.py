@@ -232,3 +232,27 @@ def test_kd_fit_sums_over_every_layer(tiny_vit, direction_norm):
     residual = V[:, 2] - V[:, :2] @ dense
     torch.testing.assert_close(coef, dense, rtol=1e-4, atol=1e-6)
     assert rel == pytest.approx(float(residual.norm() ** 2 / V[:, 2].norm() ** 2), rel=1e-3)
+
+
+def test_kd_adds_one_gram_row_per_task_bit_for_bit_the_full_gram(tiny_vit, monkeypatch):
+    """KD's fit after task t computes t inner products per layer and slice (the new row), not t^2 / 2 (issue 32)."""
+    from avalanche_sdlora.plugins import distillation
+
+    calls = []
+    inner = distillation.lowrank_inner
+    monkeypatch.setattr(distillation, "lowrank_inner", lambda *a: calls.append(1) or inner(*a))
+    model = tiny_vit(rank=2)
+    plugin = DistillationPlugin(threshold=0.0)  # nothing random is absorbed: every direction stays
+    per_entry = 2 * len(model.adapters)  # q and v of every adapted block
+    for t in range(6):
+        model.add_task(reset_alphas=False)
+        randomize_current_pair(model, seed=20 + t, scale=0.1)
+        calls.clear()
+        plugin.after_training_exp(SimpleNamespace(experience=SimpleNamespace(current_experience=t), model=model))
+        n = model.num_directions
+        expected = 0 if n < 2 else (n * (n + 1) // 2 if n == 2 else n)  # the first fit builds the Gram once
+        assert len(calls) == expected * per_entry, (t, len(calls))
+        if n >= 2:
+            cached = plugin._gram[1]
+            assert torch.equal(cached, direction_gram(model))  # the same sums in the same order
+    assert [h["absorbed"] for h in plugin.history] == [False] * 5

@@ -21,14 +21,22 @@ from ..options import DEFAULTS
 from ..plugin_compat import check_no_shrinking
 
 
-def direction_gram(model: SDLoRAViT) -> Tensor:
-    """Gram matrix of the stored task directions, each flattened over all adapted weights (float64)."""
+def direction_gram(model: SDLoRAViT, known: Tensor | None = None) -> Tensor:
+    """Gram matrix of the stored task directions, each flattened over all adapted weights (float64).
+
+    ``known``: the Gram of the first m stored directions (unchanged since): only the entries of the later ones are
+    computed, so KD's fit after each task costs inner products linear in the stored tasks, not quadratic (issue 32).
+    Every entry is the same sum in the same order either way, so the result is bit for bit the full computation's.
+    """
     n = model.num_directions
+    m = 0 if known is None or known.shape[0] > n else known.shape[0]
     G = torch.zeros(n, n, dtype=torch.float64)
+    if m:
+        G[:m, :m] = known
     for a in model.adapters:
         dirs = [list(a.directions(k)) for k in range(n)]
         for i in range(n):
-            for j in range(i, n):
+            for j in range(max(i, m), n):
                 g = float(sum(lowrank_inner(*dirs[i][s], *dirs[j][s]) for s in range(2)))
                 G[i, j] += g  # summed over every adapted layer: one coefficient per task for all of them
                 if i != j:
@@ -75,6 +83,9 @@ class DistillationPlugin(SupervisedPlugin, supports_distributed=True):
             raise ValueError(f"threshold must be >= 0, got {threshold}")
         self.threshold = threshold
         self.history: list[dict] = []
+        # The Gram of the directions stored after the last decision, and the model it belongs to: the next task adds
+        # one row (direction_gram's ``known``). Not checkpointed: a resumed run rebuilds it once.
+        self._gram: tuple[int, Tensor] | None = None
 
     def before_training(self, strategy, **kwargs) -> None:
         """Refuse plugins that cannot follow a magnitude being removed, before anything changes."""
@@ -87,10 +98,15 @@ class DistillationPlugin(SupervisedPlugin, supports_distributed=True):
         model.freeze_task()
         if model.num_directions < 2:
             return
-        coef, rel = fit_last_direction(model)
+        n = model.num_directions
+        cached = self._gram[1] if self._gram is not None and self._gram[0] == id(model) else None
+        G = direction_gram(model, cached if cached is not None and cached.shape[0] == n - 1 else None)
+        coef, rel = fit_direction(G, n - 1)
         absorbed = rel <= self.threshold
         if absorbed:
             model.absorb_last_direction(coef)
+            G = G[: n - 1, : n - 1]
+        self._gram = (id(model), G)
         self.history.append({"task": int(task), "relative_residual": rel,
                              "absorbed": absorbed, "coefficients": coef.tolist()})
 
