@@ -292,8 +292,10 @@ def _replace(path: Path, old: str, new: str):
 
 
 def _cut(path: Path, keep: float):
+    """Keep about ``keep`` of the file, cut right after a comma: the last line visibly lacks its fields (a cut inside
+    a number would leave a shorter number, still a well-formed line)."""
     text = path.read_bytes()
-    path.write_bytes(text[: int(len(text) * keep)])
+    path.write_bytes(text[: text.rindex(b",", 0, int(len(text) * keep)) + 1])
 
 
 DAMAGE = {

@@ -15,6 +15,7 @@ from benchmarks.findings import command, report
 from benchmarks.findings.interpolation import path_model
 from benchmarks.findings.low_loss import distance_rows
 from benchmarks.findings.sources import build_strategy, load_model, single_task_folder, task_seed
+from benchmarks.local_paths import portable_path
 from benchmarks.run_folder import RunFolder
 from conftest import TINY
 
@@ -186,7 +187,9 @@ def test_runs_may_be_split_over_folders_each_method_from_the_first_that_holds_it
                                   check_like=True)
     sources = json.loads((copy / "sources.json").read_text())
     f1b = sources["comparison (f1b)"]
-    assert f1b["folder_of"] == {"sdlora": str(a), "seq-lora": str(a), "sdlora-fixed-direction": str(b)}
+    # each method's folder, as a committed sources.json may name it (no absolute path: benchmarks.local_paths)
+    a_, b_ = portable_path(str(a), copy), portable_path(str(b), copy)
+    assert a_ != b_ and f1b["folder_of"] == {"sdlora": a_, "seq-lora": a_, "sdlora-fixed-direction": b_}
     # the earlier call's record of the comparison Findings 2 and 3 read is kept beside it
     assert sources["comparison (f1b, f2, f3)"]["findings"] == ["f1b", "f2", "f3"]
     # the same call again is one call in the history, at its latest place
