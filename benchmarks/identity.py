@@ -74,6 +74,13 @@ def run_identity(cfg: RunConfig, threads: int) -> dict[str, Any]:
 FORMER_RUN_FIELDS = ("train_amp",)
 
 
+def added_since_0_2() -> dict[str, Any]:
+    """Identity settings added since 0.2.0, with what a 0.2.0 run folder (which did not record them) ran with."""
+    return {f.name: f.metadata["legacy"] for f in dataclasses.fields(RunConfig)
+            if f.metadata["identity"] and f.metadata["legacy"] is not dataclasses.MISSING and
+            f.name in ("validation_per_class", "first_experiences")}
+
+
 def _legacy() -> dict[str, Any]:
     """What a run folder that did not record a setting ran with: SD-LoRA options and fields added since."""
     out = dict(SDLoRAOptions().to_dict())
