@@ -11,6 +11,7 @@ Below each given folder it rewrites
 * every part (``parts/*.csv``) and ``per_task.csv`` of a run folder with a ``class_order_seed`` column: rows written
   before rows recorded their class order (issue 22) ran on the run's fixed ``--class-order-seed`` (under
   ``--class-order seed``: the row's seed); every other character of the file is kept;
+* a findings folder's ``sources.json`` with the history of its calls (one from before it: its one command);
 * every ``config.json``, ``sources.json`` (a findings or class-order report) and ``tuning.json`` with no absolute
   local path left (:mod:`benchmarks.local_paths`, issue 35).
 
@@ -159,6 +160,14 @@ def migrate_config(saved: Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
+def migrate_findings_sources(sources: Mapping[str, Any]) -> dict[str, Any]:
+    """A findings folder's ``sources.json`` with its ``calls`` (one from before them: its one command, for every
+    finding); a class-order report's (no ``settings``) is kept."""
+    if "settings" not in sources or "calls" in sources or "command" not in sources:
+        return dict(sources)
+    return {**sources, "calls": [{"command": sources["command"], "only": None}]}
+
+
 def _order_seed_of(config: Mapping[str, Any]) -> tuple[str, int | None]:
     cfg = RunConfig.from_json(config)
     return cfg.class_order, cfg.class_order_seed
@@ -230,7 +239,8 @@ def migrate(root: str | Path) -> list[Path]:
     for name in RECORDS:
         for path in sorted(Path(root).rglob(name)):
             before = json.loads(path.read_text())
-            after = portable_record(before, path.parent)
+            after = portable_record(migrate_findings_sources(before) if name == "sources.json" else before,
+                                    path.parent)
             if after != before:
                 write_text(path, json.dumps(after, indent=2) + "\n")
                 if path not in changed:

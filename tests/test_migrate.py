@@ -79,3 +79,14 @@ def test_the_command_converts_a_folder_in_place_once(tmp_path):
     assert migrate.main([str(tmp_path / "results")]) == []
     with pytest.raises(SystemExit):
         migrate.main([str(tmp_path / "nowhere")])
+
+
+def test_a_findings_sources_json_gets_its_call_history_a_class_order_reports_is_kept(tmp_path):
+    old = {"command": "python -m benchmarks.findings --out f", "settings": {"epochs": 3}}
+    assert migrate.migrate_findings_sources(old)["calls"] == [{"command": old["command"], "only": None}]
+    orders_report = {"runs": [["../a", None]], "reference": "sdlora", "command": "python -m benchmarks.orders a"}
+    assert migrate.migrate_findings_sources(orders_report) == orders_report
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "sources.json").write_text(json.dumps(old))
+    assert migrate.main([str(tmp_path)]) == [tmp_path / "f" / "sources.json"]
+    assert json.loads((tmp_path / "f" / "sources.json").read_text())["calls"][0]["command"] == old["command"]

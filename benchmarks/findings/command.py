@@ -122,8 +122,7 @@ def main(argv: list[str] | None = None) -> Path:
         sources = json.loads(sources_path.read_text()) if sources_path.exists() else {}
         # Every call that wrote into the folder, oldest first: a folder built by several calls (e.g. --only f2 f3 on
         # given runs, then --only f1a) names each; "command" is the last one's.
-        calls = sources.get("calls") or (
-            [{"command": sources["command"], "only": None}] if "command" in sources else [])
+        calls = sources.get("calls", [])
         # The same command again (a rerun over the same runs) is one call, at its latest place.
         calls = [c for c in calls if c.get("command") != command]
         sources.update(command=command, calls=[*calls, {"command": command, "only": list(args.only)}],
