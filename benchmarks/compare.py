@@ -229,7 +229,7 @@ def _open_and_run(cfg: RunConfig, methods: list[str], seeds: list[int], folder: 
         folder.clean(quiet)
         folder.check()
         saved = folder.read_config()
-        changed, unrecorded = identity_changes(saved_identity(saved, identity), identity)
+        changed, unrecorded = identity_changes(saved_identity(saved), identity)
         if changed:
             raise SystemExit(f"error: '{folder}' was run with other settings; a resumed run keeps its settings "
                              "(a flag left out takes the run's value), so drop these flags or pass the run's "

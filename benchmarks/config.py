@@ -86,7 +86,8 @@ def setting(default: Any, help: str, *, flag: str | None | bool = True, label: s
             legacy: Any = dataclasses.MISSING, parse: Callable[[str], Any] | None = None) -> Any:
     """A RunConfig field. ``flag``: True (the field's name with dashes), a flag name, or None (no flag: a protocol's
     own constant); ``label``: how a changed value is named when a resume is refused (default: the flag);
-    ``legacy``: the value a run folder that did not record the field ran with (default: the field's default)."""
+    ``legacy``: for a field added since 0.2.0, the value a 0.2.0 run folder (which did not record it) ran with; older
+    folders are converted once by :mod:`benchmarks.migrate`."""
     return field(default=default, metadata={"help": help, "flag": flag, "label": label, "choices": choices,
                                             "check": check, "identity": identity, "legacy": legacy, "parse": parse})
 
@@ -156,8 +157,7 @@ class RunConfig:
                                              "fixed; None with --class-order seed)", check=_seed)
     eval_batch_size: int = _protocol("eval_batch_size", "evaluation minibatch size", flag=None, check=_positive_int,
                                      label="the protocol's eval_batch_size (no flag: the protocol's definition changed)")
-    eval_amp: bool = _protocol("eval_amp", "bfloat16 autocast for evaluation (training stays float32)",
-                               legacy=False)  # run folders from before the field evaluated in float32
+    eval_amp: bool = _protocol("eval_amp", "bfloat16 autocast for evaluation (training stays float32)")
     # issue 30: tuning on validation images carved from the training images, on the first experiences of the stream
     validation_per_class: int | None = setting(
         None, "hold out N training images per class (seeded, the same for every method and order: "
@@ -185,16 +185,16 @@ class RunConfig:
                                 check=_nonneg_number)
     peer_recipe: str = setting("reference", "optimizer and lr of the peer methods (dualprompt ... aper): each "
                                "method's 'reference' recipe, or the protocol's 'shared' one (SGD, momentum 0.9, "
-                               "--lr; the rest of each recipe unchanged)", choices=PEER_RECIPES, legacy="reference")
+                               "--lr; the rest of each recipe unchanged)", choices=PEER_RECIPES)
     method_options: tuple[tuple[str, str, Any], ...] = setting(
         (), "METHOD.NAME=VALUE: a keyword of that method's builder (e.g. ranpac.M=2000, dualprompt.lr=0.01); "
-        "repeat for several", flag="--method-option", parse=parse_method_option, legacy={})
+        "repeat for several", flag="--method-option", parse=parse_method_option)
     device: str = setting("cuda" if torch.cuda.is_available() else "cpu",
                           "torch device (default: cuda when torch sees a GPU, else cpu)")
     workers: int | None = setting(None, "DataLoader worker processes per run (per rank under torchrun) for the "
                                   "per-sample conversion and flip (0: in the training process) (default: 0 on CPU, "
                                   f"{GPU_WORKERS} on a GPU; config.json records the value)", check=_nonneg_int,
-                                  label="--workers (worker processes draw other random flips)", legacy=0)
+                                  label="--workers (worker processes draw other random flips)")
     threads: int | None = setting(None, "torch CPU threads (one per process when running two at once; --jobs 2 or "
                                   "more runs each (method, seed) on one)", check=_positive_int,
                                   label="--threads (torch threads per (method, seed); --jobs 2 or more means 1)")
@@ -202,32 +202,30 @@ class RunConfig:
     class_order: str = setting("fixed", "'fixed': every seed runs on the class order of --class-order-seed; 'seed': "
                                "seed s runs on class order s (numpy.random.seed(s); permutation(n), as the paper's "
                                "code, whose runs are seeds 1993-1997), and --seeds defaults to "
-                               + " ".join(map(str, ORDER_SEEDS)), choices=CLASS_ORDERS, check=_class_order,
-                               legacy="fixed")
+                               + " ".join(map(str, ORDER_SEEDS)), choices=CLASS_ORDERS, check=_class_order)
     # ---- issue 20: GPU precision, and settings that make a torchrun run comparable with one process
     train_amp: str = _protocol("train_amp", "training precision: float32, or bf16 autocast of the training forward "
                                "(weights, optimizer and loss stay float32; every method: benchmarks.train_amp; "
-                               "evaluation: --eval-amp)", choices=TRAIN_AMPS, legacy="float32")
+                               "evaluation: --eval-amp)", choices=TRAIN_AMPS)
     train_shuffle: bool = setting(True, "shuffle the training images every epoch (false: each experience's own order; "
                                   "with --augment false a torchrun run then trains the minibatches one process "
-                                  "trains)", legacy=True)
-    augment: bool = setting(True, "random horizontal flip of the training images", legacy=True)
+                                  "trains)")
+    augment: bool = setting(True, "random horizontal flip of the training images")
     # ---- issue 18: SD-LoRA's recipe by name, and the paper protocols' data (benchmarks/presets.py, protocols.py)
     preset: str | None = setting(None, "SD-LoRA's recipe by name: 'paper' (Adam 8e-3; magnitudes from 1, kept; "
                                  "||B A||_F directions; normalised current pair) or 'official' (the authors' code: SGD "
                                  "at their lr; magnitudes reset to 0.8; ||B|| ||A||); it sets --sdlora-optimizer, "
                                  "--sdlora-lr and SD-LoRA's options (flags given beside it override it), never the "
                                  "protocol's epochs or batch size; none: the library's defaults with the shared recipe",
-                                 choices=PRESET_NAMES, legacy=None)
+                                 choices=PRESET_NAMES)
     sdlora_optimizer: str = setting("sgd", "optimizer of sdlora, sdlora-rr and sdlora-kd: 'sgd' (momentum 0.9, no "
                                     "weight decay: the shared recipe) or 'adam' (torch's defaults, no weight decay)",
-                                    choices=OPTIMIZERS, legacy="sgd")
+                                    choices=OPTIMIZERS)
     sdlora_lr: float | None = setting(None, "learning rate of sdlora, sdlora-rr and sdlora-kd (default: the "
-                                      "protocol's --lr)", check=_positive_number, legacy=None)
+                                      "protocol's --lr)", check=_positive_number)
     split: str | None = setting(None, "published split of a paper protocol's data: imagenet-r 'aper' (the archive "
                                 "SD-LoRA's code reads) or 'coda' (the original tree with CODA-Prompt's lists); "
-                                "default: the benchmark's own (CIFAR-100: 'official' for torchvision's folder, 'npz')",
-                                legacy=None)
+                                "default: the benchmark's own (CIFAR-100: 'official' for torchvision's folder, 'npz')")
     lists: str | None = setting(None, "folder of CODA-Prompt's split lists, for imagenet-r --split coda and domainnet "
                                 "(default: $SDLORA_SPLIT_LISTS, then beside the data; their content is part of "
                                 "--data's identity)",
@@ -313,17 +311,9 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunConfig:
-        """Inverse of :meth:`to_json`; also reads a ``config.json`` (other keys ignored), those written before
-        RunConfig existed included (protocol fields in a ``protocol`` dict, SD-LoRA options flat)."""
-        data = dict(data)
+        """Inverse of :meth:`to_json`; also reads a run folder's ``config.json`` (other keys ignored; a folder of an
+        older format is converted once by :mod:`benchmarks.migrate`)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        if isinstance(data.get("protocol"), Mapping):  # before RunConfig: {"protocol": {"name": ..., fields}}
-            proto = dict(data.pop("protocol"))
-            data.update({k: v for k, v in proto.items() if k in PROTOCOL_FIELDS}, protocol=proto["name"])
-            sdlora = {**data.get("sdlora_effective", data.get("sdlora_options", {}))}
-            if "rank" in data:
-                sdlora["rank"] = data["rank"]
-            data["sdlora"] = sdlora
         given = {k: v for k, v in data.items() if k in names}
         for k in INPUT_FIELDS:  # recorded by identity, not path (benchmarks.local_paths): found as a new run finds it
             if isinstance(given.get(k), Mapping):
@@ -333,9 +323,6 @@ class RunConfig:
                                         for k, v in kv.items())
         protocol = given.pop("protocol", DEFAULT_PROTOCOL)
         preset = PROTOCOLS[canonical(protocol)]
-        for f in dataclasses.fields(cls):  # a protocol field the folder did not record ran with its legacy value
-            if f.name in PROTOCOL_FIELDS and f.name not in given and f.metadata["legacy"] is not dataclasses.MISSING:
-                given[f.name] = f.metadata["legacy"]
         return cls(protocol=protocol, **{**preset, **given})
 
 

@@ -51,6 +51,10 @@ def read_config(path: Path) -> dict:
     if not isinstance(data, dict):
         raise _refuse(path, f"holds a JSON {type(data).__name__}, not the object benchmarks.compare writes",
                       "restore the run's config.json, or start a new run with another --run-id")
+    identity = data.get("identity")
+    if isinstance(data.get("protocol"), dict) or not isinstance(identity, dict) or "name" in identity:
+        raise _refuse(path, "is in the format of an older version of the harness (before 0.2.0)",
+                      f"convert the folder once with python -m benchmarks.migrate {Path(path).parent}")
     return data
 
 

@@ -13,8 +13,8 @@ one or several run folders of one protocol (a ``--class-order seed`` run, or fix
   and ``sources.json`` (the folders, relative to ``--out``, and the reference: what regenerates the rest).
 
 Folders whose settings differ other than by class order are refused naming the setting
-(:mod:`benchmarks.run_set`); rows written before rows recorded their class order take their folder's
-``--class-order-seed``.
+(:mod:`benchmarks.run_set`); each row's class order is its ``class_order_seed`` column (a folder written before
+rows recorded it is converted once by ``python -m benchmarks.migrate``).
 """
 
 from __future__ import annotations

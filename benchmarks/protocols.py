@@ -33,7 +33,7 @@ PROTOCOLS: dict[str, dict] = {
                        "epochs": 20, "batch_size": 128, "lr": 0.01, "eval_amp": False},
 }
 DEFAULT_PROTOCOL = "cifar100-tiny128"
-# Former names, still accepted (and read from old run folders) as the protocol they name.
+# Former names, still accepted by --protocol as the protocol they name (benchmarks.migrate converts old folders).
 ALIASES = {"cifar100-cpu": "cifar100-tiny128"}
 
 # ------------------------------------------------------------------------ issue 18: the paper's benchmarks

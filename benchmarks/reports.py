@@ -11,7 +11,6 @@ import pandas as pd
 from avalanche_sdlora.atomic import write_text, write_with
 from avalanche_sdlora.metrics import average_anytime_accuracy, backward_transfer, forgetting
 
-from .config import RunConfig
 from .methods import method_names
 
 
@@ -49,23 +48,6 @@ def magnitudes(per_task: pd.DataFrame) -> pd.DataFrame:
             elif isinstance(text, (int, float)) and np.isfinite(text):  # one magnitude, read back as a number
                 rows.append({**{k: record[k] for k in keys}, "task": 0, "alpha": float(text)})
     return pd.DataFrame(rows, columns=[*keys, "task", "alpha"])
-
-
-def with_class_order_seed(per_task: pd.DataFrame, config: dict) -> pd.DataFrame:
-    """``per_task`` with a ``class_order_seed`` in every row (right after ``seed``), for a run folder's ``config``.
-
-    Rows written before rows recorded their class order (issue 22) ran on the run's fixed --class-order-seed,
-    which its config.json holds (under every format :meth:`RunConfig.from_json` reads); under --class-order seed
-    a row's order is its seed.
-    """
-    per_task = per_task.copy()
-    column = per_task["class_order_seed"] if "class_order_seed" in per_task else pd.Series(np.nan, per_task.index)
-    if column.isna().any():
-        cfg = RunConfig.from_json(config)
-        column = column.fillna(per_task["seed"] if cfg.class_order == "seed" else cfg.class_order_seed)
-        per_task = per_task.drop(columns="class_order_seed", errors="ignore")
-        per_task.insert(per_task.columns.get_loc("seed") + 1, "class_order_seed", column.astype("int64"))
-    return per_task
 
 
 def accuracy_matrix(rows: pd.DataFrame) -> np.ndarray:

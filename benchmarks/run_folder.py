@@ -219,7 +219,8 @@ class RunFolder:
 
     @staticmethod
     def calls_of(saved: dict) -> list[dict]:
-        """Every earlier call, oldest first (folders from before the history existed: their one call)."""
+        """Every earlier call, oldest first (a folder whose first call was killed before it recorded the history:
+        that call, from the fields it wrote when it started)."""
         return saved.get("calls") or [RunFolder.call_record(saved)]
 
     @staticmethod
@@ -294,9 +295,6 @@ class RunFolder:
         from .methods import method_names
 
         per_task = self.read_parts()
-        if "class_order_seed" in per_task and per_task["class_order_seed"].isna().any() and self.has_config():
-            # Parts written before rows recorded their class order, beside newer ones: a resume keeps the order.
-            per_task = reports.with_class_order_seed(per_task, self.read_config())
         order = {m: k for k, m in enumerate(method_names())}
         return (per_task.assign(_r=per_task["method"].map(order)).sort_values(["_r", "seed", "experience"])
                 .drop(columns="_r"))
@@ -306,5 +304,5 @@ class RunFolder:
 
     def write_reports(self) -> None:
         """per_task.csv, summary.csv, table.md and the plots (titled with the run's protocol), from the parts."""
-        protocol = RunConfig.from_json(self.read_config()).protocol if self.has_config() else None  # old formats too
+        protocol = RunConfig.from_json(self.read_config()).protocol if self.has_config() else None
         reports.write_reports(self.gather(), self.path, title=None if protocol is None else f"protocol {protocol}")

@@ -31,7 +31,6 @@ import pandas as pd
 from avalanche_sdlora.options import SDLoRAOptions
 
 from .identity import labels, saved_identity
-from .reports import with_class_order_seed
 from .run_folder import RunFolder
 
 METHOD_KEYS = ("lr", "ewc_lambda", "peer_recipe", "method_options",
@@ -70,9 +69,8 @@ def folder_methods(folder: RunFolder) -> list[str]:
 
 
 def recorded_settings(config: dict) -> dict:
-    """What a run folder's config.json says it ran with, as identity keys (every format compare has written)."""
-    template = {**{k: None for k in labels()}, **SDLoRAOptions().to_dict()}
-    return saved_identity(config, template)
+    """What a run folder's config.json says it ran with, as identity keys."""
+    return saved_identity(config)
 
 
 class RunSet:
@@ -121,7 +119,7 @@ class RunSet:
         frames = []
         for m in self.members:
             rows = m.folder.gather()
-            rows = with_class_order_seed(rows[rows["method"].isin(m.methods)], m.config)
+            rows = rows[rows["method"].isin(m.methods)]
             frames.append(rows.assign(run=m.label))
         return pd.concat(frames, ignore_index=True)
 

@@ -113,8 +113,6 @@ def run(method: str, seed: int, cfg: RunConfig, benchmark, folder: RunFolder | s
                          f"is {order} (--class-order {cfg.class_order}); pass benchmarks.inputs.benchmark_for(cfg, "
                          "seed)")
     prior = folder.read_part(method, seed) if resume and folder.part(method, seed).exists() else None
-    if prior:  # rows of a part written before rows recorded their class order ran on this run's (its identity)
-        prior = [with_class_order(r, order) for r in prior]
     rows: list[Row] = []
 
     def emit(row: Row) -> None:
@@ -131,18 +129,6 @@ def run(method: str, seed: int, cfg: RunConfig, benchmark, folder: RunFolder | s
     finally:
         close_logs(evaluator)
     return rows
-
-
-def with_class_order(row: Row, order: int) -> Row:
-    """``row`` with its ``class_order_seed`` column (right after ``seed``, as :func:`_row` writes it)."""
-    if "class_order_seed" in row:
-        return row
-    out: Row = {}
-    for k, v in row.items():
-        out[k] = v
-        if k == "seed":
-            out["class_order_seed"] = order
-    return out
 
 
 def _resume_point(m: Method, seed: int, cfg: RunConfig, folder: RunFolder, strategy, prior: list[Row], build,

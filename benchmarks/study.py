@@ -35,7 +35,7 @@ from . import compare, distributed  # noqa: E402
 from .config import (ORDER_SEEDS, RunConfig, add_run_flags, check_seeds, config_from_flags,  # noqa: E402
                      default_seeds, flags_for)
 from .methods import check_method_options  # noqa: E402
-from .reports import run_records, save_figure, with_class_order_seed, write_csv  # noqa: E402
+from .reports import run_records, save_figure, write_csv  # noqa: E402
 from .run_folder import RunFolder  # noqa: E402
 
 DEFAULT_METHODS = ("sdlora", "seq-lora", "ncm")
@@ -105,13 +105,12 @@ def _run_folders(out: Path, reuse: list[str]) -> list[RunFolder]:
 
 def gather(out: Path, reuse: list[str] | None = None, methods: list[str] | None = None) -> pd.DataFrame:
     """All finished and partial cells' rows, tagged with their budget; ``reuse`` adds comparison runs as cells."""
-    frames, configs = [], []
+    frames = []
     for folder in _run_folders(out, list(reuse or [])):
         if not folder.has_parts():
             continue
         df = folder.read_parts()
         saved = folder.read_config()
-        configs.append(saved)
         cfg = RunConfig.from_json(saved)
         df["epochs"], df["train_per_class"], df["lr"] = cfg.epochs, cfg.train_per_class, cfg.lr
         df["test_per_class"] = cfg.test_per_class or "all"
@@ -120,8 +119,6 @@ def gather(out: Path, reuse: list[str] | None = None, methods: list[str] | None 
         frames.append(df)
     if not frames:
         return pd.DataFrame()
-    if any("class_order_seed" in df for df in frames):  # cells run since rows recorded their class order (issue 22)
-        frames = [with_class_order_seed(df, saved) for df, saved in zip(frames, configs)]
     per_task = pd.concat(frames, ignore_index=True)
     if methods:
         per_task = per_task[per_task["method"].isin(methods)]

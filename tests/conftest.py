@@ -109,12 +109,12 @@ def tiny_run(tmp_path_factory):
     return run_dir, methods
 
 
-def fake_run(folder, runs: dict, *, order_column: bool = False, **settings):
+def fake_run(folder, runs: dict, **settings):
     """A run folder as compare writes it, with made-up rows (tests of reports over several folders).
 
     ``runs``: {(method, seed): [seen-class accuracy after each experience]}; experience j's own accuracy is
     the seen-class one while it is current, so forgetting and AAA follow from the list. ``settings``: RunConfig
-    fields (the protocol's preset otherwise). ``order_column``: rows carry ``class_order_seed`` (new code).
+    fields (the protocol's preset otherwise); the identity records them (no input files, no machine).
     """
     import json
     from pathlib import Path
@@ -123,6 +123,7 @@ def fake_run(folder, runs: dict, *, order_column: bool = False, **settings):
     import pandas as pd
 
     from benchmarks.config import RunConfig
+    from benchmarks.identity import labels
     from benchmarks.run_folder import RunFolder
 
     cfg = RunConfig.for_protocol(**settings)
@@ -131,9 +132,8 @@ def fake_run(folder, runs: dict, *, order_column: bool = False, **settings):
     for (method, seed), accs in runs.items():
         rows = []
         for i, a in enumerate(accs):
-            row = {"method": method, "seed": seed, **({"class_order_seed": cfg.order_seed(seed)} if order_column
-                                                       else {}),
-                   "experience": i, "n_experiences": len(accs), "acc_seen": a}
+            row = {"method": method, "seed": seed, "class_order_seed": cfg.order_seed(seed), "experience": i,
+                   "n_experiences": len(accs), "acc_seen": a}
             row.update({f"acc_exp_{j}": (a if j == i else accs[j] - 0.1 if j < i else np.nan)
                         for j in range(len(accs))})
             row.update({"trainable_params": 10, "stored_params": 20, "update_norm": 1.0, "train_seconds": 1.0,
@@ -141,6 +141,9 @@ def fake_run(folder, runs: dict, *, order_column: bool = False, **settings):
             rows.append(row)
         folder.write_part(method, seed, rows)
     seeds = sorted({s for _, s in runs})
-    folder.write_config({**cfg.to_json(), "methods": sorted({m for m, _ in runs}), "seeds": seeds})
+    fields = cfg.to_json()
+    identity = {k: v for k, v in {**fields, **fields["sdlora"]}.items()
+                if k in labels() and k not in ("data", "checkpoint", "threads")}
+    folder.write_config({**fields, "methods": sorted({m for m, _ in runs}), "seeds": seeds, "identity": identity})
     folder.write_reports()
     return folder.path

@@ -1,5 +1,6 @@
 """--class-order seed: seed s runs on class order s (the paper's code), recorded in config.json, the identity and
-every row; old fixed-order folders read as the same experiment; the class-order report over tiny runs."""
+every row; old fixed-order folders, once converted by benchmarks.migrate, read as the same experiment; the
+class-order report over tiny runs."""
 
 import json
 import shutil
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmarks import compare, inputs, orders, runner, study
+from benchmarks import compare, inputs, migrate, orders, runner, study
 from benchmarks.config import ORDER_SEEDS, RunConfig
 from benchmarks.protocols import PROTOCOL_FIELDS
 from conftest import TINY, _require_cifar
@@ -47,14 +48,17 @@ def as_old_code(run_dir):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A --class-order seed run (seeds 1993 1994) and, as the lead's old-code folders, one fixed-order run per order."""
+    """A --class-order seed run (seeds 1993 1994); as the lead's old-code folders, one fixed-order run per order,
+    converted by benchmarks.migrate; and the first of those as it was before the conversion."""
     _require_cifar()
     out = tmp_path_factory.mktemp("orders")
     seeded = compare.main(TINY + ["--methods", *METHODS, "--class-order", "seed", "--seeds", *SEEDS, "--out", str(out),
                                   "--run-id", "seeded"])
     old = [as_old_code(compare.main(TINY + ["--methods", *METHODS, "--class-order-seed", s, "--seeds", s,
                                             "--out", str(out), "--run-id", f"order{s}"])) for s in SEEDS]
-    return seeded, old
+    unconverted = shutil.copytree(old[0], out / "unconverted")
+    assert migrate.main([str(out / "cifar100-tiny128")])  # the old folders (seeded is already today's format)
+    return seeded, old, unconverted
 
 
 def test_flags_seeds_default_to_the_papers_orders_and_a_fixed_order_seed_is_refused_beside_seed():
@@ -96,7 +100,7 @@ def test_each_seed_gets_its_own_order_benchmark_built_once_per_order():
 
 
 def test_rows_and_config_record_each_seeds_order_and_match_fixed_order_runs(runs):
-    seeded, old = runs
+    seeded, old, _ = runs
     per_task = pd.read_csv(seeded / "per_task.csv")
     assert list(per_task.columns[:4]) == ["method", "seed", "class_order_seed", "experience"]
     assert (per_task["class_order_seed"] == per_task["seed"]).all()
@@ -104,17 +108,18 @@ def test_rows_and_config_record_each_seeds_order_and_match_fixed_order_runs(runs
     config = json.loads((seeded / "config.json").read_text())
     assert config["class_order"] == "seed" and config["class_order_seed"] is None
     assert config["identity"]["class_order"] == "seed"
-    # seed s under --class-order seed is --class-order-seed s --seeds s, row for row
+    # seed s under --class-order seed is --class-order-seed s --seeds s, row for row (the old rows' order filled in
+    # by the conversion)
     for s, folder in zip(SEEDS, old):
         for m in METHODS:
-            got = _rows(seeded / "parts" / f"{m}-seed{s}.csv").drop(columns="class_order_seed")
-            pd.testing.assert_frame_equal(got, _rows(folder / "parts" / f"{m}-seed{s}.csv"))
+            pd.testing.assert_frame_equal(_rows(seeded / "parts" / f"{m}-seed{s}.csv"),
+                                          _rows(folder / "parts" / f"{m}-seed{s}.csv"))
     a, b = (per_task[(per_task["method"] == "sdlora") & (per_task["seed"] == int(s))] for s in SEEDS)
     assert not np.allclose(a["acc_exp_0"], b["acc_exp_0"]) or not np.allclose(a["acc_seen"], b["acc_seen"])
 
 
 def test_resume_refuses_another_class_order_by_flag(runs):
-    seeded, old = runs
+    seeded, old, _ = runs
     with pytest.raises(SystemExit, match='--class-order: the run\'s "seed", this call\'s "fixed"'):
         compare.main(TINY + ["--methods", "ncm", "--class-order", "fixed", "--seeds", "1993", "--resume", str(seeded)])
     # a folder from before the setting ran with fixed orders: --class-order seed is a change, named
@@ -122,18 +127,31 @@ def test_resume_refuses_another_class_order_by_flag(runs):
         compare.main(TINY + ["--methods", "ncm", "--class-order", "seed", "--seeds", "1993", "--resume", str(old[0])])
 
 
-def test_an_old_folder_resumed_gets_its_order_in_every_row(runs, tmp_path):
-    old = shutil.copytree(runs[1][0], tmp_path / "order1993")
-    compare.main(TINY + ["--methods", "ncm", "--class-order-seed", "1993", "--seeds", "5", "--resume", str(old)])
-    per_task = pd.read_csv(old / "per_task.csv", dtype=str, keep_default_na=False)
-    assert list(per_task.columns[:3]) == ["method", "seed", "class_order_seed"]
-    assert set(per_task["class_order_seed"]) == {"1993"}  # old rows take the folder's order, written as integers
-    assert "class_order_seed" not in pd.read_csv(old / "parts" / "sdlora-seed1993.csv").columns  # parts as written
-    assert pd.read_csv(old / "parts" / "ncm-seed5.csv")["class_order_seed"].tolist() == [1993, 1993]
+def test_an_old_folder_is_refused_until_converted_then_resumes_as_todays(runs, tmp_path):
+    unconverted = shutil.copytree(runs[2], tmp_path / "order1993")
+    with pytest.raises(SystemExit, match=r"older version of the harness .*python -m benchmarks\.migrate"):
+        compare.main(TINY + ["--methods", "ncm", "--class-order-seed", "1993", "--seeds", "5", "--resume",
+                             str(unconverted)])
+    assert "class_order_seed" not in pd.read_csv(unconverted / "parts" / "sdlora-seed1993.csv").columns
+    changed = migrate.main([str(unconverted)])
+    assert unconverted / "config.json" in changed and migrate.main([str(unconverted)]) == []  # once
+    config = json.loads((unconverted / "config.json").read_text())
+    assert config["protocol"] == config["identity"]["protocol"] == "cifar100-tiny128" and "sdlora_effective" not in config
+    assert config["identity"]["class_order"] == "fixed" and config["calls"][0]["command"] == config["command"]
+    # the old rows' order, written as integers, every other cell as it was
+    part = pd.read_csv(unconverted / "parts" / "sdlora-seed1993.csv", dtype=str, keep_default_na=False)
+    assert list(part.columns[:3]) == ["method", "seed", "class_order_seed"] and set(part["class_order_seed"]) == {"1993"}
+    seeded_part = _rows(runs[0] / "parts" / "sdlora-seed1993.csv")  # written by today's code on order 1993
+    pd.testing.assert_frame_equal(part.drop(columns=["train_seconds", "eval_seconds"]), seeded_part)
+    compare.main(TINY + ["--methods", "ncm", "--class-order-seed", "1993", "--seeds", "5", "--resume",
+                         str(unconverted)])
+    per_task = pd.read_csv(unconverted / "per_task.csv", dtype=str, keep_default_na=False)
+    assert set(per_task["class_order_seed"]) == {"1993"} and set(per_task["seed"]) == {"1993", "5"}
+    assert pd.read_csv(unconverted / "parts" / "ncm-seed5.csv")["class_order_seed"].tolist() == [1993, 1993]
 
 
 def test_parallel_workers_build_each_seeds_order(runs, tmp_path):
-    seeded, _ = runs
+    seeded, _, _ = runs
     par = compare.main(TINY + ["--methods", "ncm", "--class-order", "seed", "--seeds", *SEEDS, "--jobs", "2",
                                "--out", str(tmp_path), "--run-id", "par"])
     for s in SEEDS:  # NCM's accuracies depend on the class order only
@@ -142,7 +160,7 @@ def test_parallel_workers_build_each_seeds_order(runs, tmp_path):
 
 
 def test_orders_report_over_a_seed_run_and_over_old_folders_gives_the_same_pairs(runs, tmp_path):
-    seeded, old = runs
+    seeded, old, _ = runs
     new = orders.main([str(seeded), "--out", str(tmp_path / "a")])
     by_old = orders.main([*map(str, old), "--out", str(tmp_path / "b")])
     pairs = pd.read_csv(new / "paired.csv")

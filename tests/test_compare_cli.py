@@ -188,7 +188,7 @@ def test_planned_runs_are_the_config_the_calls_and_the_parts(tmp_path):
     folder = RunFolder(tmp_path / "r")
     assert folder.planned_runs() == ([], [])
     (folder.path / "parts").mkdir(parents=True)
-    folder.write_config({"methods": ["ncm"], "seeds": [1],
+    folder.write_config({"methods": ["ncm"], "seeds": [1], "identity": {},
                          "calls": [{"methods": ["sdlora", "ncm"], "seeds": [0]}, {"methods": ["ncm"], "seeds": [1]}]})
     (folder.path / "parts" / "lwf-seed3.csv").write_text("method,seed,experience\nlwf,3,0\n")  # a killed extension
     assert folder.planned_runs() == (["sdlora", "ncm", "lwf"], [0, 1, 3])

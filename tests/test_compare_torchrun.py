@@ -194,7 +194,7 @@ def test_study_prints_one_compare_command_per_cell_and_runs_nothing(tmp_path, ca
              "0:4,1:2", "--eval-amp", "true", "--out", str(out), *TINY_METHOD_OPTIONS]
     started = out / "runs" / "cifar100-tiny128" / "e3-n4-lr0.05"
     started.mkdir(parents=True)
-    (started / "config.json").write_text("{}")  # a cell already started
+    (started / "config.json").write_text('{"identity": {}}')  # a cell already started
     study.main(flags + ["--print-commands", "--launcher", "torchrun --standalone --nproc_per_node 2"])
     printed, note = capsys.readouterr()
     lines = printed.splitlines()

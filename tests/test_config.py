@@ -1,4 +1,4 @@
-"""RunConfig: one field per setting makes the flags, config.json (round trip, old files too) and the identity."""
+"""RunConfig: one field per setting makes the flags, config.json (round trip, the committed folders) and the identity."""
 
 import dataclasses
 import json
@@ -49,29 +49,27 @@ def test_flags_override_the_protocol_and_sdlora_errors_name_the_flag():
 
 
 def test_every_committed_config_json_reads_as_a_run_config():
+    """Every committed folder is in today's format (python -m benchmarks.migrate results converted the older ones)."""
     configs = sorted((ROOT / "results").rglob("config.json"))
     assert configs
     for path in configs:
         saved = json.loads(path.read_text())
-        cfg = RunConfig.from_json(saved)
-        proto = saved["protocol"]
-        if isinstance(proto, str):  # written by RunConfig: its fields read back unchanged
-            fields = cfg.to_json()  # fields added since (e.g. an SD-LoRA option) take their defaults
-            kept = [k for k in fields if k in saved and k not in ("sdlora", *INPUT_FIELDS)]  # inputs: by identity
-            assert {k: saved[k] for k in kept} == {k: fields[k] for k in kept}, path
-            assert {k: v for k, v in fields["sdlora"].items() if k in saved["sdlora"]} == saved["sdlora"], path
-            assert cfg.protocol in path.relative_to(ROOT / "results").parts, path  # <protocol>/<run-id> folders
-            assert all(cfg.to_json()[k] is None for k in INPUT_FIELDS), path  # no path to find them by
-            continue
-        # written before RunConfig: a dict, under the protocol's former name
-        assert proto["name"] == "cifar100-cpu" and cfg.protocol == "cifar100-tiny128", path
-        assert (cfg.epochs, cfg.lr, cfg.train_per_class) == (proto["epochs"], proto["lr"], proto["train_per_class"])
-        assert cfg.sdlora.direction_norm == saved.get("sdlora_effective", saved["sdlora_options"]).get(
-            "direction_norm", SDLoRAOptions().direction_norm)
+        assert isinstance(saved["protocol"], str) and "sdlora_effective" not in saved, path
+        cfg = RunConfig.from_json(saved)  # its fields read back unchanged
+        fields = cfg.to_json()
+        kept = [k for k in fields if k not in ("sdlora", *INPUT_FIELDS)]  # inputs: by identity
+        assert {k: saved[k] for k in kept} == {k: fields[k] for k in kept}, path
+        assert fields["sdlora"] == saved["sdlora"], path
+        assert cfg.protocol in path.relative_to(ROOT / "results").parts, path  # <protocol>/<run-id> folders
+        assert all(fields[k] is None for k in INPUT_FIELDS), path  # no path to find them by
+        identity = saved_identity(saved)
+        assert identity["protocol"] == cfg.protocol and identity["epochs"] == cfg.epochs, path
+        assert {k: identity[k] for k in cfg.sdlora.to_dict() if k in identity} == {
+            k: v for k, v in fields["sdlora"].items() if k in identity}, path
 
 
 def test_a_committed_folder_resumed_today_is_refused_only_for_what_changes():
-    # cpu-3seeds ran as "cifar100-cpu" before RunConfig and identities existed; its settings under today's names
+    # cpu-3seeds ran as "cifar100-cpu" before RunConfig and identities existed (benchmarks.migrate converted it)
     from benchmarks import inputs
     from benchmarks.identity import run_identity
 
@@ -79,21 +77,30 @@ def test_a_committed_folder_resumed_today_is_refused_only_for_what_changes():
     cfg = RunConfig.from_json(saved).replace(checkpoint=None, device="cpu")
     cfg = cfg.replace(checkpoint=inputs.resolve_checkpoint(cfg.model, None), data=inputs.resolve_data(None))
     current = run_identity(cfg, threads=1)
-    old = saved_identity(saved, current)
+    old = saved_identity(saved)
     assert old["protocol"] == "cifar100-tiny128" and old["peer_recipe"] == "reference"  # alias; no peers then
     changed, unrecorded = identity_changes(old, current)
     assert {c.split(":")[0] for c in changed} <= {"the torch version"}  # the machine's own facts only
-    assert {"--data", "--checkpoint"} <= set(unrecorded)
+    assert {"--data", "--checkpoint"} <= set(unrecorded)  # never recorded: this call's are recorded, with a note
     changed, _ = identity_changes(old, {**current, "peer_recipe": "shared", "epochs": 4})
     assert any(c.startswith('--peer-recipe: the run\'s "reference", this call\'s "shared"') for c in changed)
     assert any(c.startswith("--epochs: the run's 3, this call's 4") for c in changed)
+    # an SD-LoRA option added after the run: it ran as the option's default, so another value is a change
+    changed, _ = identity_changes(old, {**current, "variant": "no-magnitudes"})
+    assert any(c.startswith('--variant: the run\'s "full"') for c in changed)
 
 
 def test_a_field_added_since_is_compared_with_what_old_runs_ran():
-    current = {k: None for k in labels()}
-    old = saved_identity({"identity": {"name": "cifar100-cpu"}}, current)  # an identity from before RunConfig
+    from benchmarks import migrate
+
+    # a 0.2.0 folder did not record the settings added since (it ran without them): read as such by the harness
+    old = saved_identity({"identity": {"protocol": "cifar100-tiny128", "epochs": 3}})
+    assert old["validation_per_class"] is None and old["first_experiences"] is None and old["epochs"] == 3
+    # an identity from before RunConfig: converted by benchmarks.migrate, with what the run ran for what it lacks
+    old = migrate.old_identity({"identity": {"name": "cifar100-cpu"}})
     assert old["protocol"] == "cifar100-tiny128" and old["rank_schedule"] == [[0, 10], [3, 8], [7, 6]]
-    assert old["method_options"] == {} and old["peer_recipe"] == "reference"
+    assert old["method_options"] == {} and old["peer_recipe"] == "reference" and old["world_size"] == 1
+    assert old["train_amp"] == "float32" and "eval_amp" not in old  # eval_amp: a protocol field it did record
 
 
 def test_identity_labels_name_flags():

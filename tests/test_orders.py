@@ -20,7 +20,7 @@ SEQ = {1993: 0.55, 1994: 0.58, 1995: 0.55}
 
 
 def _old_order_folders(root, **settings):
-    """One fixed-order folder per order, rows without class_order_seed (as before issue 22)."""
+    """One fixed-order folder per order."""
     return [fake_run(root / f"order{s}", {("sdlora", s): [0.9, SDLORA[s]], ("seq-lora", s): [0.9, SEQ[s]]},
                      class_order_seed=s, **settings) for s in SDLORA]
 

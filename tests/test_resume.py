@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from avalanche_sdlora.assets import default_asset
-from benchmarks import compare, reports, runner
+from benchmarks import compare, migrate, reports, runner
 from conftest import TINY6 as TINY
 METHODS = ["naive", "seq-lora", "sdlora"]  # an Avalanche baseline (restarts) and two checkpointed methods
 LOGS = ("training_results.csv", "eval_results.csv")
@@ -158,12 +158,16 @@ def test_resume_accepts_the_same_weights_moved_elsewhere(finished_ncm, tmp_path)
     assert again == {**recorded, "name": "elsewhere.safetensors"}
 
 
-def test_a_run_folder_from_before_identity_is_checked_on_what_it_recorded(finished_ncm, tmp_path):
+def test_a_run_folder_from_before_identity_is_converted_then_checked_on_what_it_recorded(finished_ncm, tmp_path):
     old = tmp_path / "old"
     shutil.copytree(finished_ncm, old)
     config = json.loads((old / "config.json").read_text())
     del config["identity"]  # as written by earlier versions of compare
     (old / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match=r"format of an older version .*python -m benchmarks\.migrate"):
+        compare.main(TINY + ["--methods", "ncm", "--resume", str(old)])
+    assert migrate.main([str(old)]) == [old / "config.json"]
+    assert "data" not in json.loads((old / "config.json").read_text())["identity"]  # not made up
     with pytest.raises(SystemExit, match="--classes: the run's 6, this call's 12"):
         compare.main(TINY + ["--classes", "12", "--methods", "ncm", "--resume", str(old)])
     compare.main(TINY + ["--methods", "ncm", "--resume", str(old)])  # same settings: accepted, identity recorded

@@ -24,7 +24,7 @@ from avalanche_sdlora import SDLoRAOptions
 from avalanche_sdlora.atomic import remove_stale_temps, remove_temps_on_termination, write_text
 
 from .. import compare, inputs
-from ..config import RunConfig, add_run_flags, check_seeds, config_from_flags
+from ..config import add_run_flags, check_seeds, config_from_flags
 from ..local_paths import portable_record
 from ..methods import check_method_options
 from ..reports import write_csv
@@ -95,10 +95,8 @@ def _costs(runs: dict[str, tuple[RunFolder, list[int]]]) -> dict:
             "seeds": {m: list(map(int, s)) for m, (_, s) in runs.items()},
             "folder_of": {m: str(f) for m, (f, _) in runs.items()} if len(folders) > 1 else None,
             "train_seconds": train, "eval_seconds": evaluate,
-            "threads": main.get("identity", {}).get("threads", main.get("threads")),
-            # A folder from before compare recorded "sdlora" holds its options as "sdlora_effective" (and "rank"):
-            # read the way a resume reads them.
-            "sdlora": main.get("sdlora") or RunConfig.from_json(main).sdlora.to_dict(),
+            "threads": main["identity"].get("threads"),
+            "sdlora": main["sdlora"],
             "recipes": {m: c.get("recipes", {}).get(m) for m, c in configs.items()}}
 
 
@@ -124,8 +122,7 @@ def main(argv: list[str] | None = None) -> Path:
         sources = json.loads(sources_path.read_text()) if sources_path.exists() else {}
         # Every call that wrote into the folder, oldest first: a folder built by several calls (e.g. --only f2 f3 on
         # given runs, then --only f1a) names each; "command" is the last one's.
-        calls = sources.get("calls") or (
-            [{"command": sources["command"], "only": None}] if "command" in sources else [])
+        calls = sources.get("calls", [])
         # The same command again (a rerun over the same runs) is one call, at its latest place.
         calls = [c for c in calls if c.get("command") != command]
         sources.update(command=command, calls=[*calls, {"command": command, "only": list(args.only)}],

@@ -67,7 +67,7 @@ def train_comparison(cfg: RunConfig, methods: Sequence[str], seeds: Sequence[int
     cfg = cfg.replace(keep_checkpoints="all")  # the findings read the model after each experience
     if folder.has_config():
         identity = run_identity(inputs.resolved(cfg), 1 if jobs > 1 else torch.get_num_threads())
-        changed, _ = identity_changes(saved_identity(folder.read_config(), identity), identity)
+        changed, _ = identity_changes(saved_identity(folder.read_config()), identity)
         if changed:
             raise SystemExit(f"error: '{folder}' holds runs the findings trained with other settings: "
                              f"{'; '.join(changed)}; pass the run's values or another --out")
@@ -148,7 +148,7 @@ def train_single_task(cfg: RunConfig, benchmark, task: int, seeds: Sequence[int]
         folder.clean(quiet)
         if folder.has_config():
             saved = folder.read_config()
-            changed, _ = identity_changes(saved_identity(saved, identity), identity)
+            changed, _ = identity_changes(saved_identity(saved), identity)
             if saved.get("task") != task or saved.get("task_init") != init:
                 changed.append(f"the task: the run's {saved.get('task')} ({saved.get('task_init')}), this call's "
                                f"{task} ({init})")

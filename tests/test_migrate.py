@@ -1,0 +1,92 @@
+"""benchmarks.migrate: a folder of an older format becomes today's once, with what it recorded and nothing made up."""
+
+import json
+
+import pytest
+
+from benchmarks import folder_checks, migrate
+from benchmarks.config import RunConfig
+from benchmarks.identity import identity_changes, labels, saved_identity
+
+# What compare wrote before RunConfig and identities existed (results/cifar100-tiny128/cpu-3seeds, before the
+# conversion): protocol fields in a dict under the protocol's former name, SD-LoRA's options flat.
+PRE_RUNCONFIG = {
+    "protocol": {"name": "cifar100-cpu", "model": "vit_tiny_patch16_224", "img_size": 128, "train_per_class": 100,
+                 "epochs": 3, "batch_size": 32, "lr": 0.01, "n_experiences": 10, "class_order_seed": 1993,
+                 "eval_batch_size": 256, "eval_amp": True},
+    "methods": ["joint", "l2p"], "seeds": [2], "checkpoint": {"name": "vit_tiny_patch16_224.safetensors"},
+    "test_per_class": None, "classes": None, "rank": 10, "ewc_lambda": 100.0, "sdlora_options": {},
+    "sdlora_effective": {"reset_alphas": True, "alpha_init": 0.8, "alpha_lr": None, "normalize_current": False,
+                         "direction_norm": "factors", "head_init": "linear", "kd_threshold": 0.0009},
+    "device": "cpu", "threads": 1, "torch": "2.14.1+cu130", "command": "python -m benchmarks.compare --quiet",
+    "started_utc": "2026-11-25T20:09:30+00:00", "wall_seconds": 2839.8, "failed": {}, "provenance": "kept as is",
+}
+
+
+def test_a_pre_runconfig_config_becomes_todays_with_what_it_recorded(tmp_path):
+    with pytest.raises(folder_checks.DamagedRunFile, match="python -m benchmarks.migrate"):
+        (tmp_path / "config.json").write_text(json.dumps(PRE_RUNCONFIG))
+        folder_checks.read_config(tmp_path / "config.json")
+    new = migrate.migrate_config(PRE_RUNCONFIG)
+    assert migrate.is_current(new) and migrate.migrate_config(new) == new  # once
+    cfg = RunConfig.from_json(new)
+    assert (cfg.protocol, cfg.epochs, cfg.lr, cfg.eval_amp, cfg.sdlora.rank) == ("cifar100-tiny128", 3, 0.01, True, 10)
+    assert new["sdlora"] == cfg.sdlora.to_dict() and new["checkpoint"] == PRE_RUNCONFIG["checkpoint"]
+    identity = saved_identity(new)
+    assert identity["protocol"] == "cifar100-tiny128" and identity["direction_norm"] == "factors"
+    assert (identity["threads"], identity["workers"], identity["world_size"], identity["backend"]) == (1, 0, 1, None)
+    assert (identity["train_amp"], identity["peer_recipe"], identity["variant"]) == ("float32", "reference", "full")
+    assert not {"data", "checkpoint", "device_name"} & set(identity)  # never recorded: not made up
+    assert set(identity) <= set(labels())
+    assert new["calls"] == [{"command": PRE_RUNCONFIG["command"], "started_utc": PRE_RUNCONFIG["started_utc"],
+                             "wall_seconds": 2839.8, "methods": ["joint", "l2p"], "seeds": [2], "device": "cpu",
+                             "device_name": None, "threads": 1, "workers": None, "world_size": None,
+                             "image_cache": None}]
+    assert new["provenance"] == "kept as is" and "recipes" not in new and "sdlora_effective" not in new
+    changed, unrecorded = identity_changes(identity, {**identity, "epochs": 4, "data": {"name": "x"}})
+    assert changed == ["--epochs: the run's 3, this call's 4"] and unrecorded == ["--data"]
+
+
+def test_a_folder_with_an_old_identity_keeps_it_under_todays_keys():
+    old = {**{k: v for k, v in PRE_RUNCONFIG.items() if k != "threads"}, "workers": 0, "device_name": "AMD EPYC",
+           "identity": {"name": "cifar100-cpu", "epochs": 3, "threads": 1, "data": {"name": "cifar100.npz"}}}
+    identity = migrate.migrate_config(old)["identity"]
+    assert identity["protocol"] == "cifar100-tiny128" and "name" not in identity
+    assert identity["data"] == {"name": "cifar100.npz"} and identity["threads"] == 1
+    assert identity["class_order"] == "fixed" and identity["rank_schedule"] == [[0, 10], [3, 8], [7, 6]]
+
+
+def test_rows_get_their_class_order_every_other_character_kept():
+    text = "method,seed,experience,alphas\nsdlora,5,0,0.9000 1.0\r\nsdlora,5,1,\n"
+    assert migrate.migrate_rows(text, "fixed", 1993) == (
+        "method,seed,class_order_seed,experience,alphas\nsdlora,5,1993,0,0.9000 1.0\r\nsdlora,5,1993,1,\n")
+    assert migrate.migrate_rows(text, "seed", None).splitlines()[1] == "sdlora,5,5,0,0.9000 1.0"
+    mixed = "method,seed,class_order_seed,experience\nncm,0,,0\nncm,0,7,1\n"  # an old part extended by a newer call
+    assert migrate.migrate_rows(mixed, "fixed", 7) == "method,seed,class_order_seed,experience\nncm,0,7,0\nncm,0,7,1\n"
+    done = migrate.migrate_rows(text, "fixed", 1993)
+    assert migrate.migrate_rows(done, "fixed", 1993) == done
+
+
+def test_the_command_converts_a_folder_in_place_once(tmp_path):
+    run = tmp_path / "results" / "cpu-3seeds"
+    (run / "parts").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(PRE_RUNCONFIG))
+    (run / "parts" / "joint-seed2.csv").write_text("method,seed,experience\njoint,2,0\n")
+    changed = migrate.main([str(tmp_path / "results")])
+    assert changed == [run / "config.json", run / "parts" / "joint-seed2.csv"]
+    assert folder_checks.read_config(run / "config.json")["protocol"] == "cifar100-tiny128"
+    assert (run / "parts" / "joint-seed2.csv").read_text() == "method,seed,class_order_seed,experience\njoint,2,1993,0\n"
+    assert migrate.main([str(tmp_path / "results")]) == []
+    with pytest.raises(SystemExit):
+        migrate.main([str(tmp_path / "nowhere")])
+
+
+def test_a_findings_sources_json_gets_its_call_history_a_class_order_reports_is_kept(tmp_path):
+    old = {"command": "python -m benchmarks.findings --out f", "settings": {"epochs": 3}}
+    assert migrate.migrate_findings_sources(old)["calls"] == [{"command": old["command"], "only": None}]
+    orders_report = {"runs": [["../a", None]], "reference": "sdlora", "command": "python -m benchmarks.orders a"}
+    assert migrate.migrate_findings_sources(orders_report) == orders_report
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "sources.json").write_text(json.dumps(old))
+    assert migrate.main([str(tmp_path)]) == [tmp_path / "f" / "sources.json"]
+    assert json.loads((tmp_path / "f" / "sources.json").read_text())["calls"][0]["command"] == old["command"]
