@@ -197,7 +197,7 @@ def test_runs_may_be_split_over_folders_each_method_from_the_first_that_holds_it
     calls = [c["command"] for c in json.loads((copy / "sources.json").read_text())["calls"]]
     assert len(calls) == len(set(calls)) and "--only f1b" in calls[-1]
     readme = (copy / "README.md").read_text()
-    assert f"sdlora-fixed-direction `{b}`" in readme
+    assert f"sdlora-fixed-direction `{b_}`" in readme
     # both calls are named, oldest first
     assert sources["calls"][-1]["only"] == ["f1b"] and "--only f1b" in sources["calls"][-1]["command"]
     assert "Commands, oldest first" in readme and readme.index(sources["calls"][0]["command"]) < readme.index(

@@ -25,7 +25,7 @@ from avalanche_sdlora.atomic import remove_stale_temps, remove_temps_on_terminat
 
 from .. import compare, inputs
 from ..config import add_run_flags, check_seeds, config_from_flags
-from ..local_paths import portable_record
+from ..local_paths import portable_record, portable_text
 from ..methods import check_method_options
 from ..reports import write_csv
 from ..run_folder import RunFolder, RunLock
@@ -123,8 +123,9 @@ def main(argv: list[str] | None = None) -> Path:
         # Every call that wrote into the folder, oldest first: a folder built by several calls (e.g. --only f2 f3 on
         # given runs, then --only f1a) names each; "command" is the last one's.
         calls = sources.get("calls", [])
-        # The same command again (a rerun over the same runs) is one call, at its latest place.
-        calls = [c for c in calls if c.get("command") != command]
+        # The same command again (a rerun over the same runs) is one call, at its latest place (compared as the file
+        # records commands: with portable paths, benchmarks.local_paths).
+        calls = [c for c in calls if c.get("command") != portable_text(command, out)]
         sources.update(command=command, calls=[*calls, {"command": command, "only": list(args.only)}],
                        settings={k: getattr(cfg, k) for k in SETTINGS_SHOWN})
         sources.setdefault("analysis_seconds", {})
