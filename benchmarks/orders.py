@@ -34,7 +34,7 @@ import pandas as pd  # noqa: E402
 
 from avalanche_sdlora.atomic import remove_stale_temps, remove_temps_on_termination, write_text  # noqa: E402
 
-from .methods import method_names  # noqa: E402
+from .methods import get_method, method_names  # noqa: E402
 from .reports import markdown_grid, method_style, run_records, save_figure  # noqa: E402
 from .run_folder import RunLock  # noqa: E402
 from .run_set import ORDER_KEYS, RunSet  # noqa: E402
@@ -57,8 +57,11 @@ def order_runs(runs: RunSet) -> pd.DataFrame:
                          "folders holding one each")
     rank = {m: k for k, m in enumerate(method_names())}
     records = records.assign(_r=records["method"].map(rank)).sort_values(["_r", "class_order_seed"])
-    cols = ["method", "class_order_seed", "seed", "acc", "aaa", "forgetting", "bwt", "finished", "train_seconds",
-            "run"]
+    tasks = rows.groupby(["method", "class_order_seed"])["n_experiences"].max()
+    records["inference_passes"] = [
+        get_method(m).forward_passes(int(tasks[(m, o)])) for m, o in zip(records["method"], records["class_order_seed"])]
+    cols = ["method", "class_order_seed", "seed", "acc", "aaa", "forgetting", "bwt", "finished", "stored_params",
+            "inference_passes", "train_seconds", "eval_seconds", "run"]
     return records[cols].reset_index(drop=True)
 
 
@@ -71,6 +74,10 @@ def summarize_orders(orders: pd.DataFrame) -> pd.DataFrame:
                     "aaa_mean": g["aaa"].mean(), "aaa_std": g["aaa"].std(ddof=1),
                     "forgetting_mean": g["forgetting"].mean(), "forgetting_std": g["forgetting"].std(ddof=1),
                     "n_orders": len(g), "n_unfinished": len(every) - len(g),
+                    # costs: what a reader weighs against accuracy (stored state after the last task, backbone
+                    # passes per test image then, and wall time per run on the machines the footnote names)
+                    "stored_params": every["stored_params"].max(), "inference_passes": every["inference_passes"].max(),
+                    "train_seconds_mean": g["train_seconds"].mean(), "eval_seconds_mean": g["eval_seconds"].mean(),
                     "orders": " ".join(map(str, g["class_order_seed"])), "runs": " ".join(dict.fromkeys(every["run"]))})
     return pd.DataFrame.from_records(out)
 
@@ -113,6 +120,10 @@ def _pm(mean: float, std: float, sign: bool = False) -> str:
     return fmt.format(100 * mean) + ("" if np.isnan(std) else f" ± {100 * std:.2f}")
 
 
+def _minutes(seconds: float) -> str:
+    return "n/a" if np.isnan(seconds) else f"{seconds / 60:.1f}"
+
+
 def _wins(p: pd.Series, k: str) -> str:
     n, wins, ties = int(p[f"{k}_orders"]), int(p[f"{k}_wins"]), int(p[f"{k}_ties"])
     return "n/a" if n == 0 else f"{wins} of {n}" + (f" ({ties} tied)" if ties else "")
@@ -134,11 +145,16 @@ def markdown(orders: pd.DataFrame, summary: pd.DataFrame, pairs: pd.DataFrame, p
         n = f"{int(r['n_orders'])}" + (f" (+{int(r['n_unfinished'])} unfinished)" if r["n_unfinished"] else "")
         rows.append([r["method"], _pm(r["acc_mean"], r["acc_std"]), _pm(r["aaa_mean"], r["aaa_std"]),
                      _pm(r["forgetting_mean"], r["forgetting_std"])] + [acc_at(r["method"], o) for o in all_orders]
-                    + [n, ", ".join(r["runs"].split())])
-    head = ["method", "Acc (%)", "AAA (%)", "forgetting"] + [f"Acc, order {o}" for o in all_orders] + ["orders",
-                                                                                                       "runs"]
+                    + [n, f"{int(r['inference_passes'])}", f"{r['stored_params'] / 1e6:.2f}",
+                       _minutes(r["train_seconds_mean"]), _minutes(r["eval_seconds_mean"]), ", ".join(r["runs"].split())])
+    head = ["method", "Acc (%)", "AAA (%)", "forgetting"] + [f"Acc, order {o}" for o in all_orders] + [
+        "orders", "passes / image", "stored (M params)", "train min / run", "eval min / run", "runs"]
     text = [f"Class orders {', '.join(map(str, all_orders))} (seed s: `numpy.random.seed(s); permutation(n)`), one "
-            "run per method and order; accuracies in %, mean ± sample std over the orders a method finished.",
+            "run per method and order; accuracies in %, mean ± sample std over the orders a method finished. "
+            "Costs: backbone forward passes per test image after the last task, parameters stored then (head, "
+            "adapters, prompts, class statistics: what the method keeps beyond the frozen backbone), and wall "
+            "minutes per run (mean over finished orders; one torch thread, on the machines and under the load the "
+            "runs' config.json record, so they compare within a machine only).",
             markdown_grid(head, rows)]
     diff = {(r["method"], r["class_order_seed"]): r["acc_diff"] for _, r in pairs.iterrows()}
     prow = []

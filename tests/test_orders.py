@@ -40,8 +40,11 @@ def test_paired_differences_and_wins_by_hand(tmp_path):
     assert summary.loc["sdlora", "acc_std"] == pytest.approx(0.05)  # sample std of 0.60, 0.50, 0.55
     assert summary.loc["seq-lora", "orders"] == "1993 1994 1995"
     table = (out / "table.md").read_text()
-    assert "| sdlora | 55.00 ± 5.00 | 72.50 ± 2.50 | 10.00 ± 0.00 | 60.00 | 50.00 | 55.00 | 3 | " \
-           "order1993, order1994, order1995 |" in table
+    assert "| sdlora | 55.00 ± 5.00 | 72.50 ± 2.50 | 10.00 ± 0.00 | 60.00 | 50.00 | 55.00 | 3 | 1 | 0.00 | 0.0 | 0.0 " \
+           "| order1993, order1994, order1995 |" in table
+    # costs: fake_run's rows store 20 parameters and spend 1 s training + 0.5 s evaluating per experience (2 each)
+    assert summary.loc["sdlora", ["stored_params", "inference_passes", "train_seconds_mean", "eval_seconds_mean"]
+                       ].tolist() == [20, 1, 2.0, 1.0]
     assert "| seq-lora | -1.00 ± 6.56 | +5.00 | -8.00 | +0.00 | 1 of 3 (1 tied) | -0.50 ± 3.28 | 1 of 3 (1 tied) |" \
            in table
     assert f"`order1993` = `{folders[0]}`" in table
@@ -111,3 +114,16 @@ def test_a_sources_json_of_another_command_is_not_a_class_order_report(tmp_path)
     assert not orders.is_report(tmp_path)
     with pytest.raises(SystemExit, match="not a class-order report; pass the --out folder of a benchmarks.orders call"):
         orders.sources_of(tmp_path)
+
+
+def test_inference_passes_follow_the_registry_at_the_runs_last_task(tmp_path):
+    """Passes per image come from the method's registered trait at the number of tasks the run learned (MOS's and
+    CaRE's grow with the tasks), not from a constant."""
+    from benchmarks.methods import get_method
+
+    folder = fake_run(tmp_path / "runs" / "o", {("sdlora", 1993): [0.9, 0.6, 0.5], ("l2p", 1993): [0.9, 0.5, 0.4],
+                                                ("mos", 1993): [0.9, 0.6, 0.5]}, class_order_seed=1993)
+    summary = pd.read_csv(orders.main([str(folder), "--out", str(tmp_path / "r")]) / "orders_summary.csv")
+    passes = dict(zip(summary["method"], summary["inference_passes"]))
+    assert passes == {m: get_method(m).forward_passes(3) for m in ("sdlora", "l2p", "mos")}
+    assert passes["l2p"] == 2 and passes["sdlora"] == 1
