@@ -20,10 +20,10 @@ import pandas as pd
 
 from avalanche_sdlora.atomic import TEMP_GLOB
 
+from .resume import AVALANCHE_TRAINING_HEADER, LOG_HEADERS
+
 PART_NAME = re.compile(r"^(?P<method>[A-Za-z0-9_.-]+)-seed(?P<seed>\d+)\.csv$")
 PART_COLUMNS = ("method", "seed", "experience", "n_experiences", "acc_seen")  # every part has these
-LOG_HEADERS = {"training_results.csv": "training_exp,epoch,training_accuracy,val_accuracy,training_loss,val_loss",
-               "eval_results.csv": "eval_exp,training_exp,eval_accuracy,eval_loss,forgetting"}  # Avalanche's CSVLogger
 
 
 class DamagedRunFile(SystemExit):
@@ -131,17 +131,26 @@ def check_log(path: Path, finished: bool) -> None:
     header = LOG_HEADERS.get(path.name)
     if not finished and len(lines) <= 1 and (header or "").startswith(text.rstrip("\n")):
         return  # killed while the logger wrote its header: the (method, seed) starts its logs again
+    if lines and lines[0] == AVALANCHE_TRAINING_HEADER:
+        raise _refuse(path, "has the validation columns of a version before 0.4.0",
+                      f"run `python -m benchmarks.migrate {path.parents[3]}` once")
     if not lines or (header is not None and lines[0] != header):
         raise _refuse(path, f"does not start with the CSVLogger's header {header!r}", fix)
     width = lines[0].count(",") + 1
     rows = lines[1:]
     cut_last = bool(rows) and not text.endswith("\n")
+    # The columns a version before 0.3.0 never filled are empty in each of its rows; rows a resume appended after
+    # them are whole. Any other empty cell is damage.
+    blank: set[int] | None = None
     for k, row in enumerate(rows):
         if cut_last and k == len(rows) - 1 and not finished:
             break
         fields = row.split(",")
-        if len(fields) != width or not all(_number_or_none(f) for f in fields):
+        empty = {j for j, f in enumerate(fields) if f == ""}
+        if (len(fields) != width or not all(_number_or_none(f) for f in fields if f != "")
+                or (blank is not None and empty != blank and empty)):
             raise _refuse(path, f"is truncated or damaged at line {k + 2} ({row[:80]!r})", fix)
+        blank = empty
 
 
 def _number_or_none(field: str) -> bool:

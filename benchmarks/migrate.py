@@ -11,6 +11,12 @@ Below each given folder it rewrites
 * every part (``parts/*.csv``) and ``per_task.csv`` of a run folder with a ``class_order_seed`` column: rows written
   before rows recorded their class order (issue 22) ran on the run's fixed ``--class-order-seed`` (under
   ``--class-order seed``: the row's seed); every other character of the file is kept;
+* every (method, seed)'s CSVLogger files (``csv/<method>/seed<k>/``): the training file without Avalanche's
+  validation columns (never filled: the harness does not evaluate during training), and a column a version before
+  0.3.0 never filled (training accuracy and loss, test loss: 0 in every row) as empty cells, not recorded rather
+  than 0;
+* every run folder whose rows hold SD-LoRA's magnitudes gets its ``magnitudes.csv`` (the long table
+  ``benchmarks.compare`` writes beside per_task.csv since 0.3.0), from its per_task.csv;
 * a findings folder's ``sources.json`` with the history of its calls (one from before it: its one command);
 * every ``config.json``, ``sources.json`` (a findings or class-order report) and ``tuning.json`` with no absolute
   local path left (:mod:`benchmarks.local_paths`, issue 35).
@@ -30,6 +36,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from avalanche_sdlora.atomic import write_text
 from avalanche_sdlora.options import SDLoRAOptions
 
@@ -37,6 +45,8 @@ from .config import INPUT_FIELDS, RunConfig
 from .identity import added_since_0_2, labels
 from .local_paths import portable_record
 from .protocols import PROTOCOL_FIELDS, canonical
+from .reports import magnitudes
+from .resume import AVALANCHE_TRAINING_HEADER, LOG_FILES
 from .run_folder import CALL_KEYS
 
 RECORDS = ("config.json", "sources.json", "tuning.json")
@@ -205,6 +215,36 @@ def migrate_rows(text: str, class_order: str, class_order_seed: int | None) -> s
     return "".join(out)
 
 
+# Columns of the CSVLogger files that versions before 0.3.0 left at 0 (their metrics were not in the evaluator).
+_NEVER_FILLED = {"training_results.csv": ("training_accuracy", "training_loss"), "eval_results.csv": ("eval_loss",)}
+
+
+def migrate_log(text: str, name: str) -> str:
+    """A CSVLogger file (``name``: training_results.csv or eval_results.csv) in today's columns; other text as is."""
+    lines = text.splitlines(keepends=True)
+    if not lines:
+        return text
+    header = lines[0].rstrip("\n").split(",")
+    keep = list(range(len(header)))
+    if name == LOG_FILES[0] and lines[0].rstrip("\n") == AVALANCHE_TRAINING_HEADER:
+        keep = [j for j, h in enumerate(header) if h not in ("val_accuracy", "val_loss")]
+    rows = [line.rstrip("\n").split(",") for line in lines[1:]]
+
+    def zero(cell: str) -> bool:
+        try:
+            return float(cell) == 0.0
+        except ValueError:
+            return False
+
+    never = {header.index(c) for c in _NEVER_FILLED[name] if c in header}
+    never = {j for j in never if rows and all(len(r) > j and zero(r[j]) for r in rows)}
+    out = [",".join(header[j] for j in keep) + "\n"]
+    for line, cells in zip(lines[1:], rows):
+        end = "\n" if line.endswith("\n") else ""
+        out.append(",".join("" if j in never else cells[j] for j in keep if j < len(cells)) + end)
+    return "".join(out)
+
+
 def _migrate_run_folder(folder: Path) -> list[Path]:
     changed = []
     path = folder / "config.json"
@@ -222,6 +262,20 @@ def _migrate_run_folder(folder: Path) -> list[Path]:
         if after != before:
             write_text(table, after)
             changed.append(table)
+    if (folder / "per_task.csv").exists():
+        long = magnitudes(pd.read_csv(folder / "per_task.csv"))
+        path = folder / "magnitudes.csv"
+        text = long.to_csv(index=False)
+        if len(long) and (not path.exists() or path.read_text() != text):
+            write_text(path, text)
+            changed.append(path)
+    for name in LOG_FILES:
+        for log in sorted((folder / "csv").glob(f"*/*/{name}")):
+            before = log.read_text()
+            after = migrate_log(before, name)
+            if after != before:
+                write_text(log, after)
+                changed.append(log)
     return changed
 
 

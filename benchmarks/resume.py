@@ -14,10 +14,18 @@ from avalanche.logging import CSVLogger
 from avalanche_sdlora.atomic import write_text
 
 LOG_FILES = ("training_results.csv", "eval_results.csv")
+# The files' headers. Avalanche's training file also has val_accuracy and val_loss, filled only by evaluation during
+# training (eval_every with eval streams), which the harness never runs: they would be columns of constant zeros.
+LOG_HEADERS = {"training_results.csv": "training_exp,epoch,training_accuracy,training_loss",
+               "eval_results.csv": "eval_exp,training_exp,eval_accuracy,eval_loss,forgetting"}
+# Avalanche's own training header, which run folders before 0.4.0 hold (``python -m benchmarks.migrate`` converts
+# them; a column such a run never filled, e.g. its training loss, becomes empty cells: not recorded, not 0).
+AVALANCHE_TRAINING_HEADER = "training_exp,epoch,training_accuracy,val_accuracy,training_loss,val_loss"
 
 
 class ResumableCSVLogger(CSVLogger):
-    """Avalanche's ``CSVLogger`` whose files survive a resume; its files open at ``start(keep_upto)``.
+    """Avalanche's ``CSVLogger`` whose files survive a resume; its files open at ``start(keep_upto)``; its training
+    file has no validation columns (:data:`LOG_HEADERS`).
 
     ``CSVLogger.__init__`` always opens its files in write mode, so a resumed run would lose every row written
     before the interruption. ``start(k)`` keeps the rows of training experiences 0..k (rows of an experience the
@@ -34,14 +42,24 @@ class ResumableCSVLogger(CSVLogger):
         self.val_acc, self.val_loss = 0, 0
 
     def start(self, keep_upto: int | None = None) -> None:
-        if keep_upto is None:
-            CSVLogger.__init__(self, self.log_folder)
-            return
         folder = Path(self.log_folder)
+        folder.mkdir(parents=True, exist_ok=True)
         for name in LOG_FILES:
-            write_text(folder / name, _rows_upto(folder / name, keep_upto))
+            kept = LOG_HEADERS[name] + "\n" if keep_upto is None else _rows_upto(folder / name, keep_upto)
+            write_text(folder / name, kept)
         self.training_file = open(folder / LOG_FILES[0], "a")
         self.eval_file = open(folder / LOG_FILES[1], "a")
+
+    def after_training_epoch(self, strategy, metric_values, **kwargs) -> None:
+        """Avalanche's row, except for an epoch with no training iteration (ncm's training-free pass over the
+        experience): it has no accuracy or loss, and a row of zeros would read as if it had."""
+        if strategy.clock.train_epoch_iterations:
+            super().after_training_epoch(strategy, metric_values, **kwargs)
+
+    def print_train_metrics(self, training_exp, epoch, train_acc, val_acc, train_loss, val_loss) -> None:
+        """One row of the training file, without the validation values (always 0 here: see ``LOG_HEADERS``)."""
+        print(training_exp, epoch, self._val_to_str(train_acc), self._val_to_str(train_loss), sep=",",
+              file=self.training_file, flush=True)
 
 
 def _rows_upto(path: Path, experience: int) -> str:

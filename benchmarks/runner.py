@@ -57,8 +57,8 @@ def make_evaluator(log_dir: Path, quiet: bool) -> tuple[EvaluationPlugin, Parame
     if distributed.is_main():
         loggers = [ResumableCSVLogger(log_dir)] + ([] if quiet else [InteractiveLogger()])
     # Epoch accuracy and loss on the training minibatches, and each experience's test loss, fill the CSVLogger's
-    # training_accuracy, training_loss and eval_loss columns (without them Avalanche writes 0 there); val_accuracy and
-    # val_loss stay 0: nothing is evaluated during training (no eval_every).
+    # training_accuracy, training_loss and eval_loss columns (without them Avalanche writes 0 there); the logger has no
+    # validation columns: nothing is evaluated during training (no eval_every).
     ev = EvaluationPlugin(accuracy_metrics(epoch=True, experience=True, stream=True),
                           loss_metrics(epoch=True, experience=True),
                           forgetting_metrics(experience=True, stream=True),

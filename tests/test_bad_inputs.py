@@ -327,6 +327,13 @@ DAMAGE = {
     "a log without its header": ("training_results.csv", lambda r: (r / "csv" / "ncm" / "seed0" /
                                                                      "training_results.csv").write_text("0,0,0.5\n"),
                                  "does not start with the CSVLogger's header"),
+    "an empty cell in a log": ("eval_results.csv", lambda r: _replace(r / "csv" / "ncm" / "seed0" / "eval_results.csv",
+                                                                      "\n0,0,", "\n0,0,,"),
+                               "is truncated or damaged at line 2"),
+    "a log of a version before 0.4.0": (
+        "training_results.csv", lambda r: (r / "csv" / "ncm" / "seed0" / "training_results.csv").write_text(
+            "training_exp,epoch,training_accuracy,val_accuracy,training_loss,val_loss\n"),
+        "has the validation columns of a version before 0.4.0"),
 }
 
 

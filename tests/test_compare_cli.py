@@ -45,6 +45,7 @@ def test_every_method_logs_expected_columns(tiny_run):
     eval_log = pd.read_csv(run_dir / "csv" / "sdlora" / "seed0" / "eval_results.csv")
     assert (train_log["training_loss"] > 0).all() and train_log["training_accuracy"].between(0, 1).all()
     assert train_log["training_accuracy"].gt(0).any() and (eval_log["eval_loss"] > 0).all()
+    assert list(train_log.columns) == ["training_exp", "epoch", "training_accuracy", "training_loss"]  # no empty val_*
     # the magnitudes as a long table: one row per (method, seed, experience, task), the numbers of per_task's string
     long = pd.read_csv(run_dir / "magnitudes.csv")
     sd = per_task[per_task["method"] == "sdlora"].sort_values("experience")

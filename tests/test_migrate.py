@@ -90,3 +90,42 @@ def test_a_findings_sources_json_gets_its_call_history_a_class_order_reports_is_
     (tmp_path / "f" / "sources.json").write_text(json.dumps(old))
     assert migrate.main([str(tmp_path)]) == [tmp_path / "f" / "sources.json"]
     assert json.loads((tmp_path / "f" / "sources.json").read_text())["calls"][0]["command"] == old["command"]
+
+
+def test_csvlogger_files_lose_the_validation_columns_and_never_filled_zeros_become_empty(tmp_path):
+    """Avalanche's training file has val_accuracy/val_loss (never filled here); a run before 0.3.0 left training
+    accuracy/loss and test loss at 0 in every row: not recorded, so empty cells, not zeros. Recorded columns, and
+    zeros among recorded values (a first experience's forgetting), stay as they were."""
+    old = "training_exp,epoch,training_accuracy,val_accuracy,training_loss,val_loss\n0,0,0,0,0,0\n0,1,0,0,0,0\n"
+    assert migrate.migrate_log(old, "training_results.csv") == \
+        "training_exp,epoch,training_accuracy,training_loss\n0,0,,\n0,1,,\n"
+    recorded = "training_exp,epoch,training_accuracy,val_accuracy,training_loss,val_loss\n0,0,0.8342,0,0.5484,0\n0,1,0.9"
+    assert migrate.migrate_log(recorded, "training_results.csv") == \
+        "training_exp,epoch,training_accuracy,training_loss\n0,0,0.8342,0.5484\n0,1,0.9"  # a cut last line stays cut
+    ev = "eval_exp,training_exp,eval_accuracy,eval_loss,forgetting\n0,0,0.9240,0,0\n0,1,0.8400,0,0.0840\n"
+    new = migrate.migrate_log(ev, "eval_results.csv")
+    assert new == "eval_exp,training_exp,eval_accuracy,eval_loss,forgetting\n0,0,0.9240,,0\n0,1,0.8400,,0.0840\n"
+    for text, name in ((new, "eval_results.csv"), (migrate.migrate_log(old, "training_results.csv"),
+                                                   "training_results.csv")):
+        assert migrate.migrate_log(text, name) == text  # once
+        log = tmp_path / "r" / "csv" / "sdlora" / "seed0" / name
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(text)
+        folder_checks.check_log(log, finished=True)  # what the harness reads
+        log.write_text(text + ("0,2,0.9,0.1\n" if name == "training_results.csv" else "1,1,0.8,0.5,0\n"))
+        folder_checks.check_log(log, finished=True)  # rows a resume appended after the old ones are whole
+
+
+def test_a_run_folder_with_magnitudes_gets_its_long_table_once(tmp_path):
+    """A folder from before magnitudes.csv: the long table is written from per_task.csv's alphas strings, one row
+    per (method, seed, experience, task), as benchmarks.compare writes it today."""
+    run = tmp_path / "results" / "r"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"methods": ["sdlora"]}))
+    (run / "per_task.csv").write_text("method,seed,class_order_seed,experience,alphas\n"
+                                      "sdlora,0,1993,0,1.5\nsdlora,0,1993,1,1.25 0.5\n")
+    migrate._migrate_run_folder(run)
+    assert (run / "magnitudes.csv").read_text() == ("method,seed,class_order_seed,experience,task,alpha\n"
+                                                    "sdlora,0,1993,0,0,1.5\nsdlora,0,1993,1,0,1.25\n"
+                                                    "sdlora,0,1993,1,1,0.5\n")
+    assert migrate._migrate_run_folder(run) == []  # once

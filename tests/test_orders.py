@@ -43,7 +43,7 @@ def test_paired_differences_and_wins_by_hand(tmp_path):
     assert "| sdlora | 55.00 ± 5.00 | 72.50 ± 2.50 | 10.00 ± 0.00 | 60.00 | 50.00 | 55.00 | 3 | 1 | 0.00 | 0.0 | 0.0 " \
            "| order1993, order1994, order1995 |" in table
     # costs: fake_run's rows store 20 parameters and spend 1 s training + 0.5 s evaluating per experience (2 each)
-    assert summary.loc["sdlora", ["stored_params", "inference_passes", "train_seconds_mean", "eval_seconds_mean"]
+    assert summary.loc["sdlora", ["stored_params", "inference_backbones", "train_seconds_mean", "eval_seconds_mean"]
                        ].tolist() == [20, 1, 2.0, 1.0]
     assert "| seq-lora | -1.00 ± 6.56 | +5.00 | -8.00 | +0.00 | 1 of 3 (1 tied) | -0.50 ± 3.28 | 1 of 3 (1 tied) |" \
            in table
@@ -116,14 +116,15 @@ def test_a_sources_json_of_another_command_is_not_a_class_order_report(tmp_path)
         orders.sources_of(tmp_path)
 
 
-def test_inference_passes_follow_the_registry_at_the_runs_last_task(tmp_path):
-    """Passes per image come from the method's registered trait at the number of tasks the run learned (MOS's and
-    CaRE's grow with the tasks), not from a constant."""
+def test_inference_cost_follows_the_registry_at_the_runs_last_task(tmp_path):
+    """Backbones' worth per image comes from the method's registered traits at the number of tasks the run learned
+    (MOS's passes grow with the tasks; CL-LoRA's later blocks run once per task), not from a constant."""
     from benchmarks.methods import get_method
 
     folder = fake_run(tmp_path / "runs" / "o", {("sdlora", 1993): [0.9, 0.6, 0.5], ("l2p", 1993): [0.9, 0.5, 0.4],
-                                                ("mos", 1993): [0.9, 0.6, 0.5]}, class_order_seed=1993)
+                                                ("mos", 1993): [0.9, 0.6, 0.5], ("cl-lora", 1993): [0.9, 0.6, 0.5]},
+                      class_order_seed=1993)
     summary = pd.read_csv(orders.main([str(folder), "--out", str(tmp_path / "r")]) / "orders_summary.csv")
-    passes = dict(zip(summary["method"], summary["inference_passes"]))
-    assert passes == {m: get_method(m).forward_passes(3) for m in ("sdlora", "l2p", "mos")}
-    assert passes["l2p"] == 2 and passes["sdlora"] == 1
+    worth = dict(zip(summary["method"], summary["inference_backbones"]))
+    assert worth == {"sdlora": 1, "l2p": 2, "mos": get_method("mos").forward_passes(3), "cl-lora": 2.0}
+    assert worth["mos"] == 3  # one pass per task learned (self-refined retrieval)

@@ -121,6 +121,15 @@ def finished_ncm(tmp_path_factory):
     return compare.main(TINY + ["--methods", "ncm", "--out", str(out), "--run-id", "r"])
 
 
+def test_a_training_free_method_logs_no_training_rows_and_a_real_test_loss(finished_ncm):
+    """ncm's one pass over an experience takes no training step: no row of zeros in the training log (it would
+    read as accuracy 0 and loss 0); its test loss is the cross-entropy of its prototype scores, not 0."""
+    logs = finished_ncm / "csv" / "ncm" / "seed0"
+    assert (logs / "training_results.csv").read_text() == "training_exp,epoch,training_accuracy,training_loss\n"
+    ev = pd.read_csv(logs / "eval_results.csv")
+    assert len(ev) and (ev["eval_loss"] > 0).all()
+
+
 @pytest.mark.parametrize("change, named", [
     (["--epochs", "2"], "--epochs: the run's 1, this call's 2"),
     (["--classes", "12"], "--classes: the run's 6, this call's 12"),

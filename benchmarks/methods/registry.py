@@ -44,7 +44,9 @@ class Method:
     cannot run data-parallel under torchrun (None: it can, see :mod:`benchmarks.distributed`); ``train_amp``: the
     builder honours ``--train-amp bf16`` itself (the runner gives the others :class:`benchmarks.train_amp.TrainingAutocastPlugin`).
     ``inference_forward_passes`` is a count, or a function of the number of tasks learned (CaRE's and MOS's grow
-    with them); read it through :meth:`forward_passes`. ``recipe_of`` names the method whose tuned recipe a variant
+    with them); read it through :meth:`forward_passes`. ``inference_backbones``: backbones' worth of transformer
+    blocks per test image after n tasks, where it differs from the passes (CL-LoRA: one embedding, its later blocks
+    once per task); read it through :meth:`backbones_per_image`. ``recipe_of`` names the method whose tuned recipe a variant
     shares (SD-LoRA-RR and -KD train as SD-LoRA does, as in the paper).
     """
 
@@ -62,11 +64,18 @@ class Method:
     single_process_only: str | None = None  # issue 20
     train_amp: bool = False  # issue 20
     recipe_of: str | None = None  # a variant trained with another method's recipe: benchmarks.tune tunes that one
+    inference_backbones: Callable[[int], float] | None = None  # None: the forward passes
 
     def forward_passes(self, n_tasks: int) -> int:
         """Backbone passes per image at inference after ``n_tasks`` tasks (most methods: a constant)."""
         passes = self.inference_forward_passes
         return int(passes(n_tasks) if callable(passes) else passes)
+
+    def backbones_per_image(self, n_tasks: int) -> float:
+        """Backbones' worth of transformer blocks one test image runs through after ``n_tasks`` tasks: the cost of
+        inference in units of the frozen backbone's forward (prompts' longer sequences aside)."""
+        worth = self.inference_backbones
+        return float(worth(n_tasks)) if worth is not None else float(self.forward_passes(n_tasks))
 
 
 _METHODS: dict[str, Method] = {}  # in registration order: the order of every table

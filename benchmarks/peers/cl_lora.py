@@ -112,7 +112,8 @@ from .class_incremental import ClassIncrementalTemplate
 from .first_session import CosineHead, place_logits
 
 __all__ = ["LoRAPair", "CLLoRAQKV", "CLLoRAViT", "CLLoRA", "kd_loss", "orthogonality_loss", "gradient_reassignment",
-           "build_strategy", "stored_params", "stored_breakdown", "blocks_per_image", "REFERENCE_HPARAMS",
+           "build_strategy", "stored_params", "stored_breakdown", "blocks_per_image", "inference_backbones",
+           "REFERENCE_HPARAMS",
            "INFERENCE_FORWARD_PASSES"]
 
 _REF = "JiangpengHe/CL-LoRA@df4e74e"
@@ -151,6 +152,13 @@ def blocks_per_image(n_tasks: int, depth: int = 12, shared_blocks: int | None = 
     """Transformer blocks one test image runs through after ``n_tasks`` tasks: shared blocks once, the rest per task."""
     shared = depth // 2 if shared_blocks is None else shared_blocks
     return shared + n_tasks * (depth - shared)
+
+
+def inference_backbones(n_tasks: int) -> float:
+    """Backbones' worth of blocks per test image after ``n_tasks`` tasks with the reference's split (half the blocks
+    shared): ``(1 + n_tasks) / 2``, whatever the depth."""
+    depth = 12
+    return blocks_per_image(n_tasks, depth) / depth
 
 
 class LoRAPair(nn.Module):

@@ -50,7 +50,9 @@ class NCMStrategy(SupervisedTemplate):
         self.adapted_dataset = self.adapted_dataset.eval()  # prototypes from un-augmented images
 
     def criterion(self):
-        return torch.zeros((), device=self.device)
+        """Cross-entropy of the prototype scores (negative distances): the test loss the logs record. Training
+        takes no loss (its one pass averages features)."""
+        return nn.functional.cross_entropy(self.mb_output, self.mb_y)
 
 
 def stored_params(strategy: SupervisedTemplate) -> int:
