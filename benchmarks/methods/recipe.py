@@ -129,7 +129,8 @@ def lora_baseline_arguments(cfg: RunConfig, evaluator, plugins: Sequence, *own_p
 def register_peer(name: str, peer, *, summary: str, single_process_only: str | None = None) -> None:
     """Register a peer mechanism module as method ``name``: its ``build_strategy`` (common signature, reference
     recipe unless ``lr``/``optimizer`` are given), ``stored_params``, ``REFERENCE_HPARAMS`` (with the optimizer and
-    lr), ``INFERENCE_FORWARD_PASSES`` (and ``inference_backbones``, where the blocks per image differ), and, for a builder taking ``**options``, their names in ``OPTIONS``;
+    lr), ``INFERENCE_FORWARD_PASSES`` (and ``inference_backbones``, where the blocks per image differ), ``extra_columns`` if it has per-experience
+    columns of its own, and, for a builder taking ``**options``, their names in ``OPTIONS``;
     ``single_process_only``: why it cannot run under torchrun (the Method trait)."""
 
     def build(cfg: RunConfig, num_classes: int, evaluator, plugins):
@@ -139,5 +140,6 @@ def register_peer(name: str, peer, *, summary: str, single_process_only: str | N
                     recipe=peer_recipe(name, peer.REFERENCE_HPARAMS),
                     inference_forward_passes=peer.INFERENCE_FORWARD_PASSES, reference_hparams=peer.REFERENCE_HPARAMS,
                     inference_backbones=getattr(peer, "inference_backbones", None),
+                    extra_columns=getattr(peer, "extra_columns", None),
                     options=builder_options(peer.build_strategy, getattr(peer, "OPTIONS", ())),
                     single_process_only=single_process_only)(build)

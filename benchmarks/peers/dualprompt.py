@@ -36,8 +36,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import math
+
 import torch
 import torch.nn.functional as F
+from avalanche.core import SupervisedPlugin
 from avalanche.training.templates import SupervisedTemplate
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
@@ -45,7 +48,8 @@ from torch import Tensor, nn
 from avalanche_sdlora.head import FrozenPastHead
 from .prefix_vit import Prefix, PrefixViT, PromptStrategy, make_optimizer, prompt_backbone
 
-__all__ = ["DualPromptViT", "DualPrompt", "build_strategy", "stored_params", "REFERENCE_HPARAMS",
+__all__ = ["DualPromptViT", "DualPrompt", "PromptSelection", "build_strategy", "stored_params", "extra_columns",
+           "REFERENCE_HPARAMS",
            "INFERENCE_FORWARD_PASSES", "OPTIONS"]
 
 _PILOT = "SD-LoRA authors' exps/dualprompt.json (= LAMDA-PILOT exps/dualprompt.json)"
@@ -191,7 +195,34 @@ class DualPromptViT(nn.Module):
             return self.forward_train(x)[0]
         with torch.no_grad():
             idx = self.select(self.vit.query(x))
+        self.last_selection = idx  # read by PromptSelection: which E-prompt each test image was given
         return self.logits_with(x, idx)
+
+
+class PromptSelection(SupervisedPlugin):
+    """How often test-time key matching gives an image its own task's E-prompt: the fraction of the test images of
+    the tasks learned so far whose selected prompt is their task's (DualPrompt's mechanism works only as far as
+    this holds; Avalanche has no such metric). In a class-incremental stream test experience ``j`` holds task
+    ``j``'s classes, so an image's own prompt is the index of its experience.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hits, self.images, self.fraction = 0, 0, math.nan
+
+    def before_eval(self, strategy, **kwargs) -> None:
+        self.hits, self.images = 0, 0
+
+    def after_eval_iteration(self, strategy, **kwargs) -> None:
+        own = strategy.experience.current_experience
+        if own > int(strategy.model.task):
+            return  # a task not learned yet has no prompt of its own
+        picked = strategy.model.last_selection
+        self.hits += int((picked == own).sum())
+        self.images += picked.numel()
+
+    def after_eval(self, strategy, **kwargs) -> None:
+        self.fraction = self.hits / self.images if self.images else math.nan
 
 
 class DualPrompt(PromptStrategy):
@@ -238,7 +269,14 @@ def build_strategy(*, model_name: str, checkpoint: str | None, img_size: int, nu
     return DualPrompt(model=model, optimizer=opt, pull_coeff=options.get("pull_coeff", ref["pull_coeff"]),
                       clip_grad=options.get("clip_grad", ref["clip_grad"]), train_mb_size=batch_size,
                       train_epochs=epochs, eval_mb_size=eval_batch_size, device=device, evaluator=evaluator,
-                      plugins=list(plugins or []))
+                      plugins=[*(plugins or []), PromptSelection()])
+
+
+def extra_columns(strategy: SupervisedTemplate, experience: int) -> dict[str, float]:
+    """The per_task.csv column of the last evaluation: the fraction of seen-task test images given their own task's
+    E-prompt (:class:`PromptSelection`)."""
+    selection = next(p for p in strategy.plugins if isinstance(p, PromptSelection))
+    return {"own_prompt_fraction": selection.fraction}
 
 
 def stored_params(strategy: SupervisedTemplate) -> int:
