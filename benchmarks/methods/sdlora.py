@@ -26,14 +26,25 @@ def stored_params(strategy) -> int:
     return sum(p.numel() for p in model.head.parameters()) + model.stored_adapter_params()
 
 
+def head_columns(strategy, experience: int) -> dict:
+    """Mean L2 norm of the head's weight rows of the past tasks' classes and of the newest task's: a head that
+    favours the newest classes (their rows outgrowing the old ones) is one way a long sequence collapses, next to
+    the magnitudes (``alphas``) and the update's size (``update_norm``)."""
+    weights = strategy.model.head.weights
+    norms = [float(w.detach().float().norm(dim=1).mean()) for w in weights]
+    return {"head_row_norm_past": float(np.mean(norms[:-1])) if len(norms) > 1 else np.nan,
+            "head_row_norm_newest": norms[-1] if norms else np.nan}
+
+
 def kd_columns(strategy, experience: int) -> dict:
-    """SD-LoRA-KD's decision for this experience (relative residual and whether it absorbed the task)."""
+    """SD-LoRA-KD's decision for this experience (relative residual and whether it absorbed the task), and the
+    head's (:func:`head_columns`)."""
     for p in strategy.plugins:
         if isinstance(p, DistillationPlugin):
             last = p.history[-1] if p.history and p.history[-1]["task"] == experience else None
             return {"kd_relative_residual": last["relative_residual"] if last else np.nan,
-                    "kd_absorbed": bool(last["absorbed"]) if last else False}
-    return {}
+                    "kd_absorbed": bool(last["absorbed"]) if last else False, **head_columns(strategy, experience)}
+    return head_columns(strategy, experience)
 
 
 def _builder(name: str, strategy_class):
@@ -48,12 +59,13 @@ def _builder(name: str, strategy_class):
 
 def _traits(name: str) -> dict:
     return dict(stored_params=stored_params, recipe=overridable(name, sdlora_recipe), checkpointable=True,
-                reference_hparams=REFERENCE_HPARAMS, train_amp=True, options=RECIPE_OPTIONS)
+                reference_hparams=REFERENCE_HPARAMS, train_amp=True, options=RECIPE_OPTIONS,
+                extra_columns=kd_columns if name == "sdlora-kd" else head_columns)
 
 
 register_method("sdlora", summary="SD-LoRA (avalanche_sdlora.SDLoRA)", **_traits("sdlora"))(_builder("sdlora", SDLoRA))
 register_method("sdlora-rr", summary="SD-LoRA-RR: later tasks get lower ranks (--rank-schedule)",
                 recipe_of="sdlora", **_traits("sdlora-rr"))(_builder("sdlora-rr", SDLoRARR))
 register_method("sdlora-kd", summary="SD-LoRA-KD: a direction the old ones span is folded into their magnitudes "
-                "(--kd-threshold)", extra_columns=kd_columns, recipe_of="sdlora",
+                "(--kd-threshold)", recipe_of="sdlora",
                 **_traits("sdlora-kd"))(_builder("sdlora-kd", SDLoRAKD))
