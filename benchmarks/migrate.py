@@ -13,7 +13,11 @@ Below each given folder it rewrites
   ``--class-order seed``: the row's seed); every other character of the file is kept;
 * a findings folder's ``sources.json`` with the history of its calls (one from before it: its one command);
 * every ``config.json``, ``sources.json`` (a findings or class-order report) and ``tuning.json`` with no absolute
-  local path left (:mod:`benchmarks.local_paths`, issue 35).
+  local path left (:mod:`benchmarks.local_paths`, issue 35);
+* every derived report CSV (``summary.csv``, a class-order report's, tuning's ``candidates.csv``, a study's; not
+  ``per_task.csv`` nor a part) with its accuracy-like columns in percent under names that say so (``acc_mean`` ->
+  ``acc_mean_pct``, a difference ``acc_diff`` -> ``acc_diff_pts``; :mod:`benchmarks.units`, issue 35): the values
+  the command would write today, every other cell's text kept.
 
 What a folder never recorded is not made up: an identity key it did not hold stays out (a resume then records that
 call's value, with a note, as it always did), and a folder without ``recipes`` or an image cache gets none. Numbers,
@@ -25,10 +29,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from avalanche_sdlora.atomic import write_text
 from avalanche_sdlora.options import SDLoRAOptions
@@ -38,6 +45,7 @@ from .identity import added_since_0_2, labels
 from .local_paths import portable_record
 from .protocols import PROTOCOL_FIELDS, canonical
 from .run_folder import CALL_KEYS
+from .units import DERIVED_CSVS, file_name, in_file_units
 
 RECORDS = ("config.json", "sources.json", "tuning.json")
 _SDLORA_FIELDS = tuple(f.name for f in dataclasses.fields(SDLoRAOptions))
@@ -245,6 +253,38 @@ def migrate(root: str | Path) -> list[Path]:
                 write_text(path, json.dumps(after, indent=2) + "\n")
                 if path not in changed:
                     changed.append(path)
+    changed += _migrate_derived_csvs(Path(root))  # issue 35: units in the derived CSVs' column names
+    return changed
+
+
+def migrate_units(text: str) -> str:
+    """A derived CSV's text with its accuracy-like columns (fractions, under the names before units) in percent under
+    today's names (:func:`benchmarks.units.in_file_units`, as the writer converts); the other cells' text is kept. A
+    file already in today's names comes back unchanged."""
+    if not text.strip():
+        return text
+    table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    old = [c for c in table.columns if file_name(c) != c]
+    if not old:
+        return text
+    for column in old:  # float() reads back exactly the float64 the writer wrote (shortest repr round-trips)
+        table[column] = [float(v) if v != "" else float("nan") for v in table[column]]
+    converted = in_file_units(table[old])
+    table = table.rename(columns=file_name)
+    for column in converted.columns:
+        table[column] = converted[column]
+    return table.to_csv(index=False)
+
+
+def _migrate_derived_csvs(root: Path) -> list[Path]:
+    changed = []
+    for name in DERIVED_CSVS:
+        for path in sorted(Path(root).rglob(name)):
+            before = path.read_text()
+            after = migrate_units(before)
+            if after != before:
+                write_text(path, after)
+                changed.append(path)
     return changed
 
 
