@@ -17,7 +17,9 @@ Below each given folder it rewrites
 * every derived report CSV (``summary.csv``, a class-order report's, tuning's ``candidates.csv``, a study's; not
   ``per_task.csv`` nor a part) with its accuracy-like columns in percent under names that say so (``acc_mean`` ->
   ``acc_mean_pct``, a difference ``acc_diff`` -> ``acc_diff_pts``; :mod:`benchmarks.units`, issue 35): the values
-  the command would write today, every other cell's text kept.
+  the command would write today, every other cell's text kept; a findings folder's measurements
+  (``f1b_runs.csv``, ``f1b_per_task.csv``, ``f3_interpolation.csv``) alike, and the rest of that folder rebuilt
+  from them as ``python -m benchmarks.findings --report-only`` does.
 
 What a folder never recorded is not made up: an identity key it did not hold stays out (a resume then records that
 call's value, with a note, as it always did), and a folder without ``recipes`` or an image cache gets none. Numbers,
@@ -41,11 +43,12 @@ from avalanche_sdlora.atomic import write_text
 from avalanche_sdlora.options import SDLoRAOptions
 
 from .config import INPUT_FIELDS, RunConfig
+from .findings import report as findings_report
 from .identity import added_since_0_2, labels
 from .local_paths import portable_record
 from .protocols import PROTOCOL_FIELDS, canonical
 from .run_folder import CALL_KEYS
-from .units import DERIVED_CSVS, file_name, in_file_units
+from .units import DERIVED_CSVS, FINDINGS_CSVS, file_name, in_file_units
 
 RECORDS = ("config.json", "sources.json", "tuning.json")
 _SDLORA_FIELDS = tuple(f.name for f in dataclasses.fields(SDLoRAOptions))
@@ -278,13 +281,20 @@ def migrate_units(text: str) -> str:
 
 def _migrate_derived_csvs(root: Path) -> list[Path]:
     changed = []
-    for name in DERIVED_CSVS:
+    for name in (*DERIVED_CSVS, *FINDINGS_CSVS):
         for path in sorted(Path(root).rglob(name)):
             before = path.read_text()
             after = migrate_units(before)
             if after != before:
                 write_text(path, after)
                 changed.append(path)
+    # A findings folder's summaries, verdicts.csv and README are computed from its measurements: rebuilt from the
+    # converted ones (what --report-only does), so they are what the command writes today.
+    for folder in sorted({p.parent for p in changed if p.name in FINDINGS_CSVS}):
+        before = {p: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+        findings_report.write(folder)
+        changed += [p for p in sorted(folder.iterdir()) if p.is_file() and p not in changed
+                    and before.get(p) != p.read_bytes()]
     return changed
 
 

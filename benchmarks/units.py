@@ -9,8 +9,8 @@ Two kinds of CSV, two conventions:
   into it unconverted, so its names and units stay Avalanche's.
 * Every **derived** report CSV (a run folder's ``summary.csv``, a class-order report's ``orders.csv``,
   ``orders_summary.csv``, ``paired.csv`` and ``paired_summary.csv``, tuning's ``candidates.csv``, a study's
-  ``runs.csv``, ``cells.csv`` and ``unfinished.csv``) is in the units its ``table.md`` shows, and each column's name
-  ends with its unit:
+  ``runs.csv``, ``cells.csv`` and ``unfinished.csv``, a findings folder's ``f1b_*.csv`` and ``f3_*.csv``) is in the
+  units its ``table.md`` or README shows, and each column's name ends with its unit:
 
   - ``_pct``: percent, 0-100 (Acc, AAA, forgetting, BWT, a validation accuracy, their means and sample stds);
   - ``_pts``: percentage points, a difference of two percentages (a paired difference, its mean and std);
@@ -18,7 +18,8 @@ Two kinds of CSV, two conventions:
     ``stored_params``); ``n_``: a count.
 
 The computations work in fractions; :func:`in_file_units` converts (times 100) and renames when a table is written,
-the one place that does, from the one list of accuracy-like columns below.
+the one place that does, from the one list of accuracy-like columns below. (The findings' summaries, verdicts and
+README are computed from their measurement CSVs, so in percent from the start, under names that say so.)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ FRACTIONS: tuple[str, ...] = (
     "acc_reference", "acc_method", "aaa_reference", "aaa_method", "forgetting_reference", "forgetting_method",
     "acc_seen_mean", "acc_seen_std",  # a study's unfinished cells
     "val_acc", "val_mean_acc",  # tuning's validation scores
+    "acc_seen", "accuracy",  # the findings' per-experience rows (f1b_per_task.csv) and path points (f3_interpolation.csv)
 )
 # Differences of two such columns (paired.csv, paired_summary.csv): percentage points once written.
 DIFFERENCES: tuple[str, ...] = ("acc_diff", "aaa_diff", "forgetting_diff", "acc_diff_mean", "acc_diff_std",
@@ -42,6 +44,8 @@ DIFFERENCES: tuple[str, ...] = ("acc_diff", "aaa_diff", "forgetting_diff", "acc_
 # The derived tables, by file name (what python -m benchmarks.migrate rewrites); never per_task.csv nor a part.
 DERIVED_CSVS: tuple[str, ...] = ("summary.csv", "orders.csv", "orders_summary.csv", "paired.csv",
                                  "paired_summary.csv", "candidates.csv", "runs.csv", "cells.csv", "unfinished.csv")
+# A findings folder's measurements; its summaries, verdicts and README are computed from them (in percent).
+FINDINGS_CSVS: tuple[str, ...] = ("f1b_runs.csv", "f1b_per_task.csv", "f3_interpolation.csv")
 
 
 def file_name(column: str) -> str:
