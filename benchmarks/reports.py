@@ -130,8 +130,8 @@ def markdown_table(summary: pd.DataFrame) -> str:
         if r["n_unfinished"]:
             seeds += f" (+{int(r['n_unfinished'])} unfinished)"
         secs = "n/a" if np.isnan(r["train_seconds"]) else f"{r['train_seconds']:.0f}"
-        rows.append([r["method"], *([f"`{r['run']}`"] if "run" in r else []), pm(r["acc_mean_pct"], r["acc_std_pct"]),
-                     pm(r["aaa_mean_pct"], r["aaa_std_pct"]),
+        rows.append([r["method"], *([f"`{r['run']}`"] if "run" in r else []),
+                     pm(r["acc_mean_pct"], r["acc_std_pct"]), pm(r["aaa_mean_pct"], r["aaa_std_pct"]),
                      pct(r["forgetting_pct"]), pct(r["bwt_pct"]), f"{int(r['trainable_params']):,}",
                      f"{int(r['stored_params']):,}", secs, seeds])
     return markdown_grid(["method", *(["run"] if "run" in summary else []), "Acc (%)", "AAA (%)", "forgetting",
@@ -153,7 +153,8 @@ def method_style(method: str) -> dict[str, str]:
 def plot(per_task: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, title: str | None = None) -> None:
     """seen_accuracy.png/.pdf (a line per method, std band over seeds, legend outside, integer experience ticks)
     from ``per_task`` (fractions) and, from ``summary`` (summary.csv's rows, percent), final_accuracy.png/.pdf
-    (horizontal bars sorted by accuracy, error bars only where a method has several seeds); ``title`` (e.g. the protocol) heads both, with the seed count."""
+    (horizontal bars sorted by accuracy, error bars only where a method has several seeds); ``title`` (e.g. the
+    protocol) heads both, with the seed count."""
     import matplotlib
 
     matplotlib.use("Agg")

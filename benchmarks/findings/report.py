@@ -84,7 +84,8 @@ def verdict_f1a(s: pd.Series) -> tuple[str, str]:
 def summarize_f1b(runs: pd.DataFrame) -> pd.DataFrame:
     g = runs.groupby("method", sort=False)
     return pd.DataFrame({"acc_mean_pct": g["acc_pct"].mean(), "acc_std_pct": g["acc_pct"].std(),
-                         "aaa_mean_pct": g["aaa_pct"].mean(), "aaa_std_pct": g["aaa_pct"].std(), "stored_params": g["stored_params"].max(),
+                         "aaa_mean_pct": g["aaa_pct"].mean(), "aaa_std_pct": g["aaa_pct"].std(),
+                         "stored_params": g["stored_params"].max(),
                          "n_seeds": g["seed"].nunique()}).reset_index()
 
 
