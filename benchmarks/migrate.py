@@ -19,7 +19,13 @@ Below each given folder it rewrites
   ``benchmarks.compare`` writes beside per_task.csv since 0.3.0), from its per_task.csv;
 * a findings folder's ``sources.json`` with the history of its calls (one from before it: its one command);
 * every ``config.json``, ``sources.json`` (a findings or class-order report) and ``tuning.json`` with no absolute
-  local path left (:mod:`benchmarks.local_paths`, issue 35).
+  local path left (:mod:`benchmarks.local_paths`, issue 35);
+* every derived report CSV (``summary.csv``, a class-order report's, tuning's ``candidates.csv``, a study's; not
+  ``per_task.csv`` nor a part) with its accuracy-like columns in percent under names that say so (``acc_mean`` ->
+  ``acc_mean_pct``, a difference ``acc_diff`` -> ``acc_diff_pts``; :mod:`benchmarks.units`, issue 35): the values
+  the command would write today, every other cell's text kept; a findings folder's measurements
+  (``f1b_runs.csv``, ``f1b_per_task.csv``, ``f3_interpolation.csv``) alike, and the rest of that folder rebuilt
+  from them as ``python -m benchmarks.findings --report-only`` does.
 
 What a folder never recorded is not made up: an identity key it did not hold stays out (a resume then records that
 call's value, with a note, as it always did), and a folder without ``recipes`` or an image cache gets none. Numbers,
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,12 +49,14 @@ from avalanche_sdlora.atomic import write_text
 from avalanche_sdlora.options import SDLoRAOptions
 
 from .config import INPUT_FIELDS, RunConfig
+from .findings import report as findings_report
 from .identity import added_since_0_2, labels
 from .local_paths import portable_record
 from .protocols import PROTOCOL_FIELDS, canonical
 from .reports import magnitudes
 from .resume import AVALANCHE_TRAINING_HEADER, LOG_FILES
 from .run_folder import CALL_KEYS
+from .units import DERIVED_CSVS, FINDINGS_CSVS, file_name, in_file_units
 
 RECORDS = ("config.json", "sources.json", "tuning.json")
 _SDLORA_FIELDS = tuple(f.name for f in dataclasses.fields(SDLoRAOptions))
@@ -299,6 +308,45 @@ def migrate(root: str | Path) -> list[Path]:
                 write_text(path, json.dumps(after, indent=2) + "\n")
                 if path not in changed:
                     changed.append(path)
+    changed += _migrate_derived_csvs(Path(root))  # issue 35: units in the derived CSVs' column names
+    return changed
+
+
+def migrate_units(text: str) -> str:
+    """A derived CSV's text with its accuracy-like columns (fractions, under the names before units) in percent under
+    today's names (:func:`benchmarks.units.in_file_units`, as the writer converts); the other cells' text is kept. A
+    file already in today's names comes back unchanged."""
+    if not text.strip():
+        return text
+    table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    old = [c for c in table.columns if file_name(c) != c]
+    if not old:
+        return text
+    for column in old:  # float() reads back exactly the float64 the writer wrote (shortest repr round-trips)
+        table[column] = [float(v) if v != "" else float("nan") for v in table[column]]
+    converted = in_file_units(table[old])
+    table = table.rename(columns=file_name)
+    for column in converted.columns:
+        table[column] = converted[column]
+    return table.to_csv(index=False)
+
+
+def _migrate_derived_csvs(root: Path) -> list[Path]:
+    changed = []
+    for name in (*DERIVED_CSVS, *FINDINGS_CSVS):
+        for path in sorted(Path(root).rglob(name)):
+            before = path.read_text()
+            after = migrate_units(before)
+            if after != before:
+                write_text(path, after)
+                changed.append(path)
+    # A findings folder's summaries, verdicts.csv and README are computed from its measurements: rebuilt from the
+    # converted ones (what --report-only does), so they are what the command writes today.
+    for folder in sorted({p.parent for p in changed if p.name in FINDINGS_CSVS}):
+        before = {p: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+        findings_report.write(folder)
+        changed += [p for p in sorted(folder.iterdir()) if p.is_file() and p not in changed
+                    and before.get(p) != p.read_bytes()]
     return changed
 
 

@@ -9,6 +9,8 @@ one or several run folders of one protocol (a ``--class-order seed`` run, or fix
 * ``orders_summary.csv``: per method, mean and sample std (ddof=1) over orders;
 * ``paired.csv``: per method and order, the reference method (``--reference``, SD-LoRA) minus that method;
 * ``paired_summary.csv``: per method, the mean and std of that paired difference and the orders the reference wins;
+* accuracy-like columns of these CSVs in percent (``_pct``), differences in percentage points (``_pts``)
+  (:mod:`benchmarks.units`), as the table shows them;
 * ``table.md`` (what the class-order table of docs/results.md is, via ``python -m benchmarks.headline``), ``orders.png``
   and ``sources.json`` (the folders, relative to ``--out``, and the reference: what regenerates the rest).
 
@@ -38,6 +40,7 @@ from .methods import get_method, method_names  # noqa: E402
 from .reports import markdown_grid, method_style, run_records, save_figure  # noqa: E402
 from .run_folder import RunLock  # noqa: E402
 from .run_set import ORDER_KEYS, RunSet  # noqa: E402
+from .units import in_file_units  # noqa: E402
 
 DEFAULT_REFERENCE = "sdlora"
 SOURCES = "sources.json"
@@ -238,7 +241,7 @@ def build(runs: RunSet, out: str | Path, reference: str = DEFAULT_REFERENCE
     pair_summary = summarize_paired(pairs)
     files = {"orders.csv": orders, "orders_summary.csv": summary, "paired.csv": pairs,
              "paired_summary.csv": pair_summary}
-    texts = {name: df.to_csv(index=False) for name, df in files.items()}
+    texts = {name: in_file_units(df).to_csv(index=False) for name, df in files.items()}  # percent and points
     texts["table.md"] = markdown(orders, summary, pairs, pair_summary, reference, shown_paths(runs, out), notes)
     return texts, orders, pairs
 

@@ -12,6 +12,7 @@ from avalanche_sdlora.atomic import write_text, write_with
 from avalanche_sdlora.metrics import average_anytime_accuracy, backward_transfer, forgetting
 
 from .methods import method_names
+from .units import in_file_units
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -23,7 +24,7 @@ def write_reports(per_task: pd.DataFrame, run_dir: Path, title: str | None = Non
     """per_task.csv, summary.csv, magnitudes.csv (SD-LoRA's runs), table.md and the two plots of a run folder
     (``title`` heads the plots)."""
     run_dir = Path(run_dir)
-    summary = summarize(per_task)
+    summary = in_file_units(summarize(per_task))  # percent, as table.md shows it (benchmarks.units)
     write_csv(per_task, run_dir / "per_task.csv")
     write_csv(summary, run_dir / "summary.csv")
     long = magnitudes(per_task)
@@ -83,7 +84,8 @@ def run_records(per_task: pd.DataFrame, by: list[str]) -> pd.DataFrame:
 
 
 def summarize(per_task: pd.DataFrame) -> pd.DataFrame:
-    """One row per method: mean and std over finished seeds of Acc, AAA, forgetting, BWT, plus costs.
+    """One row per method: mean and std over finished seeds of Acc, AAA, forgetting, BWT (fractions, as computed;
+    summary.csv holds them in percent, :func:`benchmarks.units.in_file_units`), plus costs.
 
     A run that stopped before its last experience (a NaN-loss stop, a kill, or still running) is left out of the
     means but counted in ``n_unfinished``, so a table never hides a seed that did not make it.
@@ -110,26 +112,27 @@ def markdown_grid(columns: list[str], rows: list[list[str]]) -> str:
 
 
 def markdown_table(summary: pd.DataFrame) -> str:
-    """Accuracies in percent as mean ± sample std (ddof=1) over seeds; one seed has no std. A ``run`` column
-    (summaries of several run folders side by side, :mod:`benchmarks.headline`) is shown after the method."""
+    """summary.csv's rows (accuracies in percent) as mean ± sample std (ddof=1) over seeds; one seed has no std. A
+    ``run`` column (summaries of several run folders side by side, :mod:`benchmarks.headline`) is shown after the
+    method."""
 
     def pm(mean: float, std: float) -> str:
         if np.isnan(mean):
             return "n/a"
-        return f"{100 * mean:.2f}" if np.isnan(std) else f"{100 * mean:.2f} ± {100 * std:.2f}"
+        return f"{mean:.2f}" if np.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
     def pct(v: float) -> str:
-        return "n/a" if np.isnan(v) else f"{100 * v:.2f}"
+        return "n/a" if np.isnan(v) else f"{v:.2f}"
 
     rows = []
-    for _, r in summary.sort_values("acc_mean", ascending=False).iterrows():
+    for _, r in summary.sort_values("acc_mean_pct", ascending=False).iterrows():
         seeds = f"{int(r['n_seeds'])}"
         if r["n_unfinished"]:
             seeds += f" (+{int(r['n_unfinished'])} unfinished)"
         secs = "n/a" if np.isnan(r["train_seconds"]) else f"{r['train_seconds']:.0f}"
-        rows.append([r["method"], *([f"`{r['run']}`"] if "run" in r else []), pm(r["acc_mean"], r["acc_std"]),
-                     pm(r["aaa_mean"], r["aaa_std"]),
-                     pct(r["forgetting"]), pct(r["bwt"]), f"{int(r['trainable_params']):,}",
+        rows.append([r["method"], *([f"`{r['run']}`"] if "run" in r else []),
+                     pm(r["acc_mean_pct"], r["acc_std_pct"]), pm(r["aaa_mean_pct"], r["aaa_std_pct"]),
+                     pct(r["forgetting_pct"]), pct(r["bwt_pct"]), f"{int(r['trainable_params']):,}",
                      f"{int(r['stored_params']):,}", secs, seeds])
     return markdown_grid(["method", *(["run"] if "run" in summary else []), "Acc (%)", "AAA (%)", "forgetting",
                           "BWT", "trainable params", "stored params", "train s", "seeds"], rows)
@@ -149,8 +152,9 @@ def method_style(method: str) -> dict[str, str]:
 
 def plot(per_task: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, title: str | None = None) -> None:
     """seen_accuracy.png/.pdf (a line per method, std band over seeds, legend outside, integer experience ticks)
-    and final_accuracy.png/.pdf (horizontal bars sorted by accuracy, error bars only where a method has several
-    seeds); ``title`` (e.g. the protocol) heads both, with the seed count."""
+    from ``per_task`` (fractions) and, from ``summary`` (summary.csv's rows, percent), final_accuracy.png/.pdf
+    (horizontal bars sorted by accuracy, error bars only where a method has several seeds); ``title`` (e.g. the
+    protocol) heads both, with the seed count."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,14 +182,14 @@ def plot(per_task: pd.DataFrame, summary: pd.DataFrame, out_dir: Path, title: st
         ax.set_title(head, fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     save_figure(fig, out_dir / "seen_accuracy.png", pdf=True)
-    done = summary[summary["n_seeds"] > 0].sort_values("acc_mean") if len(summary) else summary
+    done = summary[summary["n_seeds"] > 0].sort_values("acc_mean_pct") if len(summary) else summary
     if len(done):
         fig, ax = plt.subplots(figsize=(7, 0.8 + 0.35 * len(done)))
         y = np.arange(len(done))
         several = (done["n_seeds"] > 1).to_numpy()
-        ax.barh(y, 100 * done["acc_mean"], color=[method_style(m)["color"] for m in done["method"]])
+        ax.barh(y, done["acc_mean_pct"], color=[method_style(m)["color"] for m in done["method"]])
         if several.any():
-            ax.errorbar(100 * done["acc_mean"][several], y[several], xerr=100 * done["acc_std"][several],
+            ax.errorbar(done["acc_mean_pct"][several], y[several], xerr=done["acc_std_pct"][several],
                         fmt="none", ecolor="k", capsize=3, lw=1)
         ax.set_yticks(y, done["method"])
         ax.set_xlabel("final accuracy Acc (%)" + (" (bars: mean, lines: ± std over seeds)" if several.any() else ""))

@@ -3,8 +3,9 @@
 Runs ``sdlora``, ``seq-lora`` and ``ncm`` (and any other method named) over a grid of epochs per task,
 training images per class and learning rate, each cell a ``benchmarks.compare`` run, and gathers them
 into ``results/study/``: ``per_task.csv`` (method, seed, epochs, train_per_class, lr, experience,
-acc_seen, alphas, update_norm, ...), ``runs.csv`` (Acc, AAA, forgetting, final update norm per run),
-``cells.csv`` (their mean and std over seeds per method and cell), ``final_vs_budget.png``, ``alphas.png`` and
+acc_seen, alphas, update_norm, ...: the runs' rows, fractions), ``runs.csv`` (Acc, AAA, forgetting, final update
+norm per run), ``cells.csv`` (their mean and std over seeds per method and cell; accuracies of both in percent,
+:mod:`benchmarks.units`), ``final_vs_budget.png``, ``alphas.png`` and
 ``drift.png``. ``--reuse RUN_DIR`` gathers an existing comparison run as a cell (the ``cifar100-tiny128``
 comparison is the cell e3-n100-lr0.01), so its runs are not paid for twice. Finished cells are skipped, so the
 command can be rerun after an interruption or with more cells; long cells can run in the background. Every flag
@@ -37,6 +38,7 @@ from .config import (ORDER_SEEDS, RunConfig, add_run_flags, check_seeds, config_
 from .methods import check_method_options  # noqa: E402
 from .reports import run_records, save_figure, write_csv  # noqa: E402
 from .run_folder import RunFolder  # noqa: E402
+from .units import in_file_units  # noqa: E402
 
 DEFAULT_METHODS = ("sdlora", "seq-lora", "ncm")
 GRID = {"epochs": [1, 3, 10], "train_per_class": [100, 500], "lr": [0.01, 0.05]}  # the axes and their defaults
@@ -131,15 +133,15 @@ def gather(out: Path, reuse: list[str] | None = None, methods: list[str] | None 
     stopped = unfinished_cells(per_task, runs, keys)
     (out / "unfinished.csv").unlink(missing_ok=True)
     if len(stopped):
-        write_csv(stopped, out / "unfinished.csv")
+        write_csv(in_file_units(stopped), out / "unfinished.csv")
     runs = runs[runs["finished"]].drop(columns="finished")  # unfinished rows stay in per_task.csv only
-    write_csv(runs, out / "runs.csv")
+    write_csv(in_file_units(runs), out / "runs.csv")
     cells = runs.groupby(keys).agg(
         acc_mean=("acc", "mean"), acc_std=("acc", "std"), aaa_mean=("aaa", "mean"), aaa_std=("aaa", "std"),
         forgetting=("forgetting", "mean"), final_update_norm=("final_update_norm", "mean"),
         train_seconds=("train_seconds", "mean"), n_seeds=("seed", "nunique"),
         device=("device", lambda d: " + ".join(sorted(set(map(str, d)))))).reset_index()
-    write_csv(cells, out / "cells.csv")
+    write_csv(in_file_units(cells), out / "cells.csv")
     # Plots show finished runs only: a stopped, diverged run (e.g. lr 0.05, norms ~1e6) would flatten every other line.
     finished = per_task.merge(runs[run_keys], on=run_keys)
     _plots(finished, cells, out)

@@ -17,10 +17,10 @@ Every method that trains by gradient gets the same search, so a comparison ranks
   experience (ties: the higher mean over the tuned experiences), a candidate that diverges never chosen.
 
 Each candidate is a :mod:`benchmarks.compare` run folder (``candidates/<method>/<candidate>``), so an interrupted
-tuning resumes where it stopped (``--resume``). The command writes ``candidates.csv`` (every score and cost),
-``chosen.json`` (the recipe of each method, read by ``compare --tuned``) and ``README.md`` beside them. Methods that
-train nothing by gradient (prototype classifiers) have nothing to tune and are listed as such; a variant that
-trains with another method's recipe (``recipe_of``: SD-LoRA-RR and -KD, whose first experiences are SD-LoRA's own)
+tuning resumes where it stopped (``--resume``). The command writes ``candidates.csv`` (every score, in percent, and
+cost), ``chosen.json`` (the recipe of each method, read by ``compare --tuned``) and ``README.md`` beside them.
+Methods that train nothing by gradient (prototype classifiers) have nothing to tune and are listed as such; a variant
+that trains with another method's recipe (``recipe_of``: SD-LoRA-RR and -KD, whose first experiences are SD-LoRA's own)
 is not tuned twice: its base method is tuned in its place.
 
 Two processes may tune disjoint methods into the same folder (one thread each on a small machine): candidates are
@@ -52,6 +52,7 @@ from .local_paths import portable_record, portable_text
 from .methods import get_method, method_names
 from .protocols import AUTHORS_LR
 from .run_folder import RunFolder
+from .units import in_file_units
 
 GRID_DECADES = (-0.5, 0.0, 0.5)  # learning rates per optimizer: anchor * 10**d
 OPTIMIZERS = ("sgd", "adam")
@@ -303,7 +304,7 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
 
 
 def _write_table(out: Path, outcomes: Sequence[Outcome], result: Mapping[str, Any], command: str) -> None:
-    frame = pd.DataFrame([asdict(o) for o in outcomes])
+    frame = in_file_units(pd.DataFrame([asdict(o) for o in outcomes]))  # val_acc_pct, val_mean_acc_pct
     write_text(out / "candidates.csv", frame.to_csv(index=False))
     s = result["settings"]
     lines = [f"# Tuning on validation data: {result['protocol']}", "",

@@ -168,7 +168,8 @@ def test_orders_report_over_a_seed_run_and_over_old_folders_gives_the_same_pairs
     last = pd.read_csv(seeded / "per_task.csv").query("experience == 1").set_index(["method", "seed"])["acc_seen"]
     for s in (1993, 1994):
         row = pairs[pairs["class_order_seed"] == s].iloc[0]
-        assert row["method"] == "ncm" and row["acc_diff"] == pytest.approx(last["sdlora", s] - last["ncm", s])
+        assert row["method"] == "ncm"
+        assert row["acc_diff_pts"] == pytest.approx(100 * (last["sdlora", s] - last["ncm", s]))  # points
     assert len(pairs) == 2
     for name in ("paired.csv", "paired_summary.csv"):
         assert (new / name).read_text() == (by_old / name).read_text()
@@ -179,8 +180,8 @@ def test_orders_report_over_a_seed_run_and_over_old_folders_gives_the_same_pairs
     table = (by_old / "table.md").read_text()
     assert "Class orders 1993, 1994" in table and "| order1993, order1994 |" in table
     summary = pd.read_csv(by_old / "paired_summary.csv").iloc[0]
-    d = pairs["acc_diff"]
-    assert summary["acc_diff_mean"] == pytest.approx(d.mean()) and summary["acc_wins"] == int((d > 0).sum())
+    d = pairs["acc_diff_pts"]
+    assert summary["acc_diff_mean_pts"] == pytest.approx(d.mean()) and summary["acc_wins"] == int((d > 0).sum())
     twice = r"(ncm|sdlora) has 2 runs on class order 1993 \(seed 1993 in seeded, seed 1993 in order1993\)"
     with pytest.raises(SystemExit, match=twice):
         orders.main([str(seeded), str(old[0]), "--out", str(tmp_path / "c")])

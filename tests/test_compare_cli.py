@@ -34,9 +34,9 @@ def test_every_method_logs_expected_columns(tiny_run):
     assert seq.groupby("method")["experience"].apply(list).map(lambda e: e == [0, 1]).all()
     summary = pd.read_csv(run_dir / "summary.csv")
     assert set(summary["method"]) == set(methods)
-    assert {"acc_mean", "acc_std", "aaa_mean", "aaa_std", "forgetting", "bwt", "trainable_params", "stored_params",
-            "train_seconds", "n_seeds"} <= set(summary.columns)
-    assert ((summary["acc_mean"] >= 0) & (summary["acc_mean"] <= 1)).all()
+    assert {"acc_mean_pct", "acc_std_pct", "aaa_mean_pct", "aaa_std_pct", "forgetting_pct", "bwt_pct",
+            "trainable_params", "stored_params", "train_seconds", "n_seeds"} <= set(summary.columns)
+    assert ((summary["acc_mean_pct"] >= 0) & (summary["acc_mean_pct"] <= 100)).all()  # percent (benchmarks.units)
     for f in ("table.md", "seen_accuracy.png", "final_accuracy.png", "config.json", "DONE"):
         assert (run_dir / f).exists(), f
     assert (run_dir / "csv" / "sdlora" / "seed0" / "eval_results.csv").exists()  # Avalanche's CSVLogger

@@ -71,7 +71,7 @@ def test_interpolation_ends_are_the_recorded_models_to_the_image(findings):
         for lam, exp, head, recorded in ends:
             got = p.loc[(lam, exp, head)]
             assert got["n_correct"] == round(recorded * got["n_images"]), (method, lam, exp, head)
-            assert got["accuracy"] == pytest.approx(recorded, abs=1e-12)
+            assert got["accuracy_pct"] == pytest.approx(100 * recorded, abs=1e-10)  # percent (benchmarks.units)
 
 
 def test_the_path_between_one_model_and_itself_is_that_model(findings, images):
@@ -212,3 +212,41 @@ def test_mean_cosine_of_task_updates_is_recovered_from_the_distances():
     assert s["mean_cosine"] == pytest.approx(11 / 15)
     assert s["share_pairs_closer"] == 1.0  # |u0-u1| = |u1-u2| = 0.894 < 1 and u0 = u2
     assert "mean cosine between two tasks' updates 0.733" in report.verdict_f1a(s)[0]
+
+
+def test_the_committed_findings_regenerate_from_their_csvs(tmp_path):
+    """``--report-only`` on the committed findings folder writes back its summaries, verdicts and README byte for
+    byte (its CSVs in percent, benchmarks.units: what the committed text was computed from)."""
+    from pathlib import Path
+
+    committed = Path(__file__).resolve().parent.parent / "results" / "findings"
+    copy = tmp_path / "f"
+    shutil.copytree(committed, copy)
+    report.write(copy)
+    for path in sorted(committed.iterdir()):
+        if path.suffix in (".csv", ".md"):
+            assert (copy / path.name).read_text() == path.read_text(), path.name
+    header = (committed / "f3_summary.csv").read_text().splitlines()[0].split(",")
+    assert "task1_largest_drop_pts" in header and "task1_acc_start_pct" in header
+
+
+def test_findings_measured_in_fractions_are_migrated_to_percent_and_their_report_rebuilt(tmp_path):
+    """A findings folder written before units (f1b_runs.csv with fractions under bare names): the migration writes
+    them in percent, then rebuilds the summary and README from them (means of 100 x the fractions)."""
+    from benchmarks import migrate
+
+    runs = pd.DataFrame([{"method": m, "seed": s, "acc": a, "aaa": a + 0.1, "forgetting": 0.2, "bwt": -0.2,
+                          "stored_params": 10, "train_seconds": 1.0}
+                         for m, accs in (("sdlora-fixed-direction", (0.52, 0.54)), ("seq-lora", (0.5, 0.51)),
+                                         ("sdlora", (0.55, 0.56))) for s, a in enumerate(accs)])
+    runs.to_csv(tmp_path / "f1b_runs.csv", index=False)
+    changed = migrate.migrate(tmp_path)
+    assert tmp_path / "f1b_runs.csv" in changed and tmp_path / "README.md" in changed
+    written = pd.read_csv(tmp_path / "f1b_runs.csv", float_precision="round_trip")
+    assert written["acc_pct"].tolist() == [100 * a for a in runs["acc"]] and "acc" not in written
+    summary = pd.read_csv(tmp_path / "f1b_summary.csv").set_index("method")
+    assert summary.loc["sdlora", "acc_mean_pct"] == pytest.approx(55.5)
+    text = (tmp_path / "README.md").read_text()
+    assert "sdlora Acc 55.50 ± 0.71" in text  # 100 x the mean of 0.55 and 0.56, its sample std 100 x 0.00707
+    assert "fixed-direction is +2.50 points from seq-lora and -2.50 from SD-LoRA" in text
+    assert migrate.migrate(tmp_path) == []  # once

@@ -129,3 +129,52 @@ def test_a_run_folder_with_magnitudes_gets_its_long_table_once(tmp_path):
                                                     "sdlora,0,1993,0,0,1.5\nsdlora,0,1993,1,0,1.25\n"
                                                     "sdlora,0,1993,1,1,0.5\n")
     assert migrate._migrate_run_folder(run) == []  # once
+
+
+def test_derived_csvs_get_percent_columns_named_so_byte_for_byte_what_the_writers_write_today(tmp_path):
+    """A run folder's summary.csv and a class-order report's CSVs as the harness wrote them before units (issue 35:
+    fractions under bare names) become what the writers write today, once; per_task.csv and the parts, the resume
+    state, keep Avalanche's fractions."""
+    import pandas as pd
+
+    from benchmarks import orders
+    from benchmarks.reports import summarize
+    from benchmarks.run_set import RunSet
+    from benchmarks.units import in_file_units
+    from conftest import fake_run
+
+    folders = [fake_run(tmp_path / "runs" / f"order{s}", {("sdlora", s): [0.9, 0.6 + s / 1e4],
+                                                          ("seq-lora", s): [0.85, 0.57]}, class_order_seed=s)
+               for s in (1993, 1994)]
+    report = orders.main([*map(str, folders), "--out", str(tmp_path / "report")])
+    today = {p: p.read_text() for p in sorted(tmp_path.rglob("*.csv"))}
+    # the files as written before units: the computed frames, as they are
+    per_task = pd.read_csv(folders[0] / "per_task.csv")
+    (folders[0] / "summary.csv").write_text(summarize(per_task).to_csv(index=False))
+    computed = orders.order_runs(RunSet.read(list(map(str, folders))))
+    pairs = orders.paired(computed, "sdlora")
+    old = {"orders.csv": computed, "orders_summary.csv": orders.summarize_orders(computed), "paired.csv": pairs,
+           "paired_summary.csv": orders.summarize_paired(pairs)}
+    for name, frame in old.items():
+        (report / name).write_text(frame.to_csv(index=False))
+    assert "acc_mean" in (report / "orders_summary.csv").read_text().splitlines()[0].split(",")
+    changed = migrate.migrate(tmp_path)
+    csvs = [p for p in changed if p.suffix == ".csv"]  # (config.json, sources.json: their paths made portable)
+    assert sorted(csvs) == sorted([folders[0] / "summary.csv", *(report / n for n in old)])
+    assert {p: p.read_text() for p in sorted(tmp_path.rglob("*.csv"))} == today  # byte for byte, parts untouched
+    assert not [p for p in migrate.migrate(tmp_path) if p.suffix == ".csv"]  # once
+    header = (report / "paired_summary.csv").read_text().splitlines()[0].split(",")
+    assert {"acc_diff_mean_pts", "acc_diff_std_pts", "acc_wins"} <= set(header) and "acc_diff_mean" not in header
+    assert in_file_units(summarize(per_task)).to_csv(index=False) == (folders[0] / "summary.csv").read_text()
+
+
+def test_the_units_step_keeps_every_other_cell_as_written():
+    """Only the accuracy-like columns change: a quoted cell, an empty one and a count keep their text."""
+    old = ('method,candidate,options,status,val_acc,val_mean_acc,train_seconds\n'
+           'sdlora,sgd-lr0.008,"{""a"": 1, ""b"": 2}",done,0.871,0.9,12.5\n'
+           'l2p,sgd-lr0.01,{},failed: nan loss,,,\n')
+    new = migrate.migrate_units(old)
+    assert new == ('method,candidate,options,status,val_acc_pct,val_mean_acc_pct,train_seconds\n'
+                   f'sdlora,sgd-lr0.008,"{{""a"": 1, ""b"": 2}}",done,{100 * 0.871!r},90.0,12.5\n'
+                   'l2p,sgd-lr0.01,{},failed: nan loss,,,\n')
+    assert migrate.migrate_units(new) == new and migrate.migrate_units("") == ""

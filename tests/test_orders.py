@@ -4,6 +4,7 @@ of folders that ran another experiment, and every committed report regenerating 
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -28,16 +29,26 @@ def _old_order_folders(root, **settings):
 def test_paired_differences_and_wins_by_hand(tmp_path):
     folders = _old_order_folders(tmp_path / "runs")
     out = orders.main([*map(str, folders), "--out", str(tmp_path / "report")])
-    pairs = pd.read_csv(out / "paired.csv")
+    pairs = pd.read_csv(out / "paired.csv", float_precision="round_trip")
     assert pairs["class_order_seed"].tolist() == [1993, 1994, 1995]
-    assert pairs["acc_diff"].tolist() == pytest.approx([0.05, -0.08, 0.0])
-    assert pairs["aaa_diff"].tolist() == pytest.approx([0.025, -0.04, 0.0])
+    # the CSVs in the table's units, named so (benchmarks.units): percent, and differences in points
+    assert pairs["acc_diff_pts"].tolist() == pytest.approx([5.0, -8.0, 0.0])
+    assert pairs["aaa_diff_pts"].tolist() == pytest.approx([2.5, -4.0, 0.0])
+    assert pairs["acc_reference_pct"].tolist() == pytest.approx([60.0, 50.0, 55.0])
     s = pd.read_csv(out / "paired_summary.csv").iloc[0]
     assert (s["method"], s["reference"], s["n_orders"], s["acc_wins"], s["acc_ties"]) == ("seq-lora", "sdlora", 3, 1, 1)
-    assert s["acc_diff_mean"] == pytest.approx(-0.01) and s["acc_diff_std"] == pytest.approx(43 ** 0.5 / 100)
-    summary = pd.read_csv(out / "orders_summary.csv").set_index("method")
-    assert summary.loc["sdlora", "acc_mean"] == pytest.approx(0.55)
-    assert summary.loc["sdlora", "acc_std"] == pytest.approx(0.05)  # sample std of 0.60, 0.50, 0.55
+    assert s["acc_diff_mean_pts"] == pytest.approx(-1.0) and s["acc_diff_std_pts"] == pytest.approx(43 ** 0.5)
+    summary = pd.read_csv(out / "orders_summary.csv", float_precision="round_trip").set_index("method")
+    assert summary.loc["sdlora", "acc_mean_pct"] == pytest.approx(55.0)
+    assert summary.loc["sdlora", "acc_std_pct"] == pytest.approx(5.0)  # sample std of 60, 50, 55
+    assert summary.loc["sdlora", "forgetting_mean_pct"] == pytest.approx(10.0)  # fake_run forgets 0.1 per task
+    assert not {"acc_mean", "acc_diff", "acc", "aaa_mean"} & {*summary.columns, *pairs.columns}
+    computed = orders.order_runs(RunSet.read(list(map(str, folders))))  # the fractions the computation used
+    fractions = orders.summarize_orders(computed).set_index("method")
+    for name in ("acc_mean", "acc_std", "aaa_mean", "aaa_std", "forgetting_mean", "forgetting_std"):
+        np.testing.assert_array_equal(summary[f"{name}_pct"].to_numpy(), 100 * fractions[name].to_numpy())
+    diffs = orders.paired(computed, "sdlora")["acc_diff"].to_numpy()
+    np.testing.assert_array_equal(pairs["acc_diff_pts"].to_numpy(), 100 * diffs)
     assert summary.loc["seq-lora", "orders"] == "1993 1994 1995"
     table = (out / "table.md").read_text()
     assert "| sdlora | 55.00 ± 5.00 | 72.50 ± 2.50 | 10.00 ± 0.00 | 60.00 | 50.00 | 55.00 | 3 | 1 | 0.00 | 0.0 | 0.0 " \

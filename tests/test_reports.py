@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.reports import markdown_table, summarize
+from benchmarks.units import in_file_units
 
 
 def _rows(method: str, seed: int, accs: list[float]) -> list[dict]:
@@ -25,7 +26,7 @@ def test_summary_uses_sample_std_and_table_omits_std_of_one_seed():
     assert s.loc["a", "acc_std"] == pytest.approx(np.std([0.6, 0.5], ddof=1))
     assert s.loc["a", "aaa_mean"] == pytest.approx(np.mean([0.75, 0.65]))
     assert np.isnan(s.loc["b", "acc_std"]) and s.loc["b", "n_seeds"] == 1
-    table = markdown_table(summarize(per_task))
+    table = markdown_table(in_file_units(summarize(per_task)))
     assert "| a | 55.00 ± 7.07 | 70.00 ± 7.07 |" in table
     assert "| b | 40.00 | 55.00 |" in table
 
@@ -39,9 +40,34 @@ def test_a_stopped_seed_is_counted_not_averaged_and_a_method_with_none_finished_
     assert s.loc["a", "acc_mean"] == pytest.approx(0.4) and s.loc["a", "n_seeds"] == 2
     assert s.loc["a", "n_unfinished"] == 1
     assert s.loc["c", "n_seeds"] == 0 and s.loc["c", "n_unfinished"] == 1 and np.isnan(s.loc["c", "acc_mean"])
-    table = markdown_table(summarize(per_task))
+    table = markdown_table(in_file_units(summarize(per_task)))
     assert "| a | 40.00 ± 14.14 |" in table and "| 2 (+1 unfinished) |" in table
     assert "| c | n/a | n/a | n/a | n/a | 10 | 20 | n/a | 0 (+1 unfinished) |" in table
+
+
+def test_summary_csv_holds_in_percent_under_pct_names_the_fractions_summarize_computes(tmp_path):
+    """summary.csv's accuracy-like columns say their unit and hold 100 x the fractions computed (by hand: Acc of
+    seeds 0 and 1 is 0.6 and 0.5, AAA 0.75 and 0.65, forgetting 0.3 and 0.3, BWT -0.3 and -0.3); costs unchanged."""
+    from benchmarks.reports import write_reports
+
+    per_task = pd.DataFrame(_rows("a", 0, [0.9, 0.6]) + _rows("a", 1, [0.8, 0.5]))
+    write_reports(per_task, tmp_path)
+    written = pd.read_csv(tmp_path / "summary.csv", float_precision="round_trip").set_index("method")
+    assert list(written.columns) == ["acc_mean_pct", "acc_std_pct", "aaa_mean_pct", "aaa_std_pct", "forgetting_pct",
+                                     "bwt_pct", "trainable_params", "stored_params", "train_seconds", "eval_seconds",
+                                     "n_seeds", "n_unfinished"]
+    row = written.loc["a"]
+    assert row["acc_mean_pct"] == pytest.approx(55.0)
+    assert row["acc_std_pct"] == pytest.approx(100 * np.std([0.6, 0.5], ddof=1))
+    assert row["aaa_mean_pct"] == pytest.approx(70.0)
+    assert row["aaa_std_pct"] == pytest.approx(100 * np.std([0.75, 0.65], ddof=1))
+    assert row["forgetting_pct"] == pytest.approx(30.0) and row["bwt_pct"] == pytest.approx(-30.0)
+    assert (row["stored_params"], row["train_seconds"], row["n_seeds"]) == (21, 2.0, 2)
+    computed = summarize(per_task).set_index("method").loc["a"]
+    for name in ("acc_mean", "acc_std", "aaa_mean", "aaa_std", "forgetting", "bwt"):
+        assert row[f"{name}_pct"] == 100 * computed[name]  # exactly: one conversion, at writing
+    # per_task.csv, the raw record (and resume state), keeps Avalanche's fractions under their names
+    assert pd.read_csv(tmp_path / "per_task.csv")["acc_seen"].tolist() == [0.9, 0.6, 0.8, 0.5]
 
 
 def _trace_durability(monkeypatch):
@@ -79,7 +105,7 @@ def test_plots_are_written_atomically_and_durably(tmp_path, monkeypatch):
     from benchmarks.reports import plot
 
     per_task = pd.DataFrame(_rows("sdlora", 0, [0.9, 0.8]))
-    summary = summarize(per_task)
+    summary = in_file_units(summarize(per_task))
     events = _trace_durability(monkeypatch)
     plot(per_task, summary, tmp_path)
     for name in ("seen_accuracy.png", "final_accuracy.png", "seen_accuracy.pdf", "final_accuracy.pdf"):
@@ -112,7 +138,7 @@ def test_plots_read_as_a_reviewer_expects(tmp_path, monkeypatch):
     monkeypatch.setattr(reports, "save_figure", keep)
     per_task = pd.DataFrame(_rows("sdlora", 0, [0.9, 0.8, 0.7]) + _rows("sdlora", 1, [0.9, 0.7, 0.6])
                             + _rows("ncm", 0, [0.95, 0.9, 0.85]) + _rows("seq-lora", 0, [0.5, 0.4, 0.3]))
-    reports.plot(per_task, summarize(per_task), tmp_path, title="protocol p")
+    reports.plot(per_task, in_file_units(summarize(per_task)), tmp_path, title="protocol p")
     (seen, pdf), (final, _) = figures["seen_accuracy.png"], figures["final_accuracy.png"]
     assert pdf
     ax = seen.axes[0]
@@ -143,6 +169,7 @@ def test_committed_summaries_regenerate_byte_identical():
     folders = [RunFolder(root / name) for name in COMMITTED_SAMPLE]
     for folder in folders:
         per_task = folder.gather()
-        assert summarize(per_task).to_csv(index=False) == folder.report_path("summary.csv").read_text(), folder
-        assert markdown_table(summarize(per_task)) == folder.report_path("table.md").read_text(), folder
+        summary = in_file_units(summarize(per_task))
+        assert summary.to_csv(index=False) == folder.report_path("summary.csv").read_text(), folder
+        assert markdown_table(summary) == folder.report_path("table.md").read_text(), folder
         assert per_task.to_csv(index=False) == folder.per_task_path.read_text(), folder

@@ -40,8 +40,11 @@ def test_study_reuses_a_comparison_run_as_a_cell(tmp_path):
                         "--batch-size", "4", "--quiet", "--out", str(tmp_path / "cmp"), "--run-id", "r"] + TINY)
     cells = study.main(["--gather-only", "--reuse", str(run), "--methods", "ncm", "--out", str(tmp_path / "s")])
     assert cells[["method", "epochs", "train_per_class"]].values.tolist() == [["ncm", 2, 4]]  # seq-lora filtered out
-    runs = pd.read_csv(tmp_path / "s" / "runs.csv")
-    assert {"acc", "aaa", "forgetting", "final_update_norm"} <= set(runs.columns)
+    runs = pd.read_csv(tmp_path / "s" / "runs.csv", float_precision="round_trip")
+    assert {"acc_pct", "aaa_pct", "forgetting_pct", "final_update_norm"} <= set(runs.columns)
+    # in percent: 100 x the fraction of the run's last row (per_task.csv keeps Avalanche's fractions)
+    last = pd.read_csv(run / "per_task.csv").query("method == 'ncm'")["acc_seen"].iloc[-1]
+    assert runs["acc_pct"].iloc[0] == 100 * last
 
 
 def test_cut_short_cells_are_compared_at_the_last_experience_every_run_reached():

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -119,6 +120,12 @@ def test_tune_chooses_on_validation_only_and_compare_trains_the_choice(tmp_path,
     scores = {c: json.loads((out / "candidates" / "seq-lora" / c / "config.json").read_text())["method_options"]
               for c in ("sgd-lr0.00316", "sgd-lr0.01")}
     assert scores["sgd-lr0.01"]["seq-lora"] == {"lr": 0.01, "optimizer": "sgd"}
+    # candidates.csv: validation scores in percent, named so (benchmarks.units), 100 x the candidate's last seen-class
+    # accuracy in its per_task.csv (Avalanche's fractions)
+    table = pd.read_csv(out / "candidates.csv", float_precision="round_trip").set_index("candidate")
+    assert "val_acc" not in table and table.loc[pick["candidate"], "val_acc_pct"] == 100 * pick["val_acc"]
+    last = pd.read_csv(out / "candidates" / "seq-lora" / "sgd-lr0.01" / "per_task.csv")["acc_seen"].iloc[-1]
+    assert table.loc["sgd-lr0.01", "val_acc_pct"] == 100 * last
     # a second call resumes: nothing is trained again, the same choice comes back
     again = tune.main(["--methods", "seq-lora", "simplecil", "--validation-per-class", "3", "--tune-experiences", "1",
                        "--out", str(tmp_path / "t"), *flags])

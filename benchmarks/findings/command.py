@@ -29,6 +29,7 @@ from ..local_paths import portable_record, portable_text
 from ..methods import check_method_options
 from ..reports import write_csv
 from ..run_folder import RunFolder, RunLock
+from ..units import in_file_units
 from . import report
 from .directions import alpha_rows, residual_rows
 from .interpolation import interpolation_rows, points
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> Path:
             t0 = time.perf_counter()
             rows = [{"method": m, **r} for m in methods_for(["f3"]) for seed in comparison[m][1]
                     for r in interpolation_rows(comparison[m][0], m, seed, points(args.points))]
-            write_csv(pd.DataFrame(rows), out / report.CSV["f3"])
+            write_csv(in_file_units(pd.DataFrame(rows)), out / report.CSV["f3"])  # accuracy_pct
             sources["analysis_seconds"]["f3"] = time.perf_counter() - t0
         write_text(sources_path, json.dumps(portable_record(sources, out), indent=2) + "\n")
         verdicts = report.write(out)
@@ -215,11 +216,12 @@ def finding_1a(cfg, args, out: Path, sources: dict, command: str) -> None:
 
 def finding_1b(runs: dict[str, tuple[RunFolder, list[int]]], out: Path) -> None:
     """The fixed-direction, seq-lora and SD-LoRA rows of the comparison, per run and per experience."""
-    write_csv(pd.concat([fixed_direction_runs(f, {m: s}) for m, (f, s) in runs.items()], ignore_index=True),
-              out / report.CSV["f1b"])
+    write_csv(in_file_units(pd.concat([fixed_direction_runs(f, {m: s}) for m, (f, s) in runs.items()],
+                                      ignore_index=True)), out / report.CSV["f1b"])  # acc_pct, aaa_pct, ...
     per_task = [f.gather() for f, _ in runs.values()]
     keep = pd.concat([g[(g["method"] == m) & g["seed"].isin(s)] for g, (m, (_, s)) in zip(per_task, runs.items())])
-    write_csv(keep[["method", "seed", "experience", "acc_seen", "stored_params"]], out / "f1b_per_task.csv")
+    write_csv(in_file_units(keep[["method", "seed", "experience", "acc_seen", "stored_params"]]),
+              out / "f1b_per_task.csv")
 
 
 def finding_2(runs: list[tuple[RunFolder, list[int]]], out: Path) -> None:

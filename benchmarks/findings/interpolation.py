@@ -112,18 +112,20 @@ def interpolation_rows(folder: RunFolder, method: str, seed: int, lams: list[flo
 
 def summarize_paths(rows: pd.DataFrame) -> pd.DataFrame:
     """Per method (means over seeds): task 1's largest drop along the path and its loss barrier (``own`` head,
-    against l = 0), and task 2's accuracy at l = 0 and l = 1 (``own`` head), plus the ``seen`` ends."""
+    against l = 0), and task 2's accuracy at l = 0 and l = 1 (``own`` head), plus the ``seen`` ends; from
+    f3_interpolation.csv's rows (``accuracy_pct``), so in percent and points (:mod:`benchmarks.units`)."""
     import pandas as pd
 
     out = []
     for method, g in rows.groupby("method", sort=False):
-        m = g.groupby(["test_experience", "head", "lam"])[["accuracy", "loss"]].mean()
+        m = g.groupby(["test_experience", "head", "lam"])[["accuracy_pct", "loss"]].mean()
         t1, t2 = m.loc[(0, "own")], m.loc[(1, "own")]
         s1, s2 = m.loc[(0, "seen")], m.loc[(1, "seen")]
-        out.append({"method": method, "n_seeds": g["seed"].nunique(), "task1_acc_start": t1["accuracy"].iloc[0],
-                    "task1_acc_min": t1["accuracy"].min(), "task1_acc_end": t1["accuracy"].iloc[-1],
-                    "task1_largest_drop": t1["accuracy"].iloc[0] - t1["accuracy"].min(),
+        a1, a2, b1, b2 = t1["accuracy_pct"], t2["accuracy_pct"], s1["accuracy_pct"], s2["accuracy_pct"]
+        out.append({"method": method, "n_seeds": g["seed"].nunique(), "task1_acc_start_pct": a1.iloc[0],
+                    "task1_acc_min_pct": a1.min(), "task1_acc_end_pct": a1.iloc[-1],
+                    "task1_largest_drop_pts": a1.iloc[0] - a1.min(),
                     "task1_loss_barrier": t1["loss"].max() - t1["loss"].iloc[0],
-                    "task2_acc_start": t2["accuracy"].iloc[0], "task2_acc_end": t2["accuracy"].iloc[-1],
-                    "seen_task1_acc_end": s1["accuracy"].iloc[-1], "seen_task2_acc_end": s2["accuracy"].iloc[-1]})
+                    "task2_acc_start_pct": a2.iloc[0], "task2_acc_end_pct": a2.iloc[-1],
+                    "seen_task1_acc_end_pct": b1.iloc[-1], "seen_task2_acc_end_pct": b2.iloc[-1]})
     return pd.DataFrame(out)

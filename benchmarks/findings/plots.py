@@ -55,8 +55,8 @@ def plot_f1b(per_task: pd.DataFrame, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for method, g in per_task.groupby("method", sort=False):
-        s = g.groupby("experience")["acc_seen"].agg(["mean", "std"]).fillna(0.0)
-        ax.errorbar(s.index + 1, 100 * s["mean"], yerr=100 * s["std"], marker="o", ms=3, capsize=2, label=method)
+        s = g.groupby("experience")["acc_seen_pct"].agg(["mean", "std"]).fillna(0.0)  # f1b_per_task.csv: percent
+        ax.errorbar(s.index + 1, s["mean"], yerr=s["std"], marker="o", ms=3, capsize=2, label=method)
     _integer_ticks(ax)
     ax.set_xlabel("task")
     ax.set_ylabel("accuracy on seen classes (%)")
@@ -108,8 +108,8 @@ def plot_f3(rows: pd.DataFrame, path: Path) -> None:
         for r, what in enumerate(("accuracy", "loss")):
             ax = axes[r][c]
             for (method, exp), g in rows[rows["head"] == head].groupby(["method", "test_experience"], sort=False):
-                s = g.groupby("lam")[what].mean()
-                ax.plot(s.index, (100 if what == "accuracy" else 1) * s.values, marker=".",
+                s = g.groupby("lam")["accuracy_pct" if what == "accuracy" else what].mean()  # percent: the CSV's
+                ax.plot(s.index, s.values, marker=".",
                         ls="-" if exp == 0 else "--", label=f"{method}, task {exp + 1}")
             ax.set_title(f"{what}, {head} head ({'each task its own classes' if head == 'own' else 'both tasks'})")
             ax.set_xlabel("l  (theta = (1 - l) theta_1 + l theta_2)")

@@ -58,12 +58,12 @@ def _read(out: Path, key: str) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
 
-def _pct(v: float) -> str:
-    return "n/a" if pd.isna(v) else f"{100 * v:.2f}"
+def _pct(v: float) -> str:  # the CSVs hold percent (benchmarks.units)
+    return "n/a" if pd.isna(v) else f"{v:.2f}"
 
 
 def _pm(mean: float, std: float) -> str:
-    return f"{100 * mean:.2f}" + ("" if pd.isna(std) else f" ± {100 * std:.2f}")
+    return f"{mean:.2f}" + ("" if pd.isna(std) else f" ± {std:.2f}")
 
 
 def _both(a: bool, b: bool) -> str:
@@ -83,20 +83,21 @@ def verdict_f1a(s: pd.Series) -> tuple[str, str]:
 
 def summarize_f1b(runs: pd.DataFrame) -> pd.DataFrame:
     g = runs.groupby("method", sort=False)
-    return pd.DataFrame({"acc_mean": g["acc"].mean(), "acc_std": g["acc"].std(), "aaa_mean": g["aaa"].mean(),
-                         "aaa_std": g["aaa"].std(), "stored_params": g["stored_params"].max(),
+    return pd.DataFrame({"acc_mean_pct": g["acc_pct"].mean(), "acc_std_pct": g["acc_pct"].std(),
+                         "aaa_mean_pct": g["aaa_pct"].mean(), "aaa_std_pct": g["aaa_pct"].std(),
+                         "stored_params": g["stored_params"].max(),
                          "n_seeds": g["seed"].nunique()}).reset_index()
 
 
 def verdict_f1b(summary: pd.DataFrame) -> tuple[str, str]:
     s = summary.set_index("method")
     fixed, seq, full = (s.loc[m] for m in ("sdlora-fixed-direction", "seq-lora", "sdlora"))
-    measured = "; ".join(f"{m} Acc {_pm(r.acc_mean, r.acc_std)}, AAA {_pm(r.aaa_mean, r.aaa_std)}"
+    measured = "; ".join(f"{m} Acc {_pm(r.acc_mean_pct, r.acc_std_pct)}, AAA {_pm(r.aaa_mean_pct, r.aaa_std_pct)}"
                          for m, r in s.iterrows()) + f" ({int(s['n_seeds'].min())} seed(s))"
-    gap = 100 * (full.acc_mean - fixed.acc_mean)
-    measured += (f"; fixed-direction is {100 * (fixed.acc_mean - seq.acc_mean):+.2f} points from seq-lora and "
+    gap = full.acc_mean_pct - fixed.acc_mean_pct
+    measured += (f"; fixed-direction is {fixed.acc_mean_pct - seq.acc_mean_pct:+.2f} points from seq-lora and "
                  f"{-gap:+.2f} from SD-LoRA")
-    return measured, _both(fixed.acc_mean > seq.acc_mean, gap <= PAPER_TABLE4_GAP)
+    return measured, _both(fixed.acc_mean_pct > seq.acc_mean_pct, gap <= PAPER_TABLE4_GAP)
 
 
 def verdict_f2_residuals(s: pd.Series) -> tuple[str, str]:
@@ -122,13 +123,14 @@ def verdict_f2_alphas(summary: pd.DataFrame) -> tuple[str, str]:
 
 def verdict_f3(summary: pd.DataFrame) -> tuple[str, str]:
     s = summary.set_index("method")
-    parts = [f"{m}: task-1 accuracy (own classes) {_pct(r.task1_acc_start)} at l=0, lowest {_pct(r.task1_acc_min)} "
-             f"(largest drop {_pct(r.task1_largest_drop)} points, loss barrier {r.task1_loss_barrier:+.3f}), "
-             f"{_pct(r.task1_acc_end)} at l=1; task-2 accuracy {_pct(r.task2_acc_start)} -> {_pct(r.task2_acc_end)}"
+    parts = [f"{m}: task-1 accuracy (own classes) {_pct(r.task1_acc_start_pct)} at l=0, lowest "
+             f"{_pct(r.task1_acc_min_pct)} (largest drop {_pct(r.task1_largest_drop_pts)} points, loss barrier "
+             f"{r.task1_loss_barrier:+.3f}), {_pct(r.task1_acc_end_pct)} at l=1; task-2 accuracy "
+             f"{_pct(r.task2_acc_start_pct)} -> {_pct(r.task2_acc_end_pct)}"
              f" ({int(r.n_seeds)} seed(s))" for m, r in s.iterrows()]
     if not {"sdlora", "seq-lora"} <= set(s.index):
         return "; ".join(parts), "not computed (needs sdlora and seq-lora)"
-    holds = s.loc["sdlora", "task1_largest_drop"] < s.loc["seq-lora", "task1_largest_drop"]
+    holds = s.loc["sdlora", "task1_largest_drop_pts"] < s.loc["seq-lora", "task1_largest_drop_pts"]
     return "; ".join(parts), "holds" if holds else "does not hold"
 
 
