@@ -39,12 +39,25 @@ from avalanche_sdlora.atomic import remove_stale_temps, remove_temps_on_terminat
 from .methods import get_method, method_names  # noqa: E402
 from .reports import markdown_grid, method_style, run_records, save_figure  # noqa: E402
 from .run_folder import RunLock  # noqa: E402
+from .config import RunConfig  # noqa: E402
 from .run_set import ORDER_KEYS, RunSet  # noqa: E402
 from .units import in_file_units  # noqa: E402
 
 DEFAULT_REFERENCE = "sdlora"
 SOURCES = "sources.json"
 TABLES = ("orders.csv", "orders_summary.csv", "paired.csv", "paired_summary.csv", "table.md")
+
+
+def recipe_label(config: dict, method: str) -> str:
+    """The optimizer, lr and where they came from (reference, protocol, tuned, ...) that ``method`` trained with in
+    the run whose config.json is ``config``; a folder from before config.json recorded them gets what its settings
+    give the method's recipe trait (the same function compare records them from)."""
+    recorded = (config.get("recipes") or {}).get(method)
+    if recorded is None:
+        recorded = vars(get_method(method).recipe(RunConfig.from_json(config)))
+    if recorded["optimizer"] is None:
+        return "no training"
+    return f"{recorded['optimizer']} {recorded['lr']:g} ({recorded['source']})"
 
 
 def order_runs(runs: RunSet) -> pd.DataFrame:
@@ -63,7 +76,10 @@ def order_runs(runs: RunSet) -> pd.DataFrame:
     tasks = rows.groupby(["method", "class_order_seed"])["n_experiences"].max()
     records["inference_backbones"] = [get_method(m).backbones_per_image(int(tasks[(m, o)]))
                                       for m, o in zip(records["method"], records["class_order_seed"])]
-    cols = ["method", "class_order_seed", "seed", "acc", "aaa", "forgetting", "bwt", "finished", "stored_params",
+    configs = {m.label: m.config for m in runs.members}
+    records["recipe"] = [recipe_label(configs[r], m) for m, r in zip(records["method"], records["run"])]
+    cols = ["method", "class_order_seed", "seed", "acc", "aaa", "forgetting", "bwt", "finished", "recipe",
+            "stored_params",
             "inference_backbones", "train_seconds", "eval_seconds", "run"]
     return records[cols].reset_index(drop=True)
 
@@ -79,6 +95,7 @@ def summarize_orders(orders: pd.DataFrame) -> pd.DataFrame:
                     "n_orders": len(g), "n_unfinished": len(every) - len(g),
                     # costs: what a reader weighs against accuracy (stored state after the last task, backbones'
                     # worth of blocks per test image then, and wall time per run on the machines the footnote names)
+                    "recipe": "; ".join(dict.fromkeys(every["recipe"])),
                     "stored_params": every["stored_params"].max(), "inference_backbones": every["inference_backbones"].max(),
                     "train_seconds_mean": g["train_seconds"].mean(), "eval_seconds_mean": g["eval_seconds"].mean(),
                     "orders": " ".join(map(str, g["class_order_seed"])), "runs": " ".join(dict.fromkeys(every["run"]))})
@@ -148,12 +165,13 @@ def markdown(orders: pd.DataFrame, summary: pd.DataFrame, pairs: pd.DataFrame, p
         n = f"{int(r['n_orders'])}" + (f" (+{int(r['n_unfinished'])} unfinished)" if r["n_unfinished"] else "")
         rows.append([r["method"], _pm(r["acc_mean"], r["acc_std"]), _pm(r["aaa_mean"], r["aaa_std"]),
                      _pm(r["forgetting_mean"], r["forgetting_std"])] + [acc_at(r["method"], o) for o in all_orders]
-                    + [n, f"{r['inference_backbones']:g}", f"{r['stored_params'] / 1e6:.2f}",
+                    + [n, r["recipe"], f"{r['inference_backbones']:g}", f"{r['stored_params'] / 1e6:.2f}",
                        _minutes(r["train_seconds_mean"]), _minutes(r["eval_seconds_mean"]), ", ".join(r["runs"].split())])
     head = ["method", "Acc (%)", "AAA (%)", "forgetting"] + [f"Acc, order {o}" for o in all_orders] + [
-        "orders", "backbones / image", "stored (M params)", "train min / run", "eval min / run", "runs"]
+        "orders", "recipe", "backbones / image", "stored (M params)", "train min / run", "eval min / run", "runs"]
     text = [f"Class orders {', '.join(map(str, all_orders))} (seed s: `numpy.random.seed(s); permutation(n)`), one "
             "run per method and order; accuracies in %, mean ± sample std over the orders a method finished. "
+            "Recipe: the optimizer and learning rate each method trained with, and their source. "
             "Costs: backbones' worth of transformer blocks per test image after the last task (passes through the ViT; "
             "CL-LoRA runs its later half once per task), parameters stored then (head, "
             "adapters, prompts, class statistics: what the method keeps beyond the frozen backbone), and wall "

@@ -51,7 +51,8 @@ def test_paired_differences_and_wins_by_hand(tmp_path):
     np.testing.assert_array_equal(pairs["acc_diff_pts"].to_numpy(), 100 * diffs)
     assert summary.loc["seq-lora", "orders"] == "1993 1994 1995"
     table = (out / "table.md").read_text()
-    assert "| sdlora | 55.00 ± 5.00 | 72.50 ± 2.50 | 10.00 ± 0.00 | 60.00 | 50.00 | 55.00 | 3 | 1 | 0.00 | 0.0 | 0.0 " \
+    assert "| sdlora | 55.00 ± 5.00 | 72.50 ± 2.50 | 10.00 ± 0.00 | 60.00 | 50.00 | 55.00 | 3 | sgd 0.01 (protocol) | 1 | " \
+           "0.00 | 0.0 | 0.0 " \
            "| order1993, order1994, order1995 |" in table
     # costs: fake_run's rows store 20 parameters and spend 1 s training + 0.5 s evaluating per experience (2 each)
     assert summary.loc["sdlora", ["stored_params", "inference_backbones", "train_seconds_mean", "eval_seconds_mean"]
@@ -139,3 +140,16 @@ def test_inference_cost_follows_the_registry_at_the_runs_last_task(tmp_path):
     worth = dict(zip(summary["method"], summary["inference_backbones"]))
     assert worth == {"sdlora": 1, "l2p": 2, "mos": get_method("mos").forward_passes(3), "cl-lora": 2.0}
     assert worth["mos"] == 3  # one pass per task learned (self-refined retrieval)
+
+
+def test_each_row_names_the_recipe_it_trained_with():
+    """Recorded recipes are shown as recorded (a tuned one says so); a folder from before they were recorded gets
+    what its settings give the method's recipe trait; a training-free method says it."""
+    from benchmarks.config import RunConfig
+
+    config = RunConfig.for_protocol().to_json()
+    tuned = {**config, "recipes": {"sdlora": {"optimizer": "sgd", "lr": 0.008, "source": "tuned"}}}
+    assert orders.recipe_label(tuned, "sdlora") == "sgd 0.008 (tuned)"
+    assert orders.recipe_label(config, "sdlora") == "sgd 0.01 (protocol)"  # the protocol's shared lr
+    assert orders.recipe_label(config, "dualprompt") == "adam 0.001 (reference)"
+    assert orders.recipe_label(config, "ncm") == "no training"
