@@ -76,11 +76,16 @@ def order_runs(runs: RunSet) -> pd.DataFrame:
     tasks = rows.groupby(["method", "class_order_seed"])["n_experiences"].max()
     records["inference_backbones"] = [get_method(m).backbones_per_image(int(tasks[(m, o)]))
                                       for m, o in zip(records["method"], records["class_order_seed"])]
+    # DualPrompt's share of test images given their own task's E-prompt after the run's last experience
+    last = rows.sort_values("experience").groupby(["method", "class_order_seed"]).tail(1)
+    own = (last.set_index(["method", "class_order_seed"])["own_prompt_fraction"]
+           if "own_prompt_fraction" in last else pd.Series(dtype=float))
+    records["own_prompt"] = [own.get((m, o), np.nan) for m, o in zip(records["method"], records["class_order_seed"])]
     configs = {m.label: m.config for m in runs.members}
     records["recipe"] = [recipe_label(configs[r], m) for m, r in zip(records["method"], records["run"])]
     cols = ["method", "class_order_seed", "seed", "acc", "aaa", "forgetting", "bwt", "finished", "recipe",
             "stored_params",
-            "inference_backbones", "train_seconds", "eval_seconds", "run"]
+            "inference_backbones", "own_prompt", "train_seconds", "eval_seconds", "run"]
     return records[cols].reset_index(drop=True)
 
 
@@ -95,7 +100,7 @@ def summarize_orders(orders: pd.DataFrame) -> pd.DataFrame:
                     "n_orders": len(g), "n_unfinished": len(every) - len(g),
                     # costs: what a reader weighs against accuracy (stored state after the last task, backbones'
                     # worth of blocks per test image then, and wall time per run on the machines the footnote names)
-                    "recipe": "; ".join(dict.fromkeys(every["recipe"])),
+                    "recipe": "; ".join(dict.fromkeys(every["recipe"])), "own_prompt_mean": g["own_prompt"].mean(),
                     "stored_params": every["stored_params"].max(), "inference_backbones": every["inference_backbones"].max(),
                     "train_seconds_mean": g["train_seconds"].mean(), "eval_seconds_mean": g["eval_seconds"].mean(),
                     "orders": " ".join(map(str, g["class_order_seed"])), "runs": " ".join(dict.fromkeys(every["run"]))})
@@ -198,6 +203,9 @@ def markdown(orders: pd.DataFrame, summary: pd.DataFrame, pairs: pd.DataFrame, p
         foot.append("Runs whose seed is not their class order: "
                     + ", ".join(f"{r.method} order {r.class_order_seed} (seed {r.seed}, {r.run})"
                                 for r in other.itertuples()) + ".")
+    for _, r in by[by["own_prompt_mean"].notna()].iterrows():
+        foot.append(f"{r['method']}: key matching gave {100 * r['own_prompt_mean']:.1f} % of the test images (every "
+                    "task, after the last one) their own task's prompt, mean over orders (`own_prompt_fraction`).")
     if notes:
         foot.append("Settings that differ between the runs: " + "; ".join(notes) + ".")
     return "\n\n".join(part.rstrip("\n") for part in text + foot) + "\n"

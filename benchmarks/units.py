@@ -37,6 +37,7 @@ FRACTIONS: tuple[str, ...] = (
     "acc_seen_mean", "acc_seen_std",  # a study's unfinished cells
     "val_acc", "val_mean_acc",  # tuning's validation scores
     "acc_seen", "accuracy",  # the findings' rows per experience (f1b_per_task.csv) and path point (f3_interpolation)
+    "own_prompt", "own_prompt_mean",  # DualPrompt's test images given their own task's E-prompt (class-order report)
 )
 # Differences of two such columns (paired.csv, paired_summary.csv): percentage points once written.
 DIFFERENCES: tuple[str, ...] = ("acc_diff", "aaa_diff", "forgetting_diff", "acc_diff_mean", "acc_diff_std",

@@ -153,3 +153,20 @@ def test_each_row_names_the_recipe_it_trained_with():
     assert orders.recipe_label(config, "sdlora") == "sgd 0.01 (protocol)"  # the protocol's shared lr
     assert orders.recipe_label(config, "dualprompt") == "adam 0.001 (reference)"
     assert orders.recipe_label(config, "ncm") == "no training"
+
+
+def test_dualprompts_own_prompt_share_after_the_last_task_is_reported(tmp_path):
+    """The share of test images given their own task's E-prompt, from the last experience's row of each order, in
+    orders.csv (percent), its mean in orders_summary.csv and a line under the table; methods without it get none."""
+    folder = fake_run(tmp_path / "runs" / "o", {("sdlora", 1993): [0.9, 0.6], ("dualprompt", 1993): [0.9, 0.4]},
+                      class_order_seed=1993)
+    for path in (folder / "parts" / "dualprompt-seed1993.csv", folder / "per_task.csv"):
+        rows = pd.read_csv(path)
+        rows.loc[rows["method"] == "dualprompt", "own_prompt_fraction"] = [1.0, 0.25]  # after experience 0, 1
+        rows.to_csv(path, index=False)
+    out = orders.main([str(folder), "--out", str(tmp_path / "r")])
+    by_method = pd.read_csv(out / "orders.csv").set_index("method")["own_prompt_pct"]
+    assert by_method["dualprompt"] == 25.0 and np.isnan(by_method["sdlora"])
+    assert pd.read_csv(out / "orders_summary.csv").set_index("method").loc["dualprompt", "own_prompt_mean_pct"] == 25.0
+    table = (out / "table.md").read_text()
+    assert "dualprompt: key matching gave 25.0 % of the test images" in table and "sdlora: key matching" not in table
