@@ -139,27 +139,27 @@ def test_export_with_gaps_in_seen_classes(tiny_vit, images):
     assert torch.equal(y_plain.argmax(1), y.argmax(1))
 
 
-def test_state_dict_round_trip(tiny_vit, images):
-    model = two_task_model(tiny_vit)
-    model.freeze_task()
+def reloaded(model, tiny_vit, images):
+    """A fresh model loaded from ``model``'s state dict, after checking that it gives ``model``'s logits."""
     with torch.no_grad():
         y = model(images)
     fresh = tiny_vit(seed=0)
     fresh.load_state_dict(model.state_dict(), strict=True)
     with torch.no_grad():
         torch.testing.assert_close(fresh(images), y, rtol=0, atol=1e-6)
+    return fresh
+
+
+def test_state_dict_round_trip(tiny_vit, images):
+    model = two_task_model(tiny_vit)
+    model.freeze_task()
+    fresh = reloaded(model, tiny_vit, images)
     assert len(fresh.magnitudes) == 2 and fresh.num_directions == 2
 
 
 def test_state_dict_round_trip_mid_task(tiny_vit, images):
     # A checkpoint taken while a pair is training restores the pair and its magnitude slot.
-    model = two_task_model(tiny_vit)
-    with torch.no_grad():
-        y = model(images)
-    fresh = tiny_vit(seed=0)
-    fresh.load_state_dict(model.state_dict(), strict=True)
-    with torch.no_grad():
-        torch.testing.assert_close(fresh(images), y, rtol=0, atol=1e-6)
+    fresh = reloaded(two_task_model(tiny_vit), tiny_vit, images)
     fresh.freeze_task()
     assert fresh.adapters[0].dir_slot.tolist() == [0] * 4 + [1] * 4
 
