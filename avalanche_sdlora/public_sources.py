@@ -50,17 +50,29 @@ def cifar100_folder_to_npz(root: str | Path, out: str | Path) -> Path:
     return Path(out)
 
 
+def _cache(cache: str | Path | None) -> Path:
+    """The folder a fetch writes to: ``cache`` when given, else :func:`cache_dir`."""
+    return Path(cache) if cache is not None else cache_dir()
+
+
+def _local(name: str, cache: str | Path | None) -> Path | None:
+    """The file ``name`` from the assets folder, else from the cache; None when neither has it (it is fetched)."""
+    found = default_asset(name)
+    if found is not None:
+        return found
+    path = _cache(cache) / name
+    return path if path.is_file() else None
+
+
 def cifar100_npz(*, download: bool = True, cache: str | Path | None = None,
                  say: Callable[[str], None] = print) -> Path:
     """The CIFAR-100 npz: the assets folder's, the cache's, converted from a torchvision folder in the cache, or
     downloaded by torchvision into the cache and converted."""
-    found = default_asset(CIFAR_NPZ)
+    found = _local(CIFAR_NPZ, cache)
     if found is not None:
         return found
-    cache = Path(cache) if cache is not None else cache_dir()
+    cache = _cache(cache)
     npz = cache / CIFAR_NPZ
-    if npz.is_file():
-        return npz
     if not (cache / FOLDER).is_dir():
         if not download:
             raise FileNotFoundError(_no_cifar(cache, "downloads are off"))
@@ -84,13 +96,11 @@ def vit_weights(model_name: str, *, download: bool = True, cache: str | Path | N
                 say: Callable[[str], None] = print) -> Path:
     """``<model_name>.safetensors``: the assets folder's, the cache's, or timm's pretrained weights saved there."""
     name = f"{model_name}.safetensors"
-    found = default_asset(name)
+    found = _local(name, cache)
     if found is not None:
         return found
-    cache = Path(cache) if cache is not None else cache_dir()
+    cache = _cache(cache)
     path = cache / name
-    if path.is_file():
-        return path
     why = "downloads are off"
     if download:
         say(f"no {name} in ${ASSETS_ENV} or {cache}: fetching timm's pretrained {model_name} into {path} (once)")

@@ -35,9 +35,10 @@ import torch  # noqa: E402 - after the kept help
 
 from . import distributed, inputs, pool, runner, tuned  # noqa: E402
 from .config import (ORDER_SEEDS, RunConfig, add_run_flags, check_seeds, config_from_flags,  # noqa: E402
-                     default_seeds, resumed_flags)
+                     default_seeds)
 from .identity import identity_changes, run_identity, saved_identity  # noqa: E402
 from .methods import check_method_options, get_method, method_names  # noqa: E402
+from .resume import resumed_flags  # noqa: E402
 from .run_folder import RunFolder, check_out, check_run_id  # noqa: E402
 
 DEFAULT_METHODS = ("sdlora",)

@@ -21,7 +21,6 @@ import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -438,42 +437,6 @@ def config_from_flags(args: argparse.Namespace, **fixed: Any) -> RunConfig:
         name = next((n for n in sdlora if msg.startswith(n + " ")), None)
         raise ValueError(msg.replace(name, "--" + name.replace("_", "-"), 1) if name else msg) from None
     return RunConfig.for_protocol(getattr(args, "protocol", None) or DEFAULT_PROTOCOL, sdlora=options, **changes)
-
-
-# Input paths are taken from a resumed run only where they exist here: a run resumed on another machine finds its
-# inputs as a new run does (the identity compares them by content, so a moved file is the same input). Folders
-# written since issue 35 record no path at all (benchmarks.local_paths), only the inputs' identity.
-_RESUMED_PATHS = ("data", "checkpoint")
-
-
-def _is_identity(name: str) -> bool:
-    return any(f.name == name and f.metadata["identity"] for f in dataclasses.fields(RunConfig))
-
-
-def resumed_flags(args: argparse.Namespace, saved: Mapping[str, Any]) -> list[str]:
-    """Fill the run flags a ``--resume`` call left out with the run's own values (``saved``: its config.json).
-
-    A resumed run keeps its settings, so a flag left out means "as the run", not "the default": resuming a run made
-    with ``--epochs 10`` needs no ``--epochs 10``. Flags given stay as given, and the identity check refuses any
-    that differ from the run's, naming them. Returns the flags filled in (to say so); none when ``saved`` is no
-    RunConfig (the identity check then names what differs).
-    """
-    try:
-        run = RunConfig.from_json(saved)
-    except (TypeError, ValueError, KeyError):
-        return []
-    filled: list[str] = []
-    for f in run_flags():
-        if getattr(args, f.dest, None) is not None or not (f.sdlora or _is_identity(f.dest)):
-            continue  # given, or a setting that changes no number (e.g. --lists)
-        if f.dest == "class_order_seed" and getattr(args, "class_order", None) == "seed":
-            continue  # a call that changes the mode is refused for --class-order, not for a flag it never gave
-        value = getattr(run.sdlora if f.sdlora else run, f.dest)
-        if value is None or (f.repeat and not value) or (f.dest in _RESUMED_PATHS and not Path(value).exists()):
-            continue
-        setattr(args, f.dest, list(value) if f.repeat else value)
-        filled.append(f.flag)
-    return filled
 
 
 def flags_for(args: argparse.Namespace, **fixed: Any) -> list[str]:

@@ -1,17 +1,24 @@
-"""What a (method, seed) resumed from a checkpoint needs besides the checkpoint to equal an uninterrupted one.
+"""What a resumed run needs besides its checkpoints to equal an uninterrupted one.
 
-The checkpoint restores the model, the RNG states, the plugins, Avalanche's clock and the evaluator's metric state
-(``avalanche_sdlora.checkpoint.strategy_state``). The CSVLogger's files live outside it: they keep their rows up to
-the checkpoint and the resumed run appends after them.
+A ``--resume`` call takes the run's own settings for every flag it leaves out (:func:`resumed_flags`). For each
+(method, seed), the checkpoint restores the model, the RNG states, the plugins, Avalanche's clock and the evaluator's
+metric state (``avalanche_sdlora.checkpoint.strategy_state``). The CSVLogger's files live outside it: they keep
+their rows up to the checkpoint and the resumed run appends after them.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from avalanche.logging import CSVLogger
 
 from avalanche_sdlora.atomic import write_text
+
+from .config import RunConfig, run_flags
 
 LOG_FILES = ("training_results.csv", "eval_results.csv")
 # The files' headers. Avalanche's training file also has val_accuracy and val_loss, filled only by evaluation during
@@ -82,3 +89,38 @@ def close_logs(evaluator) -> None:
         if isinstance(logger, CSVLogger) and hasattr(logger, "eval_file"):
             logger.close()
 
+
+# Input paths are taken from a resumed run only where they exist here: a run resumed on another machine finds its
+# inputs as a new run does (the identity compares them by content, so a moved file is the same input). Folders
+# written since issue 35 record no path at all (benchmarks.local_paths), only the inputs' identity.
+_RESUMED_PATHS = ("data", "checkpoint")
+
+
+def _is_identity(name: str) -> bool:
+    return any(f.name == name and f.metadata["identity"] for f in dataclasses.fields(RunConfig))
+
+
+def resumed_flags(args: argparse.Namespace, saved: Mapping[str, Any]) -> list[str]:
+    """Fill the run flags a ``--resume`` call left out with the run's own values (``saved``: its config.json).
+
+    A resumed run keeps its settings, so a flag left out means "as the run", not "the default": resuming a run made
+    with ``--epochs 10`` needs no ``--epochs 10``. Flags given stay as given, and the identity check refuses any
+    that differ from the run's, naming them. Returns the flags filled in (to say so); none when ``saved`` is no
+    RunConfig (the identity check then names what differs).
+    """
+    try:
+        run = RunConfig.from_json(saved)
+    except (TypeError, ValueError, KeyError):
+        return []
+    filled: list[str] = []
+    for f in run_flags():
+        if getattr(args, f.dest, None) is not None or not (f.sdlora or _is_identity(f.dest)):
+            continue  # given, or a setting that changes no number (e.g. --lists)
+        if f.dest == "class_order_seed" and getattr(args, "class_order", None) == "seed":
+            continue  # a call that changes the mode is refused for --class-order, not for a flag it never gave
+        value = getattr(run.sdlora if f.sdlora else run, f.dest)
+        if value is None or (f.repeat and not value) or (f.dest in _RESUMED_PATHS and not Path(value).exists()):
+            continue
+        setattr(args, f.dest, list(value) if f.repeat else value)
+        filled.append(f.flag)
+    return filled

@@ -48,6 +48,16 @@ def images():
     return torch.randn(3, 3, TINY_IMG, TINY_IMG, generator=g)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread during the test: the machine's cores are shared (two threads on two busy cores ran the peers'
+    tests 10x slower), and what a fresh process computes with one thread must not depend on the thread count."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def randomize_current_pair(model, seed: int, scale: float = 0.05) -> None:
     """Give the current pair a non-zero B (B starts at 0) so the task's update is non-trivial."""
     g = torch.Generator().manual_seed(seed)

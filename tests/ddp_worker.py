@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 from avalanche.benchmarks.scenarios import class_incremental_benchmark
-from avalanche.benchmarks.utils import as_classification_dataset
 from avalanche.core import SupervisedPlugin
 from avalanche.distributed import DistributedHelper
 from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
 from avalanche.logging import TextLogger
 from avalanche.training.plugins import EvaluationPlugin
-from torch.utils.data import DataLoader, TensorDataset
+from random_images import random_images
+from torch.utils.data import DataLoader
 
 from avalanche_sdlora import DistillationPlugin, SDLoRA, SDLoRAKD, sdlora_vit
 from avalanche_sdlora.adapter_io import adapter_state_dict
@@ -45,18 +45,12 @@ def exp_accs(res: dict) -> list[float]:
     return [metric(res, "Top1_Acc_Exp/eval_phase/test_stream", f"Exp{j:03d}") for j in range(2)]
 
 
-class LabelledTensors(TensorDataset):
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        super().__init__(x, y)
-        self.targets = y.tolist()
-
-
 def benchmark():
     g = torch.Generator().manual_seed(0)
 
     def data(counts):
         y = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
-        return as_classification_dataset(LabelledTensors(torch.randn(len(y), 3, IMG, IMG, generator=g), y))
+        return random_images(y, g, IMG)
 
     return class_incremental_benchmark({"train": data([TRAIN_PER_CLASS] * 4), "test": data(TEST_COUNTS)},
                                        num_experiences=2, class_order=[0, 1, 2, 3])

@@ -23,12 +23,7 @@ from benchmarks.peers.cl_lora import (CLLoRAQKV, CLLoRAViT, LoRAPair, gradient_r
 TINY = "vit_tiny_patch16_224"  # 12 blocks, width 192
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(seed: int = 0, **kwargs) -> CLLoRAViT:

@@ -169,7 +169,8 @@ def test_resume_takes_the_flags_it_leaves_out_from_the_run(tiny_run, tmp_path):
 def test_resumed_flags_fill_only_what_was_left_out(tmp_path):
     import argparse
 
-    from benchmarks.config import RunConfig, add_run_flags, resumed_flags
+    from benchmarks.config import RunConfig, add_run_flags
+    from benchmarks.resume import resumed_flags
 
     parser = argparse.ArgumentParser()
     add_run_flags(parser)

@@ -15,15 +15,14 @@ import warnings
 import pytest
 import torch
 from avalanche.benchmarks.scenarios import benchmark_with_validation_stream, class_incremental_benchmark
-from avalanche.benchmarks.utils import as_classification_dataset
 from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metrics import accuracy_metrics, forward_transfer_metrics, loss_metrics
 from avalanche.models import SimpleMLP
 from avalanche.training import Naive
 from avalanche.training.plugins import EarlyStoppingPlugin, EvaluationPlugin, LRSchedulerPlugin, ReplayPlugin
 from avalanche.training.templates.base import PositionalArgumentsDeprecatedWarning
+from random_images import random_images
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from avalanche_sdlora import (AdapterGrowthPlugin, DistillationPlugin, FiniteLossPlugin, RankReductionPlugin, SDLoRA,
                               SDLoRAKD, SDLoRAOptions, SDLoRARR, sdlora_vit)
@@ -35,20 +34,12 @@ IMG = 32
 VARIANTS = [SDLoRA, SDLoRARR, SDLoRAKD]
 
 
-class LabelledTensors(TensorDataset):
-    """A TensorDataset with the ``targets`` list Avalanche's classification datasets read."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        super().__init__(x, y)
-        self.targets = y.tolist()
-
-
 def tensor_benchmark(n_classes=6, n_experiences=3, train_per_class=4, test_per_class=2, seed=0):
     g = torch.Generator().manual_seed(seed)
 
     def data(per_class):
         y = torch.arange(n_classes).repeat_interleave(per_class)
-        return as_classification_dataset(LabelledTensors(torch.randn(len(y), 3, IMG, IMG, generator=g), y))
+        return random_images(y, g, IMG)
 
     return class_incremental_benchmark({"train": data(train_per_class), "test": data(test_per_class)},
                                        num_experiences=n_experiences, class_order=list(range(n_classes)))

@@ -35,13 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KILL_EXPERIENCE, KILL_ITERATION = 2, 1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as the fresh processes use (float sums must not depend on the thread count)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # as the fresh processes use: float sums must not depend on it
 
 
 def tensor_benchmark():

@@ -10,12 +10,18 @@ from conftest import TINY_IMG, randomize_current_pair
 from avalanche_sdlora import SDLoRAQKV
 
 
+def one_task_model(tiny_vit, classes: list[int], seed: int, **kwargs):
+    """Head rows for ``classes`` and the first task's pair, random (seeded by ``seed``) so its update is non-zero."""
+    model = tiny_vit(**kwargs)
+    model.head.add_classes(classes)
+    model.add_task()
+    randomize_current_pair(model, seed=seed)
+    return model
+
+
 def two_task_model(tiny_vit, **kwargs):
     """Task 0 frozen into a direction, task 1 still training; non-trivial alphas and head rows."""
-    model = tiny_vit(**kwargs)
-    model.head.add_classes([0, 1, 2])
-    model.add_task()
-    randomize_current_pair(model, seed=1)
+    model = one_task_model(tiny_vit, [0, 1, 2], seed=1, **kwargs)
     model.freeze_task()
     model.head.add_classes([3, 4])
     model.add_task(reset_alphas=False)
@@ -50,10 +56,7 @@ def test_alpha_has_one_entry_per_task(tiny_vit):
 
 
 def test_new_task_starts_where_previous_ended(tiny_vit, images):
-    model = tiny_vit()
-    model.head.add_classes([0, 1])
-    model.add_task()
-    randomize_current_pair(model, seed=1)
+    model = one_task_model(tiny_vit, [0, 1], seed=1)
     with torch.no_grad():
         model.magnitudes.alpha.fill_(1.7)
         model.freeze_task()
@@ -71,10 +74,7 @@ def test_new_task_starts_where_previous_ended(tiny_vit, images):
 
 def test_freeze_keeps_output_when_current_pair_is_normalised(tiny_vit, images):
     # The paper's form (normalize_current=True, Frobenius directions): freezing must not move the output.
-    model = tiny_vit(normalize_current=True, direction_norm="frobenius")
-    model.head.add_classes([0, 1])
-    model.add_task()
-    randomize_current_pair(model, seed=3)
+    model = one_task_model(tiny_vit, [0, 1], seed=3, normalize_current=True, direction_norm="frobenius")
     with torch.no_grad():
         y_end = model(images)
         model.freeze_task()
@@ -128,10 +128,7 @@ def test_export_loads_into_plain_timm_model(tiny_vit, images):
 
 def test_export_with_gaps_in_seen_classes(tiny_vit, images):
     # Classes seen out of order: rows of unseen ids are masked, seen logits match.
-    model = tiny_vit()
-    model.head.add_classes([4, 1])
-    model.add_task()
-    randomize_current_pair(model, seed=4)
+    model = one_task_model(tiny_vit, [4, 1], seed=4)
     with torch.no_grad():
         y = model(images)
     plain = timm.create_model("vit_tiny_patch16_224", num_classes=5, img_size=TINY_IMG)
@@ -142,27 +139,27 @@ def test_export_with_gaps_in_seen_classes(tiny_vit, images):
     assert torch.equal(y_plain.argmax(1), y.argmax(1))
 
 
-def test_state_dict_round_trip(tiny_vit, images):
-    model = two_task_model(tiny_vit)
-    model.freeze_task()
+def reloaded(model, tiny_vit, images):
+    """A fresh model loaded from ``model``'s state dict, after checking that it gives ``model``'s logits."""
     with torch.no_grad():
         y = model(images)
     fresh = tiny_vit(seed=0)
     fresh.load_state_dict(model.state_dict(), strict=True)
     with torch.no_grad():
         torch.testing.assert_close(fresh(images), y, rtol=0, atol=1e-6)
+    return fresh
+
+
+def test_state_dict_round_trip(tiny_vit, images):
+    model = two_task_model(tiny_vit)
+    model.freeze_task()
+    fresh = reloaded(model, tiny_vit, images)
     assert len(fresh.magnitudes) == 2 and fresh.num_directions == 2
 
 
 def test_state_dict_round_trip_mid_task(tiny_vit, images):
     # A checkpoint taken while a pair is training restores the pair and its magnitude slot.
-    model = two_task_model(tiny_vit)
-    with torch.no_grad():
-        y = model(images)
-    fresh = tiny_vit(seed=0)
-    fresh.load_state_dict(model.state_dict(), strict=True)
-    with torch.no_grad():
-        torch.testing.assert_close(fresh(images), y, rtol=0, atol=1e-6)
+    fresh = reloaded(two_task_model(tiny_vit), tiny_vit, images)
     fresh.freeze_task()
     assert fresh.adapters[0].dir_slot.tolist() == [0] * 4 + [1] * 4
 

@@ -21,13 +21,7 @@ from benchmarks.peers.prefix_vit import PrefixAttention, PrefixViT
 TINY = "vit_tiny_patch16_224"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread here (the machine is shared; two threads on two busy cores ran these tests 10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def backbone(seed: int = 0, name: str = TINY):

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 from avalanche.benchmarks.scenarios import class_incremental_benchmark
-from avalanche.benchmarks.utils import as_classification_dataset
 from avalanche.training.plugins import EvaluationPlugin
-from torch.utils.data import TensorDataset
+from random_images import random_images
 
 from avalanche_sdlora import SDLoRA, SDLoRAKD, SDLoRARR, sdlora_vit
 
@@ -40,16 +39,10 @@ CASES: dict[str, tuple[type, dict, dict]] = {
 }
 
 
-class _Labelled(TensorDataset):
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        super().__init__(x, y)
-        self.targets = y.tolist()
-
-
 def _benchmark():
     g = torch.Generator().manual_seed(0)
     y = torch.arange(6).repeat_interleave(4)
-    train = as_classification_dataset(_Labelled(torch.randn(len(y), 3, IMG, IMG, generator=g), y))
+    train = random_images(y, g, IMG)
     return class_incremental_benchmark({"train": train, "test": train}, num_experiences=3,
                                        class_order=[0, 1, 2, 3, 4, 5])
 

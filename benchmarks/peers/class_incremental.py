@@ -1,6 +1,6 @@
 """The part of Avalanche's ``SupervisedTemplate`` that every trained peer here (InfLoRA, the prompt methods, the
-first-session methods) changes the same way: class-incremental input only, and an optimizer that steps exactly the
-tensors that train now.
+first-session methods) changes the same way: class-incremental input only, an optimizer that steps exactly the
+tensors that train now, and the logits of the current experience's classes alone for the references' training loss.
 """
 
 from __future__ import annotations
@@ -55,6 +55,13 @@ class ClassIncrementalTemplate(SupervisedTemplate):
         if params:
             self.optimizer.add_param_group({"params": params})
         self.optimized_param_id = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def current_class_logits(self, logits: Tensor) -> Tensor:
+        """``logits`` with every class outside the current experience at ``-inf``: the training loss of the
+        references that learn each task's classes against each other only (InfLoRA, the prompt methods, MOS)."""
+        keep = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+        keep[list(self.experience.classes_in_this_experience)] = True
+        return logits.masked_fill(~keep, float("-inf"))
 
     @torch.no_grad()
     def experience_features(self, features: Callable[[Tensor], Tensor], num_workers: int = 0) -> tuple[Tensor, Tensor]:

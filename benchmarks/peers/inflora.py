@@ -272,9 +272,7 @@ class InfLoRA(ClassIncrementalTemplate):
     def criterion(self):
         out = self.mb_output
         if self.is_training and self.experience is not None:
-            keep = torch.zeros(out.shape[1], dtype=torch.bool, device=out.device)
-            keep[list(self.experience.classes_in_this_experience)] = True
-            out = out.masked_fill(~keep, float("-inf"))
+            out = self.current_class_logits(out)
         return self._criterion(out, self.mb_y)
 
 

@@ -218,9 +218,7 @@ class PromptStrategy(ClassIncrementalTemplate):
         out = self.mb_output
         if not self.is_training:
             return self._criterion(out, self.mb_y)
-        keep = torch.zeros(out.shape[1], dtype=torch.bool, device=out.device)
-        keep[list(self.experience.classes_in_this_experience)] = True
-        loss = self._criterion(out.masked_fill(~keep, float("-inf")), self.mb_y)
+        loss = self._criterion(self.current_class_logits(out), self.mb_y)
         return loss if self._extra_loss is None else loss + self.extra_loss_weight * self._extra_loss
 
     def optimizer_step(self) -> None:

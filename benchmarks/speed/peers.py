@@ -220,11 +220,27 @@ def _gaussians(n: int, dim: int, gen: torch.Generator, device) -> tuple[Tensor, 
     return means.to(device), covs.to(device)
 
 
+def _in_last_task(strategy, start: Callable[[nn.Module, int], None],
+                  finish: Callable[[nn.Module, int], None]) -> nn.Module:
+    """``start(model, t)`` for each of the tasks and ``finish(model, t)`` for all but the last: ``strategy.model``
+    is in its last task, its optimizer pointed at what trains there. Returns a copy also finished after the last
+    task (the model inference uses and the state it stores)."""
+    model = strategy.model
+    for t in range(N_HEAD_TASKS):
+        start(model, t)
+        if t < N_HEAD_TASKS - 1:
+            finish(model, t)
+    after = copy.deepcopy(model)
+    finish(after, N_HEAD_TASKS - 1)
+    strategy.make_optimizer()
+    return after
+
+
 def _cl_lora(strategy, x: Tensor) -> nn.Module:
     """CL-LoRA: 9 tasks finished (their specific LoRA and block weights frozen, prototypes of their classes, the
     shared LoRA's teacher snapshot), the 10th started (its specific LoRA, block weights and training head trainable).
     Returns a copy finished after the 10th task: the inference model and the stored state."""
-    model = strategy.model.to(x.device)
+    strategy.model.to(x.device)
     gen = torch.Generator().manual_seed(0)
 
     def finish(m, t: int) -> None:  # prototypes of the task's classes (one random feature each), then end_task
@@ -232,17 +248,13 @@ def _cl_lora(strategy, x: Tensor) -> nn.Module:
         m.add_prototypes(torch.randn(len(classes), m.width, generator=gen).to(x.device), classes, t)
         m.end_task()
 
-    for t in range(N_HEAD_TASKS):
-        model.start_task(_task_classes(t))
-        for pairs in (*model.shared, *model.specific[-1]):
+    def start(m, t: int) -> None:
+        m.start_task(_task_classes(t))
+        for pairs in (*m.shared, *m.specific[-1]):
             for pair in pairs:
                 _random_(pair.up.weight, gen)  # up starts at zero; trained values stand in
-        if t < N_HEAD_TASKS - 1:
-            finish(model, t)
-    after = copy.deepcopy(model)
-    finish(after, N_HEAD_TASKS - 1)
-    strategy.make_optimizer()
-    return after
+
+    return _in_last_task(strategy, start, finish)
 
 
 def _mos(strategy, x: Tensor) -> nn.Module:
@@ -261,14 +273,10 @@ def _mos(strategy, x: Tensor) -> nn.Module:
         m.prototypes.absorb(torch.randn(len(classes), dim, generator=gen).to(x.device), classes)
         m.task += 1
 
-    for t in range(N_HEAD_TASKS):
-        model.class_task[_task_classes(t)] = t
-        if t < N_HEAD_TASKS - 1:
-            finish(model, t)
-    after = copy.deepcopy(model)
-    finish(after, N_HEAD_TASKS - 1)
-    strategy.make_optimizer()
-    return after
+    def start(m, t: int) -> None:
+        m.class_task[_task_classes(t)] = t
+
+    return _in_last_task(strategy, start, finish)
 
 
 def _care(strategy, x: Tensor) -> nn.Module:
