@@ -44,6 +44,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("sdlora-study", "benchmarks.study", "benchmarks.study"),
     Command("sdlora-orders", "benchmarks.orders", "benchmarks.orders"),
     Command("sdlora-headline", "benchmarks.headline", "benchmarks.headline"),
+    Command("sdlora-tune", "benchmarks.tune", "benchmarks.tune"),
+    Command("sdlora-migrate", "benchmarks.migrate", "benchmarks.migrate"),
 )
 BY_SCRIPT = {c.script: c for c in COMMANDS}
 BY_MODULE = {c.module: c for c in COMMANDS}
@@ -114,6 +116,14 @@ def sdlora_orders() -> int:
 
 def sdlora_headline() -> int:
     return run("sdlora-headline")
+
+
+def sdlora_tune() -> int:
+    return run("sdlora-tune")
+
+
+def sdlora_migrate() -> int:
+    return run("sdlora-migrate")
 
 
 def main(argv: list[str] | None = None) -> list[str]:

@@ -39,24 +39,30 @@ import argparse
 import dataclasses
 import io
 import json
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+from .commands import print_kept_help
 
-from avalanche_sdlora.atomic import write_text
-from avalanche_sdlora.options import SDLoRAOptions
+if __name__ == "__main__":  # --help before torch, timm and Avalanche load
+    print_kept_help("benchmarks.migrate", sys.argv[1:])
 
-from .config import INPUT_FIELDS, RunConfig
-from .findings import report as findings_report
-from .identity import added_since_0_2, labels
-from .local_paths import portable_record
-from .protocols import PROTOCOL_FIELDS, canonical
-from .reports import magnitudes
-from .resume import AVALANCHE_TRAINING_HEADER, LOG_FILES
-from .run_folder import CALL_KEYS
-from .units import DERIVED_CSVS, FINDINGS_CSVS, file_name, in_file_units
+import pandas as pd  # noqa: E402
+
+from avalanche_sdlora.atomic import write_text  # noqa: E402
+from avalanche_sdlora.options import SDLoRAOptions  # noqa: E402
+
+from .config import INPUT_FIELDS, RunConfig  # noqa: E402
+from .findings import report as findings_report  # noqa: E402
+from .identity import added_since_0_2, labels  # noqa: E402
+from .local_paths import portable_record  # noqa: E402
+from .protocols import PROTOCOL_FIELDS, canonical  # noqa: E402
+from .reports import magnitudes  # noqa: E402
+from .resume import AVALANCHE_TRAINING_HEADER, LOG_FILES  # noqa: E402
+from .run_folder import CALL_KEYS  # noqa: E402
+from .units import DERIVED_CSVS, FINDINGS_CSVS, file_name, in_file_units  # noqa: E402
 
 RECORDS = ("config.json", "sources.json", "tuning.json")
 _SDLORA_FIELDS = tuple(f.name for f in dataclasses.fields(SDLoRAOptions))

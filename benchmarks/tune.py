@@ -40,19 +40,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import torch
+from .commands import print_kept_help
 
-from avalanche_sdlora.atomic import write_text
+if __name__ == "__main__":  # --help before torch, timm and Avalanche load
+    print_kept_help("benchmarks.tune", sys.argv[1:])
 
-from . import compare
-from .compare import Parser
-from .config import RunConfig, add_run_flags, config_from_flags, run_flags
-from .local_paths import portable_record, portable_text
-from .methods import get_method, method_names
-from .protocols import AUTHORS_LR
-from .run_folder import RunFolder
-from .units import in_file_units
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from avalanche_sdlora.atomic import write_text  # noqa: E402
+
+from . import compare  # noqa: E402
+from .compare import Parser  # noqa: E402
+from .config import RunConfig, add_run_flags, config_from_flags, run_flags  # noqa: E402
+from .local_paths import portable_record, portable_text  # noqa: E402
+from .methods import get_method, method_names  # noqa: E402
+from .protocols import AUTHORS_LR  # noqa: E402
+from .run_folder import RunFolder  # noqa: E402
+from .units import in_file_units  # noqa: E402
 
 GRID_DECADES = (-0.5, 0.0, 0.5)  # learning rates per optimizer: anchor * 10**d
 OPTIMIZERS = ("sgd", "adam")
@@ -388,4 +393,6 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    from .compare import cli
+
+    sys.exit(cli(main=main))
