@@ -46,6 +46,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("sdlora-headline", "benchmarks.headline", "benchmarks.headline"),
     Command("sdlora-tune", "benchmarks.tune", "benchmarks.tune"),
     Command("sdlora-migrate", "benchmarks.migrate", "benchmarks.migrate"),
+    Command("sdlora-collapse", "benchmarks.collapse", "benchmarks.collapse"),
 )
 BY_SCRIPT = {c.script: c for c in COMMANDS}
 BY_MODULE = {c.module: c for c in COMMANDS}
@@ -124,6 +125,10 @@ def sdlora_tune() -> int:
 
 def sdlora_migrate() -> int:
     return run("sdlora-migrate")
+
+
+def sdlora_collapse() -> int:
+    return run("sdlora-collapse")
 
 
 def main(argv: list[str] | None = None) -> list[str]:

@@ -1,0 +1,174 @@
+"""Whether a long task sequence collapses, and through what: ``python -m benchmarks.collapse RUN_DIR ... --out DIR``.
+
+Independent papers report that SD-LoRA collapses as tasks grow (issue 32). This command reads the run folders of one
+long-sequence experiment over class orders (``benchmarks.compare --n-experiences 20|50 --class-order seed``) and
+writes into ``--out``:
+
+* ``curve.csv``: per method, class order and experience, the seen-class accuracy (percent) and, for the methods
+  that record them, the magnitudes' range, the update's norm and the head's row norms (past tasks' classes, newest
+  task's); ``curve.png``/``.pdf``: the mean seen-class accuracy over the orders against the tasks learned (band:
+  min to max over the orders);
+* ``collapse.csv``: per method and order, the final accuracy, the largest drop of the seen-class accuracy from one
+  task to the next (points, and after which task), the final accuracy minus the training-free baseline's on the
+  same order (``--baseline``, SimpleCIL: the frozen backbone's class means), the magnitudes at the end (min, max),
+  the update norm's growth (last / first), the head's newest-to-past row-norm ratio at the end, and the tasks KD
+  folded into old magnitudes;
+* ``table.md``: the same per method (mean over orders), with the verdict.
+
+Verdict, one definition: a method **collapses** on an order when its final seen-class accuracy is below the
+baseline's on that order, i.e. training left it worse than not training at all. The columns beside it say
+through what: magnitudes running away or to zero, an update whose norm keeps growing, or a head whose newest rows
+outgrow the old ones (the classifier favouring the last task).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .commands import print_kept_help
+
+if __name__ == "__main__":  # --help before torch, timm and Avalanche load
+    print_kept_help("benchmarks.collapse", sys.argv[1:])
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from avalanche_sdlora.atomic import write_text  # noqa: E402
+
+from .methods import method_names  # noqa: E402
+from .reports import markdown_grid, method_style, save_figure  # noqa: E402
+from .run_set import ORDER_KEYS, RunSet  # noqa: E402
+
+DEFAULT_BASELINE = "simplecil"
+KEYS = ["method", "class_order_seed", "experience"]
+
+
+def _alphas(text: object) -> list[float]:
+    if isinstance(text, str):
+        return [float(a) for a in text.split()]
+    return [float(text)] if isinstance(text, (int, float)) and np.isfinite(text) else []
+
+
+def curves(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (method, order, experience): seen-class accuracy in percent and the mechanism's state after it."""
+    out = rows.sort_values(KEYS)[KEYS].copy()
+    out["acc_seen_pct"] = 100 * rows.loc[out.index, "acc_seen"].astype(float)
+    alphas = rows.loc[out.index, "alphas"].map(_alphas) if "alphas" in rows else pd.Series([[]] * len(out), out.index)
+    out["alpha_min"] = [min(a) if a else np.nan for a in alphas]
+    out["alpha_max"] = [max(a) if a else np.nan for a in alphas]
+    for column in ("update_norm", "head_row_norm_past", "head_row_norm_newest"):
+        out[column] = rows.loc[out.index, column].astype(float) if column in rows else np.nan
+    out["kd_absorbed"] = rows.loc[out.index, "kd_absorbed"] if "kd_absorbed" in rows else np.nan
+    return out.reset_index(drop=True)
+
+
+def collapse_table(curve: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Per (method, order): the final accuracy, the largest one-task drop, the gap to ``baseline``, the state at the
+    end, and the verdict (final accuracy below the baseline's on the same order)."""
+    final_base = (curve[curve["method"] == baseline].groupby("class_order_seed")["acc_seen_pct"].last()
+                  if baseline in set(curve["method"]) else pd.Series(dtype=float))
+    out = []
+    for (method, order), g in curve.groupby(["method", "class_order_seed"], sort=False):
+        acc = g["acc_seen_pct"].to_numpy()
+        drops = acc[:-1] - acc[1:]  # positive: the seen-class accuracy fell when the next task was learned
+        worst = int(np.argmax(drops)) if len(drops) else -1
+        last, first_norm = g.iloc[-1], g["update_norm"].iloc[0]
+        gap = acc[-1] - final_base[order] if order in final_base.index else np.nan
+        absorbed = g["kd_absorbed"]
+        out.append({
+            "method": method, "class_order_seed": order, "tasks": len(g), "final_acc_pct": acc[-1],
+            "largest_drop_pts": drops[worst] if len(drops) else np.nan,
+            "largest_drop_after_task": worst + 1 if len(drops) else np.nan,  # tasks learned before the drop
+            "minus_baseline_pts": gap, "collapses": bool(gap < 0) if np.isfinite(gap) else None,
+            "alpha_min_final": last["alpha_min"], "alpha_max_final": last["alpha_max"],
+            "update_norm_growth": last["update_norm"] / first_norm if first_norm else np.nan,
+            "head_newest_to_past": last["head_row_norm_newest"] / last["head_row_norm_past"],
+            "kd_absorbed_tasks": int(absorbed.astype(bool).sum()) if absorbed.notna().any() else np.nan,
+        })
+    rank = {m: k for k, m in enumerate(method_names())}
+    table = pd.DataFrame.from_records(out)
+    return table.assign(_r=table["method"].map(rank)).sort_values(["_r", "class_order_seed"]).drop(columns="_r")
+
+
+def _mean(values: pd.Series, fmt: str) -> str:
+    v = values.astype(float)
+    return "n/a" if v.isna().all() else fmt.format(v.mean())
+
+
+def markdown(table: pd.DataFrame, baseline: str) -> str:
+    """Per method, means over its orders, and on how many orders it collapses."""
+    rows = []
+    for method, g in table.groupby("method", sort=False):
+        verdicts = [v for v in g["collapses"] if v is not None]
+        verdict = "n/a (no baseline)" if not verdicts else f"{sum(verdicts)} of {len(verdicts)}"
+        rows.append([method, f"{int(g['tasks'].max())}", _mean(g["final_acc_pct"], "{:.2f}"),
+                     _mean(g["minus_baseline_pts"], "{:+.2f}"), verdict, _mean(g["largest_drop_pts"], "{:.2f}"),
+                     _mean(g["alpha_min_final"], "{:.3g}") + " / " + _mean(g["alpha_max_final"], "{:.3g}"),
+                     _mean(g["update_norm_growth"], "{:.2f}"), _mean(g["head_newest_to_past"], "{:.2f}"),
+                     _mean(g["kd_absorbed_tasks"], "{:.1f}")])
+    head = ["method", "tasks", "Acc (%)", f"minus {baseline} (pts)", "collapses (orders)", "largest one-task drop (pts)",
+            "alpha min / max at the end", "update norm, last / first", "head rows, newest / past", "KD absorbed"]
+    orders = ", ".join(map(str, sorted(table["class_order_seed"].unique())))
+    return (f"Long sequence, class orders {orders}; means over the orders. A method collapses on an order when its "
+            f"final seen-class accuracy is below {baseline}'s (the frozen backbone's class means) on that order. "
+            "n/a: the method does not record that quantity.\n\n" + markdown_grid(head, rows) + "\n")
+
+
+def plot(curve: pd.DataFrame, path: Path) -> None:
+    """Mean seen-class accuracy over the orders against the tasks learned, a band from min to max over the orders."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for method, g in curve.groupby("method", sort=False):
+        by = g.groupby("experience")["acc_seen_pct"]
+        x = np.array(sorted(g["experience"].unique())) + 1
+        style = method_style(method)
+        ax.plot(x, by.mean().to_numpy(), label=method, ms=3, markevery=max(1, len(x) // 10), **style)
+        ax.fill_between(x, by.min().to_numpy(), by.max().to_numpy(), color=style["color"], alpha=0.12, lw=0)
+    ax.set_xlabel("tasks learned")
+    ax.set_ylabel("seen-class accuracy (%)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    n = curve["class_order_seed"].nunique()
+    ax.set_title(f"seen-class accuracy over a long sequence (mean, band min-max over {n} class order(s))", fontsize=9)
+    save_figure(fig, path, pdf=True)
+
+
+def write(runs: RunSet, out: str | Path, baseline: str = DEFAULT_BASELINE) -> Path:
+    """Check the folders ran one experiment (class order aside) and write the report into ``out``."""
+    runs.check(free=ORDER_KEYS, pooled=True)
+    curve = curves(runs.rows())
+    table = collapse_table(curve, baseline)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "curve.csv", curve.to_csv(index=False))
+    write_text(out / "collapse.csv", table.to_csv(index=False))
+    write_text(out / "table.md", markdown(table, baseline))
+    plot(curve, out / "curve.png")
+    return out
+
+
+def main(argv: list[str] | None = None) -> Path:
+    from .compare import Parser
+
+    p = Parser(prog="python -m benchmarks.collapse", description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders of one long-sequence experiment")
+    p.add_argument("--out", required=True, help="report folder (results/<protocol>/... for the README's)")
+    p.add_argument("--baseline", default=DEFAULT_BASELINE,
+                   help=f"the training-free method a collapse is judged against (default: {DEFAULT_BASELINE})")
+    args = p.parse_args(argv)
+    out = write(RunSet.read(args.runs), args.out, args.baseline)
+    print((out / "table.md").read_text() + f"\nwritten to {out}")
+    return out
+
+
+if __name__ == "__main__":
+    from .compare import cli
+
+    sys.exit(cli(main=main))

@@ -1,0 +1,48 @@
+"""The long-sequence collapse report (issue 32): the verdict against the training-free baseline, the largest
+one-task drop and the mechanism's state at the end, by hand on made-up rows."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmarks import collapse
+from conftest import fake_run
+
+
+def _with(folder, method, seed, **columns):
+    """Add per-experience columns to a fake run's rows of (method, seed)."""
+    for path in (folder / "parts" / f"{method}-seed{seed}.csv", folder / "per_task.csv"):
+        rows = pd.read_csv(path)
+        for name, values in columns.items():
+            rows.loc[rows["method"] == method, name] = values
+        rows.to_csv(path, index=False)
+
+
+def test_verdict_drop_and_state_by_hand(tmp_path):
+    folder = fake_run(tmp_path / "runs" / "long", {("sdlora", 1993): [0.9, 0.5, 0.3],
+                                                   ("seq-lora", 1993): [0.9, 0.8, 0.6],
+                                                   ("simplecil", 1993): [0.9, 0.6, 0.5]}, class_order_seed=1993)
+    _with(folder, "sdlora", 1993, alphas=["1.0", "1.5 0.5", "3.0 0.5 0.25"], update_norm=[1.0, 2.0, 4.0],
+          head_row_norm_past=[np.nan, 1.0, 1.0], head_row_norm_newest=[1.0, 2.0, 3.0])
+    out = collapse.main([str(folder), "--out", str(tmp_path / "report")])
+    table = pd.read_csv(out / "collapse.csv").set_index("method")
+    sd = table.loc["sdlora"]
+    assert sd["final_acc_pct"] == pytest.approx(30.0) and sd["minus_baseline_pts"] == pytest.approx(-20.0)
+    assert bool(sd["collapses"]) is True
+    assert sd["largest_drop_pts"] == pytest.approx(40.0) and sd["largest_drop_after_task"] == 1  # 90 -> 50
+    assert (sd["alpha_min_final"], sd["alpha_max_final"]) == (0.25, 3.0)
+    assert sd["update_norm_growth"] == pytest.approx(4.0) and sd["head_newest_to_past"] == pytest.approx(3.0)
+    seq = table.loc["seq-lora"]
+    assert bool(seq["collapses"]) is False and seq["minus_baseline_pts"] == pytest.approx(10.0)
+    assert np.isnan(seq["alpha_min_final"])  # seq-lora's fake rows record no magnitudes
+    curve = pd.read_csv(out / "curve.csv")
+    assert curve.query("method == 'sdlora'")["acc_seen_pct"].tolist() == pytest.approx([90.0, 50.0, 30.0])
+    text = (out / "table.md").read_text()
+    assert "| sdlora | 3 | 30.00 | -20.00 | 1 of 1 | 40.00 | 0.25 / 3 | 4.00 | 3.00 | n/a |" in text
+    assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG" and (out / "curve.pdf").exists()
+
+
+def test_without_the_baseline_there_is_no_verdict(tmp_path):
+    folder = fake_run(tmp_path / "runs" / "long", {("sdlora", 1993): [0.9, 0.5]}, class_order_seed=1993)
+    out = collapse.main([str(folder), "--out", str(tmp_path / "report")])
+    assert "n/a (no baseline)" in (out / "table.md").read_text()
