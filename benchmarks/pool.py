@@ -27,7 +27,7 @@ def run_parallel(cfg: RunConfig, jobs_todo: list[tuple[str, int]], folder: RunFo
     """(method, seed) runs in ``jobs`` spawned processes; the parent folds their parts into the reports."""
     reported = False
     payload = [{"method": m, "seed": s, "config": cfg.to_json(), "folder": str(folder.path)} for m, s in jobs_todo]
-    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=_exit_with_parent) as executor:
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=exit_with_parent) as executor:
         futures = {executor.submit(_worker, job): (job["method"], job["seed"]) for job in payload}
         pending, seen = set(futures), folder.parts_signature()
         while pending:
@@ -78,7 +78,7 @@ def _refuse_orphan_writes(parent: int) -> None:
     guard_writes(check)
 
 
-def _exit_with_parent(poll_seconds: float = 0.5) -> None:
+def exit_with_parent(poll_seconds: float = 0.5) -> None:
     """Stop this worker when the parent dies (a killed ``compare`` must not leave workers writing its parts): every
     write first checks that the parent is alive, and a watch ends the worker within ``poll_seconds`` while it trains.
     Run once per worker process (the pool's initializer)."""

@@ -33,8 +33,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing as mp
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,6 +57,7 @@ from .compare import Parser  # noqa: E402
 from .config import RunConfig, add_run_flags, config_from_flags, run_flags  # noqa: E402
 from .local_paths import portable_record, portable_text  # noqa: E402
 from .methods import get_method, method_names  # noqa: E402
+from .pool import exit_with_parent  # noqa: E402
 from .protocols import AUTHORS_LR  # noqa: E402
 from .run_folder import RunFolder  # noqa: E402
 from .units import in_file_units  # noqa: E402
@@ -222,6 +225,31 @@ def run_candidate(cfg: RunConfig, method: str, recipe: Recipe, folder: Path, *, 
     return Outcome(**base, status="done", **_scores(folder))
 
 
+def _candidate_worker(job: tuple) -> tuple[str, str, str | None]:
+    """One candidate in a spawned process (``--jobs``): trains it into its folder; returns its failure, if any."""
+    torch.set_num_threads(1)
+    method, recipe, config, folder, quiet = job
+    failures: dict[str, dict[str, str]] = {}
+    run_candidate(RunConfig.from_json(config), method, recipe, Path(folder), quiet=quiet, failures=failures)
+    return method, recipe.key, failures.get(method, {}).get(recipe.key)
+
+
+def _run_in_parallel(todo: Sequence[tuple[str, Recipe, RunConfig, Path]], jobs: int, quiet: bool,
+                     failures: dict[str, dict[str, str]], failures_path: Path) -> None:
+    """Train the candidates ``todo`` in ``jobs`` spawned processes, one torch thread each (a many-core machine or a
+    GPU shared by several); each candidate's folder is its own, so they never write the same file. Failures are
+    recorded as they come; the serial pass after it then only reads the scores."""
+    payload = [(m, recipe, c_cfg.to_json(), str(folder), quiet) for m, recipe, c_cfg, folder in todo]
+    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=exit_with_parent) as executor:
+        for future in as_completed([executor.submit(_candidate_worker, job) for job in payload]):
+            method, key, failure = future.result()
+            if failure is not None:
+                failures.setdefault(method, {})[key] = failure
+                _record_failures(failures_path, method, failures[method])
+            if not quiet:
+                print(f"[tune {method}] {key}: {'failed: ' + failure if failure else 'trained'}", flush=True)
+
+
 def _record_failures(path: Path, method: str, mine: Mapping[str, str]) -> None:
     """Write ``method``'s failed candidates into ``path``, keeping what another process wrote for other methods."""
     data = json.loads(path.read_text()) if path.exists() else {}
@@ -237,10 +265,11 @@ def choose(outcomes: Sequence[Outcome]) -> Outcome | None:
 
 def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_class: int = DEFAULT_VALIDATION_PER_CLASS,
          tune_experiences: int = DEFAULT_TUNE_EXPERIENCES, order: int = DEFAULT_TUNE_ORDER, quiet: bool = True,
-         command: str = "benchmarks.tune", report_only: bool = False) -> dict[str, Any]:
+         command: str = "benchmarks.tune", report_only: bool = False, jobs: int = 1) -> dict[str, Any]:
     """Tune every method of ``methods`` into folder ``out`` (resuming what it holds); returns ``chosen.json``'s
     content. Methods that train nothing by gradient are recorded with no candidates. ``report_only``: train nothing,
-    write the files from the candidates finished so far (a method with some not run is "incomplete", no choice)."""
+    write the files from the candidates finished so far (a method with some not run is "incomplete", no choice).
+    ``jobs``: candidates trained at once in spawned processes (1: one after another in this one)."""
     out.mkdir(parents=True, exist_ok=True)
     settings = {"protocol": cfg.protocol, "config": portable_record(cfg.to_json(), out), "validation_per_class": validation_per_class,
                 "tune_experiences": tune_experiences, "class_order_seed": order, "seed": TUNE_SEED,
@@ -264,6 +293,12 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
     chosen: dict[str, Any] = {}
     bases = [get_method(m).recipe_of for m in methods if get_method(m).recipe_of]
     methods = list(dict.fromkeys([b for b in bases if b not in methods] + list(methods)))
+    if jobs > 1 and not report_only:
+        todo = [(m, recipe, candidate_config(cfg, m, recipe, validation_per_class, tune_experiences, order),
+                 out / "candidates" / m / recipe.key)
+                for m in methods if not get_method(m).recipe_of for recipe in candidates(m, cfg)
+                if recipe.key not in failures.get(m, {}) and not RunFolder(out / "candidates" / m / recipe.key).is_done()]
+        _run_in_parallel(todo, jobs, quiet, failures, failures_path)
     for method in methods:
         if get_method(method).recipe_of:
             chosen[method] = {"recipe_of": get_method(method).recipe_of, "candidates": 0}
@@ -353,6 +388,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results root; the tuning goes to <out>/<protocol>/<run-id>")
     p.add_argument("--run-id", default="tuned", help="folder name (default: tuned); an existing one is resumed")
     p.add_argument("--verbose", action="store_true", help="print each candidate's result")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="candidates trained at once, each in its own process with one torch thread (default: 1)")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write candidates.csv, chosen.json and README.md from the candidates finished "
                         "so far (methods with candidates not run yet are marked incomplete, with no choice)")
@@ -363,6 +400,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag, value in (("--validation-per-class", args.tune_validation), ("--tune-experiences", args.tune_experiences)):
         if value <= 0:
             p.error(f"{flag} must be a positive integer, got {value}")
+    if args.jobs < 1:
+        p.error(f"--jobs must be a positive integer, got {args.jobs}")
     if not args.run_id or any(c in args.run_id for c in "/\\") or args.run_id in (".", ".."):
         p.error(f"--run-id must be a plain folder name, got {args.run_id!r}")
     try:
@@ -382,8 +421,8 @@ def main(argv: list[str] | None = None) -> Path:
     out = Path(args.out) / args.config.protocol / args.run_id
     command = " ".join(["python -m benchmarks.tune"] + (argv if argv is not None else sys.argv[1:]))
     result = tune(args.config, args.methods, out, validation_per_class=args.tune_validation,
-                  tune_experiences=args.tune_experiences, order=args.tune_order, quiet=not args.verbose, report_only=args.report_only,
-                  command=command)
+                  tune_experiences=args.tune_experiences, order=args.tune_order, quiet=not args.verbose,
+                  report_only=args.report_only, command=command, jobs=args.jobs)
     print((out / "README.md").read_text())
     for method, pick in result["methods"].items():
         if "optimizer" in pick:

@@ -221,3 +221,22 @@ def test_two_processes_record_their_failures_side_by_side(tmp_path):
     tune._record_failures(path, "seq-lora", {})  # another process, with nothing failed, keeps l2p's record
     tune._record_failures(path, "inflora", {"adam-lr0.1": "diverged"})
     assert json.loads(path.read_text()) == {"l2p": {"sgd-lr0.03": "diverged"}, "inflora": {"adam-lr0.1": "diverged"}}
+
+
+def test_candidates_trained_in_parallel_score_as_one_after_another(tmp_path, monkeypatch):
+    """--jobs 2 trains the candidates in two spawned processes (each its own folder, one thread): the scores and the
+    choice equal those of the serial call, bit for bit (one seed, deterministic on the CPU)."""
+    _require_cifar()
+    npz = _train_only_npz(tmp_path / "train_only.npz")
+    monkeypatch.setattr(tune, "GRID_DECADES", (-0.5, 0.0))  # the parent's grid travels to the workers
+    monkeypatch.setattr(tune, "OPTIMIZERS", ("sgd",))
+    flags = ["--methods", "seq-lora", "--validation-per-class", "3", "--tune-experiences", "1", "--classes", "4",
+             "--n-experiences", "2", "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--threads", "1",
+             "--data", str(npz), "--train-per-class", "6"]
+    serial = tune.main([*flags, "--out", str(tmp_path / "a")])
+    parallel = tune.main([*flags, "--out", str(tmp_path / "b"), "--jobs", "2"])
+    a, b = (pd.read_csv(d / "candidates.csv").drop(columns=["train_seconds", "eval_seconds"]) for d in (serial, parallel))
+    pd.testing.assert_frame_equal(a, b)
+    assert len(a) == 2 and (a["status"] == "done").all()
+    with pytest.raises(SystemExit):
+        tune.main([*flags, "--out", str(tmp_path / "c"), "--jobs", "0"])
