@@ -15,12 +15,13 @@ from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training.plugins import EvaluationPlugin
 from test_dropin import tensor_benchmark
-from test_dropin_resume import one_thread  # noqa: F401 (an autouse fixture: one torch thread)
 
 from avalanche_sdlora import AdapterGrowthPlugin, SDLoRA, SDLoRAKD, SDLoRAOptions, SDLoRARR, sdlora_vit
 from avalanche_sdlora.checkpoint import CheckpointPlugin, load_checkpoint, save_checkpoint
 from avalanche_sdlora.options import VARIANTS
 from avalanche_sdlora.variants import SingleComponent
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (tests/conftest.py)
 
 RANK = 2
 PAIR = [f"backbone.blocks.{i}.attn.qkv.lora_{m}" for i in range(12) for m in "AB"]

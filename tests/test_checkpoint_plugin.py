@@ -10,11 +10,13 @@ from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training.plugins import EvaluationPlugin
 from safetensors.torch import save_file
-from test_dropin_resume import one_thread, tensor_benchmark  # noqa: F401 (one_thread: an autouse fixture)
+from test_dropin_resume import tensor_benchmark
 
 from avalanche_sdlora import SDLoRA, SDLoRAKD, SDLoRARR, sdlora_vit
 from avalanche_sdlora.checkpoint import (CheckpointPlugin, latest_checkpoint, load_checkpoint, restore_strategy_state,
                                          save_checkpoint, strategy_state)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (tests/conftest.py)
 
 
 class Crash(SupervisedPlugin):

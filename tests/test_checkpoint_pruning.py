@@ -13,12 +13,13 @@ from avalanche.evaluation.metrics import accuracy_metrics
 from avalanche.training.plugins import EvaluationPlugin
 from conftest import _require_cifar
 from test_checkpoint_plugin import Crash, _assert_same_weights, _loop, _model
-from test_dropin_resume import one_thread  # noqa: F401 (an autouse fixture)
 from test_resume import _rows
 
 from avalanche_sdlora import SDLoRA
 from avalanche_sdlora.checkpoint import (CheckpointPlugin, checkpoint_experiences, prune_checkpoints, save_checkpoint)
 from benchmarks import compare, runner
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (tests/conftest.py)
 
 EXPERIENCES = 5
 
