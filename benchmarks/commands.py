@@ -15,7 +15,7 @@ import importlib
 import io
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,40 +95,25 @@ def run(script: str, argv: Sequence[str] | None = None) -> int:
 
 
 # The console scripts ([project.scripts] of pyproject.toml names these).
-def sdlora_compare() -> int:
-    return run("sdlora-compare")
+def _entry(script: str) -> Callable[[], int]:
+    """The console-script function of ``script`` (pyproject.toml's [project.scripts] names one per command)."""
+
+    def entry() -> int:
+        return run(script)
+
+    entry.__name__ = script.replace("-", "_")
+    return entry
 
 
-def sdlora_findings() -> int:
-    return run("sdlora-findings")
-
-
-def sdlora_speed() -> int:
-    return run("sdlora-speed")
-
-
-def sdlora_study() -> int:
-    return run("sdlora-study")
-
-
-def sdlora_orders() -> int:
-    return run("sdlora-orders")
-
-
-def sdlora_headline() -> int:
-    return run("sdlora-headline")
-
-
-def sdlora_tune() -> int:
-    return run("sdlora-tune")
-
-
-def sdlora_migrate() -> int:
-    return run("sdlora-migrate")
-
-
-def sdlora_collapse() -> int:
-    return run("sdlora-collapse")
+sdlora_compare = _entry("sdlora-compare")
+sdlora_findings = _entry("sdlora-findings")
+sdlora_speed = _entry("sdlora-speed")
+sdlora_study = _entry("sdlora-study")
+sdlora_orders = _entry("sdlora-orders")
+sdlora_headline = _entry("sdlora-headline")
+sdlora_tune = _entry("sdlora-tune")
+sdlora_migrate = _entry("sdlora-migrate")
+sdlora_collapse = _entry("sdlora-collapse")
 
 
 def main(argv: list[str] | None = None) -> list[str]:

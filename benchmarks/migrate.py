@@ -59,7 +59,7 @@ from .findings import report as findings_report  # noqa: E402
 from .identity import added_since_0_2, labels  # noqa: E402
 from .local_paths import portable_record  # noqa: E402
 from .protocols import PROTOCOL_FIELDS, canonical  # noqa: E402
-from .reports import magnitudes  # noqa: E402
+from .reports import magnitudes, write_csv  # noqa: E402
 from .resume import AVALANCHE_TRAINING_HEADER, LOG_FILES  # noqa: E402
 from .run_folder import CALL_KEYS  # noqa: E402
 from .units import DERIVED_CSVS, FINDINGS_CSVS, file_name, in_file_units  # noqa: E402
@@ -280,9 +280,8 @@ def _migrate_run_folder(folder: Path) -> list[Path]:
     if (folder / "per_task.csv").exists():
         long = magnitudes(pd.read_csv(folder / "per_task.csv"))
         path = folder / "magnitudes.csv"
-        text = long.to_csv(index=False)
-        if len(long) and (not path.exists() or path.read_text() != text):
-            write_text(path, text)
+        if len(long) and (not path.exists() or path.read_text() != long.to_csv(index=False)):
+            write_csv(long, path)  # as write_reports writes it
             changed.append(path)
     for name in LOG_FILES:
         for log in sorted((folder / "csv").glob(f"*/*/{name}")):

@@ -36,10 +36,10 @@ import pandas as pd  # noqa: E402
 
 from avalanche_sdlora.atomic import remove_stale_temps, remove_temps_on_termination, write_text  # noqa: E402
 
+from .config import RunConfig  # noqa: E402
 from .methods import get_method, method_names  # noqa: E402
 from .reports import markdown_grid, method_style, run_records, save_figure  # noqa: E402
 from .run_folder import RunLock  # noqa: E402
-from .config import RunConfig  # noqa: E402
 from .run_set import ORDER_KEYS, RunSet  # noqa: E402
 from .units import in_file_units  # noqa: E402
 
@@ -84,8 +84,7 @@ def order_runs(runs: RunSet) -> pd.DataFrame:
     configs = {m.label: m.config for m in runs.members}
     records["recipe"] = [recipe_label(configs[r], m) for m, r in zip(records["method"], records["run"])]
     cols = ["method", "class_order_seed", "seed", "acc", "aaa", "forgetting", "bwt", "finished", "recipe",
-            "stored_params",
-            "inference_backbones", "own_prompt", "train_seconds", "eval_seconds", "run"]
+            "stored_params", "inference_backbones", "own_prompt", "train_seconds", "eval_seconds", "run"]
     return records[cols].reset_index(drop=True)
 
 
