@@ -38,26 +38,22 @@ import pandas as pd  # noqa: E402
 from avalanche_sdlora.atomic import write_text  # noqa: E402
 
 from .methods import method_names  # noqa: E402
-from .reports import markdown_grid, method_style, save_figure  # noqa: E402
+from .reports import magnitudes, markdown_grid, method_style, save_figure  # noqa: E402
 from .run_set import ORDER_KEYS, RunSet  # noqa: E402
 
 DEFAULT_BASELINE = "simplecil"
 KEYS = ["method", "class_order_seed", "experience"]
 
 
-def _alphas(text: object) -> list[float]:
-    if isinstance(text, str):
-        return [float(a) for a in text.split()]
-    return [float(text)] if isinstance(text, (int, float)) and np.isfinite(text) else []
-
-
 def curves(rows: pd.DataFrame) -> pd.DataFrame:
     """Per (method, order, experience): seen-class accuracy in percent and the mechanism's state after it."""
     out = rows.sort_values(KEYS)[KEYS].copy()
     out["acc_seen_pct"] = 100 * rows.loc[out.index, "acc_seen"].astype(float)
-    alphas = rows.loc[out.index, "alphas"].map(_alphas) if "alphas" in rows else pd.Series([[]] * len(out), out.index)
-    out["alpha_min"] = [min(a) if a else np.nan for a in alphas]
-    out["alpha_max"] = [max(a) if a else np.nan for a in alphas]
+    long = magnitudes(rows)  # the magnitudes' strings read once, as magnitudes.csv holds them
+    span = long.groupby(KEYS)["alpha"].agg(["min", "max"]) if len(long) else pd.DataFrame(columns=["min", "max"])
+    at = list(zip(*(out[k] for k in KEYS)))
+    out["alpha_min"] = [span["min"].get(k, np.nan) for k in at]
+    out["alpha_max"] = [span["max"].get(k, np.nan) for k in at]
     for column in ("update_norm", "head_row_norm_past", "head_row_norm_newest"):
         out[column] = rows.loc[out.index, column].astype(float) if column in rows else np.nan
     out["kd_absorbed"] = rows.loc[out.index, "kd_absorbed"] if "kd_absorbed" in rows else np.nan
