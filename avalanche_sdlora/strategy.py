@@ -331,16 +331,16 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
 class SDLoRARR(SDLoRA):
     """SD-LoRA-RR: SD-LoRA whose later tasks get lower-rank pairs (``rank_schedule``, default the paper's).
 
-    Takes every SDLoRA argument, in the same order; the ranks come from ``rank_schedule`` {first 0-based task:
+    Takes every SDLoRA keyword argument; the ranks come from ``rank_schedule`` {first 0-based task:
     rank} (default: ``options.rank_schedule``, the paper's), so ``rank`` is refused.
     """
 
-    def __init__(self, *args: Any, rank_schedule: Mapping[int, int] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, rank_schedule: Mapping[int, int] | None = None, **kwargs: Any) -> None:
         if kwargs.get("rank") is not None:
             raise ValueError("SDLoRARR takes each task's rank from rank_schedule; pass rank_schedule={0: r} for a "
                              "constant rank r, not rank=r")
         self._rank_schedule = rank_schedule
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
 
     def _own_options(self) -> dict[str, Any]:
         return {"rank_schedule": self._rank_schedule}
@@ -356,9 +356,9 @@ class SDLoRAKD(SDLoRA):
     direction that is absorbed (:class:`~avalanche_sdlora.plugins.DistillationPlugin`).
     """
 
-    def __init__(self, *args: Any, kd_threshold: float | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, kd_threshold: float | None = None, **kwargs: Any) -> None:
         self._kd_threshold = kd_threshold
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
 
     def _own_options(self) -> dict[str, Any]:
         return {"kd_threshold": self._kd_threshold}

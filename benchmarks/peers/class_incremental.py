@@ -25,9 +25,9 @@ class ClassIncrementalTemplate(SupervisedTemplate):
 
     method_label = "this method"  # how the refusal names the strategy
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, **kwargs) -> None:  # keywords only, as Avalanche 0.6 asks of strategies (else it warns)
         self._seen_classes: set[int] = set()
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
 
     def _before_training_exp(self, **kwargs) -> None:
         exp = self.experience

@@ -181,8 +181,8 @@ class RanPAC(FirstSessionStrategy):
     395 s in these solves).
     """
 
-    def __init__(self, *args, n_experiences: int | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *, n_experiences: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.n_experiences = n_experiences
 
     def _after_training_exp(self, **kwargs) -> None:
