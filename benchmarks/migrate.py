@@ -62,7 +62,7 @@ from .protocols import PROTOCOL_FIELDS, canonical  # noqa: E402
 from .reports import magnitudes, write_csv  # noqa: E402
 from .resume import AVALANCHE_TRAINING_HEADER, LOG_FILES  # noqa: E402
 from .run_folder import CALL_KEYS  # noqa: E402
-from .units import DERIVED_CSVS, FINDINGS_CSVS, file_name, in_file_units  # noqa: E402
+from .units import DECIMALS, DERIVED_CSVS, FINDINGS_CSVS, PERCENT, POINTS, file_name, in_file_units  # noqa: E402
 
 RECORDS = ("config.json", "sources.json", "tuning.json")
 _SDLORA_FIELDS = tuple(f.name for f in dataclasses.fields(SDLoRAOptions))
@@ -326,7 +326,7 @@ def migrate_units(text: str) -> str:
     table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     old = [c for c in table.columns if file_name(c) != c]
     if not old:
-        return text
+        return _rounded_units(table, text)
     for column in old:  # float() reads back exactly the float64 the writer wrote (shortest repr round-trips)
         table[column] = [float(v) if v != "" else float("nan") for v in table[column]]
     converted = in_file_units(table[old])
@@ -334,6 +334,21 @@ def migrate_units(text: str) -> str:
     for column in converted.columns:
         table[column] = converted[column]
     return table.to_csv(index=False)
+
+
+def _rounded_units(table: pd.DataFrame, text: str) -> str:
+    """A derived CSV already in today's names, with its percent and point cells as :func:`benchmarks.units.
+    in_percent` writes them since 0.4.1 (rounded to 10 decimals; 0.4.0 wrote 83.89999999999999 for 83.9); a file
+    whose cells need no rounding comes back unchanged, byte for byte."""
+    units = [c for c in table.columns if c.endswith((PERCENT, POINTS))]
+    changed = False
+    for column in units:
+        cells = list(table[column])
+        rounded = [repr(round(float(v), DECIMALS)) if v not in ("", "nan") else v for v in cells]
+        if rounded != cells:
+            table[column] = [float(v) if v not in ("", "nan") else float("nan") for v in rounded]
+            changed = True
+    return table.to_csv(index=False) if changed else text
 
 
 def _migrate_derived_csvs(root: Path) -> list[Path]:

@@ -17,7 +17,7 @@ Two kinds of CSV, two conventions:
   - ``_seconds``: seconds of wall time; ``_params``: a number of parameters (``trainable_params``,
     ``stored_params``); ``n_``: a count.
 
-The computations work in fractions; :func:`in_file_units` converts (times 100) and renames when a table is written,
+The computations work in fractions; :func:`in_file_units` converts (times 100, rounded to 10 decimals) and renames when a table is written,
 the one place that does, from the one list of accuracy-like columns below. (The findings' summaries, verdicts and
 README are computed from their measurement CSVs, so in percent from the start, under names that say so.)
 """
@@ -28,6 +28,7 @@ import pandas as pd
 
 PERCENT = "_pct"
 POINTS = "_pts"
+DECIMALS = 10  # of a percent or a point in a derived CSV (in_percent)
 
 # Accuracy-like columns of the derived tables, as the computations name them (fractions in [0, 1]).
 FRACTIONS: tuple[str, ...] = (
@@ -64,6 +65,17 @@ def in_file_units(table: pd.DataFrame) -> pd.DataFrame:
     out = table.copy()
     for column in table.columns:
         if file_name(column) != column:
-            out[column] = 100 * table[column].astype(float)
+            out[column] = in_percent(table[column].astype(float))
     return out.rename(columns=file_name)
+
+
+def percent(fraction: float) -> float:
+    """``fraction`` times 100, rounded to 10 decimals: 0.839 * 100 is 83.89999999999999 in float64, a tail that
+    says nothing (test-set accuracies are counts over at most 10^5 images) and that a reader would copy."""
+    return round(100 * float(fraction), DECIMALS)
+
+
+def in_percent(fractions: pd.Series) -> pd.Series:
+    """:func:`percent` of every cell (NaN stays NaN)."""
+    return fractions.map(percent)
 

@@ -17,6 +17,7 @@ from benchmarks.findings.low_loss import distance_rows
 from benchmarks.findings.sources import build_strategy, load_model, single_task_folder, task_seed
 from benchmarks.local_paths import portable_path
 from benchmarks.run_folder import RunFolder
+from benchmarks.units import percent
 from conftest import TINY
 
 POINTS = 3
@@ -243,7 +244,7 @@ def test_findings_measured_in_fractions_are_migrated_to_percent_and_their_report
     changed = migrate.migrate(tmp_path)
     assert tmp_path / "f1b_runs.csv" in changed and tmp_path / "README.md" in changed
     written = pd.read_csv(tmp_path / "f1b_runs.csv", float_precision="round_trip")
-    assert written["acc_pct"].tolist() == [100 * a for a in runs["acc"]] and "acc" not in written
+    assert written["acc_pct"].tolist() == [percent(a) for a in runs["acc"]] and "acc" not in written
     summary = pd.read_csv(tmp_path / "f1b_summary.csv").set_index("method")
     assert summary.loc["sdlora", "acc_mean_pct"] == pytest.approx(55.5)
     text = (tmp_path / "README.md").read_text()

@@ -3,10 +3,12 @@
 import json
 
 import pytest
+import pandas as pd
 
 from benchmarks import folder_checks, migrate
 from benchmarks.config import RunConfig
 from benchmarks.identity import identity_changes, labels, saved_identity
+from benchmarks.units import in_file_units
 
 # What compare wrote before RunConfig and identities existed (results/cifar100-tiny128/cpu-3seeds, before the
 # conversion): protocol fields in a dict under the protocol's former name, SD-LoRA's options flat.
@@ -175,6 +177,17 @@ def test_the_units_step_keeps_every_other_cell_as_written():
            'l2p,sgd-lr0.01,{},failed: nan loss,,,\n')
     new = migrate.migrate_units(old)
     assert new == ('method,candidate,options,status,val_acc_pct,val_mean_acc_pct,train_seconds\n'
-                   f'sdlora,sgd-lr0.008,"{{""a"": 1, ""b"": 2}}",done,{100 * 0.871!r},90.0,12.5\n'
+                   f'sdlora,sgd-lr0.008,"{{""a"": 1, ""b"": 2}}",done,87.1,90.0,12.5\n'
                    'l2p,sgd-lr0.01,{},failed: nan loss,,,\n')
     assert migrate.migrate_units(new) == new and migrate.migrate_units("") == ""
+
+
+def test_percent_cells_written_before_rounding_are_rounded_as_the_writer_rounds_them():
+    """0.4.0 wrote 100 * 0.839 as 83.89999999999999; today's writer (benchmarks.units.percent) writes 83.9, and the
+    migration gives an old file that text, byte for byte, keeping every other cell and a rounded file as it is."""
+    table = pd.DataFrame({"method": ["a", "b", "c"], "acc": [0.839, 0.5, float("nan")], "train_seconds": [1.25, 2, 3]})
+    written = in_file_units(table).to_csv(index=False)
+    assert "83.9," in written
+    old = written.replace("83.9,", f"{100 * 0.839!r},")
+    assert old != written and migrate.migrate_units(old) == written
+    assert migrate.migrate_units(written) == written

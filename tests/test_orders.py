@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks import orders
 from benchmarks.run_set import RunSet
+from benchmarks.units import in_percent, percent
 from conftest import fake_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,9 +47,9 @@ def test_paired_differences_and_wins_by_hand(tmp_path):
     computed = orders.order_runs(RunSet.read(list(map(str, folders))))  # the fractions the computation used
     fractions = orders.summarize_orders(computed).set_index("method")
     for name in ("acc_mean", "acc_std", "aaa_mean", "aaa_std", "forgetting_mean", "forgetting_std"):
-        np.testing.assert_array_equal(summary[f"{name}_pct"].to_numpy(), 100 * fractions[name].to_numpy())
+        np.testing.assert_array_equal(summary[f"{name}_pct"].to_numpy(), in_percent(fractions[name]).to_numpy())
     diffs = orders.paired(computed, "sdlora")["acc_diff"].to_numpy()
-    np.testing.assert_array_equal(pairs["acc_diff_pts"].to_numpy(), 100 * diffs)
+    np.testing.assert_array_equal(pairs["acc_diff_pts"].to_numpy(), np.array([percent(d) for d in diffs]))
     assert summary.loc["seq-lora", "orders"] == "1993 1994 1995"
     table = (out / "table.md").read_text()
     assert "| sdlora | 55.00 ± 5.00 | 72.50 ± 2.50 | 10.00 ± 0.00 | 60.00 | 50.00 | 55.00 | 3 | sgd 0.01 (protocol) | 1 | " \

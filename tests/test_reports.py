@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from benchmarks.reports import markdown_table, summarize
-from benchmarks.units import in_file_units
+from benchmarks.units import in_file_units, percent
 
 
 def _rows(method: str, seed: int, accs: list[float]) -> list[dict]:
@@ -65,7 +65,7 @@ def test_summary_csv_holds_in_percent_under_pct_names_the_fractions_summarize_co
     assert (row["stored_params"], row["train_seconds"], row["n_seeds"]) == (21, 2.0, 2)
     computed = summarize(per_task).set_index("method").loc["a"]
     for name in ("acc_mean", "acc_std", "aaa_mean", "aaa_std", "forgetting", "bwt"):
-        assert row[f"{name}_pct"] == 100 * computed[name]  # exactly: one conversion, at writing
+        assert row[f"{name}_pct"] == percent(computed[name])  # exactly: one conversion, at writing
     # per_task.csv, the raw record (and resume state), keeps Avalanche's fractions under their names
     assert pd.read_csv(tmp_path / "per_task.csv")["acc_seen"].tolist() == [0.9, 0.6, 0.8, 0.5]
 

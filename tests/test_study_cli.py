@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from benchmarks import study
+from benchmarks.units import percent
 
 TINY = ["--classes", "4", "--n-experiences", "2", "--test-per-class", "3", "--img-size", "32", "--threads", "1"]
 
@@ -44,7 +45,7 @@ def test_study_reuses_a_comparison_run_as_a_cell(tmp_path):
     assert {"acc_pct", "aaa_pct", "forgetting_pct", "final_update_norm"} <= set(runs.columns)
     # in percent: 100 x the fraction of the run's last row (per_task.csv keeps Avalanche's fractions)
     last = pd.read_csv(run / "per_task.csv").query("method == 'ncm'")["acc_seen"].iloc[-1]
-    assert runs["acc_pct"].iloc[0] == 100 * last
+    assert runs["acc_pct"].iloc[0] == percent(last)
 
 
 def test_cut_short_cells_are_compared_at_the_last_experience_every_run_reached():

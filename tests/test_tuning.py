@@ -16,6 +16,7 @@ from benchmarks import compare, tune, tuned
 from benchmarks.config import RunConfig
 from benchmarks.methods import get_method, method_names
 from benchmarks.train_amp import TrainingAutocastPlugin
+from benchmarks.units import percent
 
 from conftest import TINY, _require_cifar
 
@@ -123,9 +124,9 @@ def test_tune_chooses_on_validation_only_and_compare_trains_the_choice(tmp_path,
     # candidates.csv: validation scores in percent, named so (benchmarks.units), 100 x the candidate's last seen-class
     # accuracy in its per_task.csv (Avalanche's fractions)
     table = pd.read_csv(out / "candidates.csv", float_precision="round_trip").set_index("candidate")
-    assert "val_acc" not in table and table.loc[pick["candidate"], "val_acc_pct"] == 100 * pick["val_acc"]
+    assert "val_acc" not in table and table.loc[pick["candidate"], "val_acc_pct"] == percent(pick["val_acc"])
     last = pd.read_csv(out / "candidates" / "seq-lora" / "sgd-lr0.01" / "per_task.csv")["acc_seen"].iloc[-1]
-    assert table.loc["sgd-lr0.01", "val_acc_pct"] == 100 * last
+    assert table.loc["sgd-lr0.01", "val_acc_pct"] == percent(last)
     # a second call resumes: nothing is trained again, the same choice comes back
     again = tune.main(["--methods", "seq-lora", "simplecil", "--validation-per-class", "3", "--tune-experiences", "1",
                        "--out", str(tmp_path / "t"), *flags])
