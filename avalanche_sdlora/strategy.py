@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -328,6 +329,27 @@ class SDLoRA(DataParallelMixin, SupervisedTemplate):
         return self._columns
 
 
+def _with_sdlora_signature_of(own: str) -> Callable[[type[SDLoRA]], type[SDLoRA]]:
+    return lambda cls: _with_sdlora_signature(cls, own)
+
+
+def _with_sdlora_signature(cls: type[SDLoRA], own: str) -> type[SDLoRA]:
+    """``cls`` whose ``__init__`` shows SDLoRA's keywords, in SDLoRA's order, then its own ``own`` keyword.
+
+    Why: the variants take ``**kwargs`` and pass them to SDLoRA, but Avalanche reads a strategy's signature: it warns
+    on every construction of a class whose ``__init__`` has ``*args``, and maps a legacy positional call
+    (``SDLoRARR(model, optimizer, ...)``, with its deprecation warning, as for ``Naive``) onto the keyword-only
+    parameters in signature order. With this signature the call maps as SDLoRA's does, and ``help()`` lists every
+    argument the variant takes.
+    """
+    base = [p for p in inspect.signature(SDLoRA.__init__).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    var_keyword = [p for p in inspect.signature(SDLoRA.__init__).parameters.values() if p.kind is p.VAR_KEYWORD]
+    init = getattr(cls.__init__, "__wrapped__", cls.__init__)  # the function Avalanche's wrapper inspects and calls
+    init.__signature__ = inspect.Signature([*base, inspect.signature(init).parameters[own], *var_keyword])
+    return cls
+
+
+@_with_sdlora_signature_of("rank_schedule")
 class SDLoRARR(SDLoRA):
     """SD-LoRA-RR: SD-LoRA whose later tasks get lower-rank pairs (``rank_schedule``, default the paper's).
 
@@ -349,6 +371,7 @@ class SDLoRARR(SDLoRA):
         return RankReductionPlugin(self.options.schedule)
 
 
+@_with_sdlora_signature_of("kd_threshold")
 class SDLoRAKD(SDLoRA):
     """SD-LoRA-KD: a new direction the old ones already span is folded into their magnitudes.
 

@@ -360,9 +360,10 @@ def test_variants_show_their_own_keyword_and_take_the_same_positional_arguments(
     own = {SDLoRARR: "rank_schedule", SDLoRAKD: "kd_threshold"}
     assert [n for n in base if n in FIELDS] == [n for n in STRATEGY_FIELDS if n not in own.values()]
     assert all(base[n].default is None for n in base if n in FIELDS)
-    for cls, name in own.items():
+    for cls, name in own.items():  # SDLoRA's keywords in SDLoRA's order, then the variant's own (help() shows all)
         params = inspect.signature(cls.__init__).parameters
-        assert [n for n in params if n in FIELDS] == [name] and params[name].default is None
+        assert list(params) == [*list(base)[:-1], name, list(base)[-1]] and params[name].default is None
+        assert params[name].kind is inspect.Parameter.KEYWORD_ONLY
     for cls in VARIANTS:
         torch.manual_seed(0)
         model = sdlora_vit("vit_tiny_patch16_224", img_size=IMG, rank=2)
@@ -370,6 +371,9 @@ def test_variants_show_their_own_keyword_and_take_the_same_positional_arguments(
         with pytest.warns(PositionalArgumentsDeprecatedWarning):  # Avalanche's own warning for positional use
             strategy = cls(model, opt, nn.CrossEntropyLoss(), 8, 2, evaluator=evaluator())
         assert strategy.model is model and strategy.train_mb_size == 8 and strategy.train_epochs == 2
+        with warnings.catch_warnings():  # keywords: no warning at all (Avalanche warns of *args in a signature)
+            warnings.simplefilter("error")
+            cls(model=model, optimizer=opt, train_mb_size=8, evaluator=evaluator())
 
 
 # ---------------------------------------------------------------------------------------------- 14. options
