@@ -7,6 +7,10 @@ last, holds the experience index, the Python/NumPy RNG states, the strategy's st
 plugin's ``state_dict()``, Avalanche's clock and the evaluator's metric state), the adapter config with a
 fingerprint of the base weights, and the sha256 of the tensor file, verified on load.
 
+:func:`save_state` and :func:`load_state` write and read the same two files for a model that is not an
+``SDLoRAViT`` (the harness's peer methods): its tensors under ``state.`` and, in the JSON, what rebuilds its
+structure before they load.
+
 A checkpoint holds every stored direction so far, so its size grows with the tasks (ViT-Tiny, rank 10: about
 0.38 MB per task); keeping every one would make a run's checkpoints grow with the square of the tasks (about 480 MB
 after 50). Resume needs only the latest: :func:`prune_checkpoints` keeps the newest ``keep`` complete ones (default
@@ -29,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 from avalanche.core import SupervisedPlugin
 from avalanche.distributed import DistributedHelper
 from safetensors.torch import save as save_bytes
@@ -63,11 +68,29 @@ def save_checkpoint(directory: str | Path, experience: int, model: torch.nn.Modu
     JSON-serialisable state (``strategy_state(strategy)``); ``config`` is checked on load.
     """
     require_sdlora(model, "save_checkpoint")
+    tensors = {f"model.{k}": v for k, v in adapter_state_dict(model).items()}
+    return _write(directory, experience, tensors, {"extra": extra or {}, "adapters": adapter_config(model)}, config)
+
+
+def save_state(directory: str | Path, experience: int, tensors: dict[str, Tensor], state: dict,
+               extra: dict | None = None, config: dict | None = None) -> Path:
+    """A checkpoint of a model that is not an ``SDLoRAViT``, in the same files, checks and RNG capture.
+
+    Why: the harness's peer methods (prompts, per-task adapters, class statistics) resume exactly as SD-LoRA does,
+    from one format that never pickles. ``tensors`` are the model's (stored under ``state.``), ``state`` the JSON
+    that rebuilds its structure before they load (how many tasks it grew, ...); :func:`load_state` reads both.
+    """
+    return _write(directory, experience, {f"state.{k}": v.detach().contiguous() for k, v in tensors.items()},
+                  {"extra": extra or {}, "state": state}, config)
+
+
+def _write(directory: str | Path, experience: int, tensors: dict[str, Tensor], meta: dict,
+           config: dict | None) -> Path:
+    """The RNG states added to ``tensors`` and ``meta``, the tensors written, then the JSON (completeness)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     clean_stale_temp(d)
-    adapters = adapter_config(model)
-    tensors = {f"model.{k}": v for k, v in adapter_state_dict(model).items()}
+    tensors = dict(tensors)
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -75,14 +98,13 @@ def save_checkpoint(directory: str | Path, experience: int, model: torch.nn.Modu
     data = save_bytes(tensors)
     py = random.getstate()
     np_state = np.random.get_state()
-    meta = {"format": FORMAT, "experience": experience, "config": config or {}, "extra": extra or {},
-            "adapters": adapters, "sha256": sha256_hex(data),
+    meta = {"format": FORMAT, "experience": experience, "config": config or {}, **meta, "sha256": sha256_hex(data),
             "rng_python": [py[0], list(py[1]), py[2]],
             "rng_numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
     try:
         text = json.dumps(meta)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"save_checkpoint(extra=...) must be JSON-serialisable ({exc})") from exc
+        raise TypeError(f"a checkpoint's extra and state must be JSON-serialisable ({exc})") from exc
     json_path, tensor_path = _paths(d, experience)
     write_bytes(tensor_path, data)
     write_bytes(json_path, text.encode())
@@ -181,11 +203,10 @@ def load_checkpoint(directory: str | Path, experience: int, model: torch.nn.Modu
     """
     json_path, tensor_path = _paths(directory, experience)
     meta = _read_meta(json_path)
-    if config is not None:
-        diff = {k: (meta["config"].get(k), v) for k, v in config.items() if meta["config"].get(k) != v}
-        if diff:
-            raise ValueError(f"checkpoint '{json_path}' comes from another configuration: {diff} (saved, requested); "
-                             "resume with the same settings or start a new run")
+    if "state" in meta:
+        raise ValueError(f"checkpoint '{json_path}' holds another model's state (written by save_state), not an "
+                         "SDLoRAViT's; load it with load_state")
+    _check_config(json_path, meta, config)
     tensors = _read_tensors(json_path, tensor_path, meta)
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     if meta["format"] == FORMAT:
@@ -197,6 +218,35 @@ def load_checkpoint(directory: str | Path, experience: int, model: torch.nn.Modu
             raise ValueError(f"checkpoint '{tensor_path}' does not match this model ({' '.join(str(exc).split())[:300]}); "
                              "build the model as the saved run did (same sdlora_vit(model_name, img_size=..., "
                              "rank=...))") from exc
+    _restore_rngs(tensors, meta)
+    return meta["extra"]
+
+
+def load_state(directory: str | Path, experience: int, config: dict | None = None) -> tuple[dict[str, Tensor], dict, dict]:
+    """Read a checkpoint written by :func:`save_state` and restore the RNG states; returns ``(tensors, state, extra)``.
+
+    The file and ``config`` are checked before the RNGs change; rebuilding the structure from ``state`` and loading
+    ``tensors`` is the caller's (its model is not one this library knows).
+    """
+    json_path, tensor_path = _paths(directory, experience)
+    meta = _read_meta(json_path)
+    if "state" not in meta:
+        raise ValueError(f"checkpoint '{json_path}' holds an SDLoRAViT's adapters; load it with load_checkpoint")
+    _check_config(json_path, meta, config)
+    tensors = _read_tensors(json_path, tensor_path, meta)
+    _restore_rngs(tensors, meta)
+    return {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}, meta["state"], meta["extra"]
+
+
+def _check_config(json_path: Path, meta: dict, config: dict | None) -> None:
+    if config is not None:
+        diff = {k: (meta["config"].get(k), v) for k, v in config.items() if meta["config"].get(k) != v}
+        if diff:
+            raise ValueError(f"checkpoint '{json_path}' comes from another configuration: {diff} (saved, requested); "
+                             "resume with the same settings or start a new run")
+
+
+def _restore_rngs(tensors: dict[str, Tensor], meta: dict) -> None:
     torch.set_rng_state(tensors["rng.torch"])
     cuda = []
     while f"rng.cuda.{len(cuda)}" in tensors:
@@ -207,7 +257,6 @@ def load_checkpoint(directory: str | Path, experience: int, model: torch.nn.Modu
     random.setstate((v, tuple(s), g))
     kind, keys, pos, has_gauss, cached = meta["rng_numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
-    return meta["extra"]
 
 
 class CheckpointPlugin(SupervisedPlugin, supports_distributed=True):

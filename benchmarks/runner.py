@@ -27,11 +27,10 @@ from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetti
 from avalanche.logging import InteractiveLogger
 from avalanche.training.plugins import EvaluationPlugin
 
-from avalanche_sdlora.checkpoint import (latest_checkpoint, load_checkpoint, prune_checkpoints, restore_strategy_state,
-                                         save_checkpoint, strategy_state)
+from avalanche_sdlora.checkpoint import latest_checkpoint, prune_checkpoints, restore_strategy_state
 from avalanche_sdlora.metrics import AverageAnytimeAccuracy, ParameterCount
 
-from . import distributed
+from . import distributed, peer_checkpoint
 from .config import RunConfig
 from .methods import Method, get_method
 from .resume import ResumableCSVLogger, close_logs
@@ -145,7 +144,7 @@ def _resume_point(m: Method, seed: int, cfg: RunConfig, folder: RunFolder, strat
     if last is None:
         return strategy, 0
     try:
-        extra = load_checkpoint(ckpt_dir, last, strategy.model, config={"method": m.name, "seed": seed})
+        extra = peer_checkpoint.load(strategy, ckpt_dir, last, config={"method": m.name, "seed": seed})
     except Exception as err:  # noqa: BLE001 - re-raised naming the files
         raise ValueError(f"cannot resume {m.name} seed {seed} from its checkpoint "
                          f"'{ckpt_dir / f'exp{last}.safetensors'}' (and exp{last}.json): {err}; delete "
@@ -203,8 +202,7 @@ def _train(m: Method, seed: int, cfg: RunConfig, benchmark, folder: RunFolder, e
         eval_s = time.perf_counter() - t0
         row = _row(m, seed, cfg.order_seed(seed), i, T, res, params, strategy, train_s, eval_s)
         if m.checkpointable and distributed.is_main():
-            save_checkpoint(folder.checkpoints(m.name, seed), i, strategy.model, extra=strategy_state(strategy),
-                            config={"method": m.name, "seed": seed})
+            peer_checkpoint.save(strategy, folder.checkpoints(m.name, seed), i, config={"method": m.name, "seed": seed})
         emit(row)
         if m.checkpointable and distributed.is_main() and cfg.keep_checkpoints == "last":
             prune_checkpoints(folder.checkpoints(m.name, seed))  # after the row: until then the one before resumes

@@ -9,4 +9,4 @@ from .recipe import register_peer
 register_peer("coda-prompt", coda_prompt,
               summary="CODA-Prompt: prompts as attention-weighted sums of components, new ones orthogonal to old, "
                       "prefix-tuned",
-              single_process_only=OWN_TRAINING_FORWARD)
+              single_process_only=OWN_TRAINING_FORWARD, checkpointable=True)

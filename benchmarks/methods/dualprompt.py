@@ -9,4 +9,4 @@ from .recipe import register_peer
 register_peer("dualprompt", dualprompt,
               summary="DualPrompt: a G-prompt shared by all tasks and one E-prompt per task, prefix-tuned, "
                       "key-matched per image",
-              single_process_only=OWN_TRAINING_FORWARD)
+              single_process_only=OWN_TRAINING_FORWARD, checkpointable=True)

@@ -126,12 +126,15 @@ def lora_baseline_arguments(cfg: RunConfig, evaluator, plugins: Sequence, *own_p
                 **strategy_kwargs(cfg, evaluator, [*plugins, FiniteLossPlugin(), *own_plugins]))
 
 
-def register_peer(name: str, peer, *, summary: str, single_process_only: str | None = None) -> None:
+def register_peer(name: str, peer, *, summary: str, single_process_only: str | None = None,
+                  checkpointable: bool = False) -> None:
     """Register a peer mechanism module as method ``name``: its ``build_strategy`` (common signature, reference
     recipe unless ``lr``/``optimizer`` are given), ``stored_params``, ``REFERENCE_HPARAMS`` (with the optimizer and
     lr), ``INFERENCE_FORWARD_PASSES`` (and ``inference_backbones``, where the blocks per image differ), ``extra_columns`` if it has per-experience
     columns of its own, and, for a builder taking ``**options``, their names in ``OPTIONS``;
-    ``single_process_only``: why it cannot run under torchrun (the Method trait)."""
+    ``single_process_only``: why it cannot run under torchrun (the Method trait); ``checkpointable``: its strategy
+    saves and restores its whole state (:mod:`benchmarks.peer_checkpoint`), checked by tests/test_methods.py's
+    resume test."""
 
     def build(cfg: RunConfig, num_classes: int, evaluator, plugins):
         return peer.build_strategy(**peer_arguments(cfg, name, num_classes, evaluator, plugins))
@@ -142,4 +145,4 @@ def register_peer(name: str, peer, *, summary: str, single_process_only: str | N
                     inference_backbones=getattr(peer, "inference_backbones", None),
                     extra_columns=getattr(peer, "extra_columns", None),
                     options=builder_options(peer.build_strategy, getattr(peer, "OPTIONS", ())),
-                    single_process_only=single_process_only)(build)
+                    single_process_only=single_process_only, checkpointable=checkpointable)(build)

@@ -56,6 +56,20 @@ class ClassIncrementalTemplate(SupervisedTemplate):
             self.optimizer.add_param_group({"params": params})
         self.optimized_param_id = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
 
+    # Checkpoints (benchmarks.peer_checkpoint): by default the model's state dict is the whole trained state and its
+    # structure never changes; a peer that grows modules per task or keeps tensors outside the model overrides these.
+    def checkpoint_tensors(self) -> dict[str, Tensor]:
+        """The tensors a resumed run needs: here the model's state dict."""
+        return dict(self.model.state_dict())
+
+    def checkpoint_structure(self) -> dict:
+        """JSON that rebuilds what the tensors fill; here nothing grows."""
+        return {}
+
+    def restore_checkpoint(self, tensors: dict[str, Tensor], structure: dict) -> None:
+        """Load ``tensors`` strictly into the freshly built model."""
+        self.model.load_state_dict(tensors, strict=True)
+
     def current_class_logits(self, logits: Tensor) -> Tensor:
         """``logits`` with every class outside the current experience at ``-inf``: the training loss of the
         references that learn each task's classes against each other only (InfLoRA, the prompt methods, MOS)."""
