@@ -29,14 +29,15 @@ import json
 import random
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 from avalanche.core import SupervisedPlugin
 from avalanche.distributed import DistributedHelper
 from safetensors.torch import save as save_bytes
+from torch import Tensor
 
 from .adapter_format import (adapter_config, adapter_state_dict, load_adapter_state, read_checked_tensors, require_sdlora,
                          sha256_hex)
@@ -222,11 +223,13 @@ def load_checkpoint(directory: str | Path, experience: int, model: torch.nn.Modu
     return meta["extra"]
 
 
-def load_state(directory: str | Path, experience: int, config: dict | None = None) -> tuple[dict[str, Tensor], dict, dict]:
+def load_state(directory: str | Path, experience: int, config: dict | None = None,
+               restore: Callable[[dict[str, Tensor], dict], None] | None = None) -> tuple[dict[str, Tensor], dict, dict]:
     """Read a checkpoint written by :func:`save_state` and restore the RNG states; returns ``(tensors, state, extra)``.
 
-    The file and ``config`` are checked before the RNGs change; rebuilding the structure from ``state`` and loading
-    ``tensors`` is the caller's (its model is not one this library knows).
+    The file and ``config`` are checked before anything changes. ``restore(tensors, state)`` rebuilds the caller's
+    model (this library does not know it) and runs before the RNG states are set: growing modules draws random
+    initialisations, which must not shift the streams the resumed run continues with.
     """
     json_path, tensor_path = _paths(directory, experience)
     meta = _read_meta(json_path)
@@ -234,8 +237,11 @@ def load_state(directory: str | Path, experience: int, config: dict | None = Non
         raise ValueError(f"checkpoint '{json_path}' holds an SDLoRAViT's adapters; load it with load_checkpoint")
     _check_config(json_path, meta, config)
     tensors = _read_tensors(json_path, tensor_path, meta)
+    own = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
+    if restore is not None:
+        restore(own, meta["state"])
     _restore_rngs(tensors, meta)
-    return {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}, meta["state"], meta["extra"]
+    return own, meta["state"], meta["extra"]
 
 
 def _check_config(json_path: Path, meta: dict, config: dict | None) -> None:

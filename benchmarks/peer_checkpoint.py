@@ -57,9 +57,7 @@ def load(strategy, directory: str | Path, experience: int, config: dict) -> dict
     model = _model(strategy)
     if isinstance(model, SDLoRAViT):
         return load_checkpoint(directory, experience, model, config=config)
-    tensors, structure, extra = load_state(directory, experience, config=config)
-    strategy.restore_checkpoint(tensors, structure)
-    return extra
+    return load_state(directory, experience, config=config, restore=strategy.restore_checkpoint)[2]
 
 
 __all__ = ["CheckpointableStrategy", "save", "load", "restore_strategy_state"]
