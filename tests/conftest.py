@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
@@ -12,6 +13,11 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche_sdlora import sdlora_vit
 from avalanche_sdlora.assets import default_asset
 from avalanche_sdlora.data import split_cifar100
+
+# Under pytest-xdist (pyproject's addopts: two workers), each worker gets its share of the cores: two workers with
+# torch's default of one thread per core would run four threads on two cores.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 TINY_IMG = 32  # 2x2 patches + cls token: a 12-block ViT forward costs next to nothing
 
