@@ -76,6 +76,10 @@ every prefix sum; its inference pulls adapter ``j`` towards ``S_{j-1} / j``), th
 CIFAR-100 (d 192, r 16): A = 76,224; adapters 762,240 + sums 762,240 + current 76,224 + head 19,300 + prototypes
 19,200 + means 19,200 + covariances 3,686,400 = 5,344,804. ViT-B/16 (d 768): A = 304,320; covariances 58,982,400
 of 65,603,620 in all (float32: 21.4 MB for ViT-Tiny, 262 MB for ViT-B).
+
+Checkpoints (:mod:`benchmarks.peer_checkpoint`): the model's state dict (all of the above, the class-to-task map and
+the frozen backbone) and the number of tasks and classes, from which :meth:`MOSModel.grow` rebuilds a fresh model's
+slots before the tensors load strictly; 43.6 MB for ViT-Tiny after 10 tasks of CIFAR-100 (24.6 MB after one).
 """
 
 from __future__ import annotations
