@@ -9,4 +9,4 @@ from .recipe import register_peer
 register_peer("mos", mos,
               summary="MOS: per-task adapters merged by EMA, class Gaussians for classifier alignment, self-refined "
                       "adapter retrieval at inference (one pass per task)",
-              single_process_only=SHARDED_FIT)
+              single_process_only=SHARDED_FIT, checkpointable=True)
