@@ -9,4 +9,4 @@ from .recipe import register_peer
 register_peer("care", care,
               summary="CaRE: per-task adapters under bi-level routing, cosine head aligned on features drawn from "
                       "stored class Gaussians",
-              single_process_only=SHARDED_FIT)
+              single_process_only=SHARDED_FIT, checkpointable=True)

@@ -405,6 +405,25 @@ class CaREViT(nn.Module):
             moe.add_task(len(classes))
         self.head.add_task(classes)
 
+    def task_classes(self) -> list[list[int]]:
+        """The classes of each learned task, in learned order."""
+        return [t.tolist() for t in self.head.class_ids.split(self.head.task_sizes)]
+
+    def grow(self, task_classes: list[list[int]], statistics: int) -> None:
+        """Give a freshly built model the modules of ``task_classes`` (through :meth:`add_task`) and ``statistics``
+        class Gaussians, as placeholders a checkpoint's tensors fill (a resumed run).
+
+        The initialisations draw from the RNGs, which a resumed run has just restored: they draw from a fork, so the
+        run continues with exactly the RNG states saved.
+        """
+        if self.num_tasks or self.stats.means.shape[0]:
+            raise RuntimeError(f"CaREViT.grow needs a freshly built model; this one has learned {self.num_tasks} tasks")
+        device = self.head.class_ids.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            for classes in task_classes:
+                self.add_task(classes)
+        self.stats.grow(statistics)
+
     def current_classes(self) -> Tensor:
         return self.head.class_ids[-self.head.task_sizes[-1]:]
 
@@ -465,6 +484,44 @@ class CaRE(ClassIncrementalTemplate):
             if not set(classes) <= set(model.head.class_ids.tolist()):
                 model.add_task(classes)
         return super().model_adaptation(model)
+
+    # Checkpoints (benchmarks.peer_checkpoint): the model's state dict holds every tensor (shared adapters, each task's
+    # expert, router and latent head, the head's rows and class ids, the class Gaussians); the structure says which
+    # tasks to grow and how many classes have statistics, and keeps the strategy's records (phase lrs, alignment
+    # losses). Optimizer, scheduler and the shared adapters' anchors are rebuilt in every phase.
+    def checkpoint_structure(self) -> dict:
+        """Each task's classes and the number of class Gaussians (what :meth:`CaREViT.grow` rebuilds), the records."""
+        model: CaREViT = self.model
+        return {"task_classes": model.task_classes(), "statistics": int(model.stats.means.shape[0]),
+                "phase_lrs": self.phase_lrs, "align_losses": self.align_losses}
+
+    def restore_checkpoint(self, tensors: dict[str, Tensor], structure: dict) -> None:
+        """Grow the freshly built model to ``structure`` and load ``tensors`` strictly (a missing, extra or
+        differently shaped tensor is an error naming it)."""
+        model: CaREViT = self.model
+        tasks, statistics = structure.get("task_classes"), structure.get("statistics")
+        if (not isinstance(tasks, list) or not all(isinstance(t, list) and t and all(isinstance(c, int) for c in t)
+                                                   for t in tasks)
+                or not isinstance(statistics, int) or statistics < 0):
+            raise ValueError(f"CaRE checkpoint structure {structure!r} needs 'task_classes' (a list of each task's "
+                             "class ids) and 'statistics' (a non-negative integer); it was not written by CaRE")
+        model.grow(tasks, statistics)
+        expected = model.state_dict()
+        problems = {"missing": sorted(expected.keys() - tensors.keys()),
+                    "unexpected": sorted(tensors.keys() - expected.keys()),
+                    "of another shape": sorted(k for k in expected.keys() & tensors.keys()
+                                               if expected[k].shape != tensors[k].shape)}
+        if any(problems.values()):
+            said = "; ".join(f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})"
+                             for what, keys in problems.items() if keys)
+            raise ValueError(f"CaRE checkpoint tensors do not match its structure ({len(tasks)} tasks, {statistics} "
+                             f"class Gaussians) on this model: {said}")
+        model.load_state_dict(tensors, strict=True)
+        if model.task_classes() != tasks:
+            raise ValueError(f"CaRE checkpoint's head holds the classes {model.task_classes()} per task, its structure "
+                             f"{tasks}")
+        self.phase_lrs = [[float(v) for v in phase] for phase in structure.get("phase_lrs", [])]
+        self.align_losses = [[float(v) for v in losses] for losses in structure.get("align_losses", [])]
 
     def criterion(self) -> Tensor:
         if not self.is_training:

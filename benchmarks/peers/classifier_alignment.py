@@ -53,6 +53,16 @@ class ClassGaussians(nn.Module):
         self.means = torch.stack(means).to(self.means)
         self.covs = torch.stack(covs).to(self.covs)
 
+    def grow(self, n_classes: int) -> None:
+        """Zero placeholder statistics for ``n_classes`` classes on an empty instance: the shapes a checkpoint's
+        tensors fill when a run resumes (:mod:`benchmarks.peer_checkpoint`)."""
+        if self.means.shape[0]:
+            raise RuntimeError(f"ClassGaussians.grow needs empty statistics; these hold {self.means.shape[0]} classes")
+        if n_classes < 0:
+            raise ValueError(f"n_classes must be >= 0, got {n_classes}")
+        self.means = self.means.new_zeros(n_classes, self.means.shape[1])
+        self.covs = self.covs.new_zeros(n_classes, *self.covs.shape[1:])
+
     def sample(self, per_class: int) -> tuple[Tensor, Tensor]:
         """``per_class`` draws of each class's Gaussian, class by class (the reference's order); labels = rows."""
         xs = []
