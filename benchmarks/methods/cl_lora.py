@@ -9,4 +9,4 @@ from .recipe import register_peer
 register_peer("cl-lora", cl_lora,
               summary="CL-LoRA: distilled task-shared LoRA in the first blocks, task-specific LoRA with block weights "
                       "in the later ones, prototypes per task pathway",
-              single_process_only=SHARDED_FIT)
+              single_process_only=SHARDED_FIT, checkpointable=True)

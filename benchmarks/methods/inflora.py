@@ -8,4 +8,4 @@ from .recipe import register_peer
 
 register_peer("inflora", inflora,
               summary="InfLoRA: per-task k/v branches whose input matrices avoid the subspace kept for earlier tasks",
-              single_process_only=SHARDED_COVARIANCES)
+              single_process_only=SHARDED_COVARIANCES, checkpointable=True)

@@ -300,18 +300,40 @@ class CLLoRAViT(nn.Module):
     # ---------------------------------------------------------------------------------------- task boundaries
     def start_task(self, classes: Sequence[int]) -> None:
         """New specific LoRA, block weights and training head; train exactly what the reference trains."""
-        device = self.prototypes.device
         for p in self.parameters():
             p.requires_grad_(False)
-        self.specific.append(nn.ModuleList(self._pairs() for _ in range(self.n_specific)).to(device))
-        self.block_weights.append(nn.Parameter(torch.empty(3, self.n_specific, device=device).uniform_(0.5, 1.5)))
-        self.head = ProxyHead(self.width, classes, device=device)
+        self._add_task_modules()
+        self.head = ProxyHead(self.width, classes, device=self.prototypes.device)
         for pairs in self.shared:
             for pair in pairs:
                 pair.up.requires_grad_(True)
         self.specific[-1].requires_grad_(True)
         self.block_weights[-1].requires_grad_(True)
         self.head.requires_grad_(True)
+
+    def _add_task_modules(self) -> None:
+        """A new task's specific LoRA and block weights (random: the caller's random stream advances)."""
+        device = self.prototypes.device
+        self.specific.append(nn.ModuleList(self._pairs() for _ in range(self.n_specific)).to(device))
+        self.block_weights.append(nn.Parameter(torch.empty(3, self.n_specific, device=device).uniform_(0.5, 1.5)))
+
+    def grow(self, tasks: int, prototypes: int) -> None:
+        """Make a freshly built model the shape it has after ``tasks`` finished tasks with ``prototypes`` classes
+        (values are placeholders for a checkpoint's tensors): the tasks' modules, the teacher, the prototype rows;
+        everything frozen, as after :meth:`end_task`. The random initialisations do not touch the caller's streams."""
+        if self.num_tasks or self.head is not None or len(self.prototypes):
+            raise RuntimeError(f"grow() rebuilds a freshly built CLLoRAViT; this one already has {self.num_tasks} "
+                               "task(s)")
+        device = self.prototypes.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            for _ in range(tasks):
+                self._add_task_modules()
+        if tasks:
+            self.end_task()
+        self.requires_grad_(False)
+        self.prototypes = self.prototypes.new_zeros(prototypes, self.width)
+        self.proto_class = self.proto_class.new_zeros(prototypes)
+        self.proto_task = self.proto_task.new_zeros(prototypes)
 
     def end_task(self) -> None:
         """Freeze the task's LoRA and block weights, snapshot the shared LoRA as the next teacher, drop the head."""
@@ -449,6 +471,27 @@ class CLLoRA(ClassIncrementalTemplate):
         self.model.add_prototypes(features, labels, self.model.num_tasks - 1)
         self.model.end_task()
         super()._after_training_exp(**kwargs)
+
+    # Checkpoints (benchmarks.peer_checkpoint): the model's state dict holds everything (shared LoRA, teacher, each
+    # task's LoRA and block weights, prototypes with their class and task); the structure grows a fresh model to it.
+    def checkpoint_structure(self) -> dict:
+        """Tasks finished and prototype rows: what :meth:`CLLoRAViT.grow` needs before the tensors load."""
+        if self.model.head is not None:
+            raise RuntimeError("CL-LoRA is checkpointed between experiences, not while a task trains")
+        return {"tasks": self.model.num_tasks, "prototypes": len(self.model.prototypes)}
+
+    def restore_checkpoint(self, tensors: dict[str, Tensor], structure: dict) -> None:
+        """Grow the freshly built model to ``structure`` and load ``tensors`` strictly."""
+        tasks, prototypes = structure.get("tasks"), structure.get("prototypes")
+        if type(tasks) is not int or type(prototypes) is not int or tasks < 0 or prototypes < 0:
+            raise ValueError(f"a CL-LoRA checkpoint's structure needs integer 'tasks' and 'prototypes', got {structure}")
+        self.model.grow(tasks, prototypes)
+        try:
+            self.model.load_state_dict(tensors, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"the checkpoint's tensors do not fit a CL-LoRA model grown to {tasks} task(s) and "
+                             f"{prototypes} prototype(s) (is it this method's, with the same backbone, rank and "
+                             f"split?): {err}") from err
 
     @torch.no_grad()
     def prototype_pass(self, num_workers: int = 0, **kwargs) -> tuple[Tensor, Tensor]:

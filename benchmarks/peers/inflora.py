@@ -176,9 +176,22 @@ class InfLoRAViT(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.backbone(x))
 
+    @property
+    def num_tasks(self) -> int:
+        return self.adapters[0].num_tasks
+
     def add_task(self) -> None:
         for a in self.adapters:
             a.add_branch(self.rank)
+
+    def grow(self, tasks: int) -> None:
+        """Make a freshly built model hold ``tasks`` branches per layer (zeros until a checkpoint's tensors load);
+        the head grows from the tensors themselves (:class:`FrozenPastHead`)."""
+        if self.num_tasks:
+            raise RuntimeError(f"grow() rebuilds a freshly built InfLoRAViT; this one already has {self.num_tasks} "
+                               "task(s)")
+        for _ in range(tasks):
+            self.add_task()
 
     @torch.no_grad()
     def layer_input_covariances(self, images: Iterable[Tensor]) -> list[Tensor]:
@@ -268,6 +281,54 @@ class InfLoRA(ClassIncrementalTemplate):
         self.subspace_plugin = InfLoRAPlugin(n_experiences, threshold_start, threshold_end)
         super().__init__(model=model, optimizer=optimizer, criterion=criterion or nn.CrossEntropyLoss(),
                          plugins=[self.subspace_plugin] + list(plugins or []), **kwargs)
+
+    # Checkpoints (benchmarks.peer_checkpoint): the model's state dict (branches, head) plus the kept subspace, which
+    # lives on the plugin (float64 bases under ``strategy.subspace.<layer>``, their kinds and the thresholds in JSON).
+    def checkpoint_tensors(self) -> dict[str, Tensor]:
+        """The model's state dict and the DualGPM bases of :class:`InfLoRAPlugin`."""
+        if any(a.merged for a in self.model.adapters):
+            raise RuntimeError("unmerge() InfLoRA's branches before checkpointing: a merged model's base weights "
+                               "hold the branch sum")
+        tensors = dict(self.model.state_dict())
+        tensors.update({f"strategy.subspace.{i}": b for i, b in enumerate(self.subspace_plugin.subspace.bases)})
+        return tensors
+
+    def checkpoint_structure(self) -> dict:
+        """Branches per layer, the subspace bases' kinds and the thresholds used so far."""
+        plugin = self.subspace_plugin
+        return {"tasks": self.model.num_tasks, "subspace_kinds": list(plugin.subspace.kinds),
+                "thresholds": list(plugin.thresholds)}
+
+    def restore_checkpoint(self, tensors: dict[str, Tensor], structure: dict) -> None:
+        """Grow the freshly built model to ``structure``'s tasks, load its tensors strictly, restore the subspace."""
+        tasks, kinds = structure.get("tasks"), structure.get("subspace_kinds")
+        thresholds = structure.get("thresholds")
+        if (type(tasks) is not int or tasks < 0 or not isinstance(kinds, list) or not isinstance(thresholds, list)
+                or any(k not in ("remove", "retain") for k in kinds)):
+            raise ValueError("an InfLoRA checkpoint's structure needs an integer 'tasks', 'subspace_kinds' (remove "
+                             f"or retain per layer) and 'thresholds', got {structure}")
+        plugin = self.subspace_plugin
+        if len(plugin.subspace) or plugin.thresholds:
+            raise RuntimeError("restore_checkpoint() rebuilds a freshly built InfLoRA; this one has trained already")
+        prefix = "strategy.subspace."
+        bases = {k: v for k, v in tensors.items() if k.startswith(prefix)}
+        expected = {f"{prefix}{i}" for i in range(len(kinds))}
+        if set(bases) != expected or len(thresholds) != tasks or (tasks > 0) != bool(kinds):
+            raise ValueError(f"an InfLoRA checkpoint of {tasks} task(s) needs {tasks} thresholds and one subspace "
+                             f"basis per kind ({len(kinds)}), got {len(thresholds)} thresholds and bases "
+                             f"{sorted(bases)}")
+        if kinds and len(kinds) != len(self.model.adapters):
+            raise ValueError(f"the checkpoint keeps a subspace for {len(kinds)} layers; this model has "
+                             f"{len(self.model.adapters)}")
+        self.model.grow(tasks)
+        try:
+            self.model.load_state_dict({k: v for k, v in tensors.items() if k not in bases}, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"the checkpoint's tensors do not fit an InfLoRA model grown to {tasks} task(s) (is it "
+                             f"this method's, with the same backbone and rank?): {err}") from err
+        plugin.subspace.bases = [bases[f"{prefix}{i}"].to(self.device) for i in range(len(kinds))]
+        plugin.subspace.kinds = list(kinds)
+        plugin.thresholds = [float(t) for t in thresholds]
 
     def criterion(self):
         out = self.mb_output
