@@ -106,6 +106,9 @@ class PrototypeHead(nn.Module):
 
     def restore_structure(self, structure: dict) -> None:
         """Grow a fresh head to ``structure``'s number of classes (ids and prototypes come with the tensors)."""
+        if set(structure) != {"classes"}:
+            raise ValueError(f"PrototypeHead: checkpoint structure {sorted(structure)} is not a prototype head's "
+                             "(['classes']); it was written by another method")
         n = int(structure["classes"])
         self.class_ids = self.class_ids.new_zeros(n)
         self.prototypes = self.prototypes.new_zeros(n, self.prototypes.shape[1])

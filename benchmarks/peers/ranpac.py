@@ -169,6 +169,9 @@ class RandomProjectionRidge(nn.Module):
     def restore_structure(self, structure: dict) -> None:
         """Grow a fresh head to ``structure``: head rows for its classes, its lambdas and seed (``G``, ``Q``, the
         projection, the ids and the head come with the tensors)."""
+        if set(structure) != {"classes", "ridges", "seed"}:
+            raise ValueError(f"RandomProjectionRidge: checkpoint structure {sorted(structure)} is not RanPAC's "
+                             "(['classes', 'ridges', 'seed']); it was written by another method")
         n = int(structure["classes"])
         self.class_ids = self.class_ids.new_zeros(n)
         self.weight = self.weight.new_zeros(n, self.dim)
