@@ -152,8 +152,8 @@ class FirstSessionStrategy(ClassIncrementalTemplate):
                              "(keys 'adapted', 'classifier'); it was written by another method")
         if structure["adapted"] != model.adapted:
             if not structure["adapted"]:
-                raise ValueError(f"{type(self).__name__}: the checkpoint was never adapted but this model has nothing "
-                                 "to adapt (or the reverse); it was written with other settings")
+                raise ValueError(f"{type(self).__name__}: the checkpoint's model still had its first session to "
+                                 "adapt, this one has no adapters; it was written by another method")
             model.end_adaptation()
             self.make_optimizer()  # as after the first experience: nothing trains any more
         model.classifier.restore_structure(structure["classifier"])
