@@ -85,6 +85,8 @@ def test_a_checkpoint_of_another_structure_is_refused(tiny_bench, tmp_path, one_
         build(seed=0).restore_checkpoint(tensors_0, structure_1)
     with pytest.raises(ValueError, match=r"classes \[7\] have no row among its 2 class means"):
         build(seed=0).restore_checkpoint(tensors_1, {**structure_1, "classes": [0, 1, 7]})
+    with pytest.raises(ValueError, match=r"structure \['classes'\] is not ncm's"):
+        build(seed=0).restore_checkpoint(tensors_1, {"classes": 2})  # e.g. SimpleCIL's
     fresh = build(seed=0)
     fresh.restore_checkpoint(tensors_1, structure_1)
     assert torch.equal(fresh.model[1].class_means, strategy.model[1].class_means)

@@ -69,6 +69,9 @@ class NCMStrategy(SupervisedTemplate):
     def restore_checkpoint(self, tensors: dict[str, Tensor], structure: dict) -> None:
         """Give a fresh classifier the checkpoint's means buffer, load strictly, then rebuild its dictionary."""
         backbone, ncm = self.model[0], self.model[1]
+        if set(structure) != {"means_shape", "classes", "max_class"}:
+            raise ValueError(f"{type(self).__name__}: checkpoint structure {sorted(structure)} is not ncm's "
+                             "(['classes', 'max_class', 'means_shape']); it was written by another method")
         shape = structure["means_shape"]
         if shape is not None:
             device = next(backbone.parameters()).device
