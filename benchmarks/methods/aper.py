@@ -8,4 +8,4 @@ from .recipe import register_peer
 
 register_peer("aper", aper,
               summary="APER: first-session adapter, then cosine prototypes of frozen + adapted features",
-              single_process_only=SHARDED_FIT)
+              single_process_only=SHARDED_FIT, checkpointable=True)

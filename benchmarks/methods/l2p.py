@@ -21,7 +21,7 @@ def stored_params(strategy) -> int:
                  inference_forward_passes=2,  # the frozen query ViT, then the prompted one
                  reference_hparams={k: (v, "Avalanche 0.6 LearningToPrompt default")
                                     for k, v in l2p.avalanche_defaults().items()},
-                 single_process_only=AVALANCHE_L2P)
+                 single_process_only=AVALANCHE_L2P, checkpointable=True)
 def build(cfg, num_classes, evaluator, plugins):
     recipe = get_method("l2p").recipe(cfg)
     return l2p.build_l2p(model_name=cfg.model, checkpoint=cfg.checkpoint, img_size=cfg.img_size, optimizer_lr=recipe.lr,

@@ -15,7 +15,7 @@ from .registry import register_method
 
 @register_method("ncm", summary="SimpleCIL with L2-normalised prototypes (cosine nearest class mean, frozen backbone)",
                  stored_params=ncm.stored_params, recipe=no_training,
-                 single_process_only=SHARDED_FIT)
+                 single_process_only=SHARDED_FIT, checkpointable=True)
 def build(cfg, num_classes, evaluator, plugins):
     backbone = create_backbone(cfg.model, checkpoint=cfg.checkpoint, img_size=cfg.img_size)
     return ncm.NCMStrategy(backbone=backbone, **{**strategy_kwargs(cfg, evaluator, plugins), "train_epochs": 1})

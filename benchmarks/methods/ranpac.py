@@ -9,4 +9,4 @@ from .recipe import register_peer
 register_peer("ranpac", ranpac,
               summary="RanPAC: first-session adapter, then a random ReLU projection and a ridge head refitted per "
                       "experience",
-              single_process_only=SHARDED_FIT)
+              single_process_only=SHARDED_FIT, checkpointable=True)

@@ -17,6 +17,6 @@ from .registry import register_method
                  reference_hparams=aper.SIMPLECIL_REFERENCE_HPARAMS,
                  options=tuple(o for o in builder_options(aper.build_simplecil_strategy)
                                if o not in ("lr", "optimizer")),  # nothing trains
-                 single_process_only=SHARDED_FIT)
+                 single_process_only=SHARDED_FIT, checkpointable=True)
 def build(cfg, num_classes, evaluator, plugins):
     return aper.build_simplecil_strategy(**peer_arguments(cfg, "simplecil", num_classes, evaluator, plugins))

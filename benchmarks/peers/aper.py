@@ -100,6 +100,19 @@ class PrototypeHead(nn.Module):
         self.class_ids = torch.tensor(ids, dtype=torch.long, device=self.class_ids.device)
         self.prototypes = torch.stack([protos[c] for c in ids]).to(self.prototypes)
 
+    def checkpoint_structure(self) -> dict:
+        """How many classes it holds: the rows a fresh head needs before its buffers load."""
+        return {"classes": int(self.class_ids.numel())}
+
+    def restore_structure(self, structure: dict) -> None:
+        """Grow a fresh head to ``structure``'s number of classes (ids and prototypes come with the tensors)."""
+        if set(structure) != {"classes"}:
+            raise ValueError(f"PrototypeHead: checkpoint structure {sorted(structure)} is not a prototype head's "
+                             "(['classes']); it was written by another method")
+        n = int(structure["classes"])
+        self.class_ids = self.class_ids.new_zeros(n)
+        self.prototypes = self.prototypes.new_zeros(n, self.prototypes.shape[1])
+
     def forward(self, f: Tensor) -> Tensor:
         with torch.autocast(f.device.type, enabled=False):  # cosines in float32 even under an evaluation autocast
             cos = F.normalize(f.float(), dim=1) @ F.normalize(self.prototypes, dim=1).T

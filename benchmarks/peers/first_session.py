@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from .adaptformer import adapters_of
 from .class_incremental import ClassIncrementalTemplate
+from .exact_load import load_exactly
 
 __all__ = ["place_logits", "CosineHead", "FirstSessionModel", "FirstSessionStrategy", "first_session_optimizer",
            "first_session_plugins", "OPTIMIZERS"]
@@ -64,9 +65,11 @@ class CosineHead(nn.Module):
 class FirstSessionModel(nn.Module):
     """A frozen timm ViT (with adapters when the method adapts), a training head while adapting, a fitted classifier.
 
-    ``classifier`` is any module with ``absorb(features, labels)`` (fit from one experience's features) and
-    ``forward(features) -> logits``. ``features`` is what the classifier sees (APER overrides it to concatenate
-    the frozen and the adapted model); the training head always sees the adapted backbone, as in the references.
+    ``classifier`` is any module with ``absorb(features, labels)`` (fit from one experience's features),
+    ``forward(features) -> logits`` and, for checkpoints, ``checkpoint_structure()`` (JSON: how far it has grown) and
+    ``restore_structure(structure)`` (grow a fresh one to it, so its tensors load strictly). ``features`` is what the
+    classifier sees (APER overrides it to concatenate the frozen and the adapted model); the training head always sees
+    the adapted backbone, as in the references.
     """
 
     def __init__(self, backbone: nn.Module, classifier: nn.Module) -> None:
@@ -131,6 +134,30 @@ class FirstSessionStrategy(ClassIncrementalTemplate):
         features, labels = self.feature_pass(**kwargs)
         self.model.classifier.absorb(features, labels)
         super()._after_training_exp(**kwargs)
+
+    # Checkpoints (benchmarks.peer_checkpoint): the model's state dict (backbone, adapters, classifier buffers) plus the
+    # JSON that grows a fresh model to it: adaptation ended or not, and the classifier's own growth.
+    def checkpoint_structure(self) -> dict:
+        """Whether the first session is over and how far the classifier has grown (taken between experiences)."""
+        if self.model.head is not None:
+            raise RuntimeError("a FirstSessionStrategy is checkpointed between experiences, not while it adapts")
+        return {"adapted": self.model.adapted, "classifier": self.model.classifier.checkpoint_structure()}
+
+    def restore_checkpoint(self, tensors: dict[str, Tensor], structure: dict) -> None:
+        """End the adaptation where the checkpoint had (adapters frozen for good), grow the classifier, load
+        strictly."""
+        model = self.model
+        if set(structure) != {"adapted", "classifier"}:
+            raise ValueError(f"{type(self).__name__}: checkpoint structure {structure} is not a first-session one "
+                             "(keys 'adapted', 'classifier'); it was written by another method")
+        if structure["adapted"] != model.adapted:
+            if not structure["adapted"]:
+                raise ValueError(f"{type(self).__name__}: the checkpoint's model still had its first session to "
+                                 "adapt, this one has no adapters; it was written by another method")
+            model.end_adaptation()
+            self.make_optimizer()  # as after the first experience: nothing trains any more
+        model.classifier.restore_structure(structure["classifier"])
+        load_exactly(model, tensors, type(self).__name__)
 
     @torch.no_grad()
     def feature_pass(self, num_workers: int = 0, **kwargs) -> tuple[Tensor, Tensor]:

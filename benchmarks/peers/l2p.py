@@ -33,6 +33,11 @@ Also noted, unused with the defaults: ``Prompt(prompt_pool=False)`` re-creates i
 forward, and ``ViTWithPrompt.forward_head`` raises ``AttributeError`` (``self.classifier``) on an
 unknown ``head_type``. L2P's ``_before_training_exp`` replaces the optimizer with a fresh Adam each
 experience, so plugins holding the optimizer (e.g. ``LRSchedulerPlugin``) do not affect it.
+
+Checkpoints (``benchmarks.peer_checkpoint``): nothing grows per task (one prompt pool, one head over all classes) and
+the optimizer starts afresh each experience, so the prompted model's state dict is the whole trained state. The
+frozen query ViT is not stored: it is rebuilt from the same backbone, and a restore checks that its weights are the
+frozen ones of the stored prompted model.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ with warnings.catch_warnings():  # timm_vit imports from timm's deprecated `timm
     from avalanche.models.timm_vit import ViTWithPrompt
 
 from avalanche_sdlora.model import create_backbone
+
+from .exact_load import load_exactly
 
 __all__ = ["L2PStrategy", "L2PInference", "build_l2p", "build_l2p_model", "prompted_vit", "avalanche_defaults"]
 
@@ -202,6 +209,34 @@ class L2PStrategy(LearningToPrompt):
         super()._before_training_exp(**kwargs)  # LearningToPrompt's: a fresh Adam each experience
         if self.optimizer_name != "adam":
             self.optimizer = self._new_optimizer()
+
+    # Frozen by LearningToPrompt.__init__ (the same prefixes); the query ViT holds the same weights.
+    _FROZEN = ("blocks", "patch_embed", "cls_token", "norm", "pos_embed")
+
+    def checkpoint_tensors(self) -> dict[str, Tensor]:
+        """The prompted model's state dict: prompt pool and keys, head, and its frozen ViT."""
+        return dict(self.model.state_dict())
+
+    def checkpoint_structure(self) -> dict:
+        """Nothing grows per task; the tensors' names and shapes are the whole structure."""
+        return {}
+
+    def restore_checkpoint(self, tensors: dict[str, Tensor], structure: dict) -> None:
+        """Load ``tensors`` strictly, after checking that the query ViT built here has the stored frozen weights (a
+        checkpoint from other backbone weights would pick prompts with different features)."""
+        if structure:
+            raise ValueError(f"L2PStrategy: checkpoint structure {structure} is not L2P's (empty); it was written by "
+                             "another method")
+        if self.use_cls_features:
+            query = self.original_vit.state_dict()
+            for k, v in query.items():
+                stored = tensors.get(k)
+                if k == "pos_embed" and stored is not None and stored.shape[1] >= v.shape[1]:
+                    stored = torch.cat([stored[:, :1], stored[:, stored.shape[1] - v.shape[1] + 1:]], dim=1)
+                if k.startswith(self._FROZEN) and (stored is None or not torch.equal(stored.to(v.device), v)):
+                    raise ValueError(f"L2PStrategy: the checkpoint's frozen '{k}' differs from the weights this "
+                                     "strategy was built from; resume with the same --model and --checkpoint")
+        load_exactly(self.model, tensors, "L2PStrategy")
 
     def inference_model(self) -> L2PInference:
         """The trained model as a plain ``forward(x) -> logits`` module (shares parameters)."""

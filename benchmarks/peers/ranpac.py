@@ -161,6 +161,24 @@ class RandomProjectionRidge(nn.Module):
         self.class_ids = torch.unique(torch.cat([self.class_ids, labels.long().to(self.class_ids.device)]))
         self.weight = self.solve(self.ridge)[self.class_ids].to(self.projection.dtype)
 
+    def checkpoint_structure(self) -> dict:
+        """The classes held, the lambdas chosen so far (the next experience's split is seeded by their count) and the
+        projection's seed (that split's base)."""
+        return {"classes": int(self.class_ids.numel()), "ridges": list(self.ridges), "seed": self.seed}
+
+    def restore_structure(self, structure: dict) -> None:
+        """Grow a fresh head to ``structure``: head rows for its classes, its lambdas and seed (``G``, ``Q``, the
+        projection, the ids and the head come with the tensors)."""
+        if set(structure) != {"classes", "ridges", "seed"}:
+            raise ValueError(f"RandomProjectionRidge: checkpoint structure {sorted(structure)} is not RanPAC's "
+                             "(['classes', 'ridges', 'seed']); it was written by another method")
+        n = int(structure["classes"])
+        self.class_ids = self.class_ids.new_zeros(n)
+        self.weight = self.weight.new_zeros(n, self.dim)
+        self.ridges = [float(r) for r in structure["ridges"]]
+        self.ridge = self.ridges[-1] if self.ridges else None
+        self.seed = int(structure["seed"])
+
     def forward(self, f: Tensor) -> Tensor:
         # float32 even under an evaluation autocast: the head sums M products, too many for bfloat16
         with torch.autocast(f.device.type, enabled=False):
