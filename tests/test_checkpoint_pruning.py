@@ -17,7 +17,7 @@ from test_resume import _rows
 
 from avalanche_sdlora import SDLoRA
 from avalanche_sdlora.checkpoint import (CheckpointPlugin, checkpoint_experiences, prune_checkpoints, save_checkpoint)
-from benchmarks import compare, runner
+from benchmarks import compare, peer_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one torch thread (tests/conftest.py)
 
@@ -101,21 +101,21 @@ def test_compare_keeps_the_last_two_and_a_killed_run_resumes_to_the_same_rows(tm
     clean = compare.main(TINY8 + ["--keep-checkpoints", "all", "--out", str(tmp_path), "--run-id", "clean"])
     assert checkpoint_experiences(clean / "checkpoints" / "sdlora-seed0") == [0, 1, 2, 3]
 
-    real_save = runner.save_checkpoint
+    real_save = peer_checkpoint.save
 
-    def kill_after_exp3_checkpoint(directory, experience, *a, **kw):  # before experience 3's row is written
-        path = real_save(directory, experience, *a, **kw)
+    def kill_after_exp3_checkpoint(strategy, directory, experience, *a, **kw):  # before experience 3's row is written
+        path = real_save(strategy, directory, experience, *a, **kw)
         if experience == 3:
             raise KeyboardInterrupt("kill")
         return path
 
-    monkeypatch.setattr(runner, "save_checkpoint", kill_after_exp3_checkpoint)
+    monkeypatch.setattr(peer_checkpoint, "save", kill_after_exp3_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         compare.main(TINY8 + ["--out", str(tmp_path), "--run-id", "killed"])
     killed = tmp_path / "cifar100-tiny128" / "killed"
     ckpt = killed / "checkpoints" / "sdlora-seed0"
     assert checkpoint_experiences(ckpt) == [1, 2, 3]  # pruned after each row: 2 resumes, 3 has no row yet
-    monkeypatch.setattr(runner, "save_checkpoint", real_save)
+    monkeypatch.setattr(peer_checkpoint, "save", real_save)
     compare.main(TINY8 + ["--resume", str(killed)])
     assert checkpoint_experiences(ckpt) == [2, 3]
     pd.testing.assert_frame_equal(_rows(killed / "parts" / "sdlora-seed0.csv"),

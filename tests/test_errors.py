@@ -205,7 +205,7 @@ def test_library_errors_before_the_run_loop_are_one_line_and_verbose_shows_the_t
 
 
 def test_a_damaged_run_folder_checkpoint_is_named(tmp_path, monkeypatch, capsys):
-    from benchmarks import compare
+    from benchmarks import compare, peer_checkpoint
 
     argv = CLI_TINY[:-1] + ["sdlora", "--out", str(tmp_path), "--run-id", "d"]
     run_dir = compare.main(argv)
@@ -213,20 +213,18 @@ def test_a_damaged_run_folder_checkpoint_is_named(tmp_path, monkeypatch, capsys)
     part = run_dir / "parts" / "sdlora-seed0.csv"
     part.write_text("".join(part.read_text().splitlines(keepends=True)[:3]))  # rows of experiences 0 and 1
 
-    def damaged(directory, experience, *args, **kwargs):
+    def damaged(strategy, directory, experience, *args, **kwargs):
         raise ValueError("invalid safetensors header")
 
-    from benchmarks import runner
-
-    real = runner.load_checkpoint
-    monkeypatch.setattr(runner, "load_checkpoint", damaged)
+    real = peer_checkpoint.load
+    monkeypatch.setattr(peer_checkpoint, "load", damaged)
     with pytest.raises(SystemExit, match="1 of 1 runs failed") as err:
         compare.main(CLI_TINY[:-1] + ["sdlora", "--resume", str(run_dir)])
     ckpt = run_dir / "checkpoints" / "sdlora-seed0"
     assert f"'{ckpt / 'exp1.safetensors'}' (and exp1.json): invalid safetensors header" in str(err.value)
     assert f"delete '{ckpt}'" in str(err.value)
     # a damaged file found by the library's checks is skipped, named, and the run goes on from the one before
-    monkeypatch.setattr(runner, "load_checkpoint", real)
+    monkeypatch.setattr(peer_checkpoint, "load", real)
     (ckpt / "exp1.safetensors").write_bytes(b"\0" * 64)
     assert compare.main(CLI_TINY[:-1] + ["sdlora", "--resume", str(run_dir)]) == run_dir
     out = capsys.readouterr().out

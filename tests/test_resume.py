@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from avalanche_sdlora.assets import default_asset
-from benchmarks import compare, migrate, reports, runner
+from benchmarks import compare, migrate, peer_checkpoint, reports
 from conftest import TINY6 as TINY
 METHODS = ["naive", "seq-lora", "sdlora"]  # an Avalanche baseline (restarts) and two checkpointed methods
 LOGS = ("training_results.csv", "eval_results.csv")
@@ -42,7 +42,7 @@ def clean(tmp_path_factory):
 def test_killed_runs_resume_to_identical_rows_and_logs(clean, tmp_path, monkeypatch):
     args = TINY + ["--methods", *METHODS]
     killed = tmp_path / "cifar100-tiny128" / "killed"
-    real_save, real_write = runner.save_checkpoint, reports.write_csv
+    real_save, real_write = peer_checkpoint.save, reports.write_csv
 
     # kill 1: while naive's row of experience 1 is being written (the part keeps experience 0 only)
     def kill_in_naive_row(df, path):
@@ -57,27 +57,27 @@ def test_killed_runs_resume_to_identical_rows_and_logs(clean, tmp_path, monkeypa
     monkeypatch.setattr(reports, "write_csv", real_write)
 
     # kill 2: seq-lora, as its third experience ends (rows and checkpoints of experiences 0 and 1 exist)
-    def kill_before_seq_lora_exp2(directory, experience, *a, **kw):
+    def kill_before_seq_lora_exp2(strategy, directory, experience, *a, **kw):
         if "seq-lora" in str(directory) and experience == 2:
             raise KeyboardInterrupt("kill")
-        return real_save(directory, experience, *a, **kw)
+        return real_save(strategy, directory, experience, *a, **kw)
 
-    monkeypatch.setattr(runner, "save_checkpoint", kill_before_seq_lora_exp2)
+    monkeypatch.setattr(peer_checkpoint, "save", kill_before_seq_lora_exp2)
     with pytest.raises(KeyboardInterrupt):
         compare.main(args + ["--resume", str(killed)])
     assert len(pd.read_csv(killed / "parts" / "seq-lora-seed0.csv")) == 2
 
     # kill 3: sdlora, after experience 1's checkpoint but before its row (it resumes from experience 0's)
-    def kill_after_sdlora_exp1(directory, experience, *a, **kw):
-        path = real_save(directory, experience, *a, **kw)
+    def kill_after_sdlora_exp1(strategy, directory, experience, *a, **kw):
+        path = real_save(strategy, directory, experience, *a, **kw)
         if "sdlora-seed0" in str(directory) and experience == 1:
             raise KeyboardInterrupt("kill")
         return path
 
-    monkeypatch.setattr(runner, "save_checkpoint", kill_after_sdlora_exp1)
+    monkeypatch.setattr(peer_checkpoint, "save", kill_after_sdlora_exp1)
     with pytest.raises(KeyboardInterrupt):
         compare.main(args + ["--resume", str(killed)])
-    monkeypatch.setattr(runner, "save_checkpoint", real_save)
+    monkeypatch.setattr(peer_checkpoint, "save", real_save)
     compare.main(args + ["--resume", str(killed)])
     _assert_same_run(killed, clean)
     # seq-lora's magnitude stayed fixed at 1 through the resume (it trained to 3.0 when a restored model unfroze it)
@@ -88,16 +88,16 @@ def test_killed_runs_resume_to_identical_rows_and_logs(clean, tmp_path, monkeypa
 def test_a_checkpoint_without_metric_state_reruns_its_run_from_the_start(clean, tmp_path, monkeypatch, capsys):
     # checkpoints written before they held the evaluator's state: resuming from one would get forgetting, BWT and
     # AAA wrong, so the (method, seed) starts again (and still equals the uninterrupted run)
-    real_state, real_save = runner.strategy_state, runner.save_checkpoint
+    real_state, real_save = peer_checkpoint.strategy_state, peer_checkpoint.save
 
-    def kill_after_exp1(directory, experience, *a, **kw):
-        path = real_save(directory, experience, *a, **kw)
+    def kill_after_exp1(strategy, directory, experience, *a, **kw):
+        path = real_save(strategy, directory, experience, *a, **kw)
         if experience == 1:
             raise KeyboardInterrupt("kill")
         return path
 
-    monkeypatch.setattr(runner, "strategy_state", lambda s: {k: v for k, v in real_state(s).items() if k != "evaluator"})
-    monkeypatch.setattr(runner, "save_checkpoint", kill_after_exp1)
+    monkeypatch.setattr(peer_checkpoint, "strategy_state", lambda s: {k: v for k, v in real_state(s).items() if k != "evaluator"})
+    monkeypatch.setattr(peer_checkpoint, "save", kill_after_exp1)
     args = TINY + ["--methods", "sdlora"]
     with pytest.raises(KeyboardInterrupt):
         compare.main(args + ["--out", str(tmp_path), "--run-id", "old"])
