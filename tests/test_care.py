@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from timm.layers import PatchEmbed
 
-from benchmarks.peers import care
-from benchmarks.peers.care import BiLevelMoE, TaskCosineHead
+from benchmarks.peers import care, care_routing
+from benchmarks.peers.care import TaskCosineHead
+from benchmarks.peers.care_routing import BiLevelMoE
 from benchmarks.peers.classifier_alignment import ClassGaussians, align_classifier
 
 from conftest import TINY_IMG, make_evaluator, stream_acc
@@ -56,11 +57,11 @@ def mixture(moe: BiLevelMoE, x: torch.Tensor, weights: torch.Tensor) -> torch.Te
 # ------------------------------------------------------------------------------------------------- bi-level routing
 def test_lowest_entropy_and_expert_topk_are_per_sample():
     ent = torch.tensor([[0.1, 0.9, 0.5], [0.7, 0.2, 0.4], [0.3, 0.8, 0.1]])  # (routers, samples)
-    assert care.lowest_entropy(ent, 1).tolist() == [[0, 1, 2]]
-    assert care.lowest_entropy(ent, 2).sort(0).values.tolist() == [[0, 1, 1], [2, 2, 2]]
-    assert care.lowest_entropy(ent, 5).tolist() == [[0, 0, 0], [1, 1, 1], [2, 2, 2]]  # fewer routers: all
+    assert care_routing.lowest_entropy(ent, 1).tolist() == [[0, 1, 2]]
+    assert care_routing.lowest_entropy(ent, 2).sort(0).values.tolist() == [[0, 1, 1], [2, 2, 2]]
+    assert care_routing.lowest_entropy(ent, 5).tolist() == [[0, 0, 0], [1, 1, 1], [2, 2, 2]]  # fewer routers: all
     scores = torch.tensor([[[4.0, 3.0, 2.0, 1.0]], [[0.0, 1.0, float("-inf"), float("-inf")]]])  # 2 routers, 1 sample
-    w = care.expert_weights(scores, topk=3)
+    w = care_routing.expert_weights(scores, topk=3)
     expected = masked_softmax([4, 3, 2, 1]) + torch.softmax(torch.tensor([0.0, 1.0, -100, -100]), 0)
     assert torch.allclose(w[0], expected)
     assert w.sum() == pytest.approx(2.0)  # summed over the picked routers, not averaged
