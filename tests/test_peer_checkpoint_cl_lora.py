@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from checkpoint_checks import assert_same_tensors, cloned, predictions
 from conftest import TINY_IMG, make_evaluator
 
 from benchmarks import peer_checkpoint
@@ -19,21 +20,6 @@ def build():
     return cl_lora.build_strategy(model_name="vit_tiny_patch16_224", checkpoint=None, img_size=TINY_IMG,
                                   num_classes=4, n_experiences=2, epochs=1, batch_size=8, eval_batch_size=32,
                                   device="cpu", evaluator=make_evaluator(), plugins=[])
-
-
-def cloned(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in tensors.items()}
-
-
-def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"tensors differ: {different[:5]}"
-
-
-@torch.no_grad()
-def predictions(strategy, images: torch.Tensor) -> torch.Tensor:
-    return strategy.model.eval()(images)
 
 
 @pytest.fixture(scope="module")

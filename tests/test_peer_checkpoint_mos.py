@@ -12,6 +12,7 @@ import torch
 from avalanche_sdlora.checkpoint import restore_strategy_state
 from benchmarks import peer_checkpoint
 
+from checkpoint_checks import predictions
 from test_mos import build, images_of
 
 CONFIG = {"method": "mos", "seed": 0}
@@ -19,12 +20,6 @@ CONFIG = {"method": "mos", "seed": 0}
 
 def state(strategy) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in strategy.model.state_dict().items()}
-
-
-def predictions(strategy, x: torch.Tensor) -> torch.Tensor:
-    strategy.model.eval()
-    with torch.no_grad():
-        return strategy.model(x)
 
 
 @pytest.fixture(scope="module")
