@@ -199,6 +199,12 @@ class Outcome:
     train_seconds: float = float("nan")
     eval_seconds: float = float("nan")
     folder: str = ""
+    machine: str = ""  # where it trained (its seconds are that machine's): one grid may span two machines
+
+
+def _machine(folder: Path) -> str:
+    """The machine a candidate trained on, as its run folder recorded it (``device_name``)."""
+    return str(RunFolder(folder).read_config().get("device_name") or "")
 
 
 def _scores(folder: Path) -> dict[str, float]:
@@ -222,7 +228,7 @@ def run_candidate(cfg: RunConfig, method: str, recipe: Recipe, folder: Path, *, 
             message = " ".join(str(exc.code).split())[:300]
             failures.setdefault(method, {})[recipe.key] = message
             return Outcome(**base, status=f"failed: {message}")
-    return Outcome(**base, status="done", **_scores(folder))
+    return Outcome(**base, status="done", **_scores(folder), machine=_machine(folder))
 
 
 def _candidate_worker(job: tuple) -> tuple[str, str, str | None]:
@@ -355,14 +361,14 @@ def _write_table(out: Path, outcomes: Sequence[Outcome], result: Mapping[str, An
              f"method: {len(s['grid_decades'])} learning rates half a decade apart around the method's reference rate, "
              "with SGD (momentum 0.9), and with Adam too where the method's reference uses Adam (benchmarks/tune.py). "
              "Accuracies in %.", "",
-             "| method | candidate | source | validation acc | mean over tuned experiences | train s | chosen |",
-             "|---|---|---|---|---|---|---|"]
+             "| method | candidate | source | validation acc | mean over tuned experiences | train s | machine | chosen |",
+             "|---|---|---|---|---|---|---|---|"]
     for o in outcomes:
         pick = result["methods"].get(o.method, {}).get("candidate") == o.candidate
         acc = f"{100 * o.val_acc:.2f}" if o.status == "done" else o.status
         mean = f"{100 * o.val_mean_acc:.2f}" if o.status == "done" else ""
         secs = f"{o.train_seconds:.0f}" if o.status == "done" else ""
-        lines.append(f"| {o.method} | {o.candidate} | {o.source} | {acc} | {mean} | {secs} | {'**yes**' if pick else ''} |")
+        lines.append(f"| {o.method} | {o.candidate} | {o.source} | {acc} | {mean} | {secs} | {o.machine} | {'**yes**' if pick else ''} |")
     untuned = [m for m, v in result["methods"].items() if v.get("trains_by_gradient") is False]
     if untuned:
         lines += ["", f"Nothing to tune (no training by gradient): {', '.join(untuned)}."]

@@ -14,6 +14,7 @@ import torch
 from avalanche_sdlora.data import split_cifar100, validation_split
 from benchmarks import compare, tune, tuned
 from benchmarks.config import RunConfig
+from benchmarks.machine import device_name
 from benchmarks.methods import get_method, method_names
 from benchmarks.train_amp import TrainingAutocastPlugin
 from benchmarks.units import percent
@@ -127,6 +128,8 @@ def test_tune_chooses_on_validation_only_and_compare_trains_the_choice(tmp_path,
     assert "val_acc" not in table and table.loc[pick["candidate"], "val_acc_pct"] == percent(pick["val_acc"])
     last = pd.read_csv(out / "candidates" / "seq-lora" / "sgd-lr0.01" / "per_task.csv")["acc_seen"].iloc[-1]
     assert table.loc["sgd-lr0.01", "val_acc_pct"] == percent(last)
+    # each candidate names the machine its seconds were measured on (a grid may be finished on another machine)
+    assert set(table["machine"]) == {device_name("cpu")} and f"| {device_name('cpu')} |" in (out / "README.md").read_text()
     # a second call resumes: nothing is trained again, the same choice comes back
     again = tune.main(["--methods", "seq-lora", "simplecil", "--validation-per-class", "3", "--tune-experiences", "1",
                        "--out", str(tmp_path / "t"), *flags])
