@@ -1,4 +1,4 @@
-"""Classifier alignment from stored class Gaussians: CaRE's (and SLCA's) refit of a head without old images.
+"""Classifier alignment from stored class Gaussians: CaRE's, MOS's (and SLCA's) refit of a head without old images.
 
 After a task, each of its classes keeps the mean and covariance of its features (``"variance"``: the diagonal only);
 the head is then refitted on features drawn from every seen class's Gaussian. Reference: LMMMEng/CaRE@d90800a
@@ -6,16 +6,20 @@ the head is then refitted on features drawn from every seen class's Gaussian. Re
 ``classifer_align`` (lines 345-430: per epoch ``per_class`` draws of ``MultivariateNormal(mean, cov)`` class by class,
 one shuffle, one SGD step per class-sized chunk on ``CE(scale * head(x))``, SGD(momentum 0.9, weight decay 5e-4),
 ``CosineAnnealingLR(T_max=5)`` stepped per epoch). The draws use torch's global generator, as the reference's.
+MOS (sun-hailong/AAAI25-MOS ``models/mos.py:247-333``) runs the same loop with its own optimizer, schedule and logits
+(the seen classes' head rows, no scale): :func:`fit_on_gaussians` is that loop, once; each method builds its optimizer.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import MultivariateNormal
 
-__all__ = ["ClassGaussians", "align_classifier", "STATISTICS_RIDGE"]
+__all__ = ["ClassGaussians", "align_classifier", "fit_on_gaussians", "sample_gaussians", "STATISTICS_RIDGE"]
 
 STATISTICS_RIDGE = 1e-4  # models/care.py:335-336
 
@@ -65,36 +69,52 @@ class ClassGaussians(nn.Module):
 
     def sample(self, per_class: int) -> tuple[Tensor, Tensor]:
         """``per_class`` draws of each class's Gaussian, class by class (the reference's order); labels = rows."""
-        xs = []
-        for mean, cov in zip(self.means, self.covs):
-            cov = cov if self.kind == "covariance" else torch.diag(cov)
-            xs.append(MultivariateNormal(mean.float(), cov.float()).sample((per_class,)))
-        labels = torch.arange(len(xs), device=self.means.device).repeat_interleave(per_class)
-        return torch.cat(xs), labels
+        covs = self.covs if self.kind == "covariance" else torch.diag_embed(self.covs)
+        return sample_gaussians(self.means, covs, per_class)
 
 
-def align_classifier(head: nn.Module, stats: ClassGaussians, *, epochs: int = 30, lr: float = 0.005,
-                     momentum: float = 0.9, weight_decay: float = 5e-4, per_class: int = 320, scale: float = 20.0,
-                     t_max: int = 5) -> list[float]:
-    """Refit every row of ``head`` on features drawn from the class Gaussians; returns each epoch's mean loss."""
-    params = list(head.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max)
-    n_classes, losses = stats.means.shape[0], []
+def sample_gaussians(means: Tensor, covs: Tensor, per_class: int) -> tuple[Tensor, Tensor]:
+    """``per_class`` draws of each ``MultivariateNormal(means[i], covs[i])`` (float32), class by class as both
+    references draw them (so the global generator advances as theirs); labels are the rows ``0..n-1``."""
+    xs = [MultivariateNormal(mean.float(), cov.float()).sample((per_class,)) for mean, cov in zip(means, covs)]
+    labels = torch.arange(len(xs), device=means.device).repeat_interleave(per_class)
+    return torch.cat(xs), labels
+
+
+def fit_on_gaussians(logits: Callable[[Tensor], Tensor], means: Tensor, covs: Tensor, opt: torch.optim.Optimizer,
+                     sched: torch.optim.lr_scheduler.LRScheduler, *, epochs: int, per_class: int) -> list[float]:
+    """The alignment loop both references run: each epoch draws ``per_class`` features of every class's Gaussian,
+    shuffles them once and takes one step of ``CE(logits(x), row)`` per class-sized chunk (as many steps as
+    classes), then steps ``sched``. ``logits`` maps features to one score per statistics row. Returns each epoch's
+    mean loss."""
+    n_classes, losses = means.shape[0], []
     for _ in range(epochs):
-        x, y = stats.sample(per_class)
+        x, y = sample_gaussians(means, covs, per_class)
         perm = torch.randperm(x.shape[0])
         x, y = x[perm], y[perm.to(y.device)]
         total = 0.0
-        for i in range(n_classes):  # the reference's chunks: n_classes steps of per_class draws
+        for i in range(n_classes):
             chunk = slice(i * per_class, (i + 1) * per_class)
-            loss = F.cross_entropy(scale * head(x[chunk]), y[chunk])
+            loss = F.cross_entropy(logits(x[chunk]), y[chunk])
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.item()
         sched.step()
-        losses.append(total / n_classes)
+        losses.append(total / max(n_classes, 1))
     return losses
+
+
+def align_classifier(head: nn.Module, stats: ClassGaussians, *, epochs: int = 30, lr: float = 0.005,
+                     momentum: float = 0.9, weight_decay: float = 5e-4, per_class: int = 320, scale: float = 20.0,
+                     t_max: int = 5) -> list[float]:
+    """Refit every row of ``head`` on features drawn from the class Gaussians (CaRE's recipe); returns each epoch's
+    mean loss."""
+    params = list(head.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max)
+    covs = stats.covs if stats.kind == "covariance" else torch.diag_embed(stats.covs)
+    return fit_on_gaussians(lambda x: scale * head(x), stats.means, covs, opt, sched, epochs=epochs,
+                            per_class=per_class)

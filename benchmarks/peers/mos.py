@@ -95,13 +95,13 @@ from avalanche.benchmarks.utils.data_loader import SingleDatasetDataLoader, coll
 from avalanche.training.templates import SupervisedTemplate
 from timm.layers import trunc_normal_
 from torch import Tensor, nn
-from torch.distributions import MultivariateNormal
 
 from avalanche_sdlora import create_backbone
 
 from .adaptformer import BottleneckAdapter, ParallelAdapterMLP, add_adapters
 from .aper import PrototypeHead
 from .class_incremental import ClassIncrementalTemplate
+from .classifier_alignment import fit_on_gaussians
 from .first_session import OPTIMIZERS, place_logits
 
 __all__ = ["TaskAdapterMLP", "MOSModel", "MOS", "orth_loss", "class_statistics", "align_classifier",
@@ -352,7 +352,9 @@ def class_statistics(features: Tensor) -> tuple[Tensor, Tensor]:
 
 def align_classifier(head: nn.Linear, classes: Tensor, means: Tensor, covs: Tensor, *, epochs: int, lr: float,
                      weight_decay: float, samples_per_class: int) -> list[float]:
-    """Re-train ``head`` on features drawn from every seen class's Gaussian (models/mos.py:247-333).
+    """Re-train ``head`` on features drawn from every seen class's Gaussian (models/mos.py:247-333): MOS's optimizer
+    (SGD momentum 0.9; the group's ``weight_decay`` overrides the optimizer's 5e-4, as the reference's group does) and
+    cosine over ``epochs``, the shared loop of :func:`~benchmarks.peers.classifier_alignment.fit_on_gaussians`.
 
     ``classes``: the head rows scored (the seen classes, in the order of ``means``/``covs``). Returns each epoch's
     mean loss.
@@ -361,24 +363,8 @@ def align_classifier(head: nn.Linear, classes: Tensor, means: Tensor, covs: Tens
     opt = torch.optim.SGD([{"params": params, "lr": lr, "weight_decay": weight_decay}], lr=lr, momentum=0.9,
                           weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    k, n = int(samples_per_class), len(classes)
-    losses = []
-    for _ in range(epochs):
-        data = torch.cat([MultivariateNormal(means[i].float(), covs[i].float()).sample((k,)) for i in range(n)])
-        labels = torch.arange(n, device=data.device).repeat_interleave(k)
-        order = torch.randperm(data.shape[0])
-        data, labels = data[order].float(), labels[order]
-        total = 0.0
-        for it in range(n):
-            logits = head(data[it * k:(it + 1) * k])[:, classes]
-            loss = F.cross_entropy(logits, labels[it * k:(it + 1) * k])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item()
-        sched.step()
-        losses.append(total / max(n, 1))
-    return losses
+    return fit_on_gaussians(lambda x: head(x)[:, classes], means, covs, opt, sched, epochs=epochs,
+                            per_class=int(samples_per_class))
 
 
 class MOS(ClassIncrementalTemplate):
