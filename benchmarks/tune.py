@@ -35,7 +35,6 @@ import json
 import math
 import multiprocessing as mp
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -309,7 +308,6 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
         if get_method(method).recipe_of:
             chosen[method] = {"recipe_of": get_method(method).recipe_of, "candidates": 0}
             continue
-        started = time.perf_counter()
         grid = candidates(method, cfg)
         mine = []
         for recipe in grid:
@@ -338,8 +336,7 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
                               "source": best.source, "candidate": best.candidate, "val_acc": best.val_acc,
                               "val_mean_acc": best.val_mean_acc, "candidates": len(grid),
                               "tuning_seconds": sum(o.train_seconds + o.eval_seconds for o in mine
-                                                    if o.status == "done"),
-                              "wall_seconds_this_call": time.perf_counter() - started}
+                                                    if o.status == "done")}
         else:
             chosen[method] = {"candidates": len(grid), "failed": "every candidate failed"}
     result = {"settings": {k: v for k, v in settings.items() if k != "config"}, "protocol": cfg.protocol,
