@@ -39,6 +39,16 @@ CASES: dict[str, tuple[type, dict, dict]] = {
 }
 
 
+# Looser tolerances for a case that float kernels move more than the defaults allow (logits: rtol 1e-4, atol 1e-5;
+# summed |delta W|: rel 1e-5). "span": task 2's A starts inside span(A_1) and leaves it only by two SGD steps, so half
+# of the basis task 3 projects onto is set by those steps' float rounding. Measured on one Intel Xeon: mkldnn on against
+# off moves its logits by 0.037-0.055 and its summed |delta W| by 1.5e-4 relative (the other cases' logits by < 4e-6);
+# the recording (AMD EPYC) sits 0.032 and 2.9e-4 away; a 1 % larger learning rate moves them by 0.29 and 8.2e-3, another
+# seed moves the logits by 6.3. The tolerances below pass the first two and fail the others.
+LOGIT_ATOL = {"span": 0.15}
+DELTA_REL = {"span": 2e-3}
+
+
 def _benchmark():
     g = torch.Generator().manual_seed(0)
     y = torch.arange(6).repeat_interleave(4)
@@ -77,8 +87,9 @@ def test_training_trace_is_unchanged(name):
     assert got["groups"] == expected["groups"] and got["lrs"] == expected["lrs"]
     assert got["stored_rank"] == expected["stored_rank"]
     torch.testing.assert_close(torch.tensor(got["alpha"]), torch.tensor(expected["alpha"]), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(torch.tensor(got["logits"]), torch.tensor(expected["logits"]), rtol=1e-4, atol=1e-5)
-    assert got["delta_sum"] == pytest.approx(expected["delta_sum"], rel=1e-5)
+    torch.testing.assert_close(torch.tensor(got["logits"]), torch.tensor(expected["logits"]), rtol=1e-4,
+                               atol=LOGIT_ATOL.get(name, 1e-5))
+    assert got["delta_sum"] == pytest.approx(expected["delta_sum"], rel=DELTA_REL.get(name, 1e-5))
 
 
 if __name__ == "__main__":
