@@ -268,6 +268,16 @@ def choose(outcomes: Sequence[Outcome]) -> Outcome | None:
     return max(done, key=lambda o: (o.val_acc, o.val_mean_acc), default=None)
 
 
+def grid_edge(best: Outcome, outcomes: Sequence[Outcome]) -> str:
+    """``"highest"`` or ``"lowest"`` where ``best`` is the highest or lowest learning rate its optimizer was tried at
+    (a better rate may lie beyond the grid, which is the same size for every method, so the report says so), else
+    ``""``."""
+    lrs = [o.lr for o in outcomes if o.optimizer == best.optimizer]
+    if len(lrs) < 2:
+        return ""
+    return "highest" if best.lr >= max(lrs) else "lowest" if best.lr <= min(lrs) else ""
+
+
 def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_class: int = DEFAULT_VALIDATION_PER_CLASS,
          tune_experiences: int = DEFAULT_TUNE_EXPERIENCES, order: int = DEFAULT_TUNE_ORDER, quiet: bool = True,
          command: str = "benchmarks.tune", report_only: bool = False, jobs: int = 1) -> dict[str, Any]:
@@ -335,6 +345,7 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
             chosen[method] = {"optimizer": best.optimizer, "lr": best.lr, "options": json.loads(best.options),
                               "source": best.source, "candidate": best.candidate, "val_acc": best.val_acc,
                               "val_mean_acc": best.val_mean_acc, "candidates": len(grid),
+                              "grid_edge": grid_edge(best, mine),
                               "tuning_seconds": sum(o.train_seconds + o.eval_seconds for o in mine
                                                     if o.status == "done")}
         else:
@@ -366,6 +377,11 @@ def _write_table(out: Path, outcomes: Sequence[Outcome], result: Mapping[str, An
         mean = f"{100 * o.val_mean_acc:.2f}" if o.status == "done" else ""
         secs = f"{o.train_seconds:.0f}" if o.status == "done" else ""
         lines.append(f"| {o.method} | {o.candidate} | {o.source} | {acc} | {mean} | {secs} | {o.machine} | {'**yes**' if pick else ''} |")
+    edges = [f"{m} ({v['optimizer']} {v['lr']:.3g}, the {v['grid_edge']} rate tried with {v['optimizer']})"
+             for m, v in result["methods"].items() if v.get("grid_edge")]
+    if edges:
+        lines += ["", "Chosen at an edge of its grid (a better rate may lie beyond it; every method's grid has the same "
+                      f"size, and none is widened after the fact): {', '.join(edges)}."]
     untuned = [m for m, v in result["methods"].items() if v.get("trains_by_gradient") is False]
     if untuned:
         lines += ["", f"Nothing to tune (no training by gradient): {', '.join(untuned)}."]

@@ -244,3 +244,19 @@ def test_candidates_trained_in_parallel_score_as_one_after_another(tmp_path, mon
     assert len(a) == 2 and (a["status"] == "done").all()
     with pytest.raises(SystemExit):
         tune.main([*flags, "--out", str(tmp_path / "c"), "--jobs", "0"])
+
+
+def test_a_choice_at_the_edge_of_its_optimizers_grid_is_flagged():
+    def o(optimizer, lr, acc):
+        return tune.Outcome(method="m", candidate=f"{optimizer}-{lr}", optimizer=optimizer, lr=lr, options="{}",
+                            source="grid", status="done", val_acc=acc, val_mean_acc=acc)
+
+    grid = [o("sgd", 0.00316, 0.80), o("sgd", 0.01, 0.85), o("sgd", 0.0316, 0.90), o("adam", 1e-4, 0.5),
+            o("adam", 1e-3, 0.6)]
+    assert tune.grid_edge(tune.choose(grid), grid) == "highest"
+    grid[0].val_acc = 0.95
+    assert tune.grid_edge(tune.choose(grid), grid) == "lowest"
+    grid[1].val_acc = 0.99  # inside the grid: nothing to say
+    assert tune.grid_edge(tune.choose(grid), grid) == ""
+    # the edge is per optimizer: Adam's highest rate is an edge even though SGD tried higher ones
+    assert tune.grid_edge(grid[4], grid) == "highest" and tune.grid_edge(o("sgd", 0.01, 0), [o("sgd", 0.01, 0)]) == ""
