@@ -114,3 +114,11 @@ def test_headline_tables_are_the_committed_runs_tables():
         assert any(orders in text for text in texts)
     else:
         assert not any(headline.CLASS_ORDERS.end in text for text in texts)
+    fair = headline.class_order_table(orders=headline.FAIR)  # issue 30's table leads where it is shown
+    if fair is not None:
+        assert any(fair in text for text in texts)
+        for text in texts:
+            if fair in text and orders is not None and orders in text:
+                assert text.index(fair) < text.index(orders)
+    else:
+        assert not any(headline.FAIR_TABLE.end in text for text in texts)
