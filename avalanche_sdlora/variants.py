@@ -153,7 +153,9 @@ def span_start(adapter: SDLoRAQKV) -> None:
     """``pair_init="span"``: each row of the drawn A projected onto the row span of its slice's stored A, its norm kept.
 
     A new direction then starts inside the old ones' input subspace; the random stream is the one ``"random"`` uses.
-    With nothing stored yet, or for a row with no component in the span, the draw is kept.
+    With nothing stored yet, or for a row with no component in the span, the draw is kept. A stored direction that
+    barely left the older ones' span (a task of a few steps: its A starts inside it) adds basis vectors set by its
+    float rounding, so such a run moves with the CPU's kernels (``tests/test_training_trace.py``, case ``span``).
     """
     if not adapter.stored_rank:
         return
