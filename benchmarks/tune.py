@@ -4,8 +4,11 @@ Every method that trains by gradient gets the same search, so a comparison ranks
 
 * the same number of candidates per optimizer: three learning rates half a decade apart (``GRID_DECADES``) around
   the method's own reference learning rate for that optimizer, or, where its reference has none, around the
-  protocol's ``--lr`` (SGD) or ``ADAM_ANCHOR`` (Adam); SGD with momentum 0.9 for every method, and Adam as well for
-  a method whose reference uses Adam (:func:`optimizers_of`). Every published recipe of a
+  protocol's ``--lr`` (SGD) or ``ADAM_ANCHOR`` (Adam), then ``EXTENSION_STEPS`` more, each half a decade past the
+  better-scoring end of what that optimizer has tried (:func:`extension`: a fixed 3-point grid left 6 of 10 methods'
+  choices at an edge, where a better rate may lie beyond it; one adaptive step per optimizer, the same for every
+  method, brackets them without giving any method more candidates); SGD with momentum 0.9 for every method, and Adam
+  as well for a method whose reference uses Adam (:func:`optimizers_of`). Every published recipe of a
   method is a candidate: a method's second recipe for one optimizer (DualPrompt's two, SD-LoRA's SGD of the authors'
   code) takes the place of the grid point nearest to it, with its own settings (a recipe is an optimizer, a learning
   rate and the method options its source sets, e.g. DualPrompt's pull constraint and clipping);
@@ -62,6 +65,8 @@ from .run_folder import RunFolder  # noqa: E402
 from .units import in_file_units  # noqa: E402
 
 GRID_DECADES = (-0.5, 0.0, 0.5)  # learning rates per optimizer: anchor * 10**d
+EXTENSION_STEPS = 1  # adaptive candidates per optimizer after its grid (:func:`extension`)
+EXTENSION_DECADES = 0.5  # how far each goes past the end it extends: the grid's own spacing
 OPTIMIZERS = ("sgd", "adam")
 ADAM_ANCHOR = 1e-3  # Adam's customary rate (Kingma & Ba; torch's default), for a method whose reference has no Adam
 DEFAULT_VALIDATION_PER_CLASS = 50  # 10 % of CIFAR-100's 500 training images per class
@@ -170,6 +175,35 @@ def candidates(method: str, cfg: RunConfig) -> list[Recipe]:
     return [Recipe(r.optimizer, r.lr, (*r.options, *fitted), r.source) for r in out]
 
 
+def candidate_count(method: str, cfg: RunConfig) -> int:
+    """How many candidates ``method`` trains in all: its grid and ``EXTENSION_STEPS`` per optimizer of the grid."""
+    grid = candidates(method, cfg)
+    return len(grid) + EXTENSION_STEPS * len({r.optimizer for r in grid})
+
+
+def extension(tried: Sequence[tuple[Recipe, "Outcome"]]) -> Recipe | None:
+    """The next candidate of one optimizer after the candidates ``tried`` (its recipes with their outcomes): the
+    recipe at the better-scoring end of the rates tried (the lowest or the highest; a failed candidate scores below
+    any finished one; ties: the lower rate, the one less likely to diverge), with the same settings, half a decade
+    (``EXTENSION_DECADES``) further out. Where the best candidate is the highest rate tried, this tries a higher one;
+    where it lies inside, it goes past the better of the two ends, so that every method gets the same number of
+    candidates. ``None`` while a candidate tried has not run yet (the step depends on every score)."""
+    if not tried or any(o.status not in ("done",) and not o.status.startswith("failed") for _, o in tried):
+        return None
+
+    def score(o: Outcome) -> tuple[float, float]:
+        done = o.status == "done" and math.isfinite(o.val_acc)
+        return (o.val_acc, o.val_mean_acc if math.isfinite(o.val_mean_acc) else -math.inf) if done else (-math.inf, -math.inf)
+
+    low = min(tried, key=lambda t: t[0].lr)
+    high = max(tried, key=lambda t: t[0].lr)
+    up = score(high[1]) > score(low[1])
+    end = high[0] if up else low[0]
+    factor = 10 ** (EXTENSION_DECADES if up else -EXTENSION_DECADES)
+    return Recipe(end.optimizer, end.lr * factor, end.options,
+                  f"extension: half a decade past the {'highest' if up else 'lowest'} rate tried, the better end")
+
+
 # ----------------------------------------------------------------------------------------------- the runs
 def write_json(path: Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, default=str) + "\n")
@@ -212,22 +246,64 @@ def _scores(folder: Path) -> dict[str, float]:
             "train_seconds": float(rows["train_seconds"].sum()), "eval_seconds": float(rows["eval_seconds"].sum())}
 
 
-def run_candidate(cfg: RunConfig, method: str, recipe: Recipe, folder: Path, *, quiet: bool, failures: dict) -> Outcome:
-    """Train one candidate into ``folder`` (resuming it if it has begun); a failure is recorded, never chosen."""
-    base = dict(method=method, candidate=recipe.key, optimizer=recipe.optimizer, lr=recipe.lr,
+def _base(method: str, recipe: Recipe, folder: Path) -> dict[str, Any]:
+    return dict(method=method, candidate=recipe.key, optimizer=recipe.optimizer, lr=recipe.lr,
                 options=json.dumps(dict(recipe.options)), source=recipe.source, folder=folder.name)
-    run = RunFolder(folder)
+
+
+def read_outcome(method: str, recipe: Recipe, folder: Path, failures: Mapping[str, Mapping[str, str]]) -> Outcome:
+    """The outcome of one candidate as its folder holds it, training nothing: done, failed, or "not run yet"."""
+    base = _base(method, recipe, folder)
     if recipe.key in failures.get(method, {}):
         return Outcome(**base, status=f"failed: {failures[method][recipe.key]}")
-    if not run.is_done():
+    if not RunFolder(folder).is_done():
+        return Outcome(**base, status="not run yet")
+    return Outcome(**base, status="done", **_scores(folder), machine=_machine(folder))
+
+
+def run_candidate(cfg: RunConfig, method: str, recipe: Recipe, folder: Path, *, quiet: bool, failures: dict) -> Outcome:
+    """Train one candidate into ``folder`` (resuming it if it has begun); a failure is recorded, never chosen."""
+    run = RunFolder(folder)
+    if recipe.key not in failures.get(method, {}) and not run.is_done():
         try:
             compare.run(cfg, [method], [TUNE_SEED], run, quiet=quiet, resume=run.has_config(),
                         command=f"benchmarks.tune candidate {method} {recipe.key}")
         except SystemExit as exc:  # compare names the failure (e.g. a diverging loss); the candidate is out
             message = " ".join(str(exc.code).split())[:300]
             failures.setdefault(method, {})[recipe.key] = message
-            return Outcome(**base, status=f"failed: {message}")
-    return Outcome(**base, status="done", **_scores(folder), machine=_machine(folder))
+    return read_outcome(method, recipe, folder, failures)
+
+
+def method_candidates(method: str, cfg: RunConfig, out: Path, failures: dict, *, train: bool,
+                      settings: Mapping[str, Any], quiet: bool = True) -> list[tuple[Recipe, Outcome]]:
+    """Every candidate of ``method`` known so far with its outcome: the grid, then per optimizer the extensions whose
+    scores they depend on are in (:func:`extension`). ``train``: train each candidate not run yet, in order (else
+    report it "not run yet": an extension after it stays unknown)."""
+    found: list[tuple[Recipe, Outcome]] = []
+
+    def add(recipe: Recipe) -> None:
+        folder = out / "candidates" / method / recipe.key
+        if train:
+            c_cfg = candidate_config(cfg, method, recipe, settings["validation_per_class"],
+                                     settings["tune_experiences"], settings["class_order_seed"])
+            o = run_candidate(c_cfg, method, recipe, folder, quiet=quiet, failures=failures)
+            _record_failures(out / "failures.json", method, failures.get(method, {}))
+            if not quiet:
+                print(f"[tune {method}] {recipe.key}: {o.status}, validation accuracy {100 * o.val_acc:.2f}%", flush=True)
+        else:
+            o = read_outcome(method, recipe, folder, failures)
+        found.append((recipe, o))
+
+    grid = candidates(method, cfg)
+    for recipe in grid:
+        add(recipe)
+    for opt in dict.fromkeys(r.optimizer for r in grid):
+        for _ in range(EXTENSION_STEPS):
+            nxt = extension([t for t in found if t[0].optimizer == opt])
+            if nxt is None:
+                break
+            add(nxt)
+    return found
 
 
 def _candidate_worker(job: tuple) -> tuple[str, str, str | None]:
@@ -288,18 +364,26 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
     out.mkdir(parents=True, exist_ok=True)
     settings = {"protocol": cfg.protocol, "config": portable_record(cfg.to_json(), out), "validation_per_class": validation_per_class,
                 "tune_experiences": tune_experiences, "class_order_seed": order, "seed": TUNE_SEED,
-                "grid_decades": list(GRID_DECADES), "optimizers": list(OPTIMIZERS), "adam_anchor": ADAM_ANCHOR,
+                "grid_decades": list(GRID_DECADES), "extension_steps": EXTENSION_STEPS,
+                "extension_decades": EXTENSION_DECADES, "optimizers": list(OPTIMIZERS), "adam_anchor": ADAM_ANCHOR,
                 "selection": "highest seen-class validation accuracy after the last tuned experience (ties: mean "
                              "over the tuned experiences); failed candidates are never chosen"}
     settings_path = out / "tuning.json"
     if settings_path.exists():
         saved = json.loads(settings_path.read_text())
+        upgraded = "extension_steps" not in saved  # tuned before the extensions: its grid stands, they are added
+        if upgraded:
+            saved.update({k: settings[k] for k in ("extension_steps", "extension_decades")})
         differ = [k for k in settings if k != "config" and saved.get(k) != settings[k]]
         if saved.get("config", {}) != json.loads(json.dumps(settings["config"])):
             differ.append("the run flags")
         if differ:
             raise SystemExit(f"error: '{out}' was tuned with other settings ({', '.join(differ)}); pass the same "
                              "flags to resume it, or another --out folder")
+        if upgraded and not report_only:
+            print(f"note: '{out}' was tuned before the extension step per optimizer; its candidates are kept and "
+                  f"{EXTENSION_STEPS} extension(s) per optimizer are added", flush=True)
+            write_json(settings_path, {**saved, "config": settings["config"]})
     else:
         write_json(settings_path, settings)
     failures_path = out / "failures.json"
@@ -308,48 +392,40 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
     chosen: dict[str, Any] = {}
     bases = [get_method(m).recipe_of for m in methods if get_method(m).recipe_of]
     methods = list(dict.fromkeys([b for b in bases if b not in methods] + list(methods)))
+    trained = [m for m in methods if not get_method(m).recipe_of]
     if jobs > 1 and not report_only:
-        todo = [(m, recipe, candidate_config(cfg, m, recipe, validation_per_class, tune_experiences, order),
-                 out / "candidates" / m / recipe.key)
-                for m in methods if not get_method(m).recipe_of for recipe in candidates(m, cfg)
-                if recipe.key not in failures.get(m, {}) and not RunFolder(out / "candidates" / m / recipe.key).is_done()]
-        _run_in_parallel(todo, jobs, quiet, failures, failures_path)
+        for _ in range(1 + EXTENSION_STEPS):  # the grids, then each round of extensions (they need the grids' scores)
+            todo = [(m, recipe, candidate_config(cfg, m, recipe, validation_per_class, tune_experiences, order),
+                     out / "candidates" / m / recipe.key)
+                    for m in trained for recipe, o in method_candidates(m, cfg, out, failures, train=False,
+                                                                        settings=settings)
+                    if o.status == "not run yet"]
+            if not todo:
+                break
+            _run_in_parallel(todo, jobs, quiet, failures, failures_path)
     for method in methods:
         if get_method(method).recipe_of:
             chosen[method] = {"recipe_of": get_method(method).recipe_of, "candidates": 0}
             continue
-        grid = candidates(method, cfg)
-        mine = []
-        for recipe in grid:
-            c_cfg = candidate_config(cfg, method, recipe, validation_per_class, tune_experiences, order)
-            folder = out / "candidates" / method / recipe.key
-            if report_only and not RunFolder(folder).is_done() and recipe.key not in failures.get(method, {}):
-                mine.append(Outcome(method=method, candidate=recipe.key, optimizer=recipe.optimizer, lr=recipe.lr,
-                                    options=json.dumps(dict(recipe.options)), source=recipe.source,
-                                    status="not run yet", folder=folder.name))
-                continue
-            o = run_candidate(c_cfg, method, recipe, folder, quiet=quiet, failures=failures)
-            _record_failures(failures_path, method, failures.get(method, {}))
-            mine.append(o)
-            if not quiet:
-                print(f"[tune {method}] {recipe.key}: {o.status}, validation accuracy "
-                      f"{100 * o.val_acc:.2f}%", flush=True)
+        found = method_candidates(method, cfg, out, failures, train=not report_only, settings=settings, quiet=quiet)
+        mine = [o for _, o in found]
         outcomes += mine
         best = choose(mine)
-        pending = sum(o.status == "not run yet" for o in mine)
-        if not grid:
+        total = candidate_count(method, cfg)
+        finished = sum(o.status == "done" or o.status.startswith("failed") for o in mine)
+        if not total:
             chosen[method] = {"trains_by_gradient": False, "candidates": 0}
-        elif pending:
-            chosen[method] = {"candidates": len(grid), "incomplete": f"{len(grid) - pending} of {len(grid)} run"}
+        elif finished < total:
+            chosen[method] = {"candidates": total, "incomplete": f"{finished} of {total} run"}
         elif best is not None:
             chosen[method] = {"optimizer": best.optimizer, "lr": best.lr, "options": json.loads(best.options),
                               "source": best.source, "candidate": best.candidate, "val_acc": best.val_acc,
-                              "val_mean_acc": best.val_mean_acc, "candidates": len(grid),
+                              "val_mean_acc": best.val_mean_acc, "candidates": total,
                               "grid_edge": grid_edge(best, mine),
                               "tuning_seconds": sum(o.train_seconds + o.eval_seconds for o in mine
                                                     if o.status == "done")}
         else:
-            chosen[method] = {"candidates": len(grid), "failed": "every candidate failed"}
+            chosen[method] = {"candidates": total, "failed": "every candidate failed"}
     result = {"settings": {k: v for k, v in settings.items() if k != "config"}, "protocol": cfg.protocol,
               "methods": chosen}
     write_json(out / "chosen.json", result)
@@ -367,8 +443,9 @@ def _write_table(out: Path, outcomes: Sequence[Outcome], result: Mapping[str, An
              f"{s['class_order_seed']}, with {s['validation_per_class']} training images per class held out "
              "(avalanche_sdlora.data.validation_split) and scored on them; no test image is read. Candidates per "
              f"method: {len(s['grid_decades'])} learning rates half a decade apart around the method's reference rate, "
-             "with SGD (momentum 0.9), and with Adam too where the method's reference uses Adam (benchmarks/tune.py). "
-             "Accuracies in %.", "",
+             f"then {s.get('extension_steps', 0)} more half a decade past the better-scoring end of those (source "
+             "\"extension\"), with SGD (momentum 0.9), and with Adam too where the method's reference uses Adam "
+             "(benchmarks/tune.py). Accuracies in %.", "",
              "| method | candidate | source | validation acc | mean over tuned experiences | train s | machine | chosen |",
              "|---|---|---|---|---|---|---|---|"]
     for o in outcomes:
@@ -380,8 +457,9 @@ def _write_table(out: Path, outcomes: Sequence[Outcome], result: Mapping[str, An
     edges = [f"{m} ({v['optimizer']} {v['lr']:.3g}, the {v['grid_edge']} rate tried with {v['optimizer']})"
              for m, v in result["methods"].items() if v.get("grid_edge")]
     if edges:
-        lines += ["", "Chosen at an edge of its grid (a better rate may lie beyond it; every method's grid has the same "
-                      f"size, and none is widened after the fact): {', '.join(edges)}."]
+        lines += ["", "Chosen at an edge of what its optimizer tried, the extension included (a better rate may lie "
+                      "beyond it; every method gets the same number of candidates, so none is widened further): "
+                      f"{', '.join(edges)}."]
     untuned = [m for m, v in result["methods"].items() if v.get("trains_by_gradient") is False]
     if untuned:
         lines += ["", f"Nothing to tune (no training by gradient): {', '.join(untuned)}."]

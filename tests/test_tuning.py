@@ -80,6 +80,10 @@ def test_every_method_that_trains_gets_the_same_number_of_candidates_with_its_pu
     assert counts["ranpac"] == counts["seq-lora"] == counts["care"] == 3
     # RR and KD train as SD-LoRA does (their first experiences are SD-LoRA's own): tuned once, through sdlora
     assert counts["sdlora-rr"] == counts["sdlora-kd"] == 0 and get_method("sdlora-rr").recipe_of == "sdlora"
+    # in all, with one extension per optimizer after its grid: the same number for every method per optimizer
+    totals = {m: tune.candidate_count(m, cfg) for m in method_names()}
+    assert totals["sdlora"] == totals["dualprompt"] == totals["coda-prompt"] == 8 and totals["simplecil"] == 0
+    assert totals["ranpac"] == totals["seq-lora"] == totals["care"] == totals["mos"] == totals["cl-lora"] == 4
 
     def has(method, optimizer, lr, **options):
         return any(c.optimizer == optimizer and c.lr == pytest.approx(lr) and dict(c.options) == options
@@ -109,16 +113,16 @@ def test_tune_chooses_on_validation_only_and_compare_trains_the_choice(tmp_path,
     report = tune.main(["--methods", "seq-lora", "--validation-per-class", "3", "--tune-experiences", "1",
                         "--out", str(tmp_path / "t"), "--report-only", *flags])
     assert not (report / "candidates").exists()
-    assert json.loads((report / "chosen.json").read_text())["methods"]["seq-lora"]["incomplete"] == "0 of 2 run"
+    assert json.loads((report / "chosen.json").read_text())["methods"]["seq-lora"]["incomplete"] == "0 of 3 run"
     out = tune.main(["--methods", "seq-lora", "simplecil", "--validation-per-class", "3", "--tune-experiences", "1",
                      "--out", str(tmp_path / "t"), *flags])
     rows = [json.loads(p.read_text()) for p in (out / "candidates").rglob("config.json")]
-    assert len(rows) == 2 and all(r["validation_per_class"] == 3 and r["first_experiences"] == 1 for r in rows)
+    assert len(rows) == 3 and all(r["validation_per_class"] == 3 and r["first_experiences"] == 1 for r in rows)
     per_task = [p for p in (out / "candidates").rglob("per_task.csv")]
     assert all(len(p.read_text().strip().splitlines()) == 2 for p in per_task)  # header + the one tuned experience
     chosen = json.loads((out / "chosen.json").read_text())
     pick = chosen["methods"]["seq-lora"]
-    assert pick["optimizer"] == "sgd" and pick["candidates"] == 2 and chosen["methods"]["simplecil"]["candidates"] == 0
+    assert pick["optimizer"] == "sgd" and pick["candidates"] == 3 and chosen["methods"]["simplecil"]["candidates"] == 0
     scores = {c: json.loads((out / "candidates" / "seq-lora" / c / "config.json").read_text())["method_options"]
               for c in ("sgd-lr0.00316", "sgd-lr0.01")}
     assert scores["sgd-lr0.01"]["seq-lora"] == {"lr": 0.01, "optimizer": "sgd"}
@@ -137,6 +141,13 @@ def test_tune_chooses_on_validation_only_and_compare_trains_the_choice(tmp_path,
     tune.main(["--methods", "seq-lora", "--validation-per-class", "3", "--tune-experiences", "1",
                "--out", str(tmp_path / "t"), "--report-only", *flags])
     assert json.loads((again / "chosen.json").read_text())["methods"]["seq-lora"]["lr"] == pick["lr"]
+    # a folder tuned before the extension step existed keeps its candidates: the settings are upgraded, not refused
+    settings = json.loads((out / "tuning.json").read_text())
+    (out / "tuning.json").write_text(json.dumps({k: v for k, v in settings.items() if not k.startswith("extension")}))
+    tune.main(["--methods", "seq-lora", "--validation-per-class", "3", "--tune-experiences", "1",
+               "--out", str(tmp_path / "t"), *flags])
+    assert json.loads((out / "tuning.json").read_text()) == settings
+    assert json.loads((out / "chosen.json").read_text())["methods"]["seq-lora"]["lr"] == pick["lr"]
 
     run = compare.main(TINY + ["--methods", "seq-lora", "simplecil", "--out", str(tmp_path / "c"), "--tuned",
                                str(out / "chosen.json")])
@@ -241,7 +252,7 @@ def test_candidates_trained_in_parallel_score_as_one_after_another(tmp_path, mon
     parallel = tune.main([*flags, "--out", str(tmp_path / "b"), "--jobs", "2"])
     a, b = (pd.read_csv(d / "candidates.csv").drop(columns=["train_seconds", "eval_seconds"]) for d in (serial, parallel))
     pd.testing.assert_frame_equal(a, b)
-    assert len(a) == 2 and (a["status"] == "done").all()
+    assert len(a) == 3 and (a["status"] == "done").all()  # the grid's two and the extension after them
     with pytest.raises(SystemExit):
         tune.main([*flags, "--out", str(tmp_path / "c"), "--jobs", "0"])
 
@@ -260,3 +271,33 @@ def test_a_choice_at_the_edge_of_its_optimizers_grid_is_flagged():
     assert tune.grid_edge(tune.choose(grid), grid) == ""
     # the edge is per optimizer: Adam's highest rate is an edge even though SGD tried higher ones
     assert tune.grid_edge(grid[4], grid) == "highest" and tune.grid_edge(o("sgd", 0.01, 0), [o("sgd", 0.01, 0)]) == ""
+
+
+def _outcome(optimizer, lr, acc, status="done"):
+    return tune.Outcome(method="m", candidate=f"{optimizer}-{lr}", optimizer=optimizer, lr=lr, options="{}",
+                        source="grid", status=status, val_acc=acc, val_mean_acc=acc)
+
+
+def test_the_extension_goes_half_a_decade_past_the_better_end_of_what_was_tried():
+    def tried(*accs, statuses=None):
+        lrs = (0.01 * 10 ** -0.5, 0.01, 0.01 * 10 ** 0.5)
+        statuses = statuses or ["done"] * 3
+        return [(tune.Recipe("sgd", lr, (("schedule", "cosine-steps"),)), _outcome("sgd", lr, a, st))
+                for lr, a, st in zip(lrs, accs, statuses)]
+
+    up = tune.extension(tried(0.80, 0.85, 0.90))  # best at the highest rate: a higher one
+    assert up.lr == pytest.approx(0.1) and up.optimizer == "sgd" and dict(up.options) == {"schedule": "cosine-steps"}
+    assert "highest" in up.source
+    assert tune.extension(tried(0.95, 0.85, 0.90)).lr == pytest.approx(0.001)  # best at the lowest: a lower one
+    # best inside: past the better of the two ends (the same count for every method), here the lowest
+    assert tune.extension(tried(0.85, 0.90, 0.06)).lr == pytest.approx(0.001)
+    # a failed end scores below any finished one; equal ends go down (the rate less likely to diverge)
+    assert tune.extension(tried(0.85, 0.90, float("nan"), statuses=["done", "done", "failed: nan loss"])).lr \
+        == pytest.approx(0.001)
+    assert tune.extension(tried(0.80, 0.90, 0.80)).lr == pytest.approx(0.001)
+    # it depends on every score: nothing while one has not run
+    assert tune.extension(tried(0.80, 0.85, float("nan"), statuses=["done", "done", "not run yet"])) is None
+    # a published recipe at the end keeps its own settings (DualPrompt's pull constraint and clipping)
+    ref = tune.Recipe("adam", 0.00375, (("clip_grad", 1.0), ("pull_coeff", 1.0)), "dualprompt-pytorch")
+    ext = tune.extension([(tune.Recipe("adam", 3.16e-4), _outcome("adam", 3.16e-4, 0.7)), (ref, _outcome("adam", 0.00375, 0.85))])
+    assert ext.lr == pytest.approx(0.00375 * 10 ** 0.5) and ext.options == ref.options and ext.key != ref.key
