@@ -371,7 +371,9 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
     settings_path = out / "tuning.json"
     if settings_path.exists():
         saved = json.loads(settings_path.read_text())
-        upgraded = "extension_steps" not in saved  # tuned before the extensions: its grid stands, they are added
+        # tuned with fewer extension steps (none: before they existed): its candidates stand, the new steps follow them
+        had = saved.get("extension_steps", 0)
+        upgraded = had < EXTENSION_STEPS and saved.get("extension_decades", EXTENSION_DECADES) == EXTENSION_DECADES
         if upgraded:
             saved.update({k: settings[k] for k in ("extension_steps", "extension_decades")})
         differ = [k for k in settings if k != "config" and saved.get(k) != settings[k]]
@@ -381,8 +383,8 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
             raise SystemExit(f"error: '{out}' was tuned with other settings ({', '.join(differ)}); pass the same "
                              "flags to resume it, or another --out folder")
         if upgraded and not report_only:
-            print(f"note: '{out}' was tuned before the extension step per optimizer; its candidates are kept and "
-                  f"{EXTENSION_STEPS} extension(s) per optimizer are added", flush=True)
+            print(f"note: '{out}' was tuned with {had} extension step(s) per optimizer; its candidates are kept and "
+                  f"the steps up to {EXTENSION_STEPS} are added", flush=True)
             write_json(settings_path, {**saved, "config": settings["config"]})
     else:
         write_json(settings_path, settings)

@@ -147,6 +147,12 @@ def test_tune_chooses_on_validation_only_and_compare_trains_the_choice(tmp_path,
     tune.main(["--methods", "seq-lora", "--validation-per-class", "3", "--tune-experiences", "1",
                "--out", str(tmp_path / "t"), *flags])
     assert json.loads((out / "tuning.json").read_text()) == settings
+    # fewer steps than the folder had is another search: refused, naming the setting
+    monkeypatch.setattr(tune, "EXTENSION_STEPS", 0)
+    with pytest.raises(SystemExit, match="extension_steps"):
+        tune.main(["--methods", "seq-lora", "--validation-per-class", "3", "--tune-experiences", "1",
+                   "--out", str(tmp_path / "t"), "--report-only", *flags])
+    monkeypatch.setattr(tune, "EXTENSION_STEPS", 1)
     assert json.loads((out / "chosen.json").read_text())["methods"]["seq-lora"]["lr"] == pick["lr"]
 
     run = compare.main(TINY + ["--methods", "seq-lora", "simplecil", "--out", str(tmp_path / "c"), "--tuned",
