@@ -15,6 +15,11 @@ writes into ``--out``:
   folded into old magnitudes;
 * ``table.md``: the same per method (mean over orders), with the verdict.
 
+* with ``--probe`` (run folders that still hold their last checkpoints, i.e. not the committed copies), and in every
+  later call from the ``probe.csv`` it keeps: whether what a method lost lies in its features or in its head
+  (:mod:`benchmarks.feature_probe`: SimpleCIL's classifier on the method's final backbone against the pretrained
+  one, and the share of test images its head gives the newest task).
+
 Verdict, one definition: a method **collapses** on an order when its final seen-class accuracy is below the
 baseline's on that order, i.e. training left it worse than not training at all. The columns beside it say
 through what: magnitudes running away or to zero, an update whose norm keeps growing, or a head whose newest rows
@@ -93,8 +98,9 @@ def _mean(values: pd.Series, fmt: str) -> str:
     return "n/a" if v.isna().all() else fmt.format(v.mean())
 
 
-def markdown(table: pd.DataFrame, baseline: str) -> str:
-    """Per method, means over its orders, and on how many orders it collapses."""
+def markdown(table: pd.DataFrame, baseline: str, probed: pd.DataFrame | None = None) -> str:
+    """Per method, means over its orders, and on how many orders it collapses; with ``probed`` (feature_probe's
+    rows), a second table: where the accuracy went."""
     rows = []
     for method, g in table.groupby("method", sort=False):
         verdicts = [v for v in g["collapses"] if v is not None]
@@ -107,9 +113,35 @@ def markdown(table: pd.DataFrame, baseline: str) -> str:
     head = ["method", "tasks", "Acc (%)", f"minus {baseline} (pts)", "collapses (orders)", "largest one-task drop (pts)",
             "alpha min / max at the end", "update norm, last / first", "head rows, newest / past", "KD absorbed"]
     orders = ", ".join(map(str, sorted(table["class_order_seed"].unique())))
-    return (f"Long sequence, class orders {orders}; means over the orders. A method collapses on an order when its "
+    text = (f"Long sequence, class orders {orders}; means over the orders. A method collapses on an order when its "
             f"final seen-class accuracy is below {baseline}'s (the frozen backbone's class means) on that order. "
             "n/a: the method does not record that quantity.\n\n" + markdown_grid(head, rows) + "\n")
+    if probed is not None and len(probed):
+        text += "\n" + probe_markdown(probed)
+    return text
+
+
+def probe_markdown(probed: pd.DataFrame) -> str:
+    """feature_probe's rows per method (means over the orders probed): its own head, SimpleCIL's classifier on its
+    final backbone and on the pretrained one, the newest task's share of its predictions."""
+    from .feature_probe import verdict
+
+    rows = []
+    rank = {m: k for k, m in enumerate(method_names())}
+    for method, g in sorted(probed.groupby("method"), key=lambda t: rank.get(t[0], len(rank))):
+        m = g.mean(numeric_only=True)
+        where = sorted({verdict(r) for _, r in g.iterrows()})
+        rows.append([method, ", ".join(map(str, sorted(g["class_order_seed"]))), f"{m['run_acc_pct']:.2f}",
+                     f"{m['own_head_acc_pct']:.2f}", f"{m['prototype_acc_pct']:.2f}",
+                     f"{m['frozen_prototype_acc_pct']:.2f}",
+                     f"{m['newest_task_predictions_pct']:.1f} (of {m['newest_task_share_pct']:.1f})", " / ".join(where)])
+    head = ["method", "orders probed", "Acc, run (%)", "Acc, its head recomputed (%)",
+            "class means on its final backbone (%)", "class means on the pretrained backbone (%)",
+            "test images given to the newest task (%)", "what lost the accuracy"]
+    return ("Where the accuracy went (`benchmarks.feature_probe`, from the runs' last checkpoints): SimpleCIL's "
+            "classifier (cosine to class means of the training images) on each method's final backbone against the "
+            "pretrained one. Class means on its backbone at or above the pretrained one's: its features still hold "
+            "every class and the loss is in its head; below: the features drifted.\n\n" + markdown_grid(head, rows) + "\n")
 
 
 def plot(curve: pd.DataFrame, path: Path) -> None:
@@ -136,16 +168,20 @@ def plot(curve: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path, pdf=True)
 
 
-def write(runs: RunSet, out: str | Path, baseline: str = DEFAULT_BASELINE) -> Path:
-    """Check the folders ran one experiment (class order aside) and write the report into ``out``."""
+def write(runs: RunSet, out: str | Path, baseline: str = DEFAULT_BASELINE, probe: bool = False) -> Path:
+    """Check the folders ran one experiment (class order aside) and write the report into ``out``; ``probe``: probe
+    the folders' last checkpoints first (:mod:`benchmarks.feature_probe`, rows kept in ``out/probe.csv``)."""
     runs.check(free=ORDER_KEYS, pooled=True)
     curve = curves(runs.rows())
     table = collapse_table(curve, baseline)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    from . import feature_probe
+
+    probed = feature_probe.probe([m.folder for m in runs.members], out) if probe else feature_probe.read(out)
     write_text(out / "curve.csv", curve.to_csv(index=False))
     write_text(out / "collapse.csv", table.to_csv(index=False))
-    write_text(out / "table.md", markdown(table, baseline))
+    write_text(out / "table.md", markdown(table, baseline, probed))
     plot(curve, out / "curve.png")
     return out
 
@@ -158,8 +194,11 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--out", required=True, help="report folder (results/<protocol>/... for the README's)")
     p.add_argument("--baseline", default=DEFAULT_BASELINE,
                    help=f"the training-free method a collapse is judged against (default: {DEFAULT_BASELINE})")
+    p.add_argument("--probe", action="store_true",
+                   help="also probe the RUN_DIRs' last checkpoints: SimpleCIL's classifier on each SD-LoRA-built "
+                        "model's final backbone (features or head?); kept in <out>/probe.csv for later calls")
     args = p.parse_args(argv)
-    out = write(RunSet.read(args.runs), args.out, args.baseline)
+    out = write(RunSet.read(args.runs), args.out, args.baseline, probe=args.probe)
     print((out / "table.md").read_text() + f"\nwritten to {out}")
     return out
 

@@ -46,3 +46,49 @@ def test_without_the_baseline_there_is_no_verdict(tmp_path):
     folder = fake_run(tmp_path / "runs" / "long", {("sdlora", 1993): [0.9, 0.5]}, class_order_seed=1993)
     out = collapse.main([str(folder), "--out", str(tmp_path / "report")])
     assert "n/a (no baseline)" in (out / "table.md").read_text()
+
+
+def test_the_probe_puts_simplecils_classifier_on_the_final_backbone(tmp_path):
+    """feature_probe on a real tiny run: the model it reads is the one evaluated (its head recomputed gives the run's
+    final accuracy), SimpleCIL's classifier on the pretrained backbone gives SimpleCIL's own run, and on SD-LoRA's
+    final backbone the qkv weights it loads are W0 + the merged update (the swap took effect)."""
+    import torch
+    from conftest import TINY, _require_cifar
+
+    from benchmarks import compare, feature_probe
+    from benchmarks.findings.sources import build_strategy, load_model
+    from benchmarks.run_folder import RunFolder
+
+    _require_cifar()
+    run = compare.main(TINY + ["--methods", "sdlora", "seq-lora", "simplecil", "--out", str(tmp_path), "--run-id", "p"])
+    out = collapse.main([str(run), "--out", str(tmp_path / "report"), "--probe"])
+    probed = pd.read_csv(out / feature_probe.PROBE_FILE).set_index("method")
+    assert sorted(probed.index) == ["sdlora", "seq-lora"]  # SimpleCIL is no SDLoRAViT: skipped
+    simplecil_final = 100 * pd.read_csv(run / "parts" / "simplecil-seed0.csv")["acc_seen"].iloc[-1]
+    for method, row in probed.iterrows():
+        assert row["own_head_acc_pct"] == pytest.approx(row["run_acc_pct"], abs=1e-6), method
+        assert row["frozen_prototype_acc_pct"] == pytest.approx(simplecil_final, abs=1e-6)
+        assert row["newest_task_share_pct"] == pytest.approx(50.0) and row["test_images"] == 12
+        assert 0 <= row["prototype_acc_pct"] <= 100 and 0 <= row["newest_task_predictions_pct"] <= 100
+    folder = RunFolder(run)
+    model = load_model(folder, "sdlora", 0, 1)
+    state = feature_probe.backbone_state(model)
+    w0 = build_strategy(folder, "simplecil").model.backbone.state_dict()
+    q = "blocks.0.attn.qkv.weight"
+    delta = model.adapters[0].full_delta_weight().float()
+    assert delta.abs().max() > 0 and torch.allclose(state[q], w0[q] + delta, atol=1e-6)
+    assert "head.weight" not in state
+    text = (out / "table.md").read_text()
+    assert "Where the accuracy went" in text and "| sdlora |" in text.split("Where the accuracy went")[1]
+    # a later call without --probe keeps the rows (the committed copies hold no checkpoints)
+    again = collapse.main([str(run), "--out", str(tmp_path / "report")])
+    assert "Where the accuracy went" in (again / "table.md").read_text()
+
+
+def test_the_probe_verdict_compares_the_two_backbones():
+    from benchmarks.feature_probe import verdict
+
+    row = pd.Series({"prototype_acc_pct": 60.0, "frozen_prototype_acc_pct": 55.0})
+    assert verdict(row) == "the head"
+    assert verdict(row.replace(60.0, 50.0)) == "the features"
+    assert verdict(pd.Series({"prototype_acc_pct": np.nan, "frozen_prototype_acc_pct": 55.0})) == "n/a"
