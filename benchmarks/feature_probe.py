@@ -78,7 +78,7 @@ def prototype_accuracy(folder: RunFolder, seed: int, benchmark, test, state: dic
     (None: the pretrained one, SimpleCIL itself). The strategy is the run's own ``simplecil`` build."""
     cfg = folder_config(folder)
     torch.manual_seed(seed)
-    strategy = build_strategy(folder, PROBE_BASELINE)
+    strategy = build_strategy(folder, PROBE_BASELINE, seed=seed)
     if state is not None:
         strategy.model.backbone.load_state_dict(state, strict=True)
     for exp in benchmark.train_stream:
@@ -92,7 +92,7 @@ def probe_run(folder: RunFolder, method: str, seed: int, frozen: dict[int, float
     ``frozen``: SimpleCIL's accuracy per class order, filled on first need (one order's is every method's)."""
     cfg = folder_config(folder)
     last = cfg.n_experiences - 1
-    if not isinstance(build_strategy(folder, method).model, SDLoRAViT):
+    if not isinstance(build_strategy(folder, method, seed=seed).model, SDLoRAViT):
         return None  # a peer's checkpoint is another model's state (benchmarks.peer_checkpoint)
     model = load_model(folder, method, seed, last)
     order = cfg.order_seed(seed)

@@ -60,20 +60,23 @@ def test_the_probe_puts_simplecils_classifier_on_the_final_backbone(tmp_path):
     from benchmarks.run_folder import RunFolder
 
     _require_cifar()
-    run = compare.main(TINY + ["--methods", "sdlora", "seq-lora", "simplecil", "--out", str(tmp_path), "--run-id", "p"])
+    # under --class-order seed (the long runs'): each seed's own order, which the probe must rebuild
+    run = compare.main(TINY + ["--methods", "sdlora", "seq-lora", "simplecil", "--class-order", "seed", "--seeds", "1994",
+                               "--out", str(tmp_path), "--run-id", "p"])
     out = collapse.main([str(run), "--out", str(tmp_path / "report"), "--probe"])
     probed = pd.read_csv(out / feature_probe.PROBE_FILE).set_index("method")
     assert sorted(probed.index) == ["sdlora", "seq-lora"]  # SimpleCIL is no SDLoRAViT: skipped
-    simplecil_final = 100 * pd.read_csv(run / "parts" / "simplecil-seed0.csv")["acc_seen"].iloc[-1]
+    simplecil_final = 100 * pd.read_csv(run / "parts" / "simplecil-seed1994.csv")["acc_seen"].iloc[-1]
     for method, row in probed.iterrows():
         assert row["own_head_acc_pct"] == pytest.approx(row["run_acc_pct"], abs=1e-6), method
         assert row["frozen_prototype_acc_pct"] == pytest.approx(simplecil_final, abs=1e-6)
         assert row["newest_task_share_pct"] == pytest.approx(50.0) and row["test_images"] == 12
+        assert row["class_order_seed"] == 1994
         assert 0 <= row["prototype_acc_pct"] <= 100 and 0 <= row["newest_task_predictions_pct"] <= 100
     folder = RunFolder(run)
-    model = load_model(folder, "sdlora", 0, 1)
+    model = load_model(folder, "sdlora", 1994, 1)
     state = feature_probe.backbone_state(model)
-    w0 = build_strategy(folder, "simplecil").model.backbone.state_dict()
+    w0 = build_strategy(folder, "simplecil", seed=1994).model.backbone.state_dict()
     q = "blocks.0.attn.qkv.weight"
     delta = model.adapters[0].full_delta_weight().float()
     assert delta.abs().max() > 0 and torch.allclose(state[q], w0[q] + delta, atol=1e-6)

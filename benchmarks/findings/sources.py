@@ -202,9 +202,10 @@ def folder_config(folder: RunFolder) -> RunConfig:
     return inputs.resolved(RunConfig.from_json(folder.read_config()))
 
 
-def build_strategy(folder: RunFolder, method: str, plugins: Sequence = ()):
-    """The method's strategy as the run built it (its config.json), no checkpoint loaded: the model holds no task."""
-    cfg = folder_config(folder)
+def build_strategy(folder: RunFolder, method: str, plugins: Sequence = (), seed: int | None = None):
+    """The method's strategy as the run built it (its config.json), no checkpoint loaded: the model holds no task.
+    ``seed``: the run of that seed (needed under ``--class-order seed``, where each seed has its own class order)."""
+    cfg = folder_config(folder).fixed_order(seed)
     return get_method(method).build(cfg, runner.num_classes(benchmark_for(cfg)), quiet_evaluator(), list(plugins))
 
 
@@ -216,6 +217,6 @@ def load_model(folder: RunFolder, method: str, seed: int, experience: int):
                          f"('{ckpt / f'exp{experience}.json'}'); checkpoints are not committed, and benchmarks.compare keeps "
                          "only the last two unless run with --keep-checkpoints all: run the findings without "
                          "--runs/--paper-runs to train them, or pass a run folder that holds them")
-    model = build_strategy(folder, method).model
+    model = build_strategy(folder, method, seed=seed).model
     load_checkpoint(ckpt, experience, model, config={"method": method, "seed": seed})
     return model.eval()
