@@ -6,8 +6,8 @@ Every method that trains by gradient gets the same search, so a comparison ranks
   the method's own reference learning rate for that optimizer, or, where its reference has none, around the
   protocol's ``--lr`` (SGD) or ``ADAM_ANCHOR`` (Adam), then ``EXTENSION_STEPS`` more, each half a decade past the
   better-scoring end of what that optimizer has tried (:func:`extension`: a fixed 3-point grid left 6 of 10 methods'
-  choices at an edge, where a better rate may lie beyond it; one adaptive step per optimizer, the same for every
-  method, brackets them without giving any method more candidates); SGD with momentum 0.9 for every method, and Adam
+  choices at an edge, where a better rate may lie beyond it; adaptive steps per optimizer, the same number for every
+  method, reach a decade past the grid without giving any method more candidates); SGD with momentum 0.9 for every method, and Adam
   as well for a method whose reference uses Adam (:func:`optimizers_of`). Every published recipe of a
   method is a candidate: a method's second recipe for one optimizer (DualPrompt's two, SD-LoRA's SGD of the authors'
   code) takes the place of the grid point nearest to it, with its own settings (a recipe is an optimizer, a learning
@@ -65,7 +65,7 @@ from .run_folder import RunFolder  # noqa: E402
 from .units import in_file_units  # noqa: E402
 
 GRID_DECADES = (-0.5, 0.0, 0.5)  # learning rates per optimizer: anchor * 10**d
-EXTENSION_STEPS = 1  # adaptive candidates per optimizer after its grid (:func:`extension`)
+EXTENSION_STEPS = 2  # adaptive candidates per optimizer after its grid (:func:`extension`); 1 left APER and CaRE at an edge
 EXTENSION_DECADES = 0.5  # how far each goes past the end it extends: the grid's own spacing
 OPTIMIZERS = ("sgd", "adam")
 ADAM_ANCHOR = 1e-3  # Adam's customary rate (Kingma & Ba; torch's default), for a method whose reference has no Adam

@@ -80,10 +80,11 @@ def test_every_method_that_trains_gets_the_same_number_of_candidates_with_its_pu
     assert counts["ranpac"] == counts["seq-lora"] == counts["care"] == 3
     # RR and KD train as SD-LoRA does (their first experiences are SD-LoRA's own): tuned once, through sdlora
     assert counts["sdlora-rr"] == counts["sdlora-kd"] == 0 and get_method("sdlora-rr").recipe_of == "sdlora"
-    # in all, with one extension per optimizer after its grid: the same number for every method per optimizer
+    # in all, with the extensions per optimizer after its grid: the same number for every method per optimizer
     totals = {m: tune.candidate_count(m, cfg) for m in method_names()}
-    assert totals["sdlora"] == totals["dualprompt"] == totals["coda-prompt"] == 8 and totals["simplecil"] == 0
-    assert totals["ranpac"] == totals["seq-lora"] == totals["care"] == totals["mos"] == totals["cl-lora"] == 4
+    assert totals["sdlora"] == totals["dualprompt"] == totals["coda-prompt"] == 6 + 2 * tune.EXTENSION_STEPS and totals["simplecil"] == 0
+    assert totals["ranpac"] == totals["seq-lora"] == totals["care"] == totals["mos"] == totals["cl-lora"] == 3 + tune.EXTENSION_STEPS
+    assert tune.EXTENSION_STEPS == 2  # the committed tuning ran two
 
     def has(method, optimizer, lr, **options):
         return any(c.optimizer == optimizer and c.lr == pytest.approx(lr) and dict(c.options) == options
@@ -113,16 +114,16 @@ def test_tune_chooses_on_validation_only_and_compare_trains_the_choice(tmp_path,
     report = tune.main(["--methods", "seq-lora", "--validation-per-class", "3", "--tune-experiences", "1",
                         "--out", str(tmp_path / "t"), "--report-only", *flags])
     assert not (report / "candidates").exists()
-    assert json.loads((report / "chosen.json").read_text())["methods"]["seq-lora"]["incomplete"] == "0 of 3 run"
+    assert json.loads((report / "chosen.json").read_text())["methods"]["seq-lora"]["incomplete"] == "0 of 4 run"
     out = tune.main(["--methods", "seq-lora", "simplecil", "--validation-per-class", "3", "--tune-experiences", "1",
                      "--out", str(tmp_path / "t"), *flags])
     rows = [json.loads(p.read_text()) for p in (out / "candidates").rglob("config.json")]
-    assert len(rows) == 3 and all(r["validation_per_class"] == 3 and r["first_experiences"] == 1 for r in rows)
+    assert len(rows) == 4 and all(r["validation_per_class"] == 3 and r["first_experiences"] == 1 for r in rows)
     per_task = [p for p in (out / "candidates").rglob("per_task.csv")]
     assert all(len(p.read_text().strip().splitlines()) == 2 for p in per_task)  # header + the one tuned experience
     chosen = json.loads((out / "chosen.json").read_text())
     pick = chosen["methods"]["seq-lora"]
-    assert pick["optimizer"] == "sgd" and pick["candidates"] == 3 and chosen["methods"]["simplecil"]["candidates"] == 0
+    assert pick["optimizer"] == "sgd" and pick["candidates"] == 4 and chosen["methods"]["simplecil"]["candidates"] == 0
     scores = {c: json.loads((out / "candidates" / "seq-lora" / c / "config.json").read_text())["method_options"]
               for c in ("sgd-lr0.00316", "sgd-lr0.01")}
     assert scores["sgd-lr0.01"]["seq-lora"] == {"lr": 0.01, "optimizer": "sgd"}
@@ -148,11 +149,12 @@ def test_tune_chooses_on_validation_only_and_compare_trains_the_choice(tmp_path,
                "--out", str(tmp_path / "t"), *flags])
     assert json.loads((out / "tuning.json").read_text()) == settings
     # fewer steps than the folder had is another search: refused, naming the setting
-    monkeypatch.setattr(tune, "EXTENSION_STEPS", 0)
+    steps = tune.EXTENSION_STEPS
+    monkeypatch.setattr(tune, "EXTENSION_STEPS", steps - 1)
     with pytest.raises(SystemExit, match="extension_steps"):
         tune.main(["--methods", "seq-lora", "--validation-per-class", "3", "--tune-experiences", "1",
                    "--out", str(tmp_path / "t"), "--report-only", *flags])
-    monkeypatch.setattr(tune, "EXTENSION_STEPS", 1)
+    monkeypatch.setattr(tune, "EXTENSION_STEPS", steps)
     assert json.loads((out / "chosen.json").read_text())["methods"]["seq-lora"]["lr"] == pick["lr"]
 
     run = compare.main(TINY + ["--methods", "seq-lora", "simplecil", "--out", str(tmp_path / "c"), "--tuned",
@@ -258,7 +260,7 @@ def test_candidates_trained_in_parallel_score_as_one_after_another(tmp_path, mon
     parallel = tune.main([*flags, "--out", str(tmp_path / "b"), "--jobs", "2"])
     a, b = (pd.read_csv(d / "candidates.csv").drop(columns=["train_seconds", "eval_seconds"]) for d in (serial, parallel))
     pd.testing.assert_frame_equal(a, b)
-    assert len(a) == 3 and (a["status"] == "done").all()  # the grid's two and the extension after them
+    assert len(a) == 4 and (a["status"] == "done").all()  # the grid's two and the two extensions after them
     with pytest.raises(SystemExit):
         tune.main([*flags, "--out", str(tmp_path / "c"), "--jobs", "0"])
 
