@@ -42,6 +42,7 @@ import pandas as pd  # noqa: E402
 
 from avalanche_sdlora.atomic import write_text  # noqa: E402
 
+from . import feature_probe  # noqa: E402
 from .methods import method_names  # noqa: E402
 from .reports import magnitudes, markdown_grid, method_style, save_figure  # noqa: E402
 from .run_set import ORDER_KEYS, RunSet  # noqa: E402
@@ -124,13 +125,11 @@ def markdown(table: pd.DataFrame, baseline: str, probed: pd.DataFrame | None = N
 def probe_markdown(probed: pd.DataFrame) -> str:
     """feature_probe's rows per method (means over the orders probed): its own head, SimpleCIL's classifier on its
     final backbone and on the pretrained one, the newest task's share of its predictions."""
-    from .feature_probe import verdict
-
     rows = []
     rank = {m: k for k, m in enumerate(method_names())}
     for method, g in sorted(probed.groupby("method"), key=lambda t: rank.get(t[0], len(rank))):
         m = g.mean(numeric_only=True)
-        where = sorted({verdict(r) for _, r in g.iterrows()})
+        where = sorted({feature_probe.verdict(r) for _, r in g.iterrows()})
         rows.append([method, ", ".join(map(str, sorted(g["class_order_seed"]))), f"{m['run_acc_pct']:.2f}",
                      f"{m['own_head_acc_pct']:.2f}", f"{m['prototype_acc_pct']:.2f}",
                      f"{m['frozen_prototype_acc_pct']:.2f}",
@@ -176,8 +175,6 @@ def write(runs: RunSet, out: str | Path, baseline: str = DEFAULT_BASELINE, probe
     table = collapse_table(curve, baseline)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    from . import feature_probe
-
     probed = feature_probe.probe([m.folder for m in runs.members], out) if probe else feature_probe.read(out)
     write_text(out / "curve.csv", curve.to_csv(index=False))
     write_text(out / "collapse.csv", table.to_csv(index=False))

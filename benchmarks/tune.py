@@ -73,6 +73,7 @@ DEFAULT_VALIDATION_PER_CLASS = 50  # 10 % of CIFAR-100's 500 training images per
 DEFAULT_TUNE_EXPERIENCES = 2
 DEFAULT_TUNE_ORDER = 1993  # the first of the paper's class-order seeds
 TUNE_SEED = 0
+NOT_RUN = "not run yet"  # an Outcome's status before its candidate has trained
 DEFAULT_OUT = Path("runs") / "tuning"
 
 
@@ -188,7 +189,7 @@ def extension(tried: Sequence[tuple[Recipe, "Outcome"]]) -> Recipe | None:
     (``EXTENSION_DECADES``) further out. Where the best candidate is the highest rate tried, this tries a higher one;
     where it lies inside, it goes past the better of the two ends, so that every method gets the same number of
     candidates. ``None`` while a candidate tried has not run yet (the step depends on every score)."""
-    if not tried or any(o.status not in ("done",) and not o.status.startswith("failed") for _, o in tried):
+    if not tried or any(o.pending for _, o in tried):
         return None
 
     def score(o: Outcome) -> tuple[float, float]:
@@ -234,6 +235,11 @@ class Outcome:
     folder: str = ""
     machine: str = ""  # where it trained (its seconds are that machine's): one grid may span two machines
 
+    @property
+    def pending(self) -> bool:
+        """Not run yet (neither done nor failed): no score to choose by or to extend from."""
+        return self.status == NOT_RUN
+
 
 def _machine(folder: Path) -> str:
     """The machine a candidate trained on, as its run folder recorded it (``device_name``)."""
@@ -257,7 +263,7 @@ def read_outcome(method: str, recipe: Recipe, folder: Path, failures: Mapping[st
     if recipe.key in failures.get(method, {}):
         return Outcome(**base, status=f"failed: {failures[method][recipe.key]}")
     if not RunFolder(folder).is_done():
-        return Outcome(**base, status="not run yet")
+        return Outcome(**base, status=NOT_RUN)
     return Outcome(**base, status="done", **_scores(folder), machine=_machine(folder))
 
 
@@ -401,7 +407,7 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
                      out / "candidates" / m / recipe.key)
                     for m in trained for recipe, o in method_candidates(m, cfg, out, failures, train=False,
                                                                         settings=settings)
-                    if o.status == "not run yet"]
+                    if o.pending]
             if not todo:
                 break
             _run_in_parallel(todo, jobs, quiet, failures, failures_path)
@@ -414,7 +420,7 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
         outcomes += mine
         best = choose(mine)
         total = candidate_count(method, cfg)
-        finished = sum(o.status == "done" or o.status.startswith("failed") for o in mine)
+        finished = sum(not o.pending for o in mine)
         if not total:
             chosen[method] = {"trains_by_gradient": False, "candidates": 0}
         elif finished < total:
