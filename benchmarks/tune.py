@@ -62,6 +62,7 @@ from .methods import get_method, method_names  # noqa: E402
 from .pool import exit_with_parent  # noqa: E402
 from .protocols import AUTHORS_LR  # noqa: E402
 from .run_folder import RunFolder  # noqa: E402
+from .run_set import EXECUTION_KEYS  # noqa: E402
 from .units import in_file_units  # noqa: E402
 
 GRID_DECADES = (-0.5, 0.0, 0.5)  # learning rates per optimizer: anchor * 10**d
@@ -360,6 +361,14 @@ def grid_edge(best: Outcome, outcomes: Sequence[Outcome]) -> str:
     return "highest" if best.lr >= max(lrs) else "lowest" if best.lr <= min(lrs) else ""
 
 
+def _numbers_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The run flags a folder's candidates must share: all but where they execute (device, threads, workers).
+
+    Each candidate is a run of its own and records its machine (the table's "machine" column), so a grid begun on
+    a CPU may be finished on a GPU; a changed protocol, method or data flag still refuses the folder."""
+    return {k: v for k, v in config.items() if k not in EXECUTION_KEYS}
+
+
 def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_class: int = DEFAULT_VALIDATION_PER_CLASS,
          tune_experiences: int = DEFAULT_TUNE_EXPERIENCES, order: int = DEFAULT_TUNE_ORDER, quiet: bool = True,
          command: str = "benchmarks.tune", report_only: bool = False, jobs: int = 1) -> dict[str, Any]:
@@ -383,7 +392,7 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
         if upgraded:
             saved.update({k: settings[k] for k in ("extension_steps", "extension_decades")})
         differ = [k for k in settings if k != "config" and saved.get(k) != settings[k]]
-        if saved.get("config", {}) != json.loads(json.dumps(settings["config"])):
+        if _numbers_config(saved.get("config", {})) != _numbers_config(json.loads(json.dumps(settings["config"]))):
             differ.append("the run flags")
         if differ:
             raise SystemExit(f"error: '{out}' was tuned with other settings ({', '.join(differ)}); pass the same "

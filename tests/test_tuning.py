@@ -156,6 +156,15 @@ def test_tune_chooses_on_validation_only_and_compare_trains_the_choice(tmp_path,
                    "--out", str(tmp_path / "t"), "--report-only", *flags])
     monkeypatch.setattr(tune, "EXTENSION_STEPS", steps)
     assert json.loads((out / "chosen.json").read_text())["methods"]["seq-lora"]["lr"] == pick["lr"]
+    # where candidates execute (threads, workers; a GPU's device) may change between calls, each candidate records
+    # its machine; a flag that changes the numbers may not
+    swapped = [f if f != "--threads" else "--workers" for f in flags]
+    tune.main(["--methods", "seq-lora", "--validation-per-class", "3", "--tune-experiences", "1",
+               "--out", str(tmp_path / "t"), "--report-only", *swapped])
+    assert json.loads((out / "chosen.json").read_text())["methods"]["seq-lora"]["lr"] == pick["lr"]
+    with pytest.raises(SystemExit, match="the run flags"):
+        tune.main(["--methods", "seq-lora", "--validation-per-class", "3", "--tune-experiences", "1",
+                   "--out", str(tmp_path / "t"), "--report-only", *flags, "--epochs", "2"])
 
     run = compare.main(TINY + ["--methods", "seq-lora", "simplecil", "--out", str(tmp_path / "c"), "--tuned",
                                str(out / "chosen.json")])
