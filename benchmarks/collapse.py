@@ -114,7 +114,8 @@ def markdown(table: pd.DataFrame, baseline: str, probed: pd.DataFrame | None = N
     head = ["method", "tasks", "Acc (%)", f"minus {baseline} (pts)", "collapses (orders)", "largest one-task drop (pts)",
             "alpha min / max at the end", "update norm, last / first", "head rows, newest / past", "KD absorbed"]
     orders = ", ".join(map(str, sorted(table["class_order_seed"].unique())))
-    text = (f"Long sequence, class orders {orders}; means over the orders. A method collapses on an order when its "
+    tasks = "/".join(map(str, sorted(table["tasks"].astype(int).unique())))
+    text = (f"{tasks} tasks, class orders {orders}; means over the orders. A method collapses on an order when its "
             f"final seen-class accuracy is below {baseline}'s (the frozen backbone's class means) on that order. "
             "n/a: the method does not record that quantity.\n\n" + markdown_grid(head, rows) + "\n")
     if probed is not None and len(probed):
