@@ -45,6 +45,7 @@ from .units import in_file_units  # noqa: E402
 
 DEFAULT_REFERENCE = "sdlora"
 SOURCES = "sources.json"
+UNRECORDED = "machine not recorded"
 TABLES = ("orders.csv", "orders_summary.csv", "paired.csv", "paired_summary.csv", "table.md")
 
 
@@ -64,6 +65,15 @@ def order_runs(runs: RunSet) -> pd.DataFrame:
     """One record per (method, class order): its run's Acc, AAA, forgetting, BWT and where it came from."""
     rows = runs.rows()
     records = run_records(rows, ["method", "class_order_seed", "seed", "run"])
+    # A run that stopped where another folder finished the same (method, order) is superseded, not a second run:
+    # runs of a machine whose time ran out are redone in a new folder (a resume is refused on another machine)
+    key = ["method", "class_order_seed"]
+    done_keys = pd.MultiIndex.from_frame(records.loc[records["finished"], key])
+    superseded = records[~records["finished"] & pd.MultiIndex.from_frame(records[key]).isin(done_keys)]
+    if len(superseded):
+        run_key = ["method", "seed", "run"]
+        records = records.drop(index=superseded.index)
+        rows = rows[~pd.MultiIndex.from_frame(rows[run_key]).isin(pd.MultiIndex.from_frame(superseded[run_key]))]
     twice = records[records.duplicated(["method", "class_order_seed"], keep=False)]
     if len(twice):
         (method, order), g = next(iter(twice.groupby(["method", "class_order_seed"])))
@@ -83,9 +93,13 @@ def order_runs(runs: RunSet) -> pd.DataFrame:
     records["own_prompt"] = [own.get((m, o), np.nan) for m, o in zip(records["method"], records["class_order_seed"])]
     configs = {m.label: m.config for m in runs.members}
     records["recipe"] = [recipe_label(configs[r], m) for m, r in zip(records["method"], records["run"])]
+    # where each run trained: a resume is refused on another machine type, so a folder has one
+    records["machine"] = [configs[r].get("device_name") or UNRECORDED for r in records["run"]]
     cols = ["method", "class_order_seed", "seed", "acc", "aaa", "forgetting", "bwt", "finished", "recipe",
-            "stored_params", "inference_backbones", "own_prompt", "train_seconds", "eval_seconds", "run"]
-    return records[cols].reset_index(drop=True)
+            "stored_params", "inference_backbones", "own_prompt", "train_seconds", "eval_seconds", "machine", "run"]
+    out = records[cols].reset_index(drop=True)
+    out.attrs["superseded"] = [f"{r.method} order {r.class_order_seed} ({r.run})" for r in superseded.itertuples()]
+    return out
 
 
 def summarize_orders(orders: pd.DataFrame) -> pd.DataFrame:
@@ -93,6 +107,9 @@ def summarize_orders(orders: pd.DataFrame) -> pd.DataFrame:
     out = []
     for method, every in orders.groupby("method", sort=False):
         g = every[every["finished"]]
+        # wall time means something on one machine only: a method run on several gets a mean per machine
+        by_machine = g.groupby("machine", sort=False)[["train_seconds", "eval_seconds"]].mean()
+        one = len(by_machine) <= 1
         out.append({"method": method, "acc_mean": g["acc"].mean(), "acc_std": g["acc"].std(ddof=1),
                     "aaa_mean": g["aaa"].mean(), "aaa_std": g["aaa"].std(ddof=1),
                     "forgetting_mean": g["forgetting"].mean(), "forgetting_std": g["forgetting"].std(ddof=1),
@@ -101,7 +118,11 @@ def summarize_orders(orders: pd.DataFrame) -> pd.DataFrame:
                     # worth of blocks per test image then, and wall time per run on the machines the footnote names)
                     "recipe": "; ".join(dict.fromkeys(every["recipe"])), "own_prompt_mean": g["own_prompt"].mean(),
                     "stored_params": every["stored_params"].max(), "inference_backbones": every["inference_backbones"].max(),
-                    "train_seconds_mean": g["train_seconds"].mean(), "eval_seconds_mean": g["eval_seconds"].mean(),
+                    "train_seconds_mean": g["train_seconds"].mean() if one else np.nan,
+                    "eval_seconds_mean": g["eval_seconds"].mean() if one else np.nan,
+                    "seconds_by_machine": "; ".join(f"{m}: train {r.train_seconds:.0f}, eval {r.eval_seconds:.0f}"
+                                                    for m, r in by_machine.iterrows()),
+                    "machines": "; ".join(dict.fromkeys(g["machine"])),
                     "orders": " ".join(map(str, g["class_order_seed"])), "runs": " ".join(dict.fromkeys(every["run"]))})
     return pd.DataFrame.from_records(out)
 
@@ -148,6 +169,37 @@ def _minutes(seconds: float) -> str:
     return "n/a" if np.isnan(seconds) else f"{seconds / 60:.1f}"
 
 
+def machine_tags(orders: pd.DataFrame) -> dict[str, str]:
+    """A letter per machine the finished runs trained on (A, B, ... in order of appearance); none for one machine,
+    so a single-machine table reads as before."""
+    machines = list(dict.fromkeys(orders.loc[orders["finished"], "machine"]))
+    return {} if len(machines) <= 1 else {m: chr(ord("A") + k) for k, m in enumerate(machines)}
+
+
+def _minutes_by_machine(runs: pd.DataFrame, column: str, tags: dict[str, str]) -> str:
+    """Mean wall minutes of ``runs`` (one method's finished runs) per machine, tagged: '87.4 (A) / 0.7 (B)'."""
+    means = runs.groupby("machine", sort=False)[column].mean()
+    return " / ".join(f"{_minutes(v)} ({tags[m]})" for m, v in means.items()) if len(means) else "n/a"
+
+
+def machine_notes(orders: pd.DataFrame, tags: dict[str, str]) -> list[str]:
+    """The machines behind the tags with the orders each ran, and every order whose runs trained on several machines
+    (its paired differences then cross machines, which moves a trained run by a point or two on its own)."""
+    if not tags:
+        return []
+    done = orders[orders["finished"]]
+    where = [f"{tag} = {m} (order{'s' if len(o) > 1 else ''} {', '.join(map(str, o))})"
+             for m, tag in tags.items()
+             for o in [sorted(done.loc[done["machine"] == m, "class_order_seed"].unique())]]
+    notes = ["Machines: " + "; ".join(where) + ". Wall minutes are per machine (tagged); they compare within one."]
+    for order, g in done.groupby("class_order_seed"):
+        if g["machine"].nunique() > 1:
+            parts = [f"{', '.join(h['method'])} on {tags[m]}" for m, h in g.groupby("machine", sort=False)]
+            notes.append(f"Order {order} mixes machines ({'; '.join(parts)}): its paired differences compare runs "
+                         "from different machines.")
+    return notes
+
+
 def _wins(p: pd.Series, k: str) -> str:
     n, wins, ties = int(p[f"{k}_orders"]), int(p[f"{k}_wins"]), int(p[f"{k}_ties"])
     return "n/a" if n == 0 else f"{wins} of {n}" + (f" ({ties} tied)" if ties else "")
@@ -159,6 +211,13 @@ def markdown(orders: pd.DataFrame, summary: pd.DataFrame, pairs: pd.DataFrame, p
     all_orders = sorted(orders["class_order_seed"].unique())
     by = summary.sort_values("acc_mean", ascending=False, na_position="last")
     cell = {(r["method"], r["class_order_seed"]): r for _, r in orders.iterrows()}
+    tags = machine_tags(orders)
+    done = orders[orders["finished"]]
+
+    def minutes(r: pd.Series, column: str) -> str:
+        if not tags:
+            return _minutes(r[f"{column}_mean"])
+        return _minutes_by_machine(done[done["method"] == r["method"]], column, tags)
 
     def acc_at(method: str, order: int) -> str:
         r = cell.get((method, order))
@@ -170,7 +229,7 @@ def markdown(orders: pd.DataFrame, summary: pd.DataFrame, pairs: pd.DataFrame, p
         rows.append([r["method"], _pm(r["acc_mean"], r["acc_std"]), _pm(r["aaa_mean"], r["aaa_std"]),
                      _pm(r["forgetting_mean"], r["forgetting_std"])] + [acc_at(r["method"], o) for o in all_orders]
                     + [n, r["recipe"], f"{r['inference_backbones']:g}", f"{r['stored_params'] / 1e6:.2f}",
-                       _minutes(r["train_seconds_mean"]), _minutes(r["eval_seconds_mean"]), ", ".join(r["runs"].split())])
+                       minutes(r, "train_seconds"), minutes(r, "eval_seconds"), ", ".join(r["runs"].split())])
     head = ["method", "Acc (%)", "AAA (%)", "forgetting"] + [f"Acc, order {o}" for o in all_orders] + [
         "orders", "recipe", "backbones / image", "stored (M params)", "train min / run", "eval min / run", "runs"]
     text = [f"Class orders {', '.join(map(str, all_orders))} (seed s: `numpy.random.seed(s); permutation(n)`), one "
@@ -205,6 +264,10 @@ def markdown(orders: pd.DataFrame, summary: pd.DataFrame, pairs: pd.DataFrame, p
     for _, r in by[by["own_prompt_mean"].notna()].iterrows():
         foot.append(f"{r['method']}: key matching gave {100 * r['own_prompt_mean']:.1f} % of the test images (every "
                     "task, after the last one) their own task's prompt, mean over orders (`own_prompt_fraction`).")
+    foot += machine_notes(orders, tags)
+    if orders.attrs.get("superseded"):
+        foot.append("Unfinished runs left out, another folder finished the same method and order: "
+                    + ", ".join(orders.attrs["superseded"]) + ".")
     if notes:
         foot.append("Settings that differ between the runs: " + "; ".join(notes) + ".")
     return "\n\n".join(part.rstrip("\n") for part in text + foot) + "\n"

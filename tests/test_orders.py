@@ -171,3 +171,47 @@ def test_dualprompts_own_prompt_share_after_the_last_task_is_reported(tmp_path):
     assert pd.read_csv(out / "orders_summary.csv").set_index("method").loc["dualprompt", "own_prompt_mean_pct"] == 25.0
     table = (out / "table.md").read_text()
     assert "dualprompt: key matching gave 25.0 % of the test images" in table and "sdlora: key matching" not in table
+
+
+def test_runs_from_several_machines_get_wall_time_per_machine_and_a_mixed_order_is_named(tmp_path):
+    """Wall time compares within a machine only: a method run on two machines gets a mean per machine, the footnote
+    names which machine ran which order, and an order whose runs trained on two machines is called out."""
+    folders = _old_order_folders(tmp_path / "runs")
+    mixed = fake_run(tmp_path / "runs" / "gpu1995", {("sdlora", 1995): [0.9, 0.57]}, class_order_seed=1995)
+    for folder, machine in [*((f, "CPU X") for f in folders), (mixed, "GPU Y")]:
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "device_name": machine}))
+    mixed_part = mixed / "parts" / "sdlora-seed1995.csv"
+    part = pd.read_csv(mixed_part)
+    part["train_seconds"] = 7.0  # 14 s a run there against 2 s on the CPU folders
+    part.to_csv(mixed_part, index=False)
+    (folders[2] / "parts" / "sdlora-seed1995.csv").unlink()  # sdlora's order 1995 comes from the GPU folder only
+    out = orders.main([*map(str, folders[:2]), str(folders[2]), str(mixed), "--out", str(tmp_path / "report")])
+    table = (out / "table.md").read_text()
+    assert "| sdlora | 55.67 ± 5.13 |" in table  # 60, 50, 57
+    assert "| 0.0 (A) / 0.2 (B) | 0.0 (A) / 0.0 (B) | order1993, order1994, gpu1995 |" in table  # 2 s, 14 s a run
+    assert "Machines: A = CPU X (orders 1993, 1994, 1995); B = GPU Y (order 1995)." in table
+    assert "Order 1995 mixes machines (sdlora on B; seq-lora on A)" in table
+    summary = pd.read_csv(out / "orders_summary.csv").set_index("method")
+    assert np.isnan(summary.loc["sdlora", "train_seconds_mean"])  # no mean across machines
+    assert summary.loc["sdlora", "seconds_by_machine"] == "CPU X: train 2, eval 1; GPU Y: train 14, eval 1"
+    assert summary.loc["seq-lora", "train_seconds_mean"] == 2.0  # one machine: the plain mean
+    assert pd.read_csv(out / "orders.csv")["machine"].tolist().count("GPU Y") == 1
+
+
+def test_an_unfinished_run_is_superseded_by_the_same_method_and_order_finished_elsewhere(tmp_path):
+    """A machine whose time ran out leaves unfinished runs that another folder redoes: the finished one is taken and
+    the footnote names the one left out; two finished runs of one (method, order) are still refused."""
+    folders = _old_order_folders(tmp_path / "runs")
+    stopped = fake_run(tmp_path / "runs" / "stopped", {("sdlora", 1995): [0.9, 0.2]}, class_order_seed=1995)
+    part = stopped / "parts" / "sdlora-seed1995.csv"
+    pd.read_csv(part).iloc[:1].to_csv(part, index=False)  # stopped after its first experience
+    out = orders.main([*map(str, folders), str(stopped), "--out", str(tmp_path / "report")])
+    table = (out / "table.md").read_text()
+    assert "| sdlora | 55.00 ± 5.00 |" in table and "unfinished" not in table.split("\n\n")[1]
+    assert "Unfinished runs left out, another folder finished the same method and order: sdlora order 1995 " \
+           "(stopped)." in table
+    assert "stopped" not in pd.read_csv(out / "orders.csv")["run"].tolist()
+    twice = fake_run(tmp_path / "runs" / "twice", {("sdlora", 1995): [0.9, 0.2]}, class_order_seed=1995)
+    with pytest.raises(SystemExit, match="sdlora has 2 runs on class order 1995"):
+        orders.main([*map(str, folders), str(twice), "--out", str(tmp_path / "other")])
