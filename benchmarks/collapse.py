@@ -51,6 +51,18 @@ DEFAULT_BASELINE = "simplecil"
 KEYS = ["method", "class_order_seed", "experience"]
 
 
+def finished_rows(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The rows of runs that reached their last task, and a label per run left out (method, order, tasks done):
+    an unfinished run's last accuracy is not a final one, so it gets no verdict and no curve."""
+    by = ["method", "seed", "run"] if "run" in rows else ["method", "seed"]
+    last = rows.groupby(by, sort=False).agg(done=("experience", "max"), n=("n_experiences", "max"),
+                                            order=("class_order_seed", "first"))
+    stopped = last[last["done"] < last["n"] - 1]
+    keep = ~pd.MultiIndex.from_frame(rows[by]).isin(stopped.index)
+    labels = [f"{key[0]} order {r.order} ({r.done + 1} of {r.n} tasks)" for key, r in stopped.iterrows()]
+    return rows[keep], labels
+
+
 def curves(rows: pd.DataFrame) -> pd.DataFrame:
     """Per (method, order, experience): seen-class accuracy in percent and the mechanism's state after it."""
     out = rows.sort_values(KEYS)[KEYS].copy()
@@ -172,14 +184,18 @@ def write(runs: RunSet, out: str | Path, baseline: str = DEFAULT_BASELINE, probe
     """Check the folders ran one experiment (class order aside) and write the report into ``out``; ``probe``: probe
     the folders' last checkpoints first (:mod:`benchmarks.feature_probe`, rows kept in ``out/probe.csv``)."""
     runs.check(free=ORDER_KEYS, pooled=True)
-    curve = curves(runs.rows())
+    rows, unfinished = finished_rows(runs.rows())
+    curve = curves(rows)
     table = collapse_table(curve, baseline)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     probed = feature_probe.probe([m.folder for m in runs.members], out) if probe else feature_probe.read(out)
     write_text(out / "curve.csv", curve.to_csv(index=False))
     write_text(out / "collapse.csv", table.to_csv(index=False))
-    write_text(out / "table.md", markdown(table, baseline, probed))
+    text = markdown(table, baseline, probed)
+    if unfinished:  # a verdict compares final accuracies: a run still going (or stopped) has none yet
+        text += "\nUnfinished runs left out: " + ", ".join(unfinished) + ".\n"
+    write_text(out / "table.md", text)
     plot(curve, out / "curve.png")
     return out
 

@@ -95,3 +95,18 @@ def test_the_probe_verdict_compares_the_two_backbones():
     assert verdict(row) == "the head"
     assert verdict(row.replace(60.0, 50.0)) == "the features"
     assert verdict(pd.Series({"prototype_acc_pct": np.nan, "frozen_prototype_acc_pct": 55.0})) == "n/a"
+
+
+def test_an_unfinished_run_gets_no_verdict_and_is_named(tmp_path):
+    """A run still going (or stopped) has no final accuracy: its last task's accuracy against the baseline's final
+    one would be a verdict on a different number of tasks."""
+    folder = fake_run(tmp_path / "runs" / "long", {("sdlora", 1993): [0.9, 0.5, 0.3],
+                                                   ("seq-lora", 1993): [0.9, 0.8, 0.2],
+                                                   ("simplecil", 1993): [0.9, 0.6, 0.5]}, class_order_seed=1993)
+    for path in (folder / "parts" / "seq-lora-seed1993.csv", folder / "per_task.csv"):
+        rows = pd.read_csv(path)
+        rows.drop(rows.index[(rows["method"] == "seq-lora") & (rows["experience"] == 2)]).to_csv(path, index=False)
+    out = collapse.main([str(folder), "--out", str(tmp_path / "report")])
+    assert "seq-lora" not in set(pd.read_csv(out / "collapse.csv")["method"])
+    assert "seq-lora" not in set(pd.read_csv(out / "curve.csv")["method"])
+    assert "Unfinished runs left out: seq-lora order 1993 (2 of 3 tasks)." in (out / "table.md").read_text()
