@@ -268,6 +268,10 @@ def _run_locked(cfg: RunConfig, methods: list[str], seeds: list[int], folder: Ru
                 tuned: dict | None = None) -> None:
     """The run loop, with the run folder locked (under torchrun: every rank trains, rank 0 alone writes)."""
     main = distributed.is_main()
+    if tuned is None and saved is not None:
+        # a resume applies the recipes its config records as method options (the run's identity): where they came
+        # from --tuned, the record and the rows' "tuned" source stay (a tables' recipe column reads them)
+        tuned = saved.get("tuned")
     config = {**cfg.to_json(), "methods": methods, "seeds": seeds,
               "recipes": _recipes(cfg, methods, folder, tuned), "device_name": identity["device_name"],
               "torch": torch.__version__, "identity": identity, "command": command,

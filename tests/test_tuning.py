@@ -172,6 +172,10 @@ def test_tune_chooses_on_validation_only_and_compare_trains_the_choice(tmp_path,
     assert config["recipes"]["seq-lora"] == {"optimizer": "sgd", "lr": pick["lr"], "source": "tuned"}
     assert config["method_options"]["seq-lora"] == {"lr": pick["lr"], "optimizer": "sgd"}
     assert config["tuned"]["file"]["name"] == "chosen.json"
+    # a resume (restricted to one method, as a background run is) keeps where the recipes came from
+    compare.main(["--resume", str(run), "--methods", "seq-lora", "--quiet"])
+    resumed = json.loads((run / "config.json").read_text())
+    assert resumed["recipes"]["seq-lora"]["source"] == "tuned" and resumed["tuned"] == config["tuned"]
 
 
 def test_tuned_recipes_are_refused_for_another_protocol_or_an_untuned_method(tmp_path):
