@@ -1,6 +1,7 @@
 """Equal tuning on validation data: ``python -m benchmarks.tune --methods ... [run flags]`` (issue 30).
 
-Every method that trains by gradient gets the same search, so a comparison ranks mechanisms rather than recipes:
+Every method that trains by gradient gets the same search (its candidates: :mod:`benchmarks.tune_space`), so a
+comparison ranks mechanisms rather than recipes:
 
 * the same number of candidates per optimizer: three learning rates half a decade apart (``GRID_DECADES``) around
   the method's own reference learning rate for that optimizer, or, where its reference has none, around the
@@ -60,150 +61,18 @@ from .config import RunConfig, add_run_flags, config_from_flags, run_flags  # no
 from .local_paths import portable_record, portable_text  # noqa: E402
 from .methods import get_method, method_names  # noqa: E402
 from .pool import exit_with_parent  # noqa: E402
-from .protocols import AUTHORS_LR  # noqa: E402
 from .run_folder import RunFolder  # noqa: E402
 from .run_set import EXECUTION_KEYS  # noqa: E402
 from .units import in_file_units  # noqa: E402
+from . import tune_space as space  # noqa: E402
+from .tune_space import Recipe, candidate_count, candidates, extension  # noqa: E402
 
-GRID_DECADES = (-0.5, 0.0, 0.5)  # learning rates per optimizer: anchor * 10**d
-EXTENSION_STEPS = 2  # adaptive candidates per optimizer after its grid (:func:`extension`); 1 left APER and CaRE at an edge
-EXTENSION_DECADES = 0.5  # how far each goes past the end it extends: the grid's own spacing
-OPTIMIZERS = ("sgd", "adam")
-ADAM_ANCHOR = 1e-3  # Adam's customary rate (Kingma & Ba; torch's default), for a method whose reference has no Adam
 DEFAULT_VALIDATION_PER_CLASS = 50  # 10 % of CIFAR-100's 500 training images per class
 DEFAULT_TUNE_EXPERIENCES = 2
 DEFAULT_TUNE_ORDER = 1993  # the first of the paper's class-order seeds
 TUNE_SEED = 0
 NOT_RUN = "not run yet"  # an Outcome's status before its candidate has trained
 DEFAULT_OUT = Path("runs") / "tuning"
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """A training recipe: optimizer, learning rate, the method options its source sets, and where it comes from."""
-
-    optimizer: str
-    lr: float
-    options: tuple[tuple[str, Any], ...] = ()
-    source: str = "grid"
-
-    @property
-    def key(self) -> str:
-        """A file-name-safe name of the candidate (its folder)."""
-        extra = "".join(f"-{k}{v}" for k, v in self.options)
-        return f"{self.optimizer}-lr{self.lr:.3g}{extra}".replace("/", "_").replace(" ", "")
-
-    def method_options(self, method: str) -> tuple[tuple[str, str, Any], ...]:
-        """The ``--method-option`` entries that make ``method`` train with this recipe."""
-        return ((method, "optimizer", self.optimizer), (method, "lr", self.lr),
-                *((method, k, v) for k, v in self.options))
-
-
-_SDLORA_SGD = Recipe("sgd", AUTHORS_LR[("cifar100", None)][0], (),
-                     f"SD-LoRA authors' code on CIFAR-100 ({AUTHORS_LR[('cifar100', None)][1]})")
-_SDLORA_ADAM = Recipe("adam", 8e-3, (), "the SD-LoRA paper, Sec. 5 (Adam, lr 8e-3)")
-
-
-def _l2p_pytorch(batch_size: int) -> Recipe:
-    return Recipe("adam", 0.03 * batch_size / 256, (),
-                  f"l2p-pytorch configs/cifar100_l2p.py: Adam, lr 0.03 scaled by batch/256 (main.py), at batch "
-                  f"{batch_size}")
-
-
-def _dualprompt_pytorch(batch_size: int) -> Recipe:
-    return Recipe("adam", 0.03 * batch_size / 256, (("clip_grad", 1.0), ("pull_coeff", 1.0)),
-                  f"dualprompt-pytorch configs/cifar100_dualprompt.py: Adam, lr 0.03 scaled by batch/256, pull "
-                  f"constraint 1.0, gradient clipping 1.0, at batch {batch_size}")
-
-
-def reference_recipes(method: str, cfg: RunConfig) -> list[Recipe]:
-    """Every published recipe of ``method`` (the first of an optimizer is its grid's anchor): the registered
-    reference recipe of a peer (``REFERENCE_HPARAMS``' optimizer and lr, its source's other settings being the
-    builder's defaults), then those of other sources."""
-    m = get_method(method)
-    out: list[Recipe] = []
-    hp = m.reference_hparams
-    if "optimizer" in hp and "lr" in hp and hp["optimizer"][0] in OPTIMIZERS:
-        out.append(Recipe(hp["optimizer"][0], float(hp["lr"][0]), (), f"{hp['lr'][1]} (the method's reference)"))
-    if method in ("sdlora", "sdlora-rr", "sdlora-kd"):
-        out = [_SDLORA_SGD, _SDLORA_ADAM]
-    elif method == "l2p":
-        out.append(_l2p_pytorch(cfg.batch_size))
-    elif method == "dualprompt":
-        out.append(_dualprompt_pytorch(cfg.batch_size))
-    return out
-
-
-# A reference schedule written for many epochs gets the same curve per iteration at the protocol's few (issue 30):
-# CODA's per-epoch cosine at 3 epochs would run the last third at 1.6 % of the rate (benchmarks/peers/step_schedule.py).
-FITTED_SCHEDULES: dict[str, tuple[tuple[str, Any], ...]] = {
-    "coda-prompt": (("schedule", "cosine-steps"),), "inflora": (("schedule", "cosine-steps"),)}
-
-
-def trains_by_gradient(method: str, cfg: RunConfig) -> bool:
-    return get_method(method).recipe(cfg).optimizer is not None
-
-
-def optimizers_of(refs: Sequence[Recipe]) -> tuple[str, ...]:
-    """The optimizers a method is tuned with: SGD always (the shared recipe's), Adam too when one of its published
-    recipes uses Adam, so that a method is never held to an optimizer its reference did not choose (issue 30: "for
-    methods whose reference uses Adam, both Adam and SGD")."""
-    return tuple(o for o in OPTIMIZERS if o == "sgd" or any(r.optimizer == o for r in refs))
-
-
-def candidates(method: str, cfg: RunConfig) -> list[Recipe]:
-    """The candidates of ``method``: ``len(GRID_DECADES)`` learning rates per optimizer of :func:`optimizers_of` for
-    every method that trains by gradient (none for the others), each published recipe among them."""
-    if get_method(method).recipe_of or not trains_by_gradient(method, cfg):
-        return []
-    refs = reference_recipes(method, cfg)
-    out: list[Recipe] = []
-    for opt in optimizers_of(refs):
-        own = [r for r in refs if r.optimizer == opt]
-        if own:
-            anchor = own[0]
-        elif opt == "sgd":
-            anchor = Recipe("sgd", cfg.lr, (), "the protocol's --lr")
-        else:
-            anchor = Recipe("adam", ADAM_ANCHOR, (), "Adam's customary lr (no Adam in the method's reference)")
-        grid = [anchor if d == 0 else Recipe(opt, anchor.lr * 10 ** d, anchor.options, "grid")
-                for d in GRID_DECADES]
-        for extra in own[1:]:  # another published recipe takes the place of the grid point nearest to it
-            free = [i for i, r in enumerate(grid) if r.source == "grid"]
-            i = min(free, key=lambda i: abs(math.log10(grid[i].lr / extra.lr)))
-            grid[i] = extra
-        out += grid
-    fitted = FITTED_SCHEDULES.get(method, ())
-    return [Recipe(r.optimizer, r.lr, (*r.options, *fitted), r.source) for r in out]
-
-
-def candidate_count(method: str, cfg: RunConfig) -> int:
-    """How many candidates ``method`` trains in all: its grid and ``EXTENSION_STEPS`` per optimizer of the grid."""
-    grid = candidates(method, cfg)
-    return len(grid) + EXTENSION_STEPS * len({r.optimizer for r in grid})
-
-
-def extension(tried: Sequence[tuple[Recipe, "Outcome"]]) -> Recipe | None:
-    """The next candidate of one optimizer after the candidates ``tried`` (its recipes with their outcomes): the
-    recipe at the better-scoring end of the rates tried (the lowest or the highest; a failed candidate scores below
-    any finished one; ties: the lower rate, the one less likely to diverge), with the same settings, half a decade
-    (``EXTENSION_DECADES``) further out. Where the best candidate is the highest rate tried, this tries a higher one;
-    where it lies inside, it goes past the better of the two ends, so that every method gets the same number of
-    candidates. ``None`` while a candidate tried has not run yet (the step depends on every score)."""
-    if not tried or any(o.pending for _, o in tried):
-        return None
-
-    def score(o: Outcome) -> tuple[float, float]:
-        done = o.status == "done" and math.isfinite(o.val_acc)
-        return (o.val_acc, o.val_mean_acc if math.isfinite(o.val_mean_acc) else -math.inf) if done else (-math.inf, -math.inf)
-
-    low = min(tried, key=lambda t: t[0].lr)
-    high = max(tried, key=lambda t: t[0].lr)
-    up = score(high[1]) > score(low[1])
-    end = high[0] if up else low[0]
-    factor = 10 ** (EXTENSION_DECADES if up else -EXTENSION_DECADES)
-    return Recipe(end.optimizer, end.lr * factor, end.options,
-                  f"extension: half a decade past the {'highest' if up else 'lowest'} rate tried, the better end")
 
 
 # ----------------------------------------------------------------------------------------------- the runs
@@ -305,7 +174,7 @@ def method_candidates(method: str, cfg: RunConfig, out: Path, failures: dict, *,
     for recipe in grid:
         add(recipe)
     for opt in dict.fromkeys(r.optimizer for r in grid):
-        for _ in range(EXTENSION_STEPS):
+        for _ in range(space.EXTENSION_STEPS):
             nxt = extension([t for t in found if t[0].optimizer == opt])
             if nxt is None:
                 break
@@ -379,8 +248,9 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
     out.mkdir(parents=True, exist_ok=True)
     settings = {"protocol": cfg.protocol, "config": portable_record(cfg.to_json(), out), "validation_per_class": validation_per_class,
                 "tune_experiences": tune_experiences, "class_order_seed": order, "seed": TUNE_SEED,
-                "grid_decades": list(GRID_DECADES), "extension_steps": EXTENSION_STEPS,
-                "extension_decades": EXTENSION_DECADES, "optimizers": list(OPTIMIZERS), "adam_anchor": ADAM_ANCHOR,
+                "grid_decades": list(space.GRID_DECADES), "extension_steps": space.EXTENSION_STEPS,
+                "extension_decades": space.EXTENSION_DECADES, "optimizers": list(space.OPTIMIZERS),
+                "adam_anchor": space.ADAM_ANCHOR,
                 "selection": "highest seen-class validation accuracy after the last tuned experience (ties: mean "
                              "over the tuned experiences); failed candidates are never chosen"}
     settings_path = out / "tuning.json"
@@ -388,7 +258,8 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
         saved = json.loads(settings_path.read_text())
         # tuned with fewer extension steps (none: before they existed): its candidates stand, the new steps follow them
         had = saved.get("extension_steps", 0)
-        upgraded = had < EXTENSION_STEPS and saved.get("extension_decades", EXTENSION_DECADES) == EXTENSION_DECADES
+        upgraded = (had < space.EXTENSION_STEPS
+                    and saved.get("extension_decades", space.EXTENSION_DECADES) == space.EXTENSION_DECADES)
         if upgraded:
             saved.update({k: settings[k] for k in ("extension_steps", "extension_decades")})
         differ = [k for k in settings if k != "config" and saved.get(k) != settings[k]]
@@ -399,7 +270,7 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
                              "flags to resume it, or another --out folder")
         if upgraded and not report_only:
             print(f"note: '{out}' was tuned with {had} extension step(s) per optimizer; its candidates are kept and "
-                  f"the steps up to {EXTENSION_STEPS} are added", flush=True)
+                  f"the steps up to {space.EXTENSION_STEPS} are added", flush=True)
             write_json(settings_path, {**saved, "config": settings["config"]})
     else:
         write_json(settings_path, settings)
@@ -411,7 +282,7 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
     methods = list(dict.fromkeys([b for b in bases if b not in methods] + list(methods)))
     trained = [m for m in methods if not get_method(m).recipe_of]
     if jobs > 1 and not report_only:
-        for _ in range(1 + EXTENSION_STEPS):  # the grids, then each round of extensions (they need the grids' scores)
+        for _ in range(1 + space.EXTENSION_STEPS):  # the grids, then each round of extensions (they need the grids' scores)
             todo = [(m, recipe, candidate_config(cfg, m, recipe, validation_per_class, tune_experiences, order),
                      out / "candidates" / m / recipe.key)
                     for m in trained for recipe, o in method_candidates(m, cfg, out, failures, train=False,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from avalanche_sdlora.data import split_cifar100, validation_split
-from benchmarks import compare, tune, tuned
+from benchmarks import compare, tune, tune_space, tuned
 from benchmarks.config import RunConfig
 from benchmarks.machine import device_name
 from benchmarks.methods import get_method, method_names
@@ -67,13 +67,13 @@ def test_validation_benchmark_reads_no_test_image_and_evaluates_on_held_out_trai
 
 def test_every_method_that_trains_gets_the_same_number_of_candidates_with_its_published_recipes():
     cfg = RunConfig.for_protocol("cifar100-tiny128-full")
-    counts = {m: len(tune.candidates(m, cfg)) for m in method_names()}
+    counts = {m: len(tune_space.candidates(m, cfg)) for m in method_names()}
     for m, n in counts.items():
         trains = get_method(m).recipe(cfg).optimizer is not None and not get_method(m).recipe_of
-        uses_adam = any(r.optimizer == "adam" for r in tune.reference_recipes(m, cfg))
-        assert n == ((2 if uses_adam else 1) * len(tune.GRID_DECADES) if trains else 0), (m, n)
+        uses_adam = any(r.optimizer == "adam" for r in tune_space.reference_recipes(m, cfg))
+        assert n == ((2 if uses_adam else 1) * len(tune_space.GRID_DECADES) if trains else 0), (m, n)
         wanted = ({"sgd", "adam"} if uses_adam else {"sgd"}) if trains else set()
-        assert {c.optimizer for c in tune.candidates(m, cfg)} == wanted, m
+        assert {c.optimizer for c in tune_space.candidates(m, cfg)} == wanted, m
     # Adam and SGD for a method whose reference uses Adam (SD-LoRA's paper, the prompt methods, InfLoRA), SGD alone
     # for the others, three learning rates each
     assert counts["sdlora"] == counts["dualprompt"] == counts["inflora"] == 6 and counts["simplecil"] == 0
@@ -81,14 +81,14 @@ def test_every_method_that_trains_gets_the_same_number_of_candidates_with_its_pu
     # RR and KD train as SD-LoRA does (their first experiences are SD-LoRA's own): tuned once, through sdlora
     assert counts["sdlora-rr"] == counts["sdlora-kd"] == 0 and get_method("sdlora-rr").recipe_of == "sdlora"
     # in all, with the extensions per optimizer after its grid: the same number for every method per optimizer
-    totals = {m: tune.candidate_count(m, cfg) for m in method_names()}
-    assert totals["sdlora"] == totals["dualprompt"] == totals["coda-prompt"] == 6 + 2 * tune.EXTENSION_STEPS and totals["simplecil"] == 0
-    assert totals["ranpac"] == totals["seq-lora"] == totals["care"] == totals["mos"] == totals["cl-lora"] == 3 + tune.EXTENSION_STEPS
-    assert tune.EXTENSION_STEPS == 2  # the committed tuning ran two
+    totals = {m: tune_space.candidate_count(m, cfg) for m in method_names()}
+    assert totals["sdlora"] == totals["dualprompt"] == totals["coda-prompt"] == 6 + 2 * tune_space.EXTENSION_STEPS and totals["simplecil"] == 0
+    assert totals["ranpac"] == totals["seq-lora"] == totals["care"] == totals["mos"] == totals["cl-lora"] == 3 + tune_space.EXTENSION_STEPS
+    assert tune_space.EXTENSION_STEPS == 2  # the committed tuning ran two
 
     def has(method, optimizer, lr, **options):
         return any(c.optimizer == optimizer and c.lr == pytest.approx(lr) and dict(c.options) == options
-                   for c in tune.candidates(method, cfg))
+                   for c in tune_space.candidates(method, cfg))
 
     assert has("sdlora", "sgd", 0.008) and has("sdlora", "adam", 8e-3)  # the authors' code and the paper
     assert has("dualprompt", "adam", 1e-3)  # PILOT's, and dualprompt-pytorch's CIFAR recipe with its own settings
@@ -98,16 +98,16 @@ def test_every_method_that_trains_gets_the_same_number_of_candidates_with_its_pu
     assert has("inflora", "adam", 5e-4, schedule="cosine-steps") and has("coda-prompt", "adam", 1e-3,
                                                                           schedule="cosine-steps")
     assert all(dict(c.options)["schedule"] == "cosine-steps" for m in ("inflora", "coda-prompt")
-               for c in tune.candidates(m, cfg))
-    lrs = sorted(c.lr for c in tune.candidates("seq-lora", cfg) if c.optimizer == "sgd")
+               for c in tune_space.candidates(m, cfg))
+    lrs = sorted(c.lr for c in tune_space.candidates("seq-lora", cfg) if c.optimizer == "sgd")
     assert lrs == pytest.approx([0.01 * 10 ** -0.5, 0.01, 0.01 * 10 ** 0.5])  # one log grid, half a decade apart
 
 
 def test_tune_chooses_on_validation_only_and_compare_trains_the_choice(tmp_path, monkeypatch):
     _require_cifar()
     npz = _train_only_npz(tmp_path / "train_only.npz")
-    monkeypatch.setattr(tune, "GRID_DECADES", (-0.5, 0.0))  # two candidates per optimizer keep the test short
-    monkeypatch.setattr(tune, "OPTIMIZERS", ("sgd",))
+    monkeypatch.setattr(tune_space, "GRID_DECADES", (-0.5, 0.0))  # two candidates per optimizer keep the test short
+    monkeypatch.setattr(tune_space, "OPTIMIZERS", ("sgd",))
     flags = ["--classes", "4", "--n-experiences", "2", "--img-size", "32", "--epochs", "1", "--batch-size", "4",
              "--threads", "1", "--data", str(npz), "--train-per-class", "6"]
     # --report-only trains nothing: every candidate "not run yet", the method incomplete, no choice to use
@@ -149,12 +149,12 @@ def test_tune_chooses_on_validation_only_and_compare_trains_the_choice(tmp_path,
                "--out", str(tmp_path / "t"), *flags])
     assert json.loads((out / "tuning.json").read_text()) == settings
     # fewer steps than the folder had is another search: refused, naming the setting
-    steps = tune.EXTENSION_STEPS
-    monkeypatch.setattr(tune, "EXTENSION_STEPS", steps - 1)
+    steps = tune_space.EXTENSION_STEPS
+    monkeypatch.setattr(tune_space, "EXTENSION_STEPS", steps - 1)
     with pytest.raises(SystemExit, match="extension_steps"):
         tune.main(["--methods", "seq-lora", "--validation-per-class", "3", "--tune-experiences", "1",
                    "--out", str(tmp_path / "t"), "--report-only", *flags])
-    monkeypatch.setattr(tune, "EXTENSION_STEPS", steps)
+    monkeypatch.setattr(tune_space, "EXTENSION_STEPS", steps)
     assert json.loads((out / "chosen.json").read_text())["methods"]["seq-lora"]["lr"] == pick["lr"]
     # where candidates execute (threads, workers; a GPU's device) may change between calls, each candidate records
     # its machine; a flag that changes the numbers may not
@@ -264,8 +264,8 @@ def test_candidates_trained_in_parallel_score_as_one_after_another(tmp_path, mon
     choice equal those of the serial call, bit for bit (one seed, deterministic on the CPU)."""
     _require_cifar()
     npz = _train_only_npz(tmp_path / "train_only.npz")
-    monkeypatch.setattr(tune, "GRID_DECADES", (-0.5, 0.0))  # the parent's grid travels to the workers
-    monkeypatch.setattr(tune, "OPTIMIZERS", ("sgd",))
+    monkeypatch.setattr(tune_space, "GRID_DECADES", (-0.5, 0.0))  # the parent's grid travels to the workers
+    monkeypatch.setattr(tune_space, "OPTIMIZERS", ("sgd",))
     flags = ["--methods", "seq-lora", "--validation-per-class", "3", "--tune-experiences", "1", "--classes", "4",
              "--n-experiences", "2", "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--threads", "1",
              "--data", str(npz), "--train-per-class", "6"]
@@ -303,22 +303,22 @@ def test_the_extension_goes_half_a_decade_past_the_better_end_of_what_was_tried(
     def tried(*accs, statuses=None):
         lrs = (0.01 * 10 ** -0.5, 0.01, 0.01 * 10 ** 0.5)
         statuses = statuses or ["done"] * 3
-        return [(tune.Recipe("sgd", lr, (("schedule", "cosine-steps"),)), _outcome("sgd", lr, a, st))
+        return [(tune_space.Recipe("sgd", lr, (("schedule", "cosine-steps"),)), _outcome("sgd", lr, a, st))
                 for lr, a, st in zip(lrs, accs, statuses)]
 
-    up = tune.extension(tried(0.80, 0.85, 0.90))  # best at the highest rate: a higher one
+    up = tune_space.extension(tried(0.80, 0.85, 0.90))  # best at the highest rate: a higher one
     assert up.lr == pytest.approx(0.1) and up.optimizer == "sgd" and dict(up.options) == {"schedule": "cosine-steps"}
     assert "highest" in up.source
-    assert tune.extension(tried(0.95, 0.85, 0.90)).lr == pytest.approx(0.001)  # best at the lowest: a lower one
+    assert tune_space.extension(tried(0.95, 0.85, 0.90)).lr == pytest.approx(0.001)  # best at the lowest: a lower one
     # best inside: past the better of the two ends (the same count for every method), here the lowest
-    assert tune.extension(tried(0.85, 0.90, 0.06)).lr == pytest.approx(0.001)
+    assert tune_space.extension(tried(0.85, 0.90, 0.06)).lr == pytest.approx(0.001)
     # a failed end scores below any finished one; equal ends go down (the rate less likely to diverge)
-    assert tune.extension(tried(0.85, 0.90, float("nan"), statuses=["done", "done", "failed: nan loss"])).lr \
+    assert tune_space.extension(tried(0.85, 0.90, float("nan"), statuses=["done", "done", "failed: nan loss"])).lr \
         == pytest.approx(0.001)
-    assert tune.extension(tried(0.80, 0.90, 0.80)).lr == pytest.approx(0.001)
+    assert tune_space.extension(tried(0.80, 0.90, 0.80)).lr == pytest.approx(0.001)
     # it depends on every score: nothing while one has not run
-    assert tune.extension(tried(0.80, 0.85, float("nan"), statuses=["done", "done", "not run yet"])) is None
+    assert tune_space.extension(tried(0.80, 0.85, float("nan"), statuses=["done", "done", "not run yet"])) is None
     # a published recipe at the end keeps its own settings (DualPrompt's pull constraint and clipping)
-    ref = tune.Recipe("adam", 0.00375, (("clip_grad", 1.0), ("pull_coeff", 1.0)), "dualprompt-pytorch")
-    ext = tune.extension([(tune.Recipe("adam", 3.16e-4), _outcome("adam", 3.16e-4, 0.7)), (ref, _outcome("adam", 0.00375, 0.85))])
+    ref = tune_space.Recipe("adam", 0.00375, (("clip_grad", 1.0), ("pull_coeff", 1.0)), "dualprompt-pytorch")
+    ext = tune_space.extension([(tune_space.Recipe("adam", 3.16e-4), _outcome("adam", 3.16e-4, 0.7)), (ref, _outcome("adam", 0.00375, 0.85))])
     assert ext.lr == pytest.approx(0.00375 * 10 ** 0.5) and ext.options == ref.options and ext.key != ref.key
