@@ -5,7 +5,9 @@ between two methods means something only if it survives a change of order. This 
 one or several run folders of one protocol (a ``--class-order seed`` run, or fixed-order runs with one
 ``--class-order-seed`` each: the same experiment), one run per (method, class order), and writes into ``--out``:
 
-* ``orders.csv``: per method and order, Acc, AAA, forgetting, BWT, the seed and the run folder it came from;
+* ``orders.csv``: per method and order, Acc, AAA, forgetting, BWT, the seed, the run folder it came from and the
+  machine it trained on (wall time is then given per machine, and an order whose runs come from several
+  machines is named under the table: paired differences across machines carry the machines' own 1-2 points);
 * ``orders_summary.csv``: per method, mean and sample std (ddof=1) over orders;
 * ``paired.csv``: per method and order, the reference method (``--reference``, SD-LoRA) minus that method;
 * ``paired_summary.csv``: per method, the mean and std of that paired difference and the orders the reference wins;
@@ -15,7 +17,8 @@ one or several run folders of one protocol (a ``--class-order seed`` run, or fix
   and ``sources.json`` (the folders, relative to ``--out``, and the reference: what regenerates the rest).
 
 Folders whose settings differ other than by class order are refused naming the setting
-(:mod:`benchmarks.run_set`); each row's class order is its ``class_order_seed`` column (a folder written before
+(:mod:`benchmarks.run_set`); an unfinished run gives way to a finished one of the same method and order in
+another folder (named under the table); each row's class order is its ``class_order_seed`` column (a folder written before
 rows recorded it is converted once by ``python -m benchmarks.migrate``).
 """
 
