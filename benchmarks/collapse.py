@@ -44,7 +44,7 @@ from avalanche_sdlora.atomic import write_text  # noqa: E402
 
 from . import feature_probe  # noqa: E402
 from .methods import method_names  # noqa: E402
-from .reports import magnitudes, markdown_grid, method_style, save_figure  # noqa: E402
+from .reports import magnitudes, markdown_grid, method_style, run_records, save_figure  # noqa: E402
 from .run_set import ORDER_KEYS, RunSet  # noqa: E402
 
 DEFAULT_BASELINE = "simplecil"
@@ -55,11 +55,12 @@ def finished_rows(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """The rows of runs that reached their last task, and a label per run left out (method, order, tasks done):
     an unfinished run's last accuracy is not a final one, so it gets no verdict and no curve."""
     by = ["method", "seed", "run"] if "run" in rows else ["method", "seed"]
-    last = rows.groupby(by, sort=False).agg(done=("experience", "max"), n=("n_experiences", "max"),
-                                            order=("class_order_seed", "first"))
-    stopped = last[last["done"] < last["n"] - 1]
-    keep = ~pd.MultiIndex.from_frame(rows[by]).isin(stopped.index)
-    labels = [f"{key[0]} order {r.order} ({r.done + 1} of {r.n} tasks)" for key, r in stopped.iterrows()]
+    runs = run_records(rows, by).set_index(by)  # its ``finished``: the one definition every report uses
+    stopped = runs.index[~runs["finished"]]
+    keep = ~pd.MultiIndex.from_frame(rows[by]).isin(stopped)
+    tasks = rows[~keep].groupby(by, sort=False).agg(done=("experience", "max"), n=("n_experiences", "max"),
+                                                   order=("class_order_seed", "first"))
+    labels = [f"{key[0]} order {r.order} ({r.done + 1} of {r.n} tasks)" for key, r in tasks.iterrows()]
     return rows[keep], labels
 
 

@@ -105,13 +105,18 @@ def order_runs(runs: RunSet) -> pd.DataFrame:
     return out
 
 
+def seconds_by_machine(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean train and eval seconds of ``runs`` (one method's finished runs) per machine, in order of appearance: wall
+    time means something on one machine only, so a method run on several gets a mean per machine."""
+    return runs.groupby("machine", sort=False)[["train_seconds", "eval_seconds"]].mean()
+
+
 def summarize_orders(orders: pd.DataFrame) -> pd.DataFrame:
     """Per method: mean and sample std over its finished orders; unfinished runs are counted, not averaged."""
     out = []
     for method, every in orders.groupby("method", sort=False):
         g = every[every["finished"]]
-        # wall time means something on one machine only: a method run on several gets a mean per machine
-        by_machine = g.groupby("machine", sort=False)[["train_seconds", "eval_seconds"]].mean()
+        by_machine = seconds_by_machine(g)
         one = len(by_machine) <= 1
         out.append({"method": method, "acc_mean": g["acc"].mean(), "acc_std": g["acc"].std(ddof=1),
                     "aaa_mean": g["aaa"].mean(), "aaa_std": g["aaa"].std(ddof=1),
@@ -181,7 +186,7 @@ def machine_tags(orders: pd.DataFrame) -> dict[str, str]:
 
 def _minutes_by_machine(runs: pd.DataFrame, column: str, tags: dict[str, str]) -> str:
     """Mean wall minutes of ``runs`` (one method's finished runs) per machine, tagged: '87.4 (A) / 0.7 (B)'."""
-    means = runs.groupby("machine", sort=False)[column].mean()
+    means = seconds_by_machine(runs)[column]
     return " / ".join(f"{_minutes(v)} ({tags[m]})" for m, v in means.items()) if len(means) else "n/a"
 
 
