@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# After a device session: copy each run folder of a compute call's w.tgz into results/ and redraw its report.
+#   bash benchmarks/device/integrate.sh /work/.device/<n>/w.tgz
+# The full-data comparison's folders go to results/cifar100-tiny128-full/h200/<run-id> (the H200 table), the
+# others to results/<protocol>/<run-id>. An existing folder is never overwritten: rename the run or remove it first.
+set -euo pipefail
+cd "$(git rev-parse --show-toplevel)"
+TGZ="${1:?usage: integrate.sh W_TGZ}"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+tar xzf "$TGZ" -C "$tmp"
+PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}"
+for run in "$tmp"/w/*/*/; do
+  run=${run%/}; id=$(basename "$run"); protocol=$(basename "$(dirname "$run")")
+  [ -f "$run/config.json" ] || continue
+  case "$protocol" in cifar100-tiny128-full) dest="results/$protocol/h200/$id";; *) dest="results/$protocol/$id";; esac
+  if [ -e "$dest" ]; then echo "integrate.sh: $dest exists; left as it is (rename the run to keep both)" >&2; continue; fi
+  mkdir -p "$(dirname "$dest")" && cp -r "$run" "$dest" && rm -f "$dest/.lock"
+  state=$([ -f "$dest/DONE" ] && echo finished || echo "unfinished (its finished (method, seed) runs count)")
+  echo "$dest: $state"
+  "$PY" -m benchmarks.compare --report-only "$dest" > /dev/null
+done
+echo "next: add the new folders to the orders command in results/README.md (its h200 section), rerun it and"
+echo "      python -m benchmarks.headline; then the targeted tests (test_orders test_readme test_headline test_local_paths)"

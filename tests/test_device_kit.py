@@ -1,0 +1,65 @@
+"""The GPU-machine kit (benchmarks/device): its job files must stay valid commands of the harness.
+
+Nobody runs them between device sessions, so a renamed flag or method would only show on a lent machine, at the
+cost of its 15 minutes; here every command a job file would run is parsed by the command's own parser.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from benchmarks import compare
+from benchmarks.speed import command as speed_command
+
+ROOT = Path(__file__).resolve().parent.parent
+KIT = ROOT / "benchmarks" / "device"
+JOBS = sorted((KIT / "jobs").glob("*.sh"))
+SEP = "\x1f"
+
+
+def _calls(job: Path, work: Path) -> list[list[str]]:
+    """The ``python3`` command lines ``job`` runs, recorded by a stand-in (the job runs with W=``work``)."""
+    log = work / "calls.log"
+    recorder = f'python3() {{ local IFS=$\'{SEP}\'; echo "$*" >> "{log}"; }}'
+    subprocess.run(["bash", "-c", f'{recorder}; export W="{work}"; . "{job}"'], cwd=ROOT, check=True)
+    return [line.split(SEP) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_the_kit_scripts_are_valid_bash():
+    for script in sorted(KIT.glob("*.sh")) + JOBS:
+        result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, f"{script.name}: {result.stderr}"
+
+
+@pytest.mark.parametrize("job", [j for j in JOBS if j.name != "resume.sh"], ids=lambda p: p.name)
+def test_every_command_of_a_job_file_parses(job, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the job files name tracked files (chosen.json) from the repository root
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # they run on the GPU machine
+    calls = _calls(job, tmp_path)
+    assert calls, f"{job.name} runs no command"
+    for argv in calls:
+        assert argv[:1] == ["-m"], f"{job.name}: {shlex.join(argv)} is not a module of the harness"
+        module, flags = argv[1], argv[2:]
+        if module == "benchmarks.compare":
+            args = compare.parse_args(flags)
+            assert Path(args.out) == tmp_path, f"{job.name}: a run outside $W does not come back"
+        elif module == "benchmarks.speed":
+            speed_command.parse_args(flags)
+        else:
+            pytest.fail(f"{job.name}: unexpected module {module}")
+
+
+def test_resume_continues_only_the_unfinished_folders(tmp_path):
+    for name, done in (("unfinished", False), ("finished", True)):
+        run = tmp_path / "cifar100-tiny128" / name
+        run.mkdir(parents=True)
+        (run / "config.json").write_text("{}")
+        if done:
+            (run / "DONE").write_text("")
+    calls = _calls(KIT / "jobs" / "resume.sh", tmp_path)
+    assert [c[:4] for c in calls] == [["-m", "benchmarks.compare", "--resume",
+                                       f"{tmp_path}/cifar100-tiny128/unfinished/"]]
