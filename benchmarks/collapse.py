@@ -28,7 +28,6 @@ outgrow the old ones (the classifier favouring the last task).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
