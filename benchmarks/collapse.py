@@ -29,6 +29,7 @@ outgrow the old ones (the classifier favouring the last task).
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from .commands import print_kept_help
@@ -180,16 +181,19 @@ def plot(curve: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path, pdf=True)
 
 
-def write(runs: RunSet, out: str | Path, baseline: str = DEFAULT_BASELINE, probe: bool = False) -> Path:
+def write(runs: RunSet, out: str | Path, baseline: str = DEFAULT_BASELINE, probe: bool = False,
+          probe_methods: Sequence[str] | None = None) -> Path:
     """Check the folders ran one experiment (class order aside) and write the report into ``out``; ``probe``: probe
-    the folders' last checkpoints first (:mod:`benchmarks.feature_probe`, rows kept in ``out/probe.csv``)."""
+    the folders' last checkpoints first (:mod:`benchmarks.feature_probe`, rows kept in ``out/probe.csv``), only
+    those of ``probe_methods`` when given (a probe costs minutes per run; rows already kept stay)."""
     runs.check(free=ORDER_KEYS, pooled=True)
     rows, unfinished = finished_rows(runs.rows())
     curve = curves(rows)
     table = collapse_table(curve, baseline)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    probed = feature_probe.probe([m.folder for m in runs.members], out) if probe else feature_probe.read(out)
+    probed = (feature_probe.probe([m.folder for m in runs.members], out, probe_methods) if probe
+              else feature_probe.read(out))
     write_text(out / "curve.csv", curve.to_csv(index=False))
     write_text(out / "collapse.csv", table.to_csv(index=False))
     text = markdown(table, baseline, probed)
@@ -208,11 +212,16 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--out", required=True, help="report folder (results/<protocol>/... for the README's)")
     p.add_argument("--baseline", default=DEFAULT_BASELINE,
                    help=f"the training-free method a collapse is judged against (default: {DEFAULT_BASELINE})")
-    p.add_argument("--probe", action="store_true",
+    p.add_argument("--probe", nargs="*", metavar="METHOD",
                    help="also probe the RUN_DIRs' last checkpoints: SimpleCIL's classifier on each SD-LoRA-built "
-                        "model's final backbone (features or head?); kept in <out>/probe.csv for later calls")
+                        "model's final backbone (features or head?), or only on those of the METHODs named; kept "
+                        "in <out>/probe.csv for later calls")
     args = p.parse_args(argv)
-    out = write(RunSet.read(args.runs), args.out, args.baseline, probe=args.probe)
+    unknown = sorted(set(args.probe or ()) - set(method_names()))
+    if unknown:
+        p.error(f"--probe: unknown method(s) {unknown}; choose from {', '.join(method_names())}")
+    out = write(RunSet.read(args.runs), args.out, args.baseline, probe=args.probe is not None,
+                probe_methods=args.probe or None)
     print((out / "table.md").read_text() + f"\nwritten to {out}")
     return out
 

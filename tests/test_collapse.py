@@ -63,6 +63,10 @@ def test_the_probe_puts_simplecils_classifier_on_the_final_backbone(tmp_path):
     # under --class-order seed (the long runs'): each seed's own order, which the probe must rebuild
     run = compare.main(TINY + ["--methods", "sdlora", "seq-lora", "simplecil", "--class-order", "seed", "--seeds", "1994",
                                "--out", str(tmp_path), "--run-id", "p"])
+    only = collapse.main([str(run), "--out", str(tmp_path / "only"), "--probe", "seq-lora"])  # one method's
+    assert list(pd.read_csv(only / feature_probe.PROBE_FILE)["method"]) == ["seq-lora"]
+    with pytest.raises(SystemExit, match="--probe: unknown method"):
+        collapse.main([str(run), "--out", str(tmp_path / "only"), "--probe", "sd-lora"])
     out = collapse.main([str(run), "--out", str(tmp_path / "report"), "--probe"])
     probed = pd.read_csv(out / feature_probe.PROBE_FILE).set_index("method")
     assert sorted(probed.index) == ["sdlora", "seq-lora"]  # SimpleCIL is no SDLoRAViT: skipped
