@@ -147,14 +147,27 @@ def probe_markdown(probed: pd.DataFrame) -> str:
         rows.append([method, ", ".join(map(str, sorted(g["class_order_seed"]))), f"{m['run_acc_pct']:.2f}",
                      f"{m['own_head_acc_pct']:.2f}", f"{m['prototype_acc_pct']:.2f}",
                      f"{m['frozen_prototype_acc_pct']:.2f}",
-                     f"{m['newest_task_predictions_pct']:.1f} (of {m['newest_task_share_pct']:.1f})", " / ".join(where)])
+                     f"{m['newest_task_predictions_pct']:.1f} (of {m['newest_task_share_pct']:.1f})",
+                     _head_split(g), " / ".join(where)])
     head = ["method", "orders probed", "Acc, run (%)", "Acc, its head recomputed (%)",
             "class means on its final backbone (%)", "class means on the pretrained backbone (%)",
-            "test images given to the newest task (%)", "what lost the accuracy"]
+            "test images given to the newest task (%)", "its head: right task / right class within the task (%)",
+            "what lost the accuracy"]
     return ("Where the accuracy went (`benchmarks.feature_probe`, from the runs' last checkpoints): SimpleCIL's "
             "classifier (cosine to class means of the training images) on each method's final backbone against the "
             "pretrained one. Class means on its backbone at or above the pretrained one's: its features still hold "
-            "every class and the loss is in its head; below: the features drifted.\n\n" + markdown_grid(head, rows) + "\n")
+            "every class and the loss is in its head; below: the features drifted. Its head's two jobs: the share "
+            "of test images it predicts inside their own task's classes, and its accuracy when restricted to them "
+            "(task-incremental); cross-entropy on the current task's classes trains only the second.\n\n" + markdown_grid(head, rows) + "\n")
+
+
+def _head_split(g: pd.DataFrame) -> str:
+    """The head's two jobs (feature_probe's ``head_task_pct`` / ``head_within_task_pct``), means over the orders;
+    n/a for rows probed before the probe recorded them (0.4.4 and earlier)."""
+    cols = ["head_task_pct", "head_within_task_pct"]
+    if not set(cols) <= set(g.columns) or g[cols].isna().any().any():
+        return "n/a"
+    return f"{g['head_task_pct'].mean():.2f} / {g['head_within_task_pct'].mean():.2f}"
 
 
 def plot(curve: pd.DataFrame, path: Path) -> None:

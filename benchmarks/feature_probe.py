@@ -13,7 +13,12 @@ images and class order, after its last experience:
 * ``frozen_prototype_acc_pct``: the same classifier on the pretrained backbone, i.e. SimpleCIL itself;
 * ``newest_task_predictions_pct``: the share of test images the run's own head assigns to the newest task's classes
   (the newest task holds ``newest_task_share_pct`` of the test images): a head biased towards the last task
-  predicts it far more often.
+  predicts it far more often;
+* ``head_task_pct`` and ``head_within_task_pct``: the run's own head split into its two jobs. The first is the share
+  of test images whose predicted class belongs to their own task (the head told the tasks apart); the second the
+  accuracy when its argmax is restricted to the image's own task's classes (task-incremental accuracy: the head
+  told the task's classes apart). The loss trains each task's rows only against that task's classes, so nothing
+  trains the first job: a head that keeps the second and fails the first lost its calibration across tasks.
 
 ``prototype_acc_pct`` above ``frozen_prototype_acc_pct``: the adapted features still separate every class seen, better
 than the pretrained ones, and what the run loses against SimpleCIL is its head. Below it: the features themselves
@@ -51,16 +56,38 @@ def _test_set(benchmark):
 
 
 @torch.no_grad()
-def predictions(model: torch.nn.Module, dataset, cfg) -> tuple[Tensor, Tensor]:
-    """The model's predicted class and the label of every image of ``dataset``, under the run's evaluation autocast."""
+def logits_and_labels(model: torch.nn.Module, dataset, cfg) -> tuple[Tensor, Tensor]:
+    """The model's logits (float32) and the label of every image of ``dataset``, under the run's evaluation autocast."""
     model.eval()
     device = torch.device(cfg.device)
-    preds, labels = [], []
+    logits, labels = [], []
     for x, y, *_ in DataLoader(dataset, batch_size=cfg.eval_batch_size, num_workers=cfg.workers):
         with runner.evaluation_autocast(cfg):
-            preds.append(model(x.to(device)).argmax(1).cpu())
+            logits.append(model(x.to(device)).float().cpu())
         labels.append(y)
-    return torch.cat(preds), torch.cat(labels)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def predictions(model: torch.nn.Module, dataset, cfg) -> tuple[Tensor, Tensor]:
+    """The model's predicted class and the label of every image of ``dataset``, under the run's evaluation autocast."""
+    logits, labels = logits_and_labels(model, dataset, cfg)
+    return logits.argmax(1), labels
+
+
+def task_scores(logits: Tensor, labels: Tensor, task_of_class: Tensor) -> tuple[float, float]:
+    """(percent of images predicted inside their own task's classes, percent right when the prediction is restricted
+    to them). ``task_of_class[c]``: the experience that holds class ``c`` (-1 for a class of no experience)."""
+    own = task_of_class[labels]
+    inside = task_of_class[None, :] == own[:, None]
+    within = logits.masked_fill(~inside, float("-inf")).argmax(1)
+    return _percent(inside.gather(1, logits.argmax(1, keepdim=True)).squeeze(1)), _percent(within == labels)
+
+
+def _task_of_class(benchmark, n_classes: int) -> Tensor:
+    task = torch.full((n_classes,), -1, dtype=torch.long)
+    for k, exp in enumerate(benchmark.train_stream):
+        task[torch.as_tensor(sorted(exp.classes_in_this_experience))] = k
+    return task
 
 
 def _percent(hits: Tensor) -> float:
@@ -98,7 +125,9 @@ def probe_run(folder: RunFolder, method: str, seed: int, frozen: dict[int, float
     order = cfg.order_seed(seed)
     benchmark = inputs.make_benchmark(cfg, seed)
     test = _test_set(benchmark)
-    pred, y = predictions(model, test, cfg)
+    logits, y = logits_and_labels(model, test, cfg)
+    pred = logits.argmax(1)
+    head_task, head_within = task_scores(logits, y, _task_of_class(benchmark, logits.shape[1]))
     newest = torch.as_tensor(sorted(benchmark.train_stream[-1].classes_in_this_experience))
     if order not in frozen:
         frozen[order] = prototype_accuracy(folder, seed, benchmark, test, None)
@@ -110,6 +139,7 @@ def probe_run(folder: RunFolder, method: str, seed: int, frozen: dict[int, float
             "frozen_prototype_acc_pct": frozen[order],
             "newest_task_predictions_pct": _percent(torch.isin(pred, newest)),
             "newest_task_share_pct": _percent(torch.isin(y, newest)),
+            "head_task_pct": head_task, "head_within_task_pct": head_within,
             "test_images": len(y)}
 
 

@@ -77,6 +77,9 @@ def test_the_probe_puts_simplecils_classifier_on_the_final_backbone(tmp_path):
         assert row["newest_task_share_pct"] == pytest.approx(50.0) and row["test_images"] == 12
         assert row["class_order_seed"] == 1994
         assert 0 <= row["prototype_acc_pct"] <= 100 and 0 <= row["newest_task_predictions_pct"] <= 100
+        # a right class is inside its task, and stays the argmax when the choice is restricted to that task
+        assert row["head_task_pct"] >= row["own_head_acc_pct"] - 1e-9
+        assert row["head_within_task_pct"] >= row["own_head_acc_pct"] - 1e-9
     folder = RunFolder(run)
     model = load_model(folder, "sdlora", 1994, 1)
     state = feature_probe.backbone_state(model)
@@ -90,6 +93,19 @@ def test_the_probe_puts_simplecils_classifier_on_the_final_backbone(tmp_path):
     # a later call without --probe keeps the rows (the committed copies hold no checkpoints)
     again = collapse.main([str(run), "--out", str(tmp_path / "report")])
     assert "Where the accuracy went" in (again / "table.md").read_text()
+
+
+def test_the_heads_two_jobs_by_hand():
+    """task_scores: classes 0, 1 are task 0 and 2, 3 task 1; three images."""
+    import torch
+
+    from benchmarks.feature_probe import task_scores
+
+    logits = torch.tensor([[5.0, 1.0, 0.0, 0.0],    # label 0: right task, right class
+                           [0.0, 1.0, 3.0, 0.0],    # label 1: predicted 2 (wrong task); within task 0: 1, right
+                           [0.0, 0.0, 2.0, 1.0]])   # label 3: right task, wrong class (2); within: 2, wrong
+    task, within = task_scores(logits, torch.tensor([0, 1, 3]), torch.tensor([0, 0, 1, 1]))
+    assert task == pytest.approx(200 / 3) and within == pytest.approx(200 / 3)
 
 
 def test_the_probe_verdict_compares_the_two_backbones():
