@@ -84,6 +84,8 @@ def task_scores(logits: Tensor, labels: Tensor, task_of_class: Tensor) -> tuple[
 
 
 def _task_of_class(benchmark, n_classes: int) -> Tensor:
+    """Per class, the experience of the stream that holds it (-1 for none): one walk over the stream serves every
+    per-task count of the probe."""
     task = torch.full((n_classes,), -1, dtype=torch.long)
     for k, exp in enumerate(benchmark.train_stream):
         task[torch.as_tensor(sorted(exp.classes_in_this_experience))] = k
@@ -127,8 +129,9 @@ def probe_run(folder: RunFolder, method: str, seed: int, frozen: dict[int, float
     test = _test_set(benchmark)
     logits, y = logits_and_labels(model, test, cfg)
     pred = logits.argmax(1)
-    head_task, head_within = task_scores(logits, y, _task_of_class(benchmark, logits.shape[1]))
-    newest = torch.as_tensor(sorted(benchmark.train_stream[-1].classes_in_this_experience))
+    task_of_class = _task_of_class(benchmark, logits.shape[1])
+    head_task, head_within = task_scores(logits, y, task_of_class)
+    newest = len(benchmark.train_stream) - 1
     if order not in frozen:
         frozen[order] = prototype_accuracy(folder, seed, benchmark, test, None)
     part = pd.read_csv(folder.part(method, seed)).sort_values("experience")
@@ -137,8 +140,8 @@ def probe_run(folder: RunFolder, method: str, seed: int, frozen: dict[int, float
             "own_head_acc_pct": _percent(pred == y),
             "prototype_acc_pct": prototype_accuracy(folder, seed, benchmark, test, backbone_state(model)),
             "frozen_prototype_acc_pct": frozen[order],
-            "newest_task_predictions_pct": _percent(torch.isin(pred, newest)),
-            "newest_task_share_pct": _percent(torch.isin(y, newest)),
+            "newest_task_predictions_pct": _percent(task_of_class[pred] == newest),
+            "newest_task_share_pct": _percent(task_of_class[y] == newest),
             "head_task_pct": head_task, "head_within_task_pct": head_within,
             "test_images": len(y)}
 
