@@ -363,6 +363,8 @@ def build_peer(method: str, args, img: int, x: Tensor, *, batches: list[Tensor] 
         if time_update and method != "cl-lora":
             peer.update_seconds, peer.update_note = _time_alignment(method, strategy, after, args.quick)
     else:  # ranpac, aper, simplecil
+        # A timed forward repeats one minibatch: the evaluation feature cache would serve it without a pass.
+        model.feature_cache = None
         peer.update_seconds, peer.extra_passes = _fitted(strategy, x, time_update)
         peer.infer[method] = model
         if method == "ranpac":
