@@ -33,8 +33,9 @@ def test_a_minibatch_is_computed_once_while_the_module_is_unchanged():
     x, y = torch.randn(4, 6), torch.randn(4, 6)
     with torch.no_grad():
         first = cache(fn, x, m)
-        assert cache(fn, x.clone(), m) is first  # same content, another tensor: a hit
-        assert len(calls) == 1 and cache.hits == 1
+        again = cache(fn, x.clone(), m)  # same content, another tensor: a hit
+        assert torch.equal(again, first) and cache(fn, x, m) is again
+        assert len(calls) == 1 and cache.hits == 2
         assert torch.equal(cache(fn, y, m), m(y))  # other content: computed
         assert len(calls) == 2
         assert torch.equal(cache(fn, x[:3], m), m(x[:3])) and len(calls) == 3  # other shape: computed
@@ -80,6 +81,16 @@ def test_training_mode_gradients_and_autocast_are_never_served_from_the_cache():
             low = cache(fn, x, m)
         assert low.dtype == torch.bfloat16 and plain.dtype == torch.float32  # its own entry, not the float32 one
     assert len(calls) == 4 and len(cache) == 2
+
+
+def test_a_stored_output_does_not_keep_the_tensor_it_was_sliced_from():
+    tokens = torch.randn(4, 65, 8)
+    cache = FrozenFeatureCache()
+    m = nn.Identity().eval()
+    with torch.no_grad():
+        cache(lambda x: tokens[:, 0], torch.randn(4, 8), m)  # what a cls-token pooling returns: a view
+    (stored,) = cache._store.values()
+    assert stored._base is None and stored.untyped_storage().nbytes() == 4 * 8 * 4
 
 
 def test_nothing_past_the_size_limit_is_stored():

@@ -67,7 +67,8 @@ class FrozenFeatureCache:
         self.misses += 1
         out = fn(x)
         if self.elements + out.numel() <= self.max_elements:
-            self._store[key] = out
+            # a copy: a backbone's pooled output is often a view of its whole token tensor, which would stay alive
+            self._store[key] = out.detach().clone()
         return out
 
 
