@@ -47,6 +47,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("sdlora-tune", "benchmarks.tune", "benchmarks.tune"),
     Command("sdlora-migrate", "benchmarks.migrate", "benchmarks.migrate"),
     Command("sdlora-collapse", "benchmarks.collapse", "benchmarks.collapse"),
+    Command("sdlora-publish", "benchmarks.publish", "benchmarks.publish"),
 )
 BY_SCRIPT = {c.script: c for c in COMMANDS}
 BY_MODULE = {c.module: c for c in COMMANDS}
@@ -114,6 +115,7 @@ sdlora_headline = _entry("sdlora-headline")
 sdlora_tune = _entry("sdlora-tune")
 sdlora_migrate = _entry("sdlora-migrate")
 sdlora_collapse = _entry("sdlora-collapse")
+sdlora_publish = _entry("sdlora-publish")
 
 
 def main(argv: list[str] | None = None) -> list[str]:
