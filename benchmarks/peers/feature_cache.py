@@ -29,7 +29,10 @@ DEFAULT_MAX_ELEMENTS = 2**28  # 1 GiB of float32 features; past it, no new minib
 
 
 class FrozenFeatureCache:
-    """``cache(fn, x, module)``: ``fn(x)``, memoised while ``module``'s weights and the autocast state are unchanged."""
+    """``cache(fn, x, module)``: ``fn(x)``, memoised while ``module``'s weights and the autocast state are unchanged.
+
+    A hit returns the stored tensor itself: callers read it (the classifiers here do) and never modify it in place.
+    """
 
     def __init__(self, max_elements: int = DEFAULT_MAX_ELEMENTS) -> None:
         if max_elements < 0:
@@ -37,16 +40,14 @@ class FrozenFeatureCache:
         self.max_elements = max_elements
         self._store: dict[tuple, Tensor] = {}
         self._weights: tuple | None = None
+        self.elements = 0  # numbers stored
         self.hits = 0
         self.misses = 0
-
-    @property
-    def elements(self) -> int:
-        return sum(t.numel() for t in self._store.values())
 
     def clear(self) -> None:
         self._store.clear()
         self._weights = None
+        self.elements = 0
 
     def __len__(self) -> int:
         return len(self._store)
@@ -56,7 +57,7 @@ class FrozenFeatureCache:
             return fn(x)
         weights = _weights_state(module)
         if weights != self._weights:  # first call, or the backbone changed: nothing stored is valid any more
-            self._store.clear()
+            self.clear()
             self._weights = weights
         key = (tuple(x.shape), x.dtype, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"),
                _digest(x))
@@ -69,6 +70,7 @@ class FrozenFeatureCache:
         if self.elements + out.numel() <= self.max_elements:
             # a copy: a backbone's pooled output is often a view of its whole token tensor, which would stay alive
             self._store[key] = out.detach().clone()
+            self.elements += out.numel()
         return out
 
 
