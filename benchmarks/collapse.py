@@ -45,7 +45,8 @@ from avalanche_sdlora.atomic import write_text  # noqa: E402
 from . import feature_probe  # noqa: E402
 from .methods import method_names  # noqa: E402
 from .reports import magnitudes, markdown_grid, method_style, run_records, save_figure  # noqa: E402
-from .run_set import ORDER_KEYS, RunSet  # noqa: E402
+from .orders import UNRECORDED  # noqa: E402
+from .run_set import ORDER_KEYS, RunSet, one_run_per_order, taking  # noqa: E402
 
 DEFAULT_BASELINE = "simplecil"
 KEYS = ["method", "class_order_seed", "experience"]
@@ -53,7 +54,8 @@ KEYS = ["method", "class_order_seed", "experience"]
 
 def finished_rows(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """The rows of runs that reached their last task, and a label per run left out (method, order, tasks done):
-    an unfinished run's last accuracy is not a final one, so it gets no verdict and no curve."""
+    an unfinished run's last accuracy is not a final one, so it gets no verdict and no curve. ``rows`` hold one run
+    per (method, order) (:func:`~benchmarks.run_set.one_run_per_order`): the curves pool rows by that key."""
     by = ["method", "seed", "run"] if "run" in rows else ["method", "seed"]
     runs = run_records(rows, by).set_index(by)  # its ``finished``: the one definition every report uses
     stopped = runs.index[~runs["finished"]]
@@ -170,6 +172,24 @@ def _head_split(g: pd.DataFrame) -> str:
     return f"{g['head_task_pct'].mean():.2f} / {g['head_within_task_pct'].mean():.2f}"
 
 
+def machine_lines(table: pd.DataFrame) -> list[str]:
+    """The machines the runs trained on with the orders each ran, and every order whose runs trained on several
+    machines (its verdicts then compare runs across machines, which moves a trained run by a point or two on its
+    own); nothing for one machine."""
+    machines = list(dict.fromkeys(table["machine"]))
+    if len(machines) <= 1:
+        return []
+    where = [f"{m} (order{'s' if len(o) > 1 else ''} {', '.join(map(str, o))})"
+             for m in machines for o in [sorted(table.loc[table["machine"] == m, "class_order_seed"].unique())]]
+    lines = ["Machines: " + "; ".join(where) + "."]
+    for order, g in table.groupby("class_order_seed"):
+        if g["machine"].nunique() > 1:
+            parts = [f"{', '.join(h['method'])} on {m}" for m, h in g.groupby("machine", sort=False)]
+            lines.append(f"Order {order} mixes machines ({'; '.join(parts)}): its verdicts compare runs from "
+                         "different machines.")
+    return lines
+
+
 def plot(curve: pd.DataFrame, path: Path) -> None:
     """Mean seen-class accuracy over the orders against the tasks learned, a band from min to max over the orders."""
     import matplotlib
@@ -200,9 +220,15 @@ def write(runs: RunSet, out: str | Path, baseline: str = DEFAULT_BASELINE, probe
     the folders' last checkpoints first (:mod:`benchmarks.feature_probe`, rows kept in ``out/probe.csv``), only
     those of ``probe_methods`` when given (a probe costs minutes per run; rows already kept stay)."""
     runs.check(free=ORDER_KEYS, pooled=True)
-    rows, unfinished = finished_rows(runs.rows())
+    rows, _, superseded = one_run_per_order(runs.rows())
+    rows, unfinished = finished_rows(rows)
     curve = curves(rows)
     table = collapse_table(curve, baseline)
+    # where each run trained (a folder has one machine: a resume is refused on another): a verdict compares a run
+    # with the baseline's on the same order, which is a within-machine difference only if both trained there
+    machine = {m.label: m.config.get("device_name") or UNRECORDED for m in runs.members}
+    run_of = rows.groupby(["method", "class_order_seed"])["run"].first()
+    table["machine"] = [machine[run_of[(m, o)]] for m, o in zip(table["method"], table["class_order_seed"])]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     probed = (feature_probe.probe([m.folder for m in runs.members], out, probe_methods) if probe
@@ -210,6 +236,12 @@ def write(runs: RunSet, out: str | Path, baseline: str = DEFAULT_BASELINE, probe
     write_text(out / "curve.csv", curve.to_csv(index=False))
     write_text(out / "collapse.csv", table.to_csv(index=False))
     text = markdown(table, baseline, probed)
+    notes = machine_lines(table)
+    if superseded:
+        notes.append("Unfinished runs left out, another folder finished the same method and order: "
+                     + ", ".join(superseded) + ".")
+    if notes:
+        text += "\n" + "\n".join(notes) + "\n"
     if unfinished:  # a verdict compares final accuracies: a run still going (or stopped) has none yet
         text += "\nUnfinished runs left out: " + ", ".join(unfinished) + ".\n"
     write_text(out / "table.md", text)
@@ -225,6 +257,9 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--out", required=True, help="report folder (results/<protocol>/... for the README's)")
     p.add_argument("--baseline", default=DEFAULT_BASELINE,
                    help=f"the training-free method a collapse is judged against (default: {DEFAULT_BASELINE})")
+    p.add_argument("--take", nargs="+", action="append", metavar=("RUN_DIR", "ORDER"),
+                   help="take only these class orders of RUN_DIR (one of the run folders given), e.g. the orders a "
+                        "machine ran when another folder holds the rest; repeat per folder")
     p.add_argument("--probe", nargs="*", metavar="METHOD",
                    help="also probe the RUN_DIRs' last checkpoints: SimpleCIL's classifier on each SD-LoRA-built "
                         "model's final backbone (features or head?), or only on those of the METHODs named; kept "
@@ -233,7 +268,7 @@ def main(argv: list[str] | None = None) -> Path:
     unknown = sorted(set(args.probe or ()) - set(method_names()))
     if unknown:
         p.error(f"--probe: unknown method(s) {unknown}; choose from {', '.join(method_names())}")
-    out = write(RunSet.read(args.runs), args.out, args.baseline, probe=args.probe is not None,
+    out = write(RunSet.read(taking(args.runs, args.take)), args.out, args.baseline, probe=args.probe is not None,
                 probe_methods=args.probe or None)
     print((out / "table.md").read_text() + f"\nwritten to {out}")
     return out

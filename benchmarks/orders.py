@@ -41,9 +41,9 @@ from avalanche_sdlora.atomic import remove_stale_temps, remove_temps_on_terminat
 
 from .config import RunConfig  # noqa: E402
 from .methods import get_method, method_names  # noqa: E402
-from .reports import markdown_grid, method_style, run_records, save_figure  # noqa: E402
+from .reports import markdown_grid, method_style, save_figure  # noqa: E402
 from .run_folder import RunLock  # noqa: E402
-from .run_set import ORDER_KEYS, RunSet  # noqa: E402
+from .run_set import ORDER_KEYS, RunSet, one_run_per_order, taking  # noqa: E402
 from .units import in_file_units  # noqa: E402
 
 DEFAULT_REFERENCE = "sdlora"
@@ -66,24 +66,7 @@ def recipe_label(config: dict, method: str) -> str:
 
 def order_runs(runs: RunSet) -> pd.DataFrame:
     """One record per (method, class order): its run's Acc, AAA, forgetting, BWT and where it came from."""
-    rows = runs.rows()
-    records = run_records(rows, ["method", "class_order_seed", "seed", "run"])
-    # A run that stopped where another folder finished the same (method, order) is superseded, not a second run:
-    # runs of a machine whose time ran out are redone in a new folder (a resume is refused on another machine)
-    key = ["method", "class_order_seed"]
-    done_keys = pd.MultiIndex.from_frame(records.loc[records["finished"], key])
-    superseded = records[~records["finished"] & pd.MultiIndex.from_frame(records[key]).isin(done_keys)]
-    if len(superseded):
-        run_key = ["method", "seed", "run"]
-        records = records.drop(index=superseded.index)
-        rows = rows[~pd.MultiIndex.from_frame(rows[run_key]).isin(pd.MultiIndex.from_frame(superseded[run_key]))]
-    twice = records[records.duplicated(["method", "class_order_seed"], keep=False)]
-    if len(twice):
-        (method, order), g = next(iter(twice.groupby(["method", "class_order_seed"])))
-        where = ", ".join(f"seed {s} in {r}" for s, r in zip(g["seed"], g["run"]))
-        raise SystemExit(f"error: {method} has {len(g)} runs on class order {order} ({where}); a class-order table "
-                         "takes one run per method and order (the seeds of a fixed-order run share its order): pass "
-                         "folders holding one each")
+    rows, records, superseded = one_run_per_order(runs.rows())
     rank = {m: k for k, m in enumerate(method_names())}
     records = records.assign(_r=records["method"].map(rank)).sort_values(["_r", "class_order_seed"])
     tasks = rows.groupby(["method", "class_order_seed"])["n_experiences"].max()
@@ -101,7 +84,7 @@ def order_runs(runs: RunSet) -> pd.DataFrame:
     cols = ["method", "class_order_seed", "seed", "acc", "aaa", "forgetting", "bwt", "finished", "recipe",
             "stored_params", "inference_backbones", "own_prompt", "train_seconds", "eval_seconds", "machine", "run"]
     out = records[cols].reset_index(drop=True)
-    out.attrs["superseded"] = [f"{r.method} order {r.class_order_seed} ({r.run})" for r in superseded.itertuples()]
+    out.attrs["superseded"] = superseded
     return out
 
 
@@ -393,6 +376,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", help="only these methods' rows (default: every method of the folders)")
     p.add_argument("--reference", default=DEFAULT_REFERENCE,
                    help=f"the method every other is paired with (default: {DEFAULT_REFERENCE})")
+    p.add_argument("--take", nargs="+", action="append", metavar=("RUN_DIR", "ORDER"),
+                   help="take only these class orders of RUN_DIR (one of the run folders given), e.g. the orders a "
+                        "machine ran when another folder holds the rest; repeat per folder")
     p.add_argument("--again", metavar="REPORT_DIR",
                    help="rebuild a report from the run folders its sources.json names (after they changed)")
     args = p.parse_args(argv)
@@ -409,12 +395,14 @@ def main(argv: list[str] | None = None) -> Path:
         runs, reference = sources_of(args.again)
         out = Path(args.again)
     else:
-        runs, reference = RunSet.read(args.runs), args.reference
+        specs = taking(args.runs, args.take)
+        runs, reference = RunSet.read(specs), args.reference
         if args.methods:  # each folder with the methods asked for that it holds; folders with none are left out
-            picked = [(r, [x for x in m.methods if x in args.methods]) for r, m in zip(args.runs, runs.members)]
-            if not any(ms for _, ms in picked):
+            picked = [(r, [x for x in m.methods if x in args.methods], m.orders)
+                      for r, m in zip(args.runs, runs.members)]
+            if not any(ms for _, ms, _ in picked):
                 raise SystemExit(f"error: none of these run folders holds rows of --methods {' '.join(args.methods)}")
-            runs = RunSet.read([(r, ms) for r, ms in picked if ms])
+            runs = RunSet.read([spec for spec in picked if spec[1]])
         protocol = runs.members[0].settings.get("protocol", "unknown")
         out = Path(args.out) if args.out else Path("runs") / str(protocol) / "class-orders"
     write(runs, out, reference, command)

@@ -41,7 +41,9 @@ ORDER_KEYS = ("class_order", "class_order_seed")
 _FILES = ("data", "checkpoint")
 _MISSING = object()
 
-Spec = Union[str, Path, tuple[Union[str, Path], Optional[Sequence[str]]]]  # a folder, or (folder, methods taken)
+# a folder, or (folder, methods taken), or (folder, methods taken or None, class orders taken)
+Spec = Union[str, Path, tuple[Union[str, Path], Optional[Sequence[str]]],
+             tuple[Union[str, Path], Optional[Sequence[str]], Optional[Sequence[int]]]]
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Member:
     config: dict
     settings: dict
     given: tuple[str, ...] | None = None  # the methods asked for (None: all)
+    orders: tuple[int, ...] | None = None  # the class orders taken (None: all): e.g. one machine's orders of a folder
 
     def value(self, key: str, method: str | None = None) -> Any:
         """The recorded value of ``key`` (``method``: that method's ``--method-option`` keywords only)."""
@@ -84,7 +87,8 @@ class RunSet:
         """The folders of ``specs`` (paths relative to ``root`` if given), each a folder or (folder, methods)."""
         parsed = []
         for spec in specs:
-            path, methods = (spec, None) if isinstance(spec, (str, Path)) else spec  # a pair from JSON is a list
+            path, methods, orders = ((spec, None, None) if isinstance(spec, (str, Path))  # a tuple from JSON: a list
+                                     else (*spec, None)[:3])
             full = Path(root) / path if root is not None else Path(path)
             folder = RunFolder(full)
             if not folder.has_config():
@@ -98,19 +102,26 @@ class RunSet:
                 if absent:
                     raise SystemExit(f"error: '{full}' has no rows of {', '.join(absent)}; it holds "
                                      f"{', '.join(present)}")
-            parsed.append((str(path), folder, methods))
+            if orders is not None:
+                held = sorted({int(o) for o in folder.gather()["class_order_seed"]})
+                missing = [int(o) for o in orders if int(o) not in held]
+                if missing:
+                    raise SystemExit(f"error: '{full}' has no rows on class order(s) "
+                                     f"{', '.join(map(str, missing))}; it holds {', '.join(map(str, held))}")
+                orders = tuple(int(o) for o in orders)
+            parsed.append((str(path), folder, methods, orders))
         if not parsed:
             raise SystemExit("error: no run folders given")
-        names = [Path(p).name for p, _, _ in parsed]
+        names = [Path(p).name for p, _, _, _ in parsed]
         members = []
-        for (path, folder, methods), name in zip(parsed, names):
-            if [str(f.path.resolve()) for _, f, _ in parsed].count(str(folder.path.resolve())) > 1:
+        for (path, folder, methods, orders), name in zip(parsed, names):
+            if [str(f.path.resolve()) for _, f, _, _ in parsed].count(str(folder.path.resolve())) > 1:
                 raise SystemExit(f"error: run folder '{path}' is given twice")
             label = name if names.count(name) == 1 else path  # the folder's name, unless two share it
             config = folder.read_config()
             given = tuple(methods) if methods is not None else None
             members.append(Member(folder, label, given or tuple(folder_methods(folder)), config,
-                                  recorded_settings(config), given))
+                                  recorded_settings(config), given, orders))
         return cls(members)
 
     # ------------------------------------------------------------------ rows
@@ -120,6 +131,8 @@ class RunSet:
         for m in self.members:
             rows = m.folder.gather()
             rows = rows[rows["method"].isin(m.methods)]
+            if m.orders is not None:
+                rows = rows[rows["class_order_seed"].astype(int).isin(m.orders)]
             frames.append(rows.assign(run=m.label))
         return pd.concat(frames, ignore_index=True)
 
@@ -127,6 +140,9 @@ class RunSet:
         """Every member's summary.csv rows (its methods only), each with its ``run``."""
         frames = []
         for m in self.members:
+            if m.orders is not None:
+                raise SystemExit(f"error: '{m.folder}' is taken for class orders {', '.join(map(str, m.orders))} "
+                                 "only, and its summary.csv pools all of its orders; pass the whole folder here")
             path = m.folder.report_path("summary.csv")
             if not path.exists():
                 raise SystemExit(f"error: '{m.folder}' has no summary.csv; write it with python -m "
@@ -175,8 +191,60 @@ class RunSet:
         out: list[str | list] = []
         for m in self.members:
             path = os.path.relpath(m.folder.path.resolve(), Path(base).resolve())
-            out.append(path if m.given is None else [path, list(m.given)])
+            if m.orders is not None:
+                out.append([path, None if m.given is None else list(m.given), list(m.orders)])
+            else:
+                out.append(path if m.given is None else [path, list(m.given)])
         return out
+
+
+def taking(runs: Sequence[str], take: Sequence[Sequence[str]] | None, flag: str = "--take") -> list[Spec]:
+    """The specs of the ``RUN_DIR`` arguments ``runs`` with ``--take RUN_DIR ORDER [ORDER ...]`` applied: that folder
+    read for those class orders only (a folder holding orders from another machine's run, say, whose other orders
+    come from elsewhere). ``SystemExit`` naming the flag for a folder not among ``runs`` or an order not a number."""
+    chosen: dict[str, tuple[int, ...]] = {}
+    for item in take or ():
+        folder, *orders = item
+        if folder not in runs:
+            raise SystemExit(f"error: {flag} {folder}: not one of the run folders given ({', '.join(runs)}); "
+                             f"pass the folder as a RUN_DIR too, spelt the same")
+        if not orders:
+            raise SystemExit(f"error: {flag} {folder}: name the class orders to take (e.g. {flag} {folder} 1993)")
+        try:
+            chosen[folder] = tuple(int(o) for o in orders)
+        except ValueError:
+            raise SystemExit(f"error: {flag} {folder} {' '.join(orders)}: class orders are numbers "
+                             f"(the order seeds, e.g. 1993)") from None
+    return [(r, None, chosen[r]) if r in chosen else r for r in runs]
+
+
+def one_run_per_order(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """``rows`` (:meth:`RunSet.rows`) with one run per (method, class order), its records
+    (:func:`~benchmarks.reports.run_records`), and a label per run left out as superseded.
+
+    A run that stopped where another folder finished the same (method, order) is superseded, not a second run: runs
+    of a machine whose time ran out are redone in a new folder (a resume is refused on another machine). Two runs of
+    one (method, order) otherwise are refused: a class-order table takes one each (and two seeds of a fixed-order
+    run share its order)."""
+    from .reports import run_records
+
+    records = run_records(rows, ["method", "class_order_seed", "seed", "run"])
+    key = ["method", "class_order_seed"]
+    done_keys = pd.MultiIndex.from_frame(records.loc[records["finished"], key])
+    superseded = records[~records["finished"] & pd.MultiIndex.from_frame(records[key]).isin(done_keys)]
+    if len(superseded):
+        run_key = ["method", "seed", "run"]
+        records = records.drop(index=superseded.index)
+        rows = rows[~pd.MultiIndex.from_frame(rows[run_key]).isin(pd.MultiIndex.from_frame(superseded[run_key]))]
+    twice = records[records.duplicated(key, keep=False)]
+    if len(twice):
+        (method, order), g = next(iter(twice.groupby(key)))
+        where = ", ".join(f"seed {s} in {r}" for s, r in zip(g["seed"], g["run"]))
+        raise SystemExit(f"error: {method} has {len(g)} runs on class order {order} ({where}); a class-order table "
+                         "takes one run per method and order (the seeds of a fixed-order run share its order): pass "
+                         "folders holding one each, or take some orders of a folder only (--take RUN_DIR ORDER ...)")
+    labels = [f"{r.method} order {r.class_order_seed} ({r.run})" for r in superseded.itertuples()]
+    return rows, records.reset_index(drop=True), labels
 
 
 def _comparable(value: Any) -> Any:

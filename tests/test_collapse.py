@@ -130,3 +130,80 @@ def test_an_unfinished_run_gets_no_verdict_and_is_named(tmp_path):
     assert "seq-lora" not in set(pd.read_csv(out / "collapse.csv")["method"])
     assert "seq-lora" not in set(pd.read_csv(out / "curve.csv")["method"])
     assert "Unfinished runs left out: seq-lora order 1993 (2 of 3 tasks)." in (out / "table.md").read_text()
+
+
+def _machine(folder, name):
+    """Record ``name`` as the machine a fake run folder trained on (compare records ``device_name``)."""
+    import json
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "device_name": name}))
+
+
+def _two_machines(tmp_path):
+    """Order 1993 on machine A (both methods), orders 1993 and 1994 on machine B (both methods)."""
+    a = fake_run(tmp_path / "runs" / "a", {("sdlora", 1993): [0.9, 0.4], ("simplecil", 1993): [0.9, 0.5]},
+                 class_order="seed")
+    b = fake_run(tmp_path / "runs" / "b", {("sdlora", 1993): [0.9, 0.45], ("simplecil", 1993): [0.9, 0.5],
+                                           ("sdlora", 1994): [0.9, 0.6], ("simplecil", 1994): [0.9, 0.5]},
+                 class_order="seed")
+    _machine(a, "Machine A")
+    _machine(b, "Machine B")
+    return a, b
+
+
+def test_two_finished_runs_of_one_method_and_order_are_refused(tmp_path):
+    """Pooling them would average two curves into one (they are grouped by method and order)."""
+    a, b = _two_machines(tmp_path)
+    with pytest.raises(SystemExit, match=r"sdlora has 2 runs on class order 1993 .*--take RUN_DIR ORDER"):
+        collapse.main([str(a), str(b), "--out", str(tmp_path / "report")])
+
+
+def test_take_reads_some_orders_of_a_folder_and_names_the_machines(tmp_path):
+    a, b = _two_machines(tmp_path)
+    out = collapse.main([str(a), str(b), "--take", str(b), "1994", "--out", str(tmp_path / "report")])
+    table = pd.read_csv(out / "collapse.csv").set_index(["method", "class_order_seed"])
+    assert table.loc[("sdlora", 1993), "final_acc_pct"] == pytest.approx(40.0)  # machine A's, not B's 45
+    assert table.loc[("sdlora", 1994), "final_acc_pct"] == pytest.approx(60.0)
+    assert table.loc[("sdlora", 1993), "machine"] == "Machine A"
+    assert table.loc[("sdlora", 1994), "machine"] == "Machine B"
+    text = (out / "table.md").read_text()
+    assert "Machines: Machine A (order 1993); Machine B (order 1994)." in text
+    assert "mixes machines" not in text  # each order's verdict is within one machine
+
+
+def test_an_order_whose_runs_trained_on_two_machines_is_named(tmp_path):
+    """Its verdict (a run minus the baseline's on that order) then carries the machines' own difference."""
+    c = fake_run(tmp_path / "runs" / "c", {("sdlora", 1995): [0.9, 0.4]}, class_order="seed")
+    d = fake_run(tmp_path / "runs" / "d", {("simplecil", 1995): [0.9, 0.5]}, class_order="seed")
+    _machine(c, "Machine A")
+    _machine(d, "Machine B")
+    out = collapse.main([str(c), str(d), "--out", str(tmp_path / "report3")])
+    assert ("Order 1995 mixes machines (sdlora on Machine A; simplecil on Machine B): its verdicts compare runs "
+            "from different machines.") in (out / "table.md").read_text()
+
+
+def test_take_names_what_it_cannot_take(tmp_path):
+    a, b = _two_machines(tmp_path)
+    with pytest.raises(SystemExit, match=r"has no rows on class order\(s\) 1995; it holds 1993, 1994"):
+        collapse.main([str(a), str(b), "--take", str(b), "1995", "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit, match=r"--take elsewhere: not one of the run folders given"):
+        collapse.main([str(a), "--take", "elsewhere", "1993", "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit, match=r"--take .*: name the class orders to take"):
+        collapse.main([str(a), "--take", str(a), "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit, match=r"class orders are numbers"):
+        collapse.main([str(a), "--take", str(a), "first", "--out", str(tmp_path / "r")])
+
+
+def test_an_unfinished_run_gives_way_to_a_finished_one_elsewhere(tmp_path):
+    """A machine's run cut off, redone on another machine in a new folder: the finished one is the run."""
+    a = fake_run(tmp_path / "runs" / "a", {("sdlora", 1993): [0.9, 0.4, 0.3], ("simplecil", 1993): [0.9, 0.6, 0.5]},
+                 class_order="seed")
+    b = fake_run(tmp_path / "runs" / "b", {("sdlora", 1993): [0.9, 0.45, 0.35]}, class_order="seed")
+    for path in (a / "parts" / "sdlora-seed1993.csv", a / "per_task.csv"):
+        rows = pd.read_csv(path)
+        rows.drop(rows.index[(rows["method"] == "sdlora") & (rows["experience"] == 2)]).to_csv(path, index=False)
+    out = collapse.main([str(a), str(b), "--out", str(tmp_path / "report")])
+    table = pd.read_csv(out / "collapse.csv").set_index("method")
+    assert table.loc["sdlora", "final_acc_pct"] == pytest.approx(35.0)
+    assert "Unfinished runs left out, another folder finished the same method and order: sdlora order 1993 (a)." in (
+        out / "table.md").read_text()

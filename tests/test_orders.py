@@ -215,3 +215,24 @@ def test_an_unfinished_run_is_superseded_by_the_same_method_and_order_finished_e
     twice = fake_run(tmp_path / "runs" / "twice", {("sdlora", 1995): [0.9, 0.2]}, class_order_seed=1995)
     with pytest.raises(SystemExit, match="sdlora has 2 runs on class order 1995"):
         orders.main([*map(str, folders), str(twice), "--out", str(tmp_path / "other")])
+
+
+def test_take_reads_some_orders_of_a_folder_and_the_report_regenerates_with_them(tmp_path):
+    """A folder holding an order another folder also ran (another machine's, say) is taken for its other orders."""
+    folders = _old_order_folders(tmp_path / "runs")
+    extra = fake_run(tmp_path / "runs" / "more", {("sdlora", 1993): [0.9, 0.7], ("seq-lora", 1993): [0.9, 0.5],
+                                                  ("sdlora", 1996): [0.9, 0.65], ("seq-lora", 1996): [0.9, 0.6]},
+                     class_order="seed")
+    with pytest.raises(SystemExit, match="sdlora has 2 runs on class order 1993"):
+        orders.main([*map(str, folders), str(extra), "--out", str(tmp_path / "both")])
+    out = orders.main([*map(str, folders), str(extra), "--take", str(extra), "1996", "--out", str(tmp_path / "r")])
+    got = pd.read_csv(out / "orders.csv")
+    assert sorted(got["class_order_seed"].unique()) == [1993, 1994, 1995, 1996]
+    assert got.query("method == 'sdlora' and class_order_seed == 1993")["run"].tolist() == ["order1993"]
+    assert json.loads((out / "sources.json").read_text())["runs"][3] == ["../runs/more", None, [1996]]
+    table = (out / "table.md").read_text()
+    orders.main(["--again", str(out)])
+    assert (out / "table.md").read_text() == table
+    picked = orders.main([*map(str, folders), str(extra), "--take", str(extra), "1996", "--methods", "sdlora",
+                          "--out", str(tmp_path / "picked")])
+    assert json.loads((picked / "sources.json").read_text())["runs"][3] == ["../runs/more", ["sdlora"], [1996]]
