@@ -257,9 +257,10 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--out", required=True, help="report folder (results/<protocol>/... for the README's)")
     p.add_argument("--baseline", default=DEFAULT_BASELINE,
                    help=f"the training-free method a collapse is judged against (default: {DEFAULT_BASELINE})")
-    p.add_argument("--take", nargs="+", action="append", metavar=("RUN_DIR", "ORDER"),
-                   help="take only these class orders of RUN_DIR (one of the run folders given), e.g. the orders a "
-                        "machine ran when another folder holds the rest; repeat per folder")
+    p.add_argument("--take", nargs="+", action="append", metavar=("RUN_DIR", "WHAT"),
+                   help="take only these methods and/or class orders of RUN_DIR (one of the run folders given; "
+                        "WHAT: a method or an order seed), e.g. the orders a machine finished when another folder "
+                        "holds the rest; once per folder")
     p.add_argument("--probe", nargs="*", metavar="METHOD",
                    help="also probe the RUN_DIRs' last checkpoints: SimpleCIL's classifier on each SD-LoRA-built "
                         "model's final backbone (features or head?), or only on those of the METHODs named; kept "

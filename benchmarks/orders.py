@@ -376,9 +376,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", help="only these methods' rows (default: every method of the folders)")
     p.add_argument("--reference", default=DEFAULT_REFERENCE,
                    help=f"the method every other is paired with (default: {DEFAULT_REFERENCE})")
-    p.add_argument("--take", nargs="+", action="append", metavar=("RUN_DIR", "ORDER"),
-                   help="take only these class orders of RUN_DIR (one of the run folders given), e.g. the orders a "
-                        "machine ran when another folder holds the rest; repeat per folder")
+    p.add_argument("--take", nargs="+", action="append", metavar=("RUN_DIR", "WHAT"),
+                   help="take only these methods and/or class orders of RUN_DIR (one of the run folders given; "
+                        "WHAT: a method or an order seed), e.g. the orders a machine finished when another folder "
+                        "holds the rest; once per folder")
     p.add_argument("--again", metavar="REPORT_DIR",
                    help="rebuild a report from the run folders its sources.json names (after they changed)")
     args = p.parse_args(argv)

@@ -199,23 +199,32 @@ class RunSet:
 
 
 def taking(runs: Sequence[str], take: Sequence[Sequence[str]] | None, flag: str = "--take") -> list[Spec]:
-    """The specs of the ``RUN_DIR`` arguments ``runs`` with ``--take RUN_DIR ORDER [ORDER ...]`` applied: that folder
-    read for those class orders only (a folder holding orders from another machine's run, say, whose other orders
-    come from elsewhere). ``SystemExit`` naming the flag for a folder not among ``runs`` or an order not a number."""
-    chosen: dict[str, tuple[int, ...]] = {}
+    """The specs of the ``RUN_DIR`` arguments ``runs`` with ``--take RUN_DIR WHAT [WHAT ...]`` applied: that folder
+    read for those methods and/or class orders only (each WHAT a method name or an order seed), e.g. the orders one
+    machine finished when another folder holds the rest, or the methods of a folder run under the recipe the table
+    compares. ``SystemExit`` naming the flag for a folder not among ``runs`` or a WHAT that is neither."""
+    from .methods import method_names
+
+    known = set(method_names())
+    chosen: dict[str, Spec] = {}
     for item in take or ():
-        folder, *orders = item
+        folder, *what = item
         if folder not in runs:
             raise SystemExit(f"error: {flag} {folder}: not one of the run folders given ({', '.join(runs)}); "
                              f"pass the folder as a RUN_DIR too, spelt the same")
-        if not orders:
-            raise SystemExit(f"error: {flag} {folder}: name the class orders to take (e.g. {flag} {folder} 1993)")
-        try:
-            chosen[folder] = tuple(int(o) for o in orders)
-        except ValueError:
-            raise SystemExit(f"error: {flag} {folder} {' '.join(orders)}: class orders are numbers "
-                             f"(the order seeds, e.g. 1993)") from None
-    return [(r, None, chosen[r]) if r in chosen else r for r in runs]
+        if folder in chosen:
+            raise SystemExit(f"error: {flag} {folder} is given twice; name everything to take from it in one {flag}")
+        if not what:
+            raise SystemExit(f"error: {flag} {folder}: name the methods or class orders to take (e.g. {flag} "
+                             f"{folder} 1993, or {flag} {folder} sdlora seq-lora)")
+        methods = [w for w in what if w in known]
+        others = [w for w in what if w not in known]
+        bad = [w for w in others if not w.isdigit()]
+        if bad:
+            raise SystemExit(f"error: {flag} {folder} {' '.join(bad)}: neither a method nor a class order (the "
+                             f"order seed, e.g. 1993); methods: {', '.join(sorted(known))}")
+        chosen[folder] = (folder, methods or None, tuple(int(o) for o in others) or None)
+    return [chosen.get(r, r) for r in runs]
 
 
 def one_run_per_order(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:

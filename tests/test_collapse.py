@@ -188,10 +188,25 @@ def test_take_names_what_it_cannot_take(tmp_path):
         collapse.main([str(a), str(b), "--take", str(b), "1995", "--out", str(tmp_path / "r")])
     with pytest.raises(SystemExit, match=r"--take elsewhere: not one of the run folders given"):
         collapse.main([str(a), "--take", "elsewhere", "1993", "--out", str(tmp_path / "r")])
-    with pytest.raises(SystemExit, match=r"--take .*: name the class orders to take"):
+    with pytest.raises(SystemExit, match=r"--take .*: name the methods or class orders to take"):
         collapse.main([str(a), "--take", str(a), "--out", str(tmp_path / "r")])
-    with pytest.raises(SystemExit, match=r"class orders are numbers"):
+    with pytest.raises(SystemExit, match=r"--take .* first: neither a method nor a class order"):
         collapse.main([str(a), "--take", str(a), "first", "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit, match=r"has no rows of seq-lora; it holds sdlora, simplecil"):
+        collapse.main([str(a), "--take", str(a), "seq-lora", "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit, match=r"is given twice; name everything to take from it in one --take"):
+        collapse.main([str(a), "--take", str(a), "1993", "--take", str(a), "sdlora", "--out", str(tmp_path / "r")])
+
+
+def test_take_reads_some_methods_of_some_orders(tmp_path):
+    """Methods and orders together: B's SD-LoRA on order 1994 only, its baseline from A's folder on 1993."""
+    a, b = _two_machines(tmp_path)
+    out = collapse.main([str(a), str(b), "--take", str(b), "sdlora", "1994", "--out", str(tmp_path / "report")])
+    table = pd.read_csv(out / "collapse.csv")
+    assert sorted(zip(table["method"], table["class_order_seed"])) == [
+        ("sdlora", 1993), ("sdlora", 1994), ("simplecil", 1993)]
+    verdicts = table.set_index(["method", "class_order_seed"])["collapses"]
+    assert verdicts[("sdlora", 1993)] == True and pd.isna(verdicts[("sdlora", 1994)])  # noqa: E712 (no baseline)
 
 
 def test_an_unfinished_run_gives_way_to_a_finished_one_elsewhere(tmp_path):
