@@ -231,8 +231,14 @@ def write(runs: RunSet, out: str | Path, baseline: str = DEFAULT_BASELINE, probe
     table["machine"] = [machine[run_of[(m, o)]] for m, o in zip(table["method"], table["class_order_seed"])]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    probed = (feature_probe.probe([m.folder for m in runs.members], out, probe_methods) if probe
+    folder_of = {m.label: m.folder.path for m in runs.members}
+    taken = {(folder_of[r], m, int(s)) for m, s, r in rows[["method", "seed", "run"]].drop_duplicates().itertuples(
+        index=False)}  # the runs the table holds: --take and the one-run rule apply to the probe too
+    probed = (feature_probe.probe([m.folder for m in runs.members], out, probe_methods, taken) if probe
               else feature_probe.read(out))
+    if probed is not None and len(probed):  # rows kept from earlier calls, of runs this table holds
+        held = pd.MultiIndex.from_frame(table[["method", "class_order_seed"]])
+        probed = probed[pd.MultiIndex.from_frame(probed[["method", "class_order_seed"]]).isin(held)]
     write_text(out / "curve.csv", curve.to_csv(index=False))
     write_text(out / "collapse.csv", table.to_csv(index=False))
     text = markdown(table, baseline, probed)

@@ -29,7 +29,7 @@ are probed; the others are skipped.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -146,14 +146,18 @@ def probe_run(folder: RunFolder, method: str, seed: int, frozen: dict[int, float
             "test_images": len(y)}
 
 
-def probe(folders: Sequence[RunFolder], out: Path, methods: Sequence[str] | None = None) -> pd.DataFrame:
+def probe(folders: Sequence[RunFolder], out: Path, methods: Sequence[str] | None = None,
+          taken: Collection[tuple[Path, str, int]] | None = None) -> pd.DataFrame:
     """Probe every finished (method, seed) of ``folders`` that has its last checkpoint and is an SDLoRAViT (or those of
-    ``methods``) and merge the rows into ``out/probe.csv`` (a later order replaces nothing it did not probe)."""
+    ``methods``; or of ``taken``, (folder path, method, seed) triples: the runs a report holds) and merge the rows
+    into ``out/probe.csv`` (a later order replaces nothing it did not probe)."""
     rows, frozen = [], {}
     for folder in folders:
         cfg = folder_config(folder)
         for method, seed in folder.part_names():
             if not folder.part_complete(method, seed, cfg.n_experiences) or (methods is not None and method not in methods):
+                continue
+            if taken is not None and (folder.path, method, seed) not in taken:
                 continue
             if not (folder.checkpoints(method, seed) / f"exp{cfg.n_experiences - 1}.json").exists():
                 continue

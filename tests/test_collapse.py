@@ -65,6 +65,9 @@ def test_the_probe_puts_simplecils_classifier_on_the_final_backbone(tmp_path):
                                "--out", str(tmp_path), "--run-id", "p"])
     only = collapse.main([str(run), "--out", str(tmp_path / "only"), "--probe", "seq-lora"])  # one method's
     assert list(pd.read_csv(only / feature_probe.PROBE_FILE)["method"]) == ["seq-lora"]
+    taken = collapse.main([str(run), "--take", str(run), "sdlora", "simplecil", "--out", str(tmp_path / "taken"),
+                           "--probe"])  # a run the table does not hold is not probed
+    assert list(pd.read_csv(taken / feature_probe.PROBE_FILE)["method"]) == ["sdlora"]
     with pytest.raises(SystemExit, match="--probe: unknown method"):
         collapse.main([str(run), "--out", str(tmp_path / "only"), "--probe", "sd-lora"])
     out = collapse.main([str(run), "--out", str(tmp_path / "report"), "--probe"])
