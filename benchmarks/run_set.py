@@ -31,6 +31,8 @@ import pandas as pd
 from avalanche_sdlora.options import SDLoRAOptions
 
 from .identity import labels, saved_identity
+from .methods import method_names
+from .reports import run_records
 from .run_folder import RunFolder
 
 METHOD_KEYS = ("lr", "ewc_lambda", "peer_recipe", "method_options",
@@ -84,7 +86,8 @@ class RunSet:
 
     @classmethod
     def read(cls, specs: Iterable[Spec], root: str | Path | None = None) -> RunSet:
-        """The folders of ``specs`` (paths relative to ``root`` if given), each a folder or (folder, methods)."""
+        """The folders of ``specs`` (paths relative to ``root`` if given), each a folder, (folder, methods) or
+        (folder, methods or None, class orders)."""
         parsed = []
         for spec in specs:
             path, methods, orders = ((spec, None, None) if isinstance(spec, (str, Path))  # a tuple from JSON: a list
@@ -203,8 +206,6 @@ def taking(runs: Sequence[str], take: Sequence[Sequence[str]] | None, flag: str 
     read for those methods and/or class orders only (each WHAT a method name or an order seed), e.g. the orders one
     machine finished when another folder holds the rest, or the methods of a folder run under the recipe the table
     compares. ``SystemExit`` naming the flag for a folder not among ``runs`` or a WHAT that is neither."""
-    from .methods import method_names
-
     known = set(method_names())
     chosen: dict[str, Spec] = {}
     for item in take or ():
@@ -235,8 +236,6 @@ def one_run_per_order(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, l
     of a machine whose time ran out are redone in a new folder (a resume is refused on another machine). Two runs of
     one (method, order) otherwise are refused: a class-order table takes one each (and two seeds of a fixed-order
     run share its order)."""
-    from .reports import run_records
-
     records = run_records(rows, ["method", "class_order_seed", "seed", "run"])
     key = ["method", "class_order_seed"]
     done_keys = pd.MultiIndex.from_frame(records.loc[records["finished"], key])
