@@ -45,7 +45,7 @@ from avalanche_sdlora.atomic import write_text  # noqa: E402
 from . import feature_probe  # noqa: E402
 from .methods import method_names  # noqa: E402
 from .reports import magnitudes, markdown_grid, method_style, run_records, save_figure  # noqa: E402
-from .orders import UNRECORDED  # noqa: E402
+from .orders import UNRECORDED, machine_notes, machine_tags  # noqa: E402
 from .run_set import ORDER_KEYS, RunSet, one_run_per_order, taking  # noqa: E402
 
 DEFAULT_BASELINE = "simplecil"
@@ -172,24 +172,6 @@ def _head_split(g: pd.DataFrame) -> str:
     return f"{g['head_task_pct'].mean():.2f} / {g['head_within_task_pct'].mean():.2f}"
 
 
-def machine_lines(table: pd.DataFrame) -> list[str]:
-    """The machines the runs trained on with the orders each ran, and every order whose runs trained on several
-    machines (its verdicts then compare runs across machines, which moves a trained run by a point or two on its
-    own); nothing for one machine."""
-    machines = list(dict.fromkeys(table["machine"]))
-    if len(machines) <= 1:
-        return []
-    where = [f"{m} (order{'s' if len(o) > 1 else ''} {', '.join(map(str, o))})"
-             for m in machines for o in [sorted(table.loc[table["machine"] == m, "class_order_seed"].unique())]]
-    lines = ["Machines: " + "; ".join(where) + "."]
-    for order, g in table.groupby("class_order_seed"):
-        if g["machine"].nunique() > 1:
-            parts = [f"{', '.join(h['method'])} on {m}" for m, h in g.groupby("machine", sort=False)]
-            lines.append(f"Order {order} mixes machines ({'; '.join(parts)}): its verdicts compare runs from "
-                         "different machines.")
-    return lines
-
-
 def plot(curve: pd.DataFrame, path: Path) -> None:
     """Mean seen-class accuracy over the orders against the tasks learned, a band from min to max over the orders."""
     import matplotlib
@@ -242,7 +224,8 @@ def write(runs: RunSet, out: str | Path, baseline: str = DEFAULT_BASELINE, probe
     write_text(out / "curve.csv", curve.to_csv(index=False))
     write_text(out / "collapse.csv", table.to_csv(index=False))
     text = markdown(table, baseline, probed)
-    notes = machine_lines(table)
+    done = table.assign(finished=True)  # the table holds finished runs only
+    notes = machine_notes(done, machine_tags(done), compared="its verdicts", wall=False)
     if superseded:
         notes.append("Unfinished runs left out, another folder finished the same method and order: "
                      + ", ".join(superseded) + ".")

@@ -173,20 +173,23 @@ def _minutes_by_machine(runs: pd.DataFrame, column: str, tags: dict[str, str]) -
     return " / ".join(f"{_minutes(v)} ({tags[m]})" for m, v in means.items()) if len(means) else "n/a"
 
 
-def machine_notes(orders: pd.DataFrame, tags: dict[str, str]) -> list[str]:
+def machine_notes(orders: pd.DataFrame, tags: dict[str, str], compared: str = "its paired differences",
+                  wall: bool = True) -> list[str]:
     """The machines behind the tags with the orders each ran, and every order whose runs trained on several machines
-    (its paired differences then cross machines, which moves a trained run by a point or two on its own)."""
+    (``compared``, what a table compares within an order, then crosses machines, which moves a trained run by a point
+    or two on its own); ``wall``: the table gives wall minutes, tagged per machine."""
     if not tags:
         return []
     done = orders[orders["finished"]]
     where = [f"{tag} = {m} (order{'s' if len(o) > 1 else ''} {', '.join(map(str, o))})"
              for m, tag in tags.items()
              for o in [sorted(done.loc[done["machine"] == m, "class_order_seed"].unique())]]
-    notes = ["Machines: " + "; ".join(where) + ". Wall minutes are per machine (tagged); they compare within one."]
+    notes = ["Machines: " + "; ".join(where) + "."
+             + (" Wall minutes are per machine (tagged); they compare within one." if wall else "")]
     for order, g in done.groupby("class_order_seed"):
         if g["machine"].nunique() > 1:
             parts = [f"{', '.join(h['method'])} on {tags[m]}" for m, h in g.groupby("machine", sort=False)]
-            notes.append(f"Order {order} mixes machines ({'; '.join(parts)}): its paired differences compare runs "
+            notes.append(f"Order {order} mixes machines ({'; '.join(parts)}): {compared} compare runs "
                          "from different machines.")
     return notes
 

@@ -170,7 +170,7 @@ def test_take_reads_some_orders_of_a_folder_and_names_the_machines(tmp_path):
     assert table.loc[("sdlora", 1993), "machine"] == "Machine A"
     assert table.loc[("sdlora", 1994), "machine"] == "Machine B"
     text = (out / "table.md").read_text()
-    assert "Machines: Machine A (order 1993); Machine B (order 1994)." in text
+    assert "Machines: A = Machine A (order 1993); B = Machine B (order 1994)." in text
     assert "mixes machines" not in text  # each order's verdict is within one machine
 
 
@@ -181,7 +181,7 @@ def test_an_order_whose_runs_trained_on_two_machines_is_named(tmp_path):
     _machine(c, "Machine A")
     _machine(d, "Machine B")
     out = collapse.main([str(c), str(d), "--out", str(tmp_path / "report3")])
-    assert ("Order 1995 mixes machines (sdlora on Machine A; simplecil on Machine B): its verdicts compare runs "
+    assert ("Order 1995 mixes machines (sdlora on A; simplecil on B): its verdicts compare runs "
             "from different machines.") in (out / "table.md").read_text()
 
 
