@@ -45,8 +45,8 @@ from avalanche_sdlora.atomic import write_text  # noqa: E402
 from . import feature_probe  # noqa: E402
 from .methods import method_names  # noqa: E402
 from .reports import magnitudes, markdown_grid, method_style, run_records, save_figure  # noqa: E402
-from .orders import UNRECORDED, machine_notes, machine_tags  # noqa: E402
-from .run_set import ORDER_KEYS, RunSet, one_run_per_order, taking  # noqa: E402
+from .orders import machine_notes, machine_tags  # noqa: E402
+from .run_set import ORDER_KEYS, RunSet, add_take_argument, one_run_per_order, taking  # noqa: E402
 
 DEFAULT_BASELINE = "simplecil"
 KEYS = ["method", "class_order_seed", "experience"]
@@ -208,7 +208,7 @@ def write(runs: RunSet, out: str | Path, baseline: str = DEFAULT_BASELINE, probe
     table = collapse_table(curve, baseline)
     # where each run trained (a folder has one machine: a resume is refused on another): a verdict compares a run
     # with the baseline's on the same order, which is a within-machine difference only if both trained there
-    machine = {m.label: m.config.get("device_name") or UNRECORDED for m in runs.members}
+    machine = {m.label: m.machine for m in runs.members}
     run_of = rows.groupby(["method", "class_order_seed"])["run"].first()
     table["machine"] = [machine[run_of[(m, o)]] for m, o in zip(table["method"], table["class_order_seed"])]
     out = Path(out)
@@ -246,10 +246,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--out", required=True, help="report folder (results/<protocol>/... for the README's)")
     p.add_argument("--baseline", default=DEFAULT_BASELINE,
                    help=f"the training-free method a collapse is judged against (default: {DEFAULT_BASELINE})")
-    p.add_argument("--take", nargs="+", action="append", metavar=("RUN_DIR", "WHAT"),
-                   help="take only these methods and/or class orders of RUN_DIR (one of the run folders given; "
-                        "WHAT: a method or an order seed), e.g. the orders a machine finished when another folder "
-                        "holds the rest; once per folder")
+    add_take_argument(p)
     p.add_argument("--probe", nargs="*", metavar="METHOD",
                    help="also probe the RUN_DIRs' last checkpoints: SimpleCIL's classifier on each SD-LoRA-built "
                         "model's final backbone (features or head?), or only on those of the METHODs named; kept "

@@ -43,12 +43,11 @@ from .config import RunConfig  # noqa: E402
 from .methods import get_method, method_names  # noqa: E402
 from .reports import markdown_grid, method_style, save_figure  # noqa: E402
 from .run_folder import RunLock  # noqa: E402
-from .run_set import ORDER_KEYS, RunSet, one_run_per_order, taking  # noqa: E402
+from .run_set import ORDER_KEYS, RunSet, add_take_argument, one_run_per_order, taking  # noqa: E402
 from .units import in_file_units  # noqa: E402
 
 DEFAULT_REFERENCE = "sdlora"
 SOURCES = "sources.json"
-UNRECORDED = "machine not recorded"
 TABLES = ("orders.csv", "orders_summary.csv", "paired.csv", "paired_summary.csv", "table.md")
 
 
@@ -80,7 +79,8 @@ def order_runs(runs: RunSet) -> pd.DataFrame:
     configs = {m.label: m.config for m in runs.members}
     records["recipe"] = [recipe_label(configs[r], m) for m, r in zip(records["method"], records["run"])]
     # where each run trained: a resume is refused on another machine type, so a folder has one
-    records["machine"] = [configs[r].get("device_name") or UNRECORDED for r in records["run"]]
+    machine = {m.label: m.machine for m in runs.members}
+    records["machine"] = records["run"].map(machine)
     cols = ["method", "class_order_seed", "seed", "acc", "aaa", "forgetting", "bwt", "finished", "recipe",
             "stored_params", "inference_backbones", "own_prompt", "train_seconds", "eval_seconds", "machine", "run"]
     out = records[cols].reset_index(drop=True)
@@ -379,10 +379,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", help="only these methods' rows (default: every method of the folders)")
     p.add_argument("--reference", default=DEFAULT_REFERENCE,
                    help=f"the method every other is paired with (default: {DEFAULT_REFERENCE})")
-    p.add_argument("--take", nargs="+", action="append", metavar=("RUN_DIR", "WHAT"),
-                   help="take only these methods and/or class orders of RUN_DIR (one of the run folders given; "
-                        "WHAT: a method or an order seed), e.g. the orders a machine finished when another folder "
-                        "holds the rest; once per folder")
+    add_take_argument(p)
     p.add_argument("--again", metavar="REPORT_DIR",
                    help="rebuild a report from the run folders its sources.json names (after they changed)")
     args = p.parse_args(argv)

@@ -18,6 +18,7 @@ Every difference that is not refused is returned as a note for the table to prin
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -42,6 +43,7 @@ NAME_KEYS = ("protocol",)  # a preset's name: the settings it names are compared
 ORDER_KEYS = ("class_order", "class_order_seed")
 _FILES = ("data", "checkpoint")
 _MISSING = object()
+UNRECORDED = "machine not recorded"
 
 # a folder, or (folder, methods taken), or (folder, methods taken or None, class orders taken)
 Spec = Union[str, Path, tuple[Union[str, Path], Optional[Sequence[str]]],
@@ -59,6 +61,11 @@ class Member:
     settings: dict
     given: tuple[str, ...] | None = None  # the methods asked for (None: all)
     orders: tuple[int, ...] | None = None  # the class orders taken (None: all): e.g. one machine's orders of a folder
+
+    @property
+    def machine(self) -> str:
+        """Where the folder's runs trained (one machine a folder: a resume is refused on another machine type)."""
+        return self.config.get("device_name") or UNRECORDED
 
     def value(self, key: str, method: str | None = None) -> Any:
         """The recorded value of ``key`` (``method``: that method's ``--method-option`` keywords only)."""
@@ -199,6 +206,14 @@ class RunSet:
             else:
                 out.append(path if m.given is None else [path, list(m.given)])
         return out
+
+
+def add_take_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--take RUN_DIR WHAT [WHAT ...]`` flag of the commands that pool run folders (read with :func:`taking`)."""
+    parser.add_argument("--take", nargs="+", action="append", metavar=("RUN_DIR", "WHAT"),
+                        help="take only these methods and/or class orders of RUN_DIR (one of the run folders given; "
+                             "WHAT: a method or an order seed), e.g. the orders a machine finished when another "
+                             "folder holds the rest; once per folder")
 
 
 def taking(runs: Sequence[str], take: Sequence[Sequence[str]] | None, flag: str = "--take") -> list[Spec]:
