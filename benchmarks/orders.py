@@ -395,6 +395,8 @@ def main(argv: list[str] | None = None) -> Path:
     if args.again:
         runs, reference = sources_of(args.again)
         out = Path(args.again)
+        # The recorded command is the one that chose the folders; --again only rereads them, so it stays.
+        command = (_sources(out) or {}).get("command") or command
     else:
         specs = taking(args.runs, args.take)
         runs, reference = RunSet.read(specs), args.reference

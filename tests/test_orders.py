@@ -70,10 +70,12 @@ def test_paired_differences_and_wins_by_hand(tmp_path):
 def test_a_report_regenerates_from_its_sources_anywhere(tmp_path, monkeypatch):
     folders = _old_order_folders(tmp_path / "runs")
     out = orders.main([*map(str, folders), "--out", str(tmp_path / "report"), "--reference", "seq-lora"])
-    before = {name: (out / name).read_text() for name in orders.TABLES}
+    before = {name: (out / name).read_text() for name in [*orders.TABLES, "sources.json"]}
+    assert json.loads(before["sources.json"])["command"].endswith("--reference seq-lora")
     monkeypatch.chdir(tmp_path / "runs")  # sources.json is relative to the report, not to where it ran
     orders.main(["--again", str(out)])
-    assert {name: (out / name).read_text() for name in orders.TABLES} == before
+    # sources.json too: its command is still the one that chose the folders, not the --again that reread them
+    assert {name: (out / name).read_text() for name in [*orders.TABLES, "sources.json"]} == before
     assert "seq-lora minus each method" in before["table.md"]
     extra = fake_run(tmp_path / "runs" / "more", {("ncm", 1993): [0.9, 0.4], ("sdlora", 1993): [0.9, 0.6]},
                      class_order_seed=1993)  # sdlora again on 1993
