@@ -6,6 +6,8 @@ cost of its 15 minutes; here every command a job file would run is parsed by the
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -63,3 +65,45 @@ def test_resume_continues_only_the_unfinished_folders(tmp_path):
     calls = _calls(KIT / "jobs" / "resume.sh", tmp_path)
     assert [c[:4] for c in calls] == [["-m", "benchmarks.compare", "--resume",
                                        f"{tmp_path}/cifar100-tiny128/unfinished/"]]
+
+
+def _fake_gpu(tmp_path: Path, name: str) -> dict:
+    """An environment whose ``nvidia-smi`` reports ``name`` (the kit reads the card from it)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\necho '{name}'\n")
+    smi.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
+
+
+@pytest.mark.parametrize("job", ["fair_1993.sh", "fair_1994.sh"])
+def test_the_h200_table_jobs_stop_before_computing_on_another_card(job, tmp_path):
+    """The H200 table's orders must not mix machines; the device tool's default card is an H100."""
+    env = _fake_gpu(tmp_path, "NVIDIA H100 80GB HBM3")
+    result = subprocess.run(["bash", str(KIT / "step_compute.sh"), str(KIT / "jobs" / job)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "NVIDIA H100 80GB HBM3" in result.stderr and "kind nvidia-h200" in result.stderr
+    assert not (tmp_path / "out").exists()  # stopped before the pieces, the compute and the packing
+
+
+def test_integrate_puts_only_h200_runs_into_the_h200_table(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    w = tmp_path / "pack" / "w" / "cifar100-tiny128-full"
+    for run_id, card in (("on-h200", "NVIDIA H200"), ("on-h100", "NVIDIA H100 80GB HBM3"), ("unrecorded", None)):
+        (w / run_id).mkdir(parents=True)
+        config = {"device_name": card} if card else {"device": "cuda"}
+        (w / run_id / "config.json").write_text(json.dumps(config, indent=2))
+    tgz = tmp_path / "w.tgz"
+    subprocess.run(["tar", "czf", str(tgz), "-C", str(tmp_path / "pack"), "w"], check=True)
+    env = {**_fake_gpu(tmp_path, "unused"), "PYTHON": "true"}  # no report redraw: the folders are stand-ins
+    result = subprocess.run(["bash", str(KIT / "integrate.sh"), str(tgz)], cwd=repo, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    full = repo / "results" / "cifar100-tiny128-full"
+    assert [p.parent.relative_to(full).as_posix() for p in full.rglob("config.json")] == ["h200/on-h200"]
+    assert "on-h100 ran on 'NVIDIA H100 80GB HBM3', not an NVIDIA H200" in result.stderr
+    assert "unrecorded ran on 'an unrecorded device'" in result.stderr

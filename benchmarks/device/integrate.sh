@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # After a device session: copy each run folder of a compute call's w.tgz into results/ and redraw its report.
 #   bash benchmarks/device/integrate.sh /work/.device/<n>/w.tgz
-# The full-data comparison's folders go to results/cifar100-tiny128-full/h200/<run-id> (the H200 table), the
+# The full-data comparison's folders go to results/cifar100-tiny128-full/h200/<run-id> (the H200 table; a folder
+# whose config.json names another card is refused, not mixed into its orders), the
 # others to results/<protocol>/<run-id>. An existing folder is never overwritten: rename the run or remove it first.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
@@ -13,7 +14,16 @@ PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python
 for run in "$tmp"/w/*/*/; do
   run=${run%/}; id=$(basename "$run"); protocol=$(basename "$(dirname "$run")")
   [ -f "$run/config.json" ] || continue
-  case "$protocol" in cifar100-tiny128-full) dest="results/$protocol/h200/$id";; *) dest="results/$protocol/$id";; esac
+  dest="results/$protocol/$id"
+  if [ "$protocol" = cifar100-tiny128-full ]; then
+    gpu=$(grep -o '"device_name": "[^"]*"' "$run/config.json" | head -1 | cut -d'"' -f4 || true)
+    if [[ "$gpu" != *H200* ]]; then
+      echo "integrate.sh: $id ran on '${gpu:-an unrecorded device}', not an NVIDIA H200; results/$protocol/h200 is the" \
+        "H200 table, whose class orders must not mix machines: left out (copy it to a folder named after its card)" >&2
+      continue
+    fi
+    dest="results/$protocol/h200/$id"
+  fi
   if [ -e "$dest" ]; then echo "integrate.sh: $dest exists; left as it is (rename the run to keep both)" >&2; continue; fi
   mkdir -p "$(dirname "$dest")" && cp -r "$run" "$dest" && rm -f "$dest/.lock"
   state=$([ -f "$dest/DONE" ] && echo finished || echo "unfinished (its finished (method, seed) runs count)")

@@ -8,6 +8,17 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 . benchmarks/device/env.sh
 JOB="${1:?usage: step_compute.sh JOB_FILE}"
+# A job that adds runs to a table of one card names it (REQUIRE_GPU=H200): on another card its runs would mix
+# machines within a class order, so it stops here, before any compute.
+need=$(sed -n 's/^REQUIRE_GPU=\([A-Za-z0-9]*\).*/\1/p' "$JOB" | head -1)
+if [ -n "$need" ]; then
+  have=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+  if [[ "$have" != *"$need"* ]]; then
+    echo "step_compute.sh: $(basename "$JOB") adds to a table run on an NVIDIA $need and this machine has" \
+      "'${have:-no GPU}': give it back and call the device tool with kind nvidia-${need,,} from the setup call on" >&2
+    exit 2
+  fi
+fi
 BUDGET="${BUDGET:-540}"
 bash benchmarks/device/step_part.sh
 cp "$DEVRUN/parts/SHA256SUMS" "$DEVRUN/parts/vit_tiny_patch16_224.safetensors" "$SDLORA_ASSETS/" 2>/dev/null
