@@ -97,6 +97,9 @@ def test_integrate_puts_only_h200_runs_into_the_h200_table(tmp_path):
         (w / run_id).mkdir(parents=True)
         config = {"device_name": card} if card else {"device": "cuda"}
         (w / run_id / "config.json").write_text(json.dumps(config, indent=2))
+    perf = tmp_path / "pack" / "w" / "perf-cuda"  # jobs/speed.sh's folder
+    perf.mkdir()
+    (perf / "README.md").write_text("Hardware: a CPU, GPU: NVIDIA H100 80GB HBM3;\n")
     tgz = tmp_path / "w.tgz"
     subprocess.run(["tar", "czf", str(tgz), "-C", str(tmp_path / "pack"), "w"], check=True)
     env = {**_fake_gpu(tmp_path, "unused"), "PYTHON": "true"}  # no report redraw: the folders are stand-ins
@@ -107,3 +110,5 @@ def test_integrate_puts_only_h200_runs_into_the_h200_table(tmp_path):
     assert [p.parent.relative_to(full).as_posix() for p in full.rglob("config.json")] == ["h200/on-h200"]
     assert "on-h100 ran on 'NVIDIA H100 80GB HBM3', not an NVIDIA H200" in result.stderr
     assert "unrecorded ran on 'an unrecorded device'" in result.stderr
+    assert (repo / "results" / "perf-cuda" / "README.md").read_text() == (perf / "README.md").read_text()
+    assert "results/perf-cuda: GPU: NVIDIA H100 80GB HBM3" in result.stdout

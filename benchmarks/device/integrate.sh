@@ -30,5 +30,9 @@ for run in "$tmp"/w/*/*/; do
   echo "$dest: $state"
   "$PY" -m benchmarks.compare --report-only "$dest" > /dev/null
 done
+if [ -f "$tmp/w/perf-cuda/README.md" ]; then   # jobs/speed.sh: the cost tables of benchmarks.speed on the GPU
+  if [ -e results/perf-cuda ]; then echo "integrate.sh: results/perf-cuda exists; left as it is" >&2
+  else cp -r "$tmp/w/perf-cuda" results/perf-cuda && echo "results/perf-cuda: $(grep -m1 -o 'GPU: [^;]*' results/perf-cuda/README.md || true)"; fi
+fi
 echo "next: add the new folders to the orders command in results/README.md (its h200 section), rerun it and"
 echo "      python -m benchmarks.headline; then the targeted tests (test_orders test_readme test_headline test_local_paths)"
