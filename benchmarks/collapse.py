@@ -208,7 +208,7 @@ def write(runs: RunSet, out: str | Path, baseline: str = DEFAULT_BASELINE, probe
     table = collapse_table(curve, baseline)
     # where each run trained (a folder has one machine: a resume is refused on another): a verdict compares a run
     # with the baseline's on the same order, which is a within-machine difference only if both trained there
-    machine = {m.label: m.machine for m in runs.members}
+    machine = runs.machines()
     run_of = rows.groupby(["method", "class_order_seed"])["run"].first()
     table["machine"] = [machine[run_of[(m, o)]] for m, o in zip(table["method"], table["class_order_seed"])]
     out = Path(out)

@@ -79,8 +79,7 @@ def order_runs(runs: RunSet) -> pd.DataFrame:
     configs = {m.label: m.config for m in runs.members}
     records["recipe"] = [recipe_label(configs[r], m) for m, r in zip(records["method"], records["run"])]
     # where each run trained: a resume is refused on another machine type, so a folder has one
-    machine = {m.label: m.machine for m in runs.members}
-    records["machine"] = records["run"].map(machine)
+    records["machine"] = records["run"].map(runs.machines())
     cols = ["method", "class_order_seed", "seed", "acc", "aaa", "forgetting", "bwt", "finished", "recipe",
             "stored_params", "inference_backbones", "own_prompt", "train_seconds", "eval_seconds", "machine", "run"]
     out = records[cols].reset_index(drop=True)

@@ -195,6 +195,10 @@ class RunSet:
                              "method's rows run with one setting")
         return notes
 
+    def machines(self) -> dict[str, str]:
+        """Each folder's label -> the machine its runs trained on (:attr:`Member.machine`)."""
+        return {m.label: m.machine for m in self.members}
+
     def specs_relative_to(self, base: str | Path) -> list[str | list]:
         """The specs that read this set again from ``base`` (what an output records, to be read back anywhere):
         each folder relative to ``base``, with its methods if only some were asked for."""
