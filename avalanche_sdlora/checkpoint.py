@@ -25,11 +25,12 @@ and JSON: loading a checkpoint cannot run code.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -73,16 +74,37 @@ def save_checkpoint(directory: str | Path, experience: int, model: torch.nn.Modu
     return _write(directory, experience, tensors, {"extra": extra or {}, "adapters": adapter_config(model)}, config)
 
 
+def tensor_digest(tensor: Tensor) -> str:
+    """sha256 of a tensor's dtype, shape and bytes: equal digests, equal tensors (on any device)."""
+    t = tensor.detach().to("cpu").contiguous().reshape(-1)
+    h = hashlib.sha256(f"{t.dtype} {tuple(tensor.shape)}".encode())
+    h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def tensor_digests(tensors: Mapping[str, Tensor]) -> dict[str, str]:
+    """:func:`tensor_digest` of every tensor: what :func:`save_state`'s ``base`` takes."""
+    return {k: tensor_digest(v) for k, v in tensors.items()}
+
+
 def save_state(directory: str | Path, experience: int, tensors: dict[str, Tensor], state: dict,
-               extra: dict | None = None, config: dict | None = None) -> Path:
+               extra: dict | None = None, config: dict | None = None, base: Mapping[str, str] | None = None) -> Path:
     """A checkpoint of a model that is not an ``SDLoRAViT``, in the same files, checks and RNG capture.
 
     Why: the harness's peer methods (prompts, per-task adapters, class statistics) resume exactly as SD-LoRA does,
     from one format that never pickles. ``tensors`` are the model's (stored under ``state.``), ``state`` the JSON
     that rebuilds its structure before they load (how many tasks it grew, ...); :func:`load_state` reads both.
+
+    ``base``: :func:`tensor_digests` of the freshly built model (its pretrained backbone). A tensor still equal to
+    its base is left out and only its digest recorded, so a peer's checkpoint, like SD-LoRA's, does not hold the
+    frozen backbone again (ViT-Tiny: 22 MB a checkpoint, ViT-B: 340 MB); :func:`load_state` takes it from the
+    rebuilt model after checking the digest.
     """
-    return _write(directory, experience, {f"state.{k}": v.detach().contiguous() for k, v in tensors.items()},
-                  {"extra": extra or {}, "state": state}, config)
+    base = base or {}
+    omitted = {k: d for k, v in tensors.items() if (d := base.get(k)) is not None and tensor_digest(v) == d}
+    kept = {f"state.{k}": v.detach().contiguous() for k, v in tensors.items() if k not in omitted}
+    meta = {"extra": extra or {}, "state": state, **({"omitted": omitted} if omitted else {})}
+    return _write(directory, experience, kept, meta, config)
 
 
 def _write(directory: str | Path, experience: int, tensors: dict[str, Tensor], meta: dict,
@@ -224,12 +246,14 @@ def load_checkpoint(directory: str | Path, experience: int, model: torch.nn.Modu
 
 
 def load_state(directory: str | Path, experience: int, config: dict | None = None,
-               restore: Callable[[dict[str, Tensor], dict], None] | None = None) -> tuple[dict[str, Tensor], dict, dict]:
+               restore: Callable[[dict[str, Tensor], dict], None] | None = None,
+               base: Mapping[str, Tensor] | None = None) -> tuple[dict[str, Tensor], dict, dict]:
     """Read a checkpoint written by :func:`save_state` and restore the RNG states; returns ``(tensors, state, extra)``.
 
     The file and ``config`` are checked before anything changes. ``restore(tensors, state)`` rebuilds the caller's
     model (this library does not know it) and runs before the RNG states are set: growing modules draws random
-    initialisations, which must not shift the streams the resumed run continues with.
+    initialisations, which must not shift the streams the resumed run continues with. ``base``: the freshly built
+    model's tensors, which supply those the checkpoint left out (each checked against its recorded digest).
     """
     json_path, tensor_path = _paths(directory, experience)
     meta = _read_meta(json_path)
@@ -238,10 +262,24 @@ def load_state(directory: str | Path, experience: int, config: dict | None = Non
     _check_config(json_path, meta, config)
     tensors = _read_tensors(json_path, tensor_path, meta)
     own = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
+    own.update(_base_tensors(json_path, meta.get("omitted", {}), base or {}))
     if restore is not None:
         restore(own, meta["state"])
     _restore_rngs(tensors, meta)
     return own, meta["state"], meta["extra"]
+
+
+def _base_tensors(json_path: Path, omitted: dict[str, str], base: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The tensors a checkpoint left out (equal to the base model's), from ``base``, each checked by its digest."""
+    absent = sorted(k for k in omitted if k not in base)
+    differ = sorted(k for k in omitted if k in base and tensor_digest(base[k]) != omitted[k])
+    if absent or differ:
+        names = (absent + differ)[:3]
+        raise ValueError(f"checkpoint '{json_path}' leaves out {len(omitted)} tensors equal to the base model it was "
+                         f"trained from, and this model {'lacks' if absent else 'differs in'} some of them "
+                         f"({', '.join(names)}{' ...' if len(absent) + len(differ) > 3 else ''}); build the model "
+                         "from the same weights file and settings as the saved run")
+    return {k: base[k] for k in omitted}
 
 
 def _check_config(json_path: Path, meta: dict, config: dict | None) -> None:

@@ -173,6 +173,7 @@ def _train(m: Method, seed: int, cfg: RunConfig, benchmark, folder: RunFolder, e
         return distributed.data_parallel(m.build(cfg, n_classes, evaluator, plugins), m.name)
 
     strategy, start = build(), 0
+    base = peer_checkpoint.base_digests(strategy) if m.checkpointable else None  # what checkpoints leave out
     if prior and m.checkpointable:
         strategy, start = _resume_point(m, seed, cfg, folder, strategy, prior, build, emit)
     for logger in evaluator.loggers:
@@ -202,7 +203,8 @@ def _train(m: Method, seed: int, cfg: RunConfig, benchmark, folder: RunFolder, e
         eval_s = time.perf_counter() - t0
         row = _row(m, seed, cfg.order_seed(seed), i, T, res, params, strategy, train_s, eval_s)
         if m.checkpointable and distributed.is_main():
-            peer_checkpoint.save(strategy, folder.checkpoints(m.name, seed), i, config={"method": m.name, "seed": seed})
+            peer_checkpoint.save(strategy, folder.checkpoints(m.name, seed), i, config={"method": m.name, "seed": seed},
+                                 base=base)
         emit(row)
         if m.checkpointable and distributed.is_main() and cfg.keep_checkpoints == "last":
             prune_checkpoints(folder.checkpoints(m.name, seed))  # after the row: until then the one before resumes

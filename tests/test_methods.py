@@ -7,10 +7,12 @@ checkpointable methods against a resume that must not retrain a finished experie
 """
 
 import json
+import re
 import shutil
 
 import pandas as pd
 import pytest
+from safetensors.torch import load_file
 from timm.layers import PatchEmbed
 from torch import nn
 
@@ -98,6 +100,22 @@ def test_a_resumed_run_equals_the_uninterrupted_one(tiny_run, method, tmp_path):
     pd.testing.assert_frame_equal(_without_seconds(resumed), _without_seconds(clean))
     if get_method(method).checkpointable:
         assert resumed.iloc[0].equals(clean.iloc[0])  # seconds included: experience 0 was not trained again
+
+
+def test_a_peers_checkpoints_do_not_store_its_frozen_backbone_again(tiny_run):
+    # every peer keeps the pretrained attention projection of block 0 frozen: its checkpoints record its digest
+    # (benchmarks.peer_checkpoint) instead of the tensor, so they hold what the method trained, not 22 MB of ViT
+    run_dir, methods = tiny_run
+    peers = 0
+    for folder in sorted((run_dir / "checkpoints").iterdir()):
+        meta = json.loads(max(folder.glob("exp*.json")).read_text())
+        if "state" not in meta:
+            continue  # SD-LoRA's format stores only its adapters and head
+        peers += 1
+        proj = [k for k in meta.get("omitted", {}) if re.search(r"blocks\.0\.attn\.(attn\.)?proj\.weight$", k)]
+        stored = load_file(max(folder.glob("exp*.safetensors")))
+        assert len(proj) == 1 and f"state.{proj[0]}" not in stored, folder.name
+    assert peers >= 10  # every checkpointable peer of the registry
 
 
 def test_method_options_are_checked_by_name():

@@ -12,6 +12,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from avalanche_sdlora.checkpoint import latest_checkpoint, load_checkpoint, load_state, save_checkpoint, save_state
@@ -95,3 +96,47 @@ def test_a_strategy_without_the_three_methods_is_refused_by_name(tmp_path):
 
     with pytest.raises(TypeError, match="Plain cannot be checkpointed: it defines no checkpoint_tensors"):
         peer_checkpoint.save(Plain(), tmp_path, 0, config={})
+
+
+class WithBackbone(Growing):
+    """A stand-in with a frozen 'backbone' tensor (drawn from torch's seeded RNG, as pretrained weights are fixed)
+    and one trainable row per task."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.model.backbone = nn.Linear(4, 4)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in self.model.backbone.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
+
+
+def test_tensors_equal_to_the_base_are_left_out_and_taken_back_from_the_rebuilt_model(tmp_path):
+    saved = WithBackbone()
+    base = peer_checkpoint.base_digests(saved)
+    saved.grow()
+    with torch.no_grad():
+        saved.model.backbone.bias.add_(1.0)  # trained: differs from the base, so it must be stored
+    peer_checkpoint.save(saved, tmp_path, 0, config={}, base=base)
+    tensors, _, _ = load_state(tmp_path, 0, base=WithBackbone().checkpoint_tensors())
+    stored = set(load_file(tmp_path / "exp0.safetensors"))
+    assert "state.backbone.weight" not in stored  # equal to the base: left out
+    assert {"state.backbone.bias", "state.rows.0"} <= stored
+    fresh = WithBackbone()
+    peer_checkpoint.load(fresh, tmp_path, 0, config={})
+    for (k, a), (_, b) in zip(saved.model.state_dict().items(), fresh.model.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert torch.equal(tensors["backbone.weight"], saved.model.backbone.weight)
+
+
+def test_a_rebuilt_model_whose_base_differs_is_refused_naming_the_tensor(tmp_path):
+    saved = WithBackbone()
+    base = peer_checkpoint.base_digests(saved)
+    saved.grow()
+    peer_checkpoint.save(saved, tmp_path, 0, config={}, base=base)
+    other = WithBackbone(seed=1)  # other pretrained weights
+    with pytest.raises(ValueError, match=r"leaves out 2 tensors equal to the base model .* differs in some of them "
+                                         r"\(backbone.bias, backbone.weight\); build the model from the same weights file"):
+        peer_checkpoint.load(other, tmp_path, 0, config={})
+    with pytest.raises(ValueError, match=r"this model lacks some of them \(backbone.bias, backbone.weight\)"):
+        load_state(tmp_path, 0)  # no base given at all
