@@ -286,8 +286,12 @@ def _run_locked(cfg: RunConfig, methods: list[str], seeds: list[int], folder: Ru
     elif saved is not None:
         # Extending a finished run (more seeds or methods) keeps its finished parts; it is unfinished until this ends.
         folder.mark_unfinished()
+        # This call is on record from its start (wall_seconds null until it ends): one killed at a session's end
+        # computed rows the folder keeps, so its command and machine must not vanish with it.
+        folder.write_config({**saved, "calls": RunFolder.calls_of(saved) + [
+            RunFolder.call_record({**config, "threads": threads})]})
     else:
-        folder.write_config(config)
+        folder.write_config({**config, "calls": [RunFolder.call_record({**config, "threads": threads})]})
 
     def on_row(row: dict) -> None:
         if not main:

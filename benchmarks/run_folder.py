@@ -214,7 +214,8 @@ class RunFolder:
 
     @staticmethod
     def call_record(config: dict) -> dict:
-        """What one call that wrote into the folder did (read from its config.json fields)."""
+        """What one call that wrote into the folder did (read from its config.json fields); ``wall_seconds`` is null
+        for a call that was killed, or is still running."""
         return {k: config.get(k) for k in CALL_KEYS}
 
     @staticmethod

@@ -113,6 +113,30 @@ def test_resume_adds_seeds_to_a_finished_run_and_keeps_its_parts(tiny_run, tmp_p
     assert "--resume" in calls[1]["command"] and calls[1]["wall_seconds"] is not None
 
 
+def test_a_killed_resume_stays_on_record_with_no_wall_time(tiny_run, tmp_path, monkeypatch):
+    # a call killed at a session's end leaves rows behind: its command and machine stay in config.json's calls
+    run_dir, _ = tiny_run
+    copy = tmp_path / "cifar100-tiny128" / "killed"
+    shutil.copytree(run_dir, copy)
+    before = json.loads((copy / "config.json").read_text())
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as a SIGINT or the end of a session would stop it
+
+    monkeypatch.setattr(runner, "run", killed)
+    with pytest.raises(KeyboardInterrupt):
+        compare.main(TINY + TINY_METHOD_OPTIONS + ["--methods", "ncm", "--seeds", "0", "1", "--resume", str(copy)])
+    config = json.loads((copy / "config.json").read_text())
+    assert config["command"] == before["command"]  # the top-level fields still describe the last finished call
+    assert config["calls"][:-1] == before["calls"]
+    assert "--seeds 0 1" in config["calls"][-1]["command"] and config["calls"][-1]["wall_seconds"] is None
+    monkeypatch.undo()
+    compare.main(TINY + TINY_METHOD_OPTIONS + ["--methods", "ncm", "--seeds", "0", "1", "--resume", str(copy)])
+    calls = json.loads((copy / "config.json").read_text())["calls"]
+    assert len(calls) == len(before["calls"]) + 2
+    assert calls[-2]["wall_seconds"] is None and calls[-1]["wall_seconds"] is not None
+
+
 def test_a_failing_method_does_not_cost_the_others_and_leaves_the_run_unfinished(tmp_path, monkeypatch, capsys):
     real = runner.run
 
