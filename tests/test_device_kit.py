@@ -77,23 +77,37 @@ def _fake_gpu(tmp_path: Path, name: str) -> dict:
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
 
 
-@pytest.mark.parametrize("job", ["fair_1993.sh", "fair_1994.sh"])
-def test_the_h200_table_jobs_stop_before_computing_on_another_card(job, tmp_path):
-    """The H200 table's orders must not mix machines; the device tool's default card is an H100."""
-    env = _fake_gpu(tmp_path, "NVIDIA H100 80GB HBM3")
+@pytest.mark.parametrize(("job", "other", "kind"), [("fair_1993.sh", "NVIDIA H100 80GB HBM3", "nvidia-h200"),
+                                                    ("fair_1994.sh", "NVIDIA H100 80GB HBM3", "nvidia-h200"),
+                                                    ("fair_h100.sh", "NVIDIA H200", "nvidia-h100")])
+def test_a_cards_table_jobs_stop_before_computing_on_another_card(job, other, kind, tmp_path):
+    """A card's table keeps its class orders on one machine; the device tool's default card is an H100."""
+    env = _fake_gpu(tmp_path, other)
     result = subprocess.run(["bash", str(KIT / "step_compute.sh"), str(KIT / "jobs" / job)], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
-    assert "NVIDIA H100 80GB HBM3" in result.stderr and "kind nvidia-h200" in result.stderr
+    assert other in result.stderr and f"kind {kind}" in result.stderr
     assert not (tmp_path / "out").exists()  # stopped before the pieces, the compute and the packing
 
 
-def test_integrate_puts_only_h200_runs_into_the_h200_table(tmp_path):
+def test_fair_h100_runs_the_order_it_is_given_into_a_folder_of_that_order(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # it runs on the GPU machine
+    job = KIT / "jobs" / "fair_h100.sh"
+    log = tmp_path / "calls.log"
+    recorder = f'python3() {{ local IFS=$\'{SEP}\'; echo "$*" >> "{log}"; }}'
+    subprocess.run(["bash", "-c", f'{recorder}; export W="{tmp_path}" ORDER=1994; . "{job}"'], cwd=ROOT, check=True)
+    args = compare.parse_args(log.read_text().splitlines()[0].split(SEP)[2:])
+    assert args.seeds == [1994] and args.run_id == "fair-h100-1994" and len(args.methods) == 13
+
+
+def test_integrate_files_each_cards_runs_under_its_own_table(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     w = tmp_path / "pack" / "w" / "cifar100-tiny128-full"
-    for run_id, card in (("on-h200", "NVIDIA H200"), ("on-h100", "NVIDIA H100 80GB HBM3"), ("unrecorded", None)):
+    for run_id, card in (("on-h200", "NVIDIA H200"), ("on-h100", "NVIDIA H100 80GB HBM3"), ("on-a100", "NVIDIA A100"),
+                         ("unrecorded", None)):
         (w / run_id).mkdir(parents=True)
         config = {"device_name": card} if card else {"device": "cuda"}
         (w / run_id / "config.json").write_text(json.dumps(config, indent=2))
@@ -107,8 +121,9 @@ def test_integrate_puts_only_h200_runs_into_the_h200_table(tmp_path):
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     full = repo / "results" / "cifar100-tiny128-full"
-    assert [p.parent.relative_to(full).as_posix() for p in full.rglob("config.json")] == ["h200/on-h200"]
-    assert "on-h100 ran on 'NVIDIA H100 80GB HBM3', not an NVIDIA H200" in result.stderr
+    assert sorted(p.parent.relative_to(full).as_posix() for p in full.rglob("config.json")) == ["h100/on-h100",
+                                                                                               "h200/on-h200"]
+    assert "on-a100 ran on 'NVIDIA A100', neither an NVIDIA H200 nor an H100" in result.stderr
     assert "unrecorded ran on 'an unrecorded device'" in result.stderr
     assert (repo / "results" / "perf-cuda" / "README.md").read_text() == (perf / "README.md").read_text()
     assert "results/perf-cuda: GPU: NVIDIA H100 80GB HBM3" in result.stdout

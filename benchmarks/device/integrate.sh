@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # After a device session: copy each run folder of a compute call's w.tgz into results/ and redraw its report.
 #   bash benchmarks/device/integrate.sh /work/.device/<n>/w.tgz
-# The full-data comparison's folders go to results/cifar100-tiny128-full/h200/<run-id> (the H200 table; a folder
-# whose config.json names another card is refused, not mixed into its orders), the
-# others to results/<protocol>/<run-id>. An existing folder is never overwritten: rename the run or remove it first.
+# The full-data comparison's folders go to results/cifar100-tiny128-full/<card>/<run-id>, h200 or h100 by the card
+# their config.json names (each card's table keeps its class orders on one machine; any other card, or none
+# recorded, is refused), the others to results/<protocol>/<run-id>. An existing folder is never overwritten: rename the run or remove it first.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 TGZ="${1:?usage: integrate.sh W_TGZ}"
@@ -17,12 +17,15 @@ for run in "$tmp"/w/*/*/; do
   dest="results/$protocol/$id"
   if [ "$protocol" = cifar100-tiny128-full ]; then
     gpu=$(grep -o '"device_name": "[^"]*"' "$run/config.json" | head -1 | cut -d'"' -f4 || true)
-    if [[ "$gpu" != *H200* ]]; then
-      echo "integrate.sh: $id ran on '${gpu:-an unrecorded device}', not an NVIDIA H200; results/$protocol/h200 is the" \
-        "H200 table, whose class orders must not mix machines: left out (copy it to a folder named after its card)" >&2
-      continue
-    fi
-    dest="results/$protocol/h200/$id"
+    case "$gpu" in
+      *H200*) card=h200 ;;
+      *H100*) card=h100 ;;
+      *) echo "integrate.sh: $id ran on '${gpu:-an unrecorded device}', neither an NVIDIA H200 nor an H100, the cards" \
+           "with a table under results/$protocol (an order's runs must not mix machines): left out (copy it to a" \
+           "folder named after its card)" >&2
+         continue ;;
+    esac
+    dest="results/$protocol/$card/$id"
   fi
   if [ -e "$dest" ]; then echo "integrate.sh: $dest exists; left as it is (rename the run to keep both)" >&2; continue; fi
   mkdir -p "$(dirname "$dest")" && cp -r "$run" "$dest" && rm -f "$dest/.lock"
@@ -34,5 +37,5 @@ if [ -f "$tmp/w/perf-cuda/README.md" ]; then   # jobs/speed.sh: the cost tables 
   if [ -e results/perf-cuda ]; then echo "integrate.sh: results/perf-cuda exists; left as it is" >&2
   else cp -r "$tmp/w/perf-cuda" results/perf-cuda && echo "results/perf-cuda: $(grep -m1 -o 'GPU: [^;]*' results/perf-cuda/README.md || true)"; fi
 fi
-echo "next: add the new folders to the orders command in results/README.md (its h200 section), rerun it and"
+echo "next: add the new folders to the orders command in results/README.md (its h200 or h100 section), rerun it and"
 echo "      python -m benchmarks.headline; then the targeted tests (test_orders test_readme test_headline test_local_paths)"
