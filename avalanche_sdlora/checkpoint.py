@@ -271,6 +271,9 @@ def load_state(directory: str | Path, experience: int, config: dict | None = Non
 
 def _base_tensors(json_path: Path, omitted: dict[str, str], base: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """The tensors a checkpoint left out (equal to the base model's), from ``base``, each checked by its digest."""
+    if not isinstance(omitted, dict) or not all(isinstance(d, str) for d in omitted.values()):
+        raise ValueError(f"checkpoint '{json_path}' is damaged (its 'omitted' entry is not a map of tensor names to "
+                         "digests); resume from an earlier checkpoint or start a new run")
     absent = sorted(k for k in omitted if k not in base)
     differ = sorted(k for k in omitted if k in base and tensor_digest(base[k]) != omitted[k])
     if absent or differ:

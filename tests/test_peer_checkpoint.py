@@ -7,6 +7,7 @@ a strategy without the three methods is refused by name.
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -140,3 +141,14 @@ def test_a_rebuilt_model_whose_base_differs_is_refused_naming_the_tensor(tmp_pat
         peer_checkpoint.load(other, tmp_path, 0, config={})
     with pytest.raises(ValueError, match=r"this model lacks some of them \(backbone.bias, backbone.weight\)"):
         load_state(tmp_path, 0)  # no base given at all
+
+
+def test_a_checkpoint_whose_record_of_left_out_tensors_is_damaged_is_refused(tmp_path):
+    saved = WithBackbone()
+    base = peer_checkpoint.base_digests(saved)
+    peer_checkpoint.save(saved, tmp_path, 0, config={}, base=base)
+    meta = json.loads((tmp_path / "exp0.json").read_text())
+    meta["omitted"] = ["backbone.weight"]  # hand-edited: names without digests
+    (tmp_path / "exp0.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"exp0.json' is damaged \(its 'omitted' entry is not a map"):
+        peer_checkpoint.load(WithBackbone(), tmp_path, 0, config={})
