@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from avalanche_sdlora.checkpoint import latest_checkpoint, load_checkpoint, load_state, save_checkpoint, save_state
+from avalanche_sdlora.checkpoint import tensor_digest
 from benchmarks import peer_checkpoint
 
 
@@ -152,3 +153,11 @@ def test_a_checkpoint_whose_record_of_left_out_tensors_is_damaged_is_refused(tmp
     (tmp_path / "exp0.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"exp0.json' is damaged \(its 'omitted' entry is not a map"):
         peer_checkpoint.load(WithBackbone(), tmp_path, 0, config={})
+
+
+def test_a_digest_tells_dtype_shape_and_values_apart():
+    a = torch.randn(3, 4)
+    assert tensor_digest(a) == tensor_digest(a.clone()) == tensor_digest(a.t().contiguous().t())
+    b = a.clone()
+    b[2, 3] = torch.nextafter(b[2, 3], torch.tensor(float("inf")))  # one value one ulp apart
+    assert len({tensor_digest(t) for t in (a, a.double(), a.reshape(4, 3), b, a.bfloat16())}) == 5
