@@ -82,10 +82,16 @@ def base_fingerprint(model: torch.nn.Module) -> str:
     for key, value in sorted(model.state_dict().items()):
         if _is_adapter_key(key, prefixes) or key in skip:
             continue
-        t = value.detach().cpu().contiguous().reshape(-1)
-        h.update(f"{key}|{t.dtype}|{tuple(value.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy())
+        hash_tensor(h, value, f"{key}|")
     return h.hexdigest()
+
+
+def hash_tensor(h: "hashlib._Hash", tensor: torch.Tensor, label: str = "") -> None:
+    """Feed ``label``, a tensor's dtype and shape, then its bytes (no copy on the CPU) into the hash ``h``: the one
+    encoding of a tensor this package hashes (base fingerprints, checkpoint digests)."""
+    t = tensor.detach().cpu().contiguous().reshape(-1)
+    h.update(f"{label}{t.dtype}|{tuple(tensor.shape)}|".encode())
+    h.update(memoryview(t.view(torch.uint8).numpy()))
 
 
 def timm_name(backbone: torch.nn.Module) -> str | None:

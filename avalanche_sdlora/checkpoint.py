@@ -40,8 +40,8 @@ from avalanche.distributed import DistributedHelper
 from safetensors.torch import save as save_bytes
 from torch import Tensor
 
-from .adapter_format import (adapter_config, adapter_state_dict, load_adapter_state, read_checked_tensors, require_sdlora,
-                         sha256_hex)
+from .adapter_format import (adapter_config, adapter_state_dict, hash_tensor, load_adapter_state, read_checked_tensors,
+                             require_sdlora, sha256_hex)
 from .atomic import remove_stale_temps, write_bytes
 from .evaluator_state import evaluator_state, has_state_dict, keyed_by_class, restore_evaluator_state
 from .plugins import DistillationPlugin, RankReductionPlugin
@@ -76,9 +76,8 @@ def save_checkpoint(directory: str | Path, experience: int, model: torch.nn.Modu
 
 def tensor_digest(tensor: Tensor) -> str:
     """sha256 of a tensor's dtype, shape and bytes: equal digests, equal tensors (on any device)."""
-    t = tensor.detach().to("cpu").contiguous().reshape(-1)
-    h = hashlib.sha256(f"{t.dtype} {tuple(tensor.shape)}".encode())
-    h.update(memoryview(t.view(torch.uint8).numpy()))  # no copy (RanPAC's Gram matrix is 0.8 GB)
+    h = hashlib.sha256()
+    hash_tensor(h, tensor)  # no copy on the CPU (RanPAC's Gram matrix is 0.8 GB)
     return h.hexdigest()
 
 
