@@ -23,11 +23,12 @@ JOBS = sorted((KIT / "jobs").glob("*.sh"))
 SEP = "\x1f"
 
 
-def _calls(job: Path, work: Path) -> list[list[str]]:
-    """The ``python3`` command lines ``job`` runs, recorded by a stand-in (the job runs with W=``work``)."""
+def _calls(job: Path, work: Path, env: str = "") -> list[list[str]]:
+    """The ``python3`` command lines ``job`` runs, recorded by a stand-in (the job runs with W=``work`` and the
+    ``env`` assignments, e.g. ``ORDER=1994``)."""
     log = work / "calls.log"
     recorder = f'python3() {{ local IFS=$\'{SEP}\'; echo "$*" >> "{log}"; }}'
-    subprocess.run(["bash", "-c", f'{recorder}; export W="{work}"; . "{job}"'], cwd=ROOT, check=True)
+    subprocess.run(["bash", "-c", f'{recorder}; export W="{work}" {env}; . "{job}"'], cwd=ROOT, check=True)
     return [line.split(SEP) for line in log.read_text().splitlines()] if log.exists() else []
 
 
@@ -93,11 +94,8 @@ def test_a_cards_table_jobs_stop_before_computing_on_another_card(job, other, ki
 def test_fair_h100_runs_the_order_it_is_given_into_a_folder_of_that_order(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # it runs on the GPU machine
-    job = KIT / "jobs" / "fair_h100.sh"
-    log = tmp_path / "calls.log"
-    recorder = f'python3() {{ local IFS=$\'{SEP}\'; echo "$*" >> "{log}"; }}'
-    subprocess.run(["bash", "-c", f'{recorder}; export W="{tmp_path}" ORDER=1994; . "{job}"'], cwd=ROOT, check=True)
-    args = compare.parse_args(log.read_text().splitlines()[0].split(SEP)[2:])
+    (call,) = _calls(KIT / "jobs" / "fair_h100.sh", tmp_path, env="ORDER=1994")
+    args = compare.parse_args(call[2:])
     assert args.seeds == [1994] and args.run_id == "fair-h100-1994" and len(args.methods) == 13
 
 
