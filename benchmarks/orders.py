@@ -262,7 +262,7 @@ def markdown(orders: pd.DataFrame, summary: pd.DataFrame, pairs: pd.DataFrame, p
         foot.append("Unfinished runs left out, another folder finished the same method and order: "
                     + ", ".join(orders.attrs["superseded"]) + ".")
     if notes:
-        foot.append("Settings that differ between the runs: " + "; ".join(notes) + ".")
+        foot.append("Settings that differ between the runs:\n\n" + "\n".join(f"- {n}." for n in notes))
     return "\n\n".join(part.rstrip("\n") for part in text + foot) + "\n"
 
 

@@ -178,11 +178,18 @@ class RunSet:
                 continue
             flag = names.get(key, key).split(" (")[0]
             if key in METHOD_KEYS and pooled:
+                own = {}  # method -> its value (the same in every folder holding it, else refused)
                 for method in sorted({x for m in self.members for x in m.methods}):
                     sharing = [m for m in self.members if method in m.methods]
                     if _differ([m.value(key, method) for m in sharing]):
                         refused.append(f"{flag} differs for {method}, whose rows are pooled: "
                                        + _listing(key, [(m, m.value(key, method)) for m in sharing]))
+                    own[method] = _own(key, sharing[0].value(key, method), method)
+                # Folders holding different methods differ in ``method_options`` by construction; what a reader
+                # needs is which rows trained under which value, so a note goes by method.
+                if _differ([m.value(key) for m in self.members]) and _differ(list(own.values())):
+                    notes.append(f"{flag}, by method: " + _by_method(own))
+                continue
             values = [(m, m.value(key)) for m in self.members]
             recorded = [(m, v) for m, v in values if v is not _MISSING]
             if key not in METHOD_KEYS + EXECUTION_KEYS and _differ([v for _, v in recorded]):
@@ -295,6 +302,31 @@ def _show(key: str, value: Any) -> str:
         return ", ".join(f"{m}.{k}={json.dumps(v)}" for m, kv in sorted(value.items()) for k, v in sorted(kv.items())) \
             or "none"
     return json.dumps(value)
+
+
+def _own(key: str, value: Any, method: str) -> Any:
+    """A method's own value of ``key``: for ``method_options``, its keywords without the method's name."""
+    return value.get(method, {}) if key == "method_options" and isinstance(value, dict) else value
+
+
+def _brief(value: Any) -> str:
+    """A value as a note shows it: floats to 6 significant digits (config.json keeps them exact)."""
+    if value is _MISSING:
+        return "not recorded"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_brief(v)}" for k, v in sorted(value.items())) or "none"
+    return json.dumps(value)
+
+
+def _by_method(own: dict[str, Any]) -> str:
+    """``sdlora, sdlora-rr: lr=0.008, optimizer="sgd"; simplecil: none``: each value once, after its methods."""
+    groups: dict[Any, list[str]] = {}
+    for method, value in own.items():
+        groups.setdefault(_comparable(value), []).append(method)
+    shown = {_comparable(v): _brief(v) for v in own.values()}
+    return "; ".join(f"{', '.join(who)}: {shown[c]}" for c, who in groups.items())
 
 
 def _listing(key: str, values: list[tuple[Member, Any]]) -> str:

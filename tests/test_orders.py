@@ -104,7 +104,8 @@ def test_folders_of_another_experiment_or_a_method_run_two_ways_are_refused(tmp_
         orders.build(RunSet.read([a, b, d]), tmp_path / "x")
     # another lr for a method whose rows come from one folder only is that method's setting: said, not refused
     texts, _, _ = orders.build(RunSet.read([a, b, (d, ["ncm"])]), tmp_path / "x")
-    assert "Settings that differ between the runs: --lr: 0.01 (order1993, order1994), 0.05 (lr)." in texts["table.md"]
+    assert "Settings that differ between the runs:\n\n- --lr, by method: ncm: 0.05; sdlora, seq-lora: 0.01." \
+        in texts["table.md"]
     with pytest.raises(SystemExit, match="--reference ranpac has no rows"):
         orders.main([str(a), "--reference", "ranpac", "--out", str(tmp_path / "y")])
     with pytest.raises(SystemExit, match="is not a run folder"):
@@ -238,3 +239,24 @@ def test_take_reads_some_orders_of_a_folder_and_the_report_regenerates_with_them
     picked = orders.main([*map(str, folders), str(extra), "--take", str(extra), "1996", "--methods", "sdlora",
                           "--out", str(tmp_path / "picked")])
     assert json.loads((picked / "sources.json").read_text())["runs"][3] == ["../runs/more", ["sdlora"], [1996]]
+
+
+def _triples(options: dict) -> tuple:
+    return tuple((m, k, v) for m, kv in options.items() for k, v in kv.items())
+
+
+def test_method_options_are_noted_once_per_method_not_once_per_folder(tmp_path):
+    """Folders holding different methods differ in --method-option by construction: the note lists each method's
+    options once (grouped where equal), and folders that agree method by method get no note."""
+    options = {"sdlora": {"lr": 0.008, "optimizer": "sgd"}, "seq-lora": {"lr": 0.008, "optimizer": "sgd"},
+               "l2p": {"lr": 0.1 + 2e-17, "optimizer": "sgd", "schedule": "cosine"}}
+    a, b = (fake_run(tmp_path / f"lora{s}", {("sdlora", s): [0.9, SDLORA[s]], ("seq-lora", s): [0.9, SEQ[s]]},
+                     class_order_seed=s, method_options=_triples(options)) for s in (1993, 1994))
+    texts, _, _ = orders.build(RunSet.read([a, b]), tmp_path / "x")
+    assert "Settings that differ" not in texts["table.md"]  # same options for every method held
+    c = fake_run(tmp_path / "prompts", {("l2p", 1993): [0.9, 0.3]},
+                 class_order_seed=1993, method_options=_triples({"l2p": options["l2p"]}))
+    table = orders.build(RunSet.read([a, b, c]), tmp_path / "x")[0]["table.md"]
+    assert ('- --method-option, by method: l2p: lr=0.1, optimizer="sgd", schedule="cosine"; '
+            'sdlora, seq-lora: lr=0.008, optimizer="sgd".') in table
+    assert table.count("lr=0.008") == 1 and "lora1993" not in table.split("Settings that differ")[1]
