@@ -13,8 +13,9 @@ one or several run folders of one protocol (a ``--class-order seed`` run, or fix
 * ``paired_summary.csv``: per method, the mean and std of that paired difference and the orders the reference wins;
 * accuracy-like columns of these CSVs in percent (``_pct``), differences in percentage points (``_pts``)
   (:mod:`benchmarks.units`), as the table shows them;
-* ``table.md`` (what the class-order table of docs/results.md is, via ``python -m benchmarks.headline``), ``orders.png``
-  and ``sources.json`` (the folders, relative to ``--out``, and the reference: what regenerates the rest).
+* ``table.md`` (what the class-order table of docs/results.md is, via ``python -m benchmarks.headline``), ``brief.md``
+  (its short form, which the project README leads its results with), ``orders.png`` and ``sources.json`` (the
+  folders, relative to ``--out``, and the reference: what regenerates the rest).
 
 Folders whose settings differ other than by class order are refused naming the setting
 (:mod:`benchmarks.run_set`); an unfinished run gives way to a finished one of the same method and order in
@@ -48,7 +49,7 @@ from .units import in_file_units  # noqa: E402
 
 DEFAULT_REFERENCE = "sdlora"
 SOURCES = "sources.json"
-TABLES = ("orders.csv", "orders_summary.csv", "paired.csv", "paired_summary.csv", "table.md")
+TABLES = ("orders.csv", "orders_summary.csv", "paired.csv", "paired_summary.csv", "table.md", "brief.md")
 
 
 def recipe_label(config: dict, method: str) -> str:
@@ -266,6 +267,36 @@ def markdown(orders: pd.DataFrame, summary: pd.DataFrame, pairs: pd.DataFrame, p
     return "\n\n".join(part.rstrip("\n") for part in text + foot) + "\n"
 
 
+def brief(orders: pd.DataFrame, summary: pd.DataFrame, pair_summary: pd.DataFrame, reference: str,
+          table_at: str) -> str:
+    """The short form of :func:`markdown` that the project README leads its results with: per method the accuracy
+    over orders, each order's, the recipe and the paired difference, in the same order and numbers as
+    ``table.md`` (``table_at``: where that is, for everything else)."""
+    all_orders = sorted(orders["class_order_seed"].unique())
+    cell = {(r["method"], r["class_order_seed"]): r for _, r in orders.iterrows()}
+    ps = pair_summary.set_index("method") if len(pair_summary) else pair_summary
+    rows = []
+    for _, r in summary.sort_values("acc_mean", ascending=False, na_position="last").iterrows():
+        per = []
+        for o in all_orders:
+            c = cell.get((r["method"], o))
+            per.append("–" if c is None else f"{100 * c['acc']:.2f}" if c["finished"] else "unfinished")
+        if r["method"] == reference or r["method"] not in ps.index:
+            diff = "–"
+        else:
+            p = ps.loc[r["method"]]
+            diff = f"{_pm(p['acc_diff_mean'], p['acc_diff_std'], sign=True)} (ahead {_wins(p, 'acc')})"
+        rows.append([r["method"], _pm(r["acc_mean"], r["acc_std"]), *per, r["recipe"], diff])
+    head = ["method", "Acc (%)", *(f"order {o}" for o in all_orders), "recipe", f"{reference} minus it (points)"]
+    machines = list(dict.fromkeys(orders.loc[orders["finished"], "machine"]))
+    legend = (f"Acc: accuracy on every class seen, after the last task, mean ± sample std over the class orders a "
+              f"method finished (unfinished: stopped before its last task; –: not run); recipe: the optimizer and "
+              f"learning rate it trained with and where they came from; last column: {reference} minus the method "
+              f"on the same orders, and on how many {reference} is ahead. Trained on {' and '.join(machines)}. AAA, "
+              f"forgetting, costs and every note: `{table_at}`.")
+    return markdown_grid(head, rows).rstrip("\n") + "\n\n" + legend + "\n"
+
+
 def plot(orders: pd.DataFrame, pairs: pd.DataFrame, reference: str, path: Path) -> None:
     """Acc per class order (a line per method) and the paired difference per method (a point per order)."""
     import matplotlib
@@ -300,13 +331,14 @@ def plot(orders: pd.DataFrame, pairs: pd.DataFrame, reference: str, path: Path) 
 def shown_paths(runs: RunSet, out: str | Path) -> dict[str, str]:
     """Each run's folder as a table names it: relative to the checkout holding ``out`` (else absolute), so the
     table reads the same whatever directory the command ran from."""
-    out = Path(out).resolve()
+    return {m.label: _shown(m.folder.path, out) for m in runs.members}
+
+
+def _shown(path: str | Path, out: str | Path) -> str:
+    """``path`` relative to the checkout holding ``out`` (else absolute)."""
+    out, path = Path(out).resolve(), Path(path).resolve()
     root = next((d for d in (out, *out.parents) if (d / ".git").exists()), None)
-    shown = {}
-    for m in runs.members:
-        path = m.folder.path.resolve()
-        shown[m.label] = str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
-    return shown
+    return str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
 
 
 def build(runs: RunSet, out: str | Path, reference: str = DEFAULT_REFERENCE
@@ -324,6 +356,7 @@ def build(runs: RunSet, out: str | Path, reference: str = DEFAULT_REFERENCE
              "paired_summary.csv": pair_summary}
     texts = {name: in_file_units(df).to_csv(index=False) for name, df in files.items()}  # percent and points
     texts["table.md"] = markdown(orders, summary, pairs, pair_summary, reference, shown_paths(runs, out), notes)
+    texts["brief.md"] = brief(orders, summary, pair_summary, reference, _shown(Path(out) / "table.md", out))
     return texts, orders, pairs
 
 

@@ -120,5 +120,9 @@ def test_headline_tables_are_the_committed_runs_tables():
         for text in texts:
             if fair in text and orders is not None and orders in text:
                 assert text.index(fair) < text.index(orders)
+        readme = (ROOT / "README.md").read_text()  # the README's results open with its brief form
+        brief = headline.class_order_table(orders=headline.FAIR, name="brief.md")
+        results = readme.index("## Results")
+        assert results < readme.index(brief) < readme.index("\n## ", results + 1)
     else:
         assert not any(headline.FAIR_TABLE.end in text for text in texts)
