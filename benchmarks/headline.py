@@ -13,6 +13,8 @@ whether they are current (``tests/test_readme.py`` runs it). Regenerate after a 
   full-data comparison of issue 30, which leads) and ``ORDERS`` (the small-budget one). Their markers are optional
   (a file without them has no such table); a file with them needs the report, and a committed report needs a file
   to show it.
+* What changed between the two class-order tables (:mod:`benchmarks.order_changes`, once both reports exist): per
+  method, accuracy, rank, recipe and SD-LoRA's paired verdict in each, between markers of its own.
 * The project README (``BRIEF_FILES``) leads its results with the short form of the ``FAIR`` report (its
   ``brief.md``: accuracy per order, recipe, paired difference), between markers of their own.
 """
@@ -32,6 +34,7 @@ if __name__ == "__main__":  # --help before torch, timm and Avalanche load
 
 from avalanche_sdlora.atomic import write_text  # noqa: E402
 
+from .order_changes import changes  # noqa: E402
 from .reports import markdown_table  # noqa: E402
 from .run_set import RunSet, Spec  # noqa: E402
 
@@ -71,6 +74,7 @@ HEADLINE = Markers("headline table")
 CLASS_ORDERS = Markers("class-order table")
 FAIR_TABLE = Markers("tuned full-data table")
 FAIR_BRIEF = Markers("tuned full-data summary")
+CHANGES = Markers("changes between the class-order tables")
 
 
 def _path(spec: Spec) -> str:
@@ -110,9 +114,9 @@ def class_order_table(root: Path = ROOT, orders: str = ORDERS, name: str = "tabl
 
 
 def render(text: str, markers: Markers, source_name: str, table_md: str | None, name: str,
-           required: bool = True) -> str:
+           required: bool = True, reports: str | None = None) -> str:
     """``text`` with the table between ``markers`` replaced by ``table_md`` (a file without the markers is left
-    as it is unless ``required``)."""
+    as it is unless ``required``); ``reports``: the class-order report folder(s) it is made from."""
     lines = text.splitlines(keepends=True)
     begins = [k for k, line in enumerate(lines) if line.startswith(markers.prefix)]
     ends = [k for k, line in enumerate(lines) if line.rstrip("\n") == markers.end]
@@ -123,10 +127,22 @@ def render(text: str, markers: Markers, source_name: str, table_md: str | None, 
                          f"'{markers.end}' around the {markers.name}")
     if table_md is None:
         raise SystemExit(f"error: {name} has the {markers.name} markers but {source_name} does not exist yet; "
-                         f"write it with python -m benchmarks.orders RUN_DIR ... --out {Path(source_name).parent}, "
-                         "or remove the markers")
+                         f"write it with python -m benchmarks.orders RUN_DIR ... --out "
+                         f"{reports or Path(source_name).parent}, or remove the markers")
     b, e = begins[0], ends[0]
     return "".join(lines[:b]) + markers.begin(source_name) + "\n" + table_md + "".join(lines[e:])
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A generated table: its markers, what its first marker names, the report folder(s) it comes from, its text
+    (None: a report is missing) and the files that may show it (one of them must, once it exists)."""
+
+    markers: Markers
+    source: str
+    reports: str
+    text: str | None
+    into: Sequence[str]
 
 
 def main(argv: list[str] | None = None) -> list[str]:
@@ -145,27 +161,30 @@ def regenerate(root: Path = ROOT, *, check: bool = False, runs: Sequence[Spec] =
     ``benchmarks.orders`` reports of the class-order table and of the tuned full-data table (each shown where a file
     has its markers); ``brief_files``: the files that show ``fair``'s brief.md and nothing else."""
     headline = table(root, runs)
-    reports = [(markers, where, "table.md", class_order_table(root, where), files)
-               for markers, where in ((FAIR_TABLE, fair), (CLASS_ORDERS, orders))]
-    reports.append((FAIR_BRIEF, fair, "brief.md", class_order_table(root, fair, "brief.md"), brief_files))
-    stale, shown = [], {markers.name: False for markers, *_ in reports}
+    tables = [Shown(markers, f"{where}/table.md", where, class_order_table(root, where), files)
+              for markers, where in ((FAIR_TABLE, fair), (CLASS_ORDERS, orders))]
+    tables.append(Shown(FAIR_BRIEF, f"{fair}/brief.md", fair, class_order_table(root, fair, "brief.md"), brief_files))
+    both = all(t.text is not None for t in tables[:2])
+    tables.append(Shown(CHANGES, f"{orders} and {fair}", f"{orders} and {fair}",
+                        changes(root / orders, root / fair, "small budget", "tuned full-data") if both else None,
+                        files))
+    stale, shown = [], {t.markers.name: False for t in tables}
     for name in (*files, *brief_files):
         text = (root / name).read_text()
         new = render(text, HEADLINE, source(runs), headline, name) if name in files else text
-        for markers, where, file, report, into in reports:
-            if name in into:
-                new = render(new, markers, f"{where}/{file}", report, name, required=False)
-                shown[markers.name] |= markers.end in new
+        for t in tables:
+            if name in t.into:
+                new = render(new, t.markers, t.source, t.text, name, required=False, reports=t.reports)
+                shown[t.markers.name] |= t.markers.end in new
         if new != text:
             stale.append(name)
             if not check:
                 write_text(root / name, new)
-    for markers, where, file, report, into in reports:
-        if report is not None and not shown[markers.name]:
-            raise SystemExit(f"error: {where} holds a class-order report but no file shows its {file}; put the lines "
-                             f"'{markers.begin(f'{where}/{file}')}' and '{markers.end}' into "
-                             f"{' or '.join(into)} (the comparison section leads with it), then run "
-                             "python -m benchmarks.headline")
+    for t in tables:
+        if t.text is not None and not shown[t.markers.name]:
+            raise SystemExit(f"error: no file shows the {t.markers.name} (from {t.source}); "
+                             f"put the lines '{t.markers.begin(t.source)}' and '{t.markers.end}' into "
+                             f"{' or '.join(t.into)}, then run python -m benchmarks.headline")
     if check and stale:
         raise SystemExit(f"error: the generated tables of {', '.join(stale)} are not current; run "
                          "python -m benchmarks.headline")

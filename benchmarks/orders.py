@@ -45,7 +45,7 @@ from .methods import get_method, method_names  # noqa: E402
 from .reports import markdown_grid, method_style, save_figure  # noqa: E402
 from .run_folder import RunLock  # noqa: E402
 from .run_set import ORDER_KEYS, RunSet, add_take_argument, one_run_per_order, taking  # noqa: E402
-from .units import in_file_units  # noqa: E402
+from .units import DECIMALS, in_file_units  # noqa: E402
 
 DEFAULT_REFERENCE = "sdlora"
 SOURCES = "sources.json"
@@ -150,10 +150,12 @@ def summarize_paired(pairs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _pm(mean: float, std: float, sign: bool = False) -> str:
+    """A fraction's mean ± std in percent (points), from the same rounded value the CSVs hold, so a table's cell
+    and its CSV read alike (a mean of 0.67275 is 67.27499999999999 times 100: 67.275 in the CSV, 67.28 here)."""
     if np.isnan(mean):
         return "n/a"
     fmt = "{:+.2f}" if sign else "{:.2f}"
-    return fmt.format(100 * mean) + ("" if np.isnan(std) else f" ± {100 * std:.2f}")
+    return fmt.format(round(100 * mean, DECIMALS)) + ("" if np.isnan(std) else f" ± {round(100 * std, DECIMALS):.2f}")
 
 
 def _minutes(seconds: float) -> str:
