@@ -67,8 +67,8 @@ def changes(before: str | Path, after: str | Path, before_name: str, after_name:
     ranks0, ranks1 = _ranks(s0, ranked), _ranks(s1, ranked)
     rows, changed = [], []
     for m in both:
-        q0 = p0.loc[m] if m in getattr(p0, "index", ()) else None
-        q1 = p1.loc[m] if m in getattr(p1, "index", ()) else None
+        q0 = p0.loc[m] if m in p0.index else None
+        q1 = p1.loc[m] if m in p1.index else None
         v0, v1 = verdict(q0), verdict(q1)
         if m == ref:
             moved = "(reference)"
