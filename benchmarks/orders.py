@@ -196,6 +196,12 @@ def machine_notes(orders: pd.DataFrame, tags: dict[str, str], compared: str = "i
     return notes
 
 
+def _order_cell(cell: dict, method: str, order: int) -> str:
+    """One method's Acc on one class order as both tables show it: "–" not run, "unfinished", else the percent."""
+    r = cell.get((method, order))
+    return "–" if r is None else f"{100 * r['acc']:.2f}" if r["finished"] else "unfinished"
+
+
 def _wins(p: pd.Series, k: str) -> str:
     n, wins, ties = int(p[f"{k}_orders"]), int(p[f"{k}_wins"]), int(p[f"{k}_ties"])
     return "n/a" if n == 0 else f"{wins} of {n}" + (f" ({ties} tied)" if ties else "")
@@ -215,15 +221,13 @@ def markdown(orders: pd.DataFrame, summary: pd.DataFrame, pairs: pd.DataFrame, p
             return _minutes(r[f"{column}_mean"])
         return _minutes_by_machine(done[done["method"] == r["method"]], column, tags)
 
-    def acc_at(method: str, order: int) -> str:
-        r = cell.get((method, order))
-        return "–" if r is None else f"{100 * r['acc']:.2f}" if r["finished"] else "unfinished"
 
     rows = []
     for _, r in by.iterrows():
         n = f"{int(r['n_orders'])}" + (f" (+{int(r['n_unfinished'])} unfinished)" if r["n_unfinished"] else "")
         rows.append([r["method"], _pm(r["acc_mean"], r["acc_std"]), _pm(r["aaa_mean"], r["aaa_std"]),
-                     _pm(r["forgetting_mean"], r["forgetting_std"])] + [acc_at(r["method"], o) for o in all_orders]
+                     _pm(r["forgetting_mean"], r["forgetting_std"])]
+                    + [_order_cell(cell, r["method"], o) for o in all_orders]
                     + [n, r["recipe"], f"{r['inference_backbones']:g}", f"{r['stored_params'] / 1e6:.2f}",
                        minutes(r, "train_seconds"), minutes(r, "eval_seconds"), ", ".join(r["runs"].split())])
     head = ["method", "Acc (%)", "AAA (%)", "forgetting"] + [f"Acc, order {o}" for o in all_orders] + [
@@ -279,10 +283,7 @@ def brief(orders: pd.DataFrame, summary: pd.DataFrame, pair_summary: pd.DataFram
     ps = pair_summary.set_index("method") if len(pair_summary) else pair_summary
     rows = []
     for _, r in summary.sort_values("acc_mean", ascending=False, na_position="last").iterrows():
-        per = []
-        for o in all_orders:
-            c = cell.get((r["method"], o))
-            per.append("–" if c is None else f"{100 * c['acc']:.2f}" if c["finished"] else "unfinished")
+        per = [_order_cell(cell, r["method"], o) for o in all_orders]
         if r["method"] == reference or r["method"] not in ps.index:
             diff = "–"
         else:
