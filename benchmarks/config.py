@@ -187,7 +187,7 @@ class RunConfig:
                                "--lr; the rest of each recipe unchanged)", choices=PEER_RECIPES)
     method_options: tuple[tuple[str, str, Any], ...] = setting(
         (), "METHOD.NAME=VALUE: a keyword of that method's builder (e.g. ranpac.M=2000, dualprompt.lr=0.01); "
-        "repeat for several", flag="--method-option", parse=parse_method_option)
+        "several after one flag or the flag repeated", flag="--method-option", parse=parse_method_option)
     device: str = setting("cuda" if torch.cuda.is_available() else "cpu",
                           "torch device (default: cuda when torch sees a GPU, else cpu)")
     workers: int | None = setting(None, "DataLoader worker processes per run (per rank under torchrun) for the "
@@ -406,8 +406,8 @@ def add_run_flags(parser: argparse.ArgumentParser, *, only: Iterable[str] | None
             kw["metavar"] = "true|false"
         elif f.parse is parse_rank_schedule:
             kw["metavar"] = "TASK:RANK,..."
-        if f.repeat:
-            kw["action"] = "append"
+        if f.repeat:  # several after one flag or the flag repeated: both read as one list
+            kw["action"], kw["nargs"] = "extend", "+"
             kw["metavar"] = "METHOD.NAME=VALUE"
         elif f.dest in lists:
             kw["nargs"] = "+"

@@ -46,6 +46,9 @@ def test_flags_override_the_protocol_and_sdlora_errors_name_the_flag():
         compare.parse_args(["--method-option", "ranpac.N=1"])
     with pytest.raises(SystemExit, match="expected METHOD.NAME=VALUE"):
         compare.parse_args(["--method-option", "ranpac=1"])
+    several = compare.parse_args(["--method-option", "ranpac.M=64", "ranpac.projection_seed=5", "--method-option",
+                                  "mos.lr=0.03", "--methods", "ranpac", "mos"]).config
+    assert several.options_for("ranpac") == {"M": 64, "projection_seed": 5} and several.options_for("mos") == {"lr": 0.03}
 
 
 def test_every_committed_config_json_reads_as_a_run_config():
