@@ -54,6 +54,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from avalanche_sdlora.atomic import write_text  # noqa: E402
+from avalanche_sdlora.data import N_CLASSES  # noqa: E402
+from avalanche_sdlora.datasets import PAPER_BENCHMARKS, PAPER_PROTOCOLS  # noqa: E402
 
 from . import compare  # noqa: E402
 from .compare import Parser  # noqa: E402
@@ -317,11 +319,41 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
     result = {"settings": {k: v for k, v in settings.items() if k != "config"}, "protocol": cfg.protocol,
               "methods": chosen}
     write_json(out / "chosen.json", result)
-    _write_table(out, outcomes, result, command)
+    _write_table(out, outcomes, result, command, validation_images(cfg, validation_per_class, tune_experiences))
     return result
 
 
-def _write_table(out: Path, outcomes: Sequence[Outcome], result: Mapping[str, Any], command: str) -> None:
+def validation_images(cfg: RunConfig, validation_per_class: int, tune_experiences: int) -> int:
+    """How many validation images score a candidate after the last tuned experience (the seen classes' held-out
+    images): what the margins' sampling noise is computed from."""
+    bench = PAPER_PROTOCOLS.get(cfg.protocol)
+    classes = cfg.classes or (PAPER_BENCHMARKS[bench[0]].n_classes if bench else N_CLASSES)
+    return validation_per_class * (classes * min(tune_experiences, cfg.n_experiences) // cfg.n_experiences)
+
+
+def margins(outcomes: Sequence[Outcome], chosen: Mapping[str, Any], n_images: int) -> list[str]:
+    """One sentence per tuned method: the chosen candidate's lead over its best other finished candidate, in
+    validation points, marked "within noise" where the lead is under twice the standard error of the difference of
+    two independent scores on ``n_images`` images (conservative: both are scored on the same images, which a paired
+    test would use, and one training seed adds its own noise)."""
+    lines = []
+    for method, pick in chosen.items():
+        mine = [o for o in outcomes if o.method == method and o.status == "done" and math.isfinite(o.val_acc)]
+        best = next((o for o in mine if o.candidate == pick.get("candidate")), None)
+        others = sorted((o for o in mine if o is not best), key=lambda o: (o.val_acc, o.val_mean_acc), reverse=True)
+        if best is None or not others:
+            continue
+        lead = 100 * (best.val_acc - others[0].val_acc)
+        bound = 200 * math.sqrt(2 * best.val_acc * (1 - best.val_acc) / n_images)
+        close = [o.candidate for o in others if 100 * (best.val_acc - o.val_acc) < bound]
+        within = f"within it: {', '.join(close)}" if close else "none within it"
+        lines.append(f"- {method}: {best.candidate} ({100 * best.val_acc:.2f}) leads {others[0].candidate} by "
+                     f"{lead:.2f}; bound {bound:.1f}, {within}")
+    return lines
+
+
+def _write_table(out: Path, outcomes: Sequence[Outcome], result: Mapping[str, Any], command: str,
+                 n_images: int | None = None) -> None:
     frame = in_file_units(pd.DataFrame([asdict(o) for o in outcomes]))  # val_acc_pct, val_mean_acc_pct
     write_text(out / "candidates.csv", frame.to_csv(index=False))
     s = result["settings"]
@@ -348,6 +380,14 @@ def _write_table(out: Path, outcomes: Sequence[Outcome], result: Mapping[str, An
         lines += ["", "Chosen at an edge of what its optimizer tried, the extension included (a better rate may lie "
                       "beyond it; every method gets the same number of candidates, so none is widened further): "
                       f"{', '.join(edges)}."]
+    lead = margins(outcomes, result["methods"], n_images) if n_images else []
+    if lead:
+        unresolved = sum("none within it" not in line for line in lead)
+        lines += ["", f"How far each choice is resolved: the chosen candidate's lead over the best other, in validation "
+                      f"points. Each candidate is one seed scored on {n_images} validation images; the bound is twice "
+                      "the standard error of the difference of two independent scores at the chosen one's accuracy "
+                      "(conservative: both are scored on the same images), and a candidate within it could as well "
+                      f"have been chosen. Within it for {unresolved} of {len(lead)} methods.", "", *lead]
     untuned = [m for m, v in result["methods"].items() if v.get("trains_by_gradient") is False]
     if untuned:
         lines += ["", f"Nothing to tune (no training by gradient): {', '.join(untuned)}."]

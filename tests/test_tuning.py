@@ -294,6 +294,21 @@ def test_a_choice_at_the_edge_of_its_optimizers_grid_is_flagged():
     assert tune.grid_edge(grid[4], grid) == "highest" and tune.grid_edge(o("sgd", 0.01, 0), [o("sgd", 0.01, 0)]) == ""
 
 
+def test_the_margins_say_which_choices_the_validation_set_cannot_resolve():
+    # chosen 90 %, n = 1000: bound = 2 * sqrt(2 * 0.9 * 0.1 / 1000) = 2.68 points; 88 % lies within it, 85 % not
+    grid = [_outcome("sgd", 0.01, 0.90), _outcome("sgd", 0.03, 0.88), _outcome("sgd", 0.1, 0.85),
+            _outcome("sgd", 0.3, float("nan"), status="failed: diverged")]
+    chosen = {"m": {"candidate": "sgd-0.01"}, "simplecil": {"trains_by_gradient": False, "candidates": 0}}
+    assert tune.margins(grid, chosen, 1000) == ["- m: sgd-0.01 (90.00) leads sgd-0.03 by 2.00; bound 2.7, within it: "
+                                                "sgd-0.03"]
+    grid[1].val_acc = 0.86  # now 4 points behind: resolved
+    assert tune.margins(grid, chosen, 1000)[0].endswith("leads sgd-0.03 by 4.00; bound 2.7, none within it")
+    assert tune.margins(grid[:1], chosen, 1000) == []  # nothing to compare with
+    # the images that score a candidate: the held-out images of the classes seen after the tuned experiences
+    cfg = RunConfig.for_protocol("cifar100-tiny128-full")
+    assert tune.validation_images(cfg, 50, 2) == 1000 and tune.validation_images(cfg.replace(classes=20), 50, 2) == 200
+
+
 def _outcome(optimizer, lr, acc, status="done"):
     return tune.Outcome(method="m", candidate=f"{optimizer}-{lr}", optimizer=optimizer, lr=lr, options="{}",
                         source="grid", status=status, val_acc=acc, val_mean_acc=acc)
