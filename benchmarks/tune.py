@@ -386,8 +386,9 @@ def _write_table(out: Path, outcomes: Sequence[Outcome], result: Mapping[str, An
         lines += ["", f"How far each choice is resolved: the chosen candidate's lead over the best other, in validation "
                       f"points. Each candidate is one seed scored on {n_images} validation images; the bound is twice "
                       "the standard error of the difference of two independent scores at the chosen one's accuracy "
-                      "(conservative: both are scored on the same images), and a candidate within it could as well "
-                      f"have been chosen. Within it for {unresolved} of {len(lead)} methods.", "", *lead]
+                      "(conservative for the images, as both are scored on the same ones; a second training seed's "
+                      "noise is not in it), and a candidate within it could as well have been chosen. Another "
+                      f"candidate is within it for {unresolved} of {len(lead)} methods.", "", *lead]
     untuned = [m for m, v in result["methods"].items() if v.get("trains_by_gradient") is False]
     if untuned:
         lines += ["", f"Nothing to tune (no training by gradient): {', '.join(untuned)}."]
