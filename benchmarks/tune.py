@@ -18,9 +18,12 @@ comparison ranks mechanisms rather than recipes:
   (:func:`avalanche_sdlora.data.validation_split`: seeded, the same for every method) and evaluated on them; no test
   image is read (the npz is read per key, and the test keys are never asked for);
 * the same choice: the candidate with the highest validation accuracy over the seen classes after the last tuned
-  experience (ties: the higher mean over the tuned experiences), a candidate that diverges never chosen.
+  experience (ties: the higher mean over the tuned experiences), a candidate that diverges never chosen;
+* optionally (``--confirm-experiences K``), a second stage: the choice and the candidates within its validation noise
+  train again on the first K experiences and the best of them after K is chosen (:mod:`benchmarks.tune_confirm`).
 
-Each candidate is a :mod:`benchmarks.compare` run folder (``candidates/<method>/<candidate>``), so an interrupted
+Each candidate is a :mod:`benchmarks.compare` run folder (``candidates/<method>/<candidate>``,
+:mod:`benchmarks.tune_runs`), so an interrupted
 tuning resumes where it stopped (``--resume``). The command writes ``candidates.csv`` (every score, in percent, and
 cost), ``chosen.json`` (the recipe of each method, read by ``compare --tuned``) and ``README.md`` beside them.
 Methods that train nothing by gradient (prototype classifiers) have nothing to tune and are listed as such; a variant
@@ -36,12 +39,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import multiprocessing as mp
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -54,104 +54,27 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from avalanche_sdlora.atomic import write_text  # noqa: E402
-from avalanche_sdlora.data import N_CLASSES  # noqa: E402
-from avalanche_sdlora.datasets import PAPER_BENCHMARKS, PAPER_PROTOCOLS  # noqa: E402
 
-from . import compare  # noqa: E402
 from .compare import Parser  # noqa: E402
 from .config import RunConfig, add_run_flags, config_from_flags, run_flags  # noqa: E402
 from .local_paths import portable_record, portable_text  # noqa: E402
 from .methods import get_method, method_names  # noqa: E402
-from .pool import exit_with_parent  # noqa: E402
-from .run_folder import RunFolder  # noqa: E402
 from .run_set import EXECUTION_KEYS  # noqa: E402
 from .units import in_file_units  # noqa: E402
 from . import tune_space as space  # noqa: E402
+from .tune_confirm import (confirm_candidates, confirm_outcomes, confirm_stage, margins, second_stage,  # noqa: E402
+                           validation_images)
+from .tune_runs import (TUNE_SEED, Outcome, candidate_config, choose, read_outcome, record_failures,  # noqa: E402
+                        run_candidate, run_in_parallel, write_json)
 from .tune_space import Recipe, candidate_count, candidates, extension  # noqa: E402
 
 DEFAULT_VALIDATION_PER_CLASS = 50  # 10 % of CIFAR-100's 500 training images per class
 DEFAULT_TUNE_EXPERIENCES = 2
 DEFAULT_TUNE_ORDER = 1993  # the first of the paper's class-order seeds
-TUNE_SEED = 0
-NOT_RUN = "not run yet"  # an Outcome's status before its candidate has trained
 DEFAULT_OUT = Path("runs") / "tuning"
 
 
 # ----------------------------------------------------------------------------------------------- the runs
-def write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def candidate_config(cfg: RunConfig, method: str, recipe: Recipe, validation_per_class: int,
-                     tune_experiences: int, order: int) -> RunConfig:
-    """The RunConfig of one candidate: the protocol's, on one class order, validation images, first experiences."""
-    kept = tuple(o for o in cfg.method_options if o[0] != method)
-    return cfg.replace(class_order="fixed", class_order_seed=order, validation_per_class=validation_per_class,
-                       first_experiences=tune_experiences, test_per_class=None,
-                       method_options=kept + recipe.method_options(method))
-
-
-@dataclass
-class Outcome:
-    method: str
-    candidate: str
-    optimizer: str
-    lr: float
-    options: str
-    source: str
-    status: str  # "done" or "failed: <message>"
-    val_acc: float = float("nan")  # seen-class validation accuracy after the last tuned experience
-    val_mean_acc: float = float("nan")  # its mean over the tuned experiences (the tie-break)
-    train_seconds: float = float("nan")
-    eval_seconds: float = float("nan")
-    folder: str = ""
-    machine: str = ""  # where it trained (its seconds are that machine's): one grid may span two machines
-
-    @property
-    def pending(self) -> bool:
-        """Not run yet (neither done nor failed): no score to choose by or to extend from."""
-        return self.status == NOT_RUN
-
-
-def _machine(folder: Path) -> str:
-    """The machine a candidate trained on, as its run folder recorded it (``device_name``)."""
-    return str(RunFolder(folder).read_config().get("device_name") or "")
-
-
-def _scores(folder: Path) -> dict[str, float]:
-    rows = pd.read_csv(folder / "per_task.csv").sort_values("experience")
-    return {"val_acc": float(rows["acc_seen"].iloc[-1]), "val_mean_acc": float(rows["acc_seen"].mean()),
-            "train_seconds": float(rows["train_seconds"].sum()), "eval_seconds": float(rows["eval_seconds"].sum())}
-
-
-def _base(method: str, recipe: Recipe, folder: Path) -> dict[str, Any]:
-    return dict(method=method, candidate=recipe.key, optimizer=recipe.optimizer, lr=recipe.lr,
-                options=json.dumps(dict(recipe.options)), source=recipe.source, folder=folder.name)
-
-
-def read_outcome(method: str, recipe: Recipe, folder: Path, failures: Mapping[str, Mapping[str, str]]) -> Outcome:
-    """The outcome of one candidate as its folder holds it, training nothing: done, failed, or "not run yet"."""
-    base = _base(method, recipe, folder)
-    if recipe.key in failures.get(method, {}):
-        return Outcome(**base, status=f"failed: {failures[method][recipe.key]}")
-    if not RunFolder(folder).is_done():
-        return Outcome(**base, status=NOT_RUN)
-    return Outcome(**base, status="done", **_scores(folder), machine=_machine(folder))
-
-
-def run_candidate(cfg: RunConfig, method: str, recipe: Recipe, folder: Path, *, quiet: bool, failures: dict) -> Outcome:
-    """Train one candidate into ``folder`` (resuming it if it has begun); a failure is recorded, never chosen."""
-    run = RunFolder(folder)
-    if recipe.key not in failures.get(method, {}) and not run.is_done():
-        try:
-            compare.run(cfg, [method], [TUNE_SEED], run, quiet=quiet, resume=run.has_config(),
-                        command=f"benchmarks.tune candidate {method} {recipe.key}")
-        except SystemExit as exc:  # compare names the failure (e.g. a diverging loss); the candidate is out
-            message = " ".join(str(exc.code).split())[:300]
-            failures.setdefault(method, {})[recipe.key] = message
-    return read_outcome(method, recipe, folder, failures)
-
-
 def method_candidates(method: str, cfg: RunConfig, out: Path, failures: dict, *, train: bool,
                       settings: Mapping[str, Any], quiet: bool = True) -> list[tuple[Recipe, Outcome]]:
     """Every candidate of ``method`` known so far with its outcome: the grid, then per optimizer the extensions whose
@@ -165,7 +88,7 @@ def method_candidates(method: str, cfg: RunConfig, out: Path, failures: dict, *,
             c_cfg = candidate_config(cfg, method, recipe, settings["validation_per_class"],
                                      settings["tune_experiences"], settings["class_order_seed"])
             o = run_candidate(c_cfg, method, recipe, folder, quiet=quiet, failures=failures)
-            _record_failures(out / "failures.json", method, failures.get(method, {}))
+            record_failures(out / "failures.json", method, failures.get(method, {}))
             if not quiet:
                 print(f"[tune {method}] {recipe.key}: {o.status}, validation accuracy {100 * o.val_acc:.2f}%", flush=True)
         else:
@@ -182,44 +105,6 @@ def method_candidates(method: str, cfg: RunConfig, out: Path, failures: dict, *,
                 break
             add(nxt)
     return found
-
-
-def _candidate_worker(job: tuple) -> tuple[str, str, str | None]:
-    """One candidate in a spawned process (``--jobs``): trains it into its folder; returns its failure, if any."""
-    torch.set_num_threads(1)
-    method, recipe, config, folder, quiet = job
-    failures: dict[str, dict[str, str]] = {}
-    run_candidate(RunConfig.from_json(config), method, recipe, Path(folder), quiet=quiet, failures=failures)
-    return method, recipe.key, failures.get(method, {}).get(recipe.key)
-
-
-def _run_in_parallel(todo: Sequence[tuple[str, Recipe, RunConfig, Path]], jobs: int, quiet: bool,
-                     failures: dict[str, dict[str, str]], failures_path: Path) -> None:
-    """Train the candidates ``todo`` in ``jobs`` spawned processes, one torch thread each (a many-core machine or a
-    GPU shared by several); each candidate's folder is its own, so they never write the same file. Failures are
-    recorded as they come; the serial pass after it then only reads the scores."""
-    payload = [(m, recipe, c_cfg.to_json(), str(folder), quiet) for m, recipe, c_cfg, folder in todo]
-    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=exit_with_parent) as executor:
-        for future in as_completed([executor.submit(_candidate_worker, job) for job in payload]):
-            method, key, failure = future.result()
-            if failure is not None:
-                failures.setdefault(method, {})[key] = failure
-                _record_failures(failures_path, method, failures[method])
-            if not quiet:
-                print(f"[tune {method}] {key}: {'failed: ' + failure if failure else 'trained'}", flush=True)
-
-
-def _record_failures(path: Path, method: str, mine: Mapping[str, str]) -> None:
-    """Write ``method``'s failed candidates into ``path``, keeping what another process wrote for other methods."""
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data[method] = dict(mine)
-    write_json(path, {m: v for m, v in data.items() if v})
-
-
-def choose(outcomes: Sequence[Outcome]) -> Outcome | None:
-    """The candidate with the highest validation accuracy (ties: the higher mean over the tuned experiences)."""
-    done = [o for o in outcomes if o.status == "done" and math.isfinite(o.val_acc)]
-    return max(done, key=lambda o: (o.val_acc, o.val_mean_acc), default=None)
 
 
 def grid_edge(best: Outcome, outcomes: Sequence[Outcome]) -> str:
@@ -242,11 +127,15 @@ def _numbers_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_class: int = DEFAULT_VALIDATION_PER_CLASS,
          tune_experiences: int = DEFAULT_TUNE_EXPERIENCES, order: int = DEFAULT_TUNE_ORDER, quiet: bool = True,
-         command: str = "benchmarks.tune", report_only: bool = False, jobs: int = 1) -> dict[str, Any]:
+         command: str = "benchmarks.tune", report_only: bool = False, jobs: int = 1,
+         confirm_experiences: int | None = None) -> dict[str, Any]:
     """Tune every method of ``methods`` into folder ``out`` (resuming what it holds); returns ``chosen.json``'s
     content. Methods that train nothing by gradient are recorded with no candidates. ``report_only``: train nothing,
     write the files from the candidates finished so far (a method with some not run is "incomplete", no choice).
-    ``jobs``: candidates trained at once in spawned processes (1: one after another in this one)."""
+    ``jobs``: candidates trained at once in spawned processes (1: one after another in this one).
+    ``confirm_experiences``: a second stage, where the first choice and the candidates within its validation noise
+    (:func:`ties`) train on that many experiences and the best of them is chosen (None: one stage). It is not part of
+    ``tuning.json``: a finished first stage takes a second one, of any length, without training again."""
     out.mkdir(parents=True, exist_ok=True)
     settings = {"protocol": cfg.protocol, "config": portable_record(cfg.to_json(), out), "validation_per_class": validation_per_class,
                 "tune_experiences": tune_experiences, "class_order_seed": order, "seed": TUNE_SEED,
@@ -278,7 +167,9 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
         write_json(settings_path, settings)
     failures_path = out / "failures.json"
     failures = json.loads(failures_path.read_text()) if failures_path.exists() else {}
+    n_images = validation_images(cfg, validation_per_class, tune_experiences)
     outcomes: list[Outcome] = []
+    confirmed: list[Outcome] = []
     chosen: dict[str, Any] = {}
     bases = [get_method(m).recipe_of for m in methods if get_method(m).recipe_of]
     methods = list(dict.fromkeys([b for b in bases if b not in methods] + list(methods)))
@@ -292,7 +183,21 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
                     if o.pending]
             if not todo:
                 break
-            _run_in_parallel(todo, jobs, quiet, failures, failures_path)
+            run_in_parallel(todo, jobs, quiet, failures, failures_path)
+        if confirm_experiences:  # the second stage, of the methods whose first stage is finished
+            stage = confirm_stage(confirm_experiences)
+            todo = []
+            for m in trained:
+                found = method_candidates(m, cfg, out, failures, train=False, settings=settings)
+                if any(o.pending for _, o in found) or len(found) < candidate_count(m, cfg):
+                    continue
+                pairs = confirm_candidates(m, found, n_images)
+                second = confirm_outcomes(m, cfg, out, pairs, failures, settings=settings,
+                                          experiences=confirm_experiences, train=False) if len(pairs) > 1 else []
+                todo += [(m, r, candidate_config(cfg, m, r, validation_per_class, confirm_experiences, order),
+                          out / "confirm" / stage / m / r.key) for (r, _), o in zip(pairs, second) if o.pending]
+            if todo:
+                run_in_parallel(todo, jobs, quiet, failures, failures_path, stage)
     for method in methods:
         if get_method(method).recipe_of:
             chosen[method] = {"recipe_of": get_method(method).recipe_of, "candidates": 0}
@@ -308,54 +213,51 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
         elif finished < total:
             chosen[method] = {"candidates": total, "incomplete": f"{finished} of {total} run"}
         elif best is not None:
-            chosen[method] = {"optimizer": best.optimizer, "lr": best.lr, "options": json.loads(best.options),
-                              "source": best.source, "candidate": best.candidate, "val_acc": best.val_acc,
-                              "val_mean_acc": best.val_mean_acc, "candidates": total,
-                              "grid_edge": grid_edge(best, mine),
-                              "tuning_seconds": sum(o.train_seconds + o.eval_seconds for o in mine
+            pick, second = best, []
+            if confirm_experiences:
+                pairs = confirm_candidates(method, found, n_images)
+                if len(pairs) > 1:
+                    second = confirm_outcomes(method, cfg, out, pairs, failures, settings=settings,
+                                              experiences=confirm_experiences, train=not report_only, quiet=quiet)
+                    confirmed += second
+                    done = sum(not o.pending for o in second)
+                    if done < len(second):
+                        chosen[method] = {"candidates": total,
+                                          "incomplete": f"second stage: {done} of {len(second)} run"}
+                        continue
+                    pick = choose(second)
+                    if pick is None:
+                        chosen[method] = {"candidates": total, "failed": "every second-stage candidate failed"}
+                        continue
+            chosen[method] = {"optimizer": pick.optimizer, "lr": pick.lr, "options": json.loads(pick.options),
+                              "source": pick.source, "candidate": pick.candidate, "val_acc": pick.val_acc,
+                              "val_mean_acc": pick.val_mean_acc, "candidates": total,
+                              "grid_edge": grid_edge(pick, mine),
+                              "tuning_seconds": sum(o.train_seconds + o.eval_seconds for o in [*mine, *second]
                                                     if o.status == "done")}
+            if confirm_experiences:
+                chosen[method]["confirmed"] = {"experiences": confirm_experiences, "first_choice": best.candidate,
+                                               "first_val_acc": best.val_acc,
+                                               "among": [o.candidate for o in second] or [best.candidate]}
         else:
             chosen[method] = {"candidates": total, "failed": "every candidate failed"}
-    result = {"settings": {k: v for k, v in settings.items() if k != "config"}, "protocol": cfg.protocol,
-              "methods": chosen}
+    kept = {k: v for k, v in settings.items() if k != "config"}
+    if confirm_experiences:
+        kept["confirm_experiences"] = confirm_experiences
+    result = {"settings": kept, "protocol": cfg.protocol, "methods": chosen}
     write_json(out / "chosen.json", result)
-    _write_table(out, outcomes, result, command, validation_images(cfg, validation_per_class, tune_experiences))
+    _write_table(out, outcomes, result, command, n_images, confirmed)
     return result
 
 
-def validation_images(cfg: RunConfig, validation_per_class: int, tune_experiences: int) -> int:
-    """How many validation images score a candidate after the last tuned experience (the seen classes' held-out
-    images): what the margins' sampling noise is computed from."""
-    bench = PAPER_PROTOCOLS.get(cfg.protocol)
-    classes = cfg.classes or (PAPER_BENCHMARKS[bench[0]].n_classes if bench else N_CLASSES)
-    return validation_per_class * (classes * min(tune_experiences, cfg.n_experiences) // cfg.n_experiences)
-
-
-def margins(outcomes: Sequence[Outcome], chosen: Mapping[str, Any], n_images: int) -> list[str]:
-    """One sentence per tuned method: the chosen candidate's lead over its best other finished candidate, in
-    validation points, marked "within noise" where the lead is under twice the standard error of the difference of
-    two independent scores on ``n_images`` images (conservative: both are scored on the same images, which a paired
-    test would use, and one training seed adds its own noise)."""
-    lines = []
-    for method, pick in chosen.items():
-        mine = [o for o in outcomes if o.method == method and o.status == "done" and math.isfinite(o.val_acc)]
-        best = next((o for o in mine if o.candidate == pick.get("candidate")), None)
-        others = sorted((o for o in mine if o is not best), key=lambda o: (o.val_acc, o.val_mean_acc), reverse=True)
-        if best is None or not others:
-            continue
-        lead = 100 * (best.val_acc - others[0].val_acc)
-        bound = 200 * math.sqrt(2 * best.val_acc * (1 - best.val_acc) / n_images)
-        close = [o.candidate for o in others if 100 * (best.val_acc - o.val_acc) < bound]
-        within = f"within it: {', '.join(close)}" if close else "none within it"
-        lines.append(f"- {method}: {best.candidate} ({100 * best.val_acc:.2f}) leads {others[0].candidate} by "
-                     f"{lead:.2f}; bound {bound:.1f}, {within}")
-    return lines
-
-
 def _write_table(out: Path, outcomes: Sequence[Outcome], result: Mapping[str, Any], command: str,
-                 n_images: int | None = None) -> None:
+                 n_images: int | None = None, confirmed: Sequence[Outcome] = ()) -> None:
     frame = in_file_units(pd.DataFrame([asdict(o) for o in outcomes]))  # val_acc_pct, val_mean_acc_pct
     write_text(out / "candidates.csv", frame.to_csv(index=False))
+    if confirmed:
+        write_text(out / "confirm.csv", in_file_units(pd.DataFrame([asdict(o) for o in confirmed])).to_csv(index=False))
+    else:  # one of an earlier call with another --confirm-experiences (or none now) would describe another choice
+        (out / "confirm.csv").unlink(missing_ok=True)
     s = result["settings"]
     lines = [f"# Tuning on validation data: {result['protocol']}", "",
              f"Command: `{portable_text(command, out)}`", "",
@@ -380,7 +282,7 @@ def _write_table(out: Path, outcomes: Sequence[Outcome], result: Mapping[str, An
         lines += ["", "Chosen at an edge of what its optimizer tried, the extension included (a better rate may lie "
                       "beyond it; every method gets the same number of candidates, so none is widened further): "
                       f"{', '.join(edges)}."]
-    lead = margins(outcomes, result["methods"], n_images) if n_images else []
+    lead = margins(outcomes, n_images) if n_images else []
     if lead:
         unresolved = sum("none within it" not in line for line in lead)
         lines += ["", f"How far each choice is resolved: the chosen candidate's lead over the best other, in validation "
@@ -389,6 +291,7 @@ def _write_table(out: Path, outcomes: Sequence[Outcome], result: Mapping[str, An
                       "(conservative for the images, as both are scored on the same ones; a second training seed's "
                       "noise is not in it), and a candidate within it could as well have been chosen. Another "
                       f"candidate is within it for {unresolved} of {len(lead)} methods.", "", *lead]
+    lines += second_stage(outcomes, result, confirmed)
     untuned = [m for m, v in result["methods"].items() if v.get("trains_by_gradient") is False]
     if untuned:
         lines += ["", f"Nothing to tune (no training by gradient): {', '.join(untuned)}."]
@@ -411,6 +314,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"experiences each candidate trains (default: {DEFAULT_TUNE_EXPERIENCES})")
     p.add_argument("--tune-order", type=int, default=DEFAULT_TUNE_ORDER,
                    help=f"the class-order seed the candidates train on (default: {DEFAULT_TUNE_ORDER})")
+    p.add_argument("--confirm-experiences", type=int, default=None, metavar="K",
+                   help="a second stage: the first choice and the candidates within its validation noise (the "
+                        "README's bound) train again on the first K experiences, and the best of them after K is "
+                        "chosen; K above --tune-experiences (default: none, one stage). A finished first stage "
+                        "takes it without training again")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results root; the tuning goes to <out>/<protocol>/<run-id>")
     p.add_argument("--run-id", default="tuned", help="folder name (default: tuned); an existing one is resumed")
     p.add_argument("--verbose", action="store_true", help="print each candidate's result")
@@ -435,6 +343,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.tune_experiences > args.config.n_experiences:
             raise ValueError(f"--tune-experiences {args.tune_experiences} is more than the stream's "
                              f"{args.config.n_experiences} experiences; pass at most {args.config.n_experiences}")
+        k = args.confirm_experiences
+        n = args.config.n_experiences
+        if k is not None and args.tune_experiences >= n:
+            raise ValueError(f"--confirm-experiences {k}: --tune-experiences {args.tune_experiences} already trains "
+                             f"all {n} experiences of the stream; drop --confirm-experiences")
+        if k is not None and not args.tune_experiences < k <= n:
+            raise ValueError(f"--confirm-experiences {k} must lie above --tune-experiences {args.tune_experiences} "
+                             f"and at most at the stream's {n} experiences; pass e.g. "
+                             f"--confirm-experiences {min(2 * args.tune_experiences, n)}")
     except ValueError as exc:
         p.error(str(exc))
     return args
@@ -448,7 +365,8 @@ def main(argv: list[str] | None = None) -> Path:
     command = " ".join(["python -m benchmarks.tune"] + (argv if argv is not None else sys.argv[1:]))
     result = tune(args.config, args.methods, out, validation_per_class=args.tune_validation,
                   tune_experiences=args.tune_experiences, order=args.tune_order, quiet=not args.verbose,
-                  report_only=args.report_only, command=command, jobs=args.jobs)
+                  report_only=args.report_only, command=command, jobs=args.jobs,
+                  confirm_experiences=args.confirm_experiences)
     print((out / "README.md").read_text())
     for method, pick in result["methods"].items():
         if "optimizer" in pick:

@@ -18,7 +18,7 @@ from .methods import get_method
 from .protocols import AUTHORS_LR
 
 if TYPE_CHECKING:
-    from .tune import Outcome
+    from .tune_runs import Outcome
 
 GRID_DECADES = (-0.5, 0.0, 0.5)  # learning rates per optimizer: anchor * 10**d
 EXTENSION_STEPS = 2  # adaptive candidates per optimizer after its grid (:func:`extension`); 1 left APER and CaRE at an edge

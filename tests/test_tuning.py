@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from avalanche_sdlora.data import split_cifar100, validation_split
-from benchmarks import compare, tune, tune_space, tuned
+from benchmarks import compare, tune, tune_confirm, tune_runs, tune_space, tuned
 from benchmarks.config import RunConfig
 from benchmarks.machine import device_name
 from benchmarks.methods import get_method, method_names
@@ -253,9 +253,9 @@ def test_a_variant_is_tuned_through_its_base_and_runs_with_its_recipe(tmp_path):
 
 def test_two_processes_record_their_failures_side_by_side(tmp_path):
     path = tmp_path / "failures.json"
-    tune._record_failures(path, "l2p", {"sgd-lr0.03": "diverged"})
-    tune._record_failures(path, "seq-lora", {})  # another process, with nothing failed, keeps l2p's record
-    tune._record_failures(path, "inflora", {"adam-lr0.1": "diverged"})
+    tune_runs.record_failures(path, "l2p", {"sgd-lr0.03": "diverged"})
+    tune_runs.record_failures(path, "seq-lora", {})  # another process, with nothing failed, keeps l2p's record
+    tune_runs.record_failures(path, "inflora", {"adam-lr0.1": "diverged"})
     assert json.loads(path.read_text()) == {"l2p": {"sgd-lr0.03": "diverged"}, "inflora": {"adam-lr0.1": "diverged"}}
 
 
@@ -278,6 +278,52 @@ def test_candidates_trained_in_parallel_score_as_one_after_another(tmp_path, mon
         tune.main([*flags, "--out", str(tmp_path / "c"), "--jobs", "0"])
 
 
+def test_the_second_stage_trains_the_ties_over_more_experiences_and_chooses_among_them(tmp_path, monkeypatch):
+    """--confirm-experiences K: the first choice and the candidates within its noise bound train again on the first K
+    experiences (validation images only); the best of them after K is chosen. A finished first stage takes it
+    without training again, serially or in parallel alike."""
+    _require_cifar()
+    npz = _train_only_npz(tmp_path / "train_only.npz")
+    monkeypatch.setattr(tune_space, "GRID_DECADES", (-0.5, 0.0))
+    monkeypatch.setattr(tune_space, "OPTIMIZERS", ("sgd",))
+    flags = ["--methods", "seq-lora", "--validation-per-class", "3", "--tune-experiences", "1", "--classes", "4",
+             "--n-experiences", "2", "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--threads", "1",
+             "--data", str(npz), "--train-per-class", "6"]
+    out = tune.main([*flags, "--out", str(tmp_path / "a")])
+    first = json.loads((out / "chosen.json").read_text())["methods"]["seq-lora"]
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "candidates").rglob("per_task.csv")}
+    with pytest.raises(SystemExit):  # K must lie past the first stage
+        tune.main([*flags, "--out", str(tmp_path / "a"), "--confirm-experiences", "1"])
+    monkeypatch.setattr(tune_confirm, "noise_bound", lambda acc, n: 101.0)  # every candidate within the bound
+    report = tune.main([*flags, "--out", str(tmp_path / "a"), "--confirm-experiences", "2", "--report-only"])
+    assert json.loads((report / "chosen.json").read_text())["methods"]["seq-lora"]["incomplete"] == \
+        "second stage: 0 of 4 run"
+    tune.main([*flags, "--out", str(tmp_path / "a"), "--confirm-experiences", "2"])
+    assert {p: p.stat().st_mtime_ns for p in (out / "candidates").rglob("per_task.csv")} == stamps  # not trained again
+    second = out / "confirm" / "experiences2" / "seq-lora"
+    configs = [json.loads(p.read_text()) for p in second.rglob("config.json")]
+    assert len(configs) == 4 and all(c["first_experiences"] == 2 and c["validation_per_class"] == 3 for c in configs)
+    scores = {p.parent.name: pd.read_csv(p)["acc_seen"].iloc[-1] for p in second.rglob("per_task.csv")}
+    chosen = json.loads((out / "chosen.json").read_text())
+    pick = chosen["methods"]["seq-lora"]
+    assert pick["val_acc"] == max(scores.values()) and scores[pick["candidate"]] == pick["val_acc"]
+    assert pick["confirmed"]["first_choice"] == first["candidate"] and sorted(pick["confirmed"]["among"]) == \
+        sorted(scores) and chosen["settings"]["confirm_experiences"] == 2
+    readme = (out / "README.md").read_text()
+    assert "Second stage (`--confirm-experiences 2`)" in readme and "Choices the second stage changed:" in readme
+    assert len(pd.read_csv(out / "confirm.csv")) == 4
+    # the same in two processes: the same scores and choice
+    parallel = tune.main([*flags, "--out", str(tmp_path / "b"), "--jobs", "2", "--confirm-experiences", "2"])
+    a, b = (pd.read_csv(d / "confirm.csv").drop(columns=["train_seconds", "eval_seconds"]) for d in (out, parallel))
+    pd.testing.assert_frame_equal(a, b)
+    # no candidate within the bound: the first choice stands, nothing more is trained
+    monkeypatch.setattr(tune_confirm, "noise_bound", lambda acc, n: 0.0)
+    alone = tune.main([*flags, "--out", str(tmp_path / "a"), "--confirm-experiences", "2", "--report-only"])
+    kept = json.loads((alone / "chosen.json").read_text())["methods"]["seq-lora"]
+    assert kept["candidate"] == first["candidate"] and kept["confirmed"]["among"] == [first["candidate"]]
+    assert not (alone / "confirm.csv").exists() and "| validation acc, first stage |" not in (alone / "README.md").read_text()
+
+
 def test_a_choice_at_the_edge_of_its_optimizers_grid_is_flagged():
     def o(optimizer, lr, acc):
         return tune.Outcome(method="m", candidate=f"{optimizer}-{lr}", optimizer=optimizer, lr=lr, options="{}",
@@ -298,15 +344,15 @@ def test_the_margins_say_which_choices_the_validation_set_cannot_resolve():
     # chosen 90 %, n = 1000: bound = 2 * sqrt(2 * 0.9 * 0.1 / 1000) = 2.68 points; 88 % lies within it, 85 % not
     grid = [_outcome("sgd", 0.01, 0.90), _outcome("sgd", 0.03, 0.88), _outcome("sgd", 0.1, 0.85),
             _outcome("sgd", 0.3, float("nan"), status="failed: diverged")]
-    chosen = {"m": {"candidate": "sgd-0.01"}, "simplecil": {"trains_by_gradient": False, "candidates": 0}}
-    assert tune.margins(grid, chosen, 1000) == ["- m: sgd-0.01 (90.00) leads sgd-0.03 by 2.00; bound 2.7, within it: "
+    assert tune_confirm.margins(grid, 1000) == ["- m: sgd-0.01 (90.00) leads sgd-0.03 by 2.00; bound 2.7, within it: "
                                                 "sgd-0.03"]
     grid[1].val_acc = 0.86  # now 4 points behind: resolved
-    assert tune.margins(grid, chosen, 1000)[0].endswith("leads sgd-0.03 by 4.00; bound 2.7, none within it")
-    assert tune.margins(grid[:1], chosen, 1000) == []  # nothing to compare with
+    assert tune_confirm.margins(grid, 1000)[0].endswith("leads sgd-0.03 by 4.00; bound 2.7, none within it")
+    assert tune_confirm.margins(grid[:1], 1000) == []  # nothing to compare with
+    assert tune_confirm.margins([*grid, _outcome("sgd", 1.0, float("nan"), status=tune_runs.NOT_RUN)], 1000) == []
     # the images that score a candidate: the held-out images of the classes seen after the tuned experiences
     cfg = RunConfig.for_protocol("cifar100-tiny128-full")
-    assert tune.validation_images(cfg, 50, 2) == 1000 and tune.validation_images(cfg.replace(classes=20), 50, 2) == 200
+    assert tune_confirm.validation_images(cfg, 50, 2) == 1000 and tune_confirm.validation_images(cfg.replace(classes=20), 50, 2) == 200
 
 
 def _outcome(optimizer, lr, acc, status="done"):
