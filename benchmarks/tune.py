@@ -20,7 +20,8 @@ comparison ranks mechanisms rather than recipes:
 * the same choice: the candidate with the highest validation accuracy over the seen classes after the last tuned
   experience (ties: the higher mean over the tuned experiences), a candidate that diverges never chosen;
 * optionally (``--confirm-experiences K``), a second stage: the choice and the candidates within its validation noise
-  train again on the first K experiences and the best of them after K is chosen (:mod:`benchmarks.tune_confirm`).
+  train again on the first K experiences and the best of them after K is chosen, into ``chosen-confirm<K>.json``
+  beside ``chosen.json`` (:mod:`benchmarks.tune_confirm`).
 
 Each candidate is a :mod:`benchmarks.compare` run folder (``candidates/<method>/<candidate>``,
 :mod:`benchmarks.tune_runs`), so an interrupted
@@ -62,8 +63,8 @@ from .methods import get_method, method_names  # noqa: E402
 from .run_set import EXECUTION_KEYS  # noqa: E402
 from .units import in_file_units  # noqa: E402
 from . import tune_space as space  # noqa: E402
-from .tune_confirm import (confirm_candidates, confirm_outcomes, confirm_stage, margins, second_stage,  # noqa: E402
-                           validation_images)
+from .tune_confirm import (confirm_candidates, confirm_file, confirm_outcomes, confirm_stage, margins,  # noqa: E402
+                           second_stage, validation_images)
 from .tune_runs import (TUNE_SEED, Outcome, candidate_config, choose, read_outcome, record_failures,  # noqa: E402
                         run_candidate, run_in_parallel, write_json)
 from .tune_space import Recipe, candidate_count, candidates, extension  # noqa: E402
@@ -170,6 +171,7 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
     n_images = validation_images(cfg, validation_per_class, tune_experiences)
     outcomes: list[Outcome] = []
     confirmed: list[Outcome] = []
+    stage2: dict[str, Any] = {}
     chosen: dict[str, Any] = {}
     bases = [get_method(m).recipe_of for m in methods if get_method(m).recipe_of]
     methods = list(dict.fromkeys([b for b in bases if b not in methods] + list(methods)))
@@ -213,45 +215,51 @@ def tune(cfg: RunConfig, methods: Sequence[str], out: Path, *, validation_per_cl
         elif finished < total:
             chosen[method] = {"candidates": total, "incomplete": f"{finished} of {total} run"}
         elif best is not None:
-            pick, second = best, []
+            chosen[method] = _record(best, mine, total)
             if confirm_experiences:
                 pairs = confirm_candidates(method, found, n_images)
-                if len(pairs) > 1:
-                    second = confirm_outcomes(method, cfg, out, pairs, failures, settings=settings,
-                                              experiences=confirm_experiences, train=not report_only, quiet=quiet)
-                    confirmed += second
-                    done = sum(not o.pending for o in second)
-                    if done < len(second):
-                        chosen[method] = {"candidates": total,
-                                          "incomplete": f"second stage: {done} of {len(second)} run"}
-                        continue
-                    pick = choose(second)
-                    if pick is None:
-                        chosen[method] = {"candidates": total, "failed": "every second-stage candidate failed"}
-                        continue
-            chosen[method] = {"optimizer": pick.optimizer, "lr": pick.lr, "options": json.loads(pick.options),
-                              "source": pick.source, "candidate": pick.candidate, "val_acc": pick.val_acc,
-                              "val_mean_acc": pick.val_mean_acc, "candidates": total,
-                              "grid_edge": grid_edge(pick, mine),
-                              "tuning_seconds": sum(o.train_seconds + o.eval_seconds for o in [*mine, *second]
-                                                    if o.status == "done")}
-            if confirm_experiences:
-                chosen[method]["confirmed"] = {"experiences": confirm_experiences, "first_choice": best.candidate,
-                                               "first_val_acc": best.val_acc,
-                                               "among": [o.candidate for o in second] or [best.candidate]}
+                second = confirm_outcomes(method, cfg, out, pairs, failures, settings=settings,
+                                          experiences=confirm_experiences, train=not report_only,
+                                          quiet=quiet) if len(pairs) > 1 else []
+                confirmed += second
+                done = sum(not o.pending for o in second)
+                pick = choose(second) if second else best
+                if done < len(second):
+                    stage2[method] = {"candidates": total, "incomplete": f"second stage: {done} of {len(second)} run"}
+                elif pick is None:
+                    stage2[method] = {"candidates": total, "failed": "every second-stage candidate failed"}
+                else:
+                    stage2[method] = {**_record(pick, [*mine, *second], total, grid=mine),
+                                      "confirmed": {"experiences": confirm_experiences, "first_choice": best.candidate,
+                                                    "first_val_acc": best.val_acc,
+                                                    "among": [o.candidate for o in second] or [best.candidate]}}
         else:
             chosen[method] = {"candidates": total, "failed": "every candidate failed"}
     kept = {k: v for k, v in settings.items() if k != "config"}
-    if confirm_experiences:
-        kept["confirm_experiences"] = confirm_experiences
     result = {"settings": kept, "protocol": cfg.protocol, "methods": chosen}
     write_json(out / "chosen.json", result)
-    _write_table(out, outcomes, result, command, n_images, confirmed)
-    return result
+    second_result = None
+    if confirm_experiences:  # beside chosen.json, never over it: the first stage's choice stays usable
+        second_result = {"settings": {**kept, "confirm_experiences": confirm_experiences}, "protocol": cfg.protocol,
+                         "methods": {m: stage2.get(m, v) for m, v in chosen.items()}}
+        write_json(out / confirm_file(confirm_experiences), second_result)
+    _write_table(out, outcomes, result, command, n_images, confirmed, second_result)
+    return second_result or result
+
+
+def _record(pick: Outcome, outcomes: Sequence[Outcome], total: int, grid: Sequence[Outcome] | None = None
+            ) -> dict[str, Any]:
+    """A method's entry in chosen.json: the recipe ``pick`` stands for, its score, and what its tuning cost (every
+    finished run of ``outcomes``); ``grid``: the first stage's candidates, for :func:`grid_edge`."""
+    return {"optimizer": pick.optimizer, "lr": pick.lr, "options": json.loads(pick.options), "source": pick.source,
+            "candidate": pick.candidate, "val_acc": pick.val_acc, "val_mean_acc": pick.val_mean_acc,
+            "candidates": total, "grid_edge": grid_edge(pick, list(grid if grid is not None else outcomes)),
+            "tuning_seconds": sum(o.train_seconds + o.eval_seconds for o in outcomes if o.status == "done")}
 
 
 def _write_table(out: Path, outcomes: Sequence[Outcome], result: Mapping[str, Any], command: str,
-                 n_images: int | None = None, confirmed: Sequence[Outcome] = ()) -> None:
+                 n_images: int | None = None, confirmed: Sequence[Outcome] = (),
+                 second: Mapping[str, Any] | None = None) -> None:
     frame = in_file_units(pd.DataFrame([asdict(o) for o in outcomes]))  # val_acc_pct, val_mean_acc_pct
     write_text(out / "candidates.csv", frame.to_csv(index=False))
     if confirmed:
@@ -291,7 +299,7 @@ def _write_table(out: Path, outcomes: Sequence[Outcome], result: Mapping[str, An
                       "(conservative for the images, as both are scored on the same ones; a second training seed's "
                       "noise is not in it), and a candidate within it could as well have been chosen. Another "
                       f"candidate is within it for {unresolved} of {len(lead)} methods.", "", *lead]
-    lines += second_stage(outcomes, result, confirmed)
+    lines += second_stage(outcomes, second, confirmed) if second else []
     untuned = [m for m, v in result["methods"].items() if v.get("trains_by_gradient") is False]
     if untuned:
         lines += ["", f"Nothing to tune (no training by gradient): {', '.join(untuned)}."]
@@ -371,7 +379,8 @@ def main(argv: list[str] | None = None) -> Path:
     for method, pick in result["methods"].items():
         if "optimizer" in pick:
             print(f"{method}: {pick['optimizer']} lr {pick['lr']:.3g} {pick['options'] or ''} ({pick['source']})")
-    print(f"use it: python -m benchmarks.compare --tuned {out / 'chosen.json'} ...")
+    k = args.confirm_experiences
+    print(f"use it: python -m benchmarks.compare --tuned {out / (confirm_file(k) if k else 'chosen.json')} ...")
     return out
 
 

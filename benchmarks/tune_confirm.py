@@ -41,6 +41,12 @@ def confirm_stage(experiences: int) -> str:
     return f"experiences{experiences}"
 
 
+def confirm_file(experiences: int) -> str:
+    """The second stage's choice, written beside ``chosen.json`` (which keeps the first stage's): pass it to
+    ``compare --tuned`` to train with it."""
+    return f"chosen-confirm{experiences}.json"
+
+
 def confirm_candidates(method: str, found: Sequence[tuple[Recipe, Outcome]], n_images: int
                        ) -> list[tuple[Recipe, Outcome]]:
     """The first stage's choice and its ties (:func:`ties`): what the second stage trains over more experiences."""
@@ -101,14 +107,13 @@ def margins(outcomes: Sequence[Outcome], n_images: int) -> list[str]:
 
 def second_stage(outcomes: Sequence[Outcome], result: Mapping[str, Any], confirmed: Sequence[Outcome]) -> list[str]:
     """The README's lines on the second stage (``--confirm-experiences``): each tied candidate's score after both."""
-    k = result["settings"].get("confirm_experiences")
-    if not k:
-        return []
+    k = result["settings"]["confirm_experiences"]
     first = {(o.method, o.candidate): o for o in outcomes}
     lines = ["", f"Second stage (`--confirm-experiences {k}`): the first stage's choice and the candidates within its "
                  f"bound train again on the first {k} experiences (the same validation images, class order and seed) "
                  f"and the highest seen-class validation accuracy after experience {k} is chosen; a method with no "
-                 "candidate within the bound keeps its first choice without training again."]
+                 "candidate within the bound keeps its first choice without training again. The choice is "
+                 f"`{confirm_file(k)}` (`chosen.json` keeps the first stage's)."]
     if confirmed:
         lines += ["", f"| method | candidate | validation acc, first stage | validation acc after {k} experiences | "
                       "train s | chosen |", "|---|---|---|---|---|---|"]

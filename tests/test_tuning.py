@@ -296,22 +296,28 @@ def test_the_second_stage_trains_the_ties_over_more_experiences_and_chooses_amon
         tune.main([*flags, "--out", str(tmp_path / "a"), "--confirm-experiences", "1"])
     monkeypatch.setattr(tune_confirm, "noise_bound", lambda acc, n: 101.0)  # every candidate within the bound
     report = tune.main([*flags, "--out", str(tmp_path / "a"), "--confirm-experiences", "2", "--report-only"])
-    assert json.loads((report / "chosen.json").read_text())["methods"]["seq-lora"]["incomplete"] == \
+    assert json.loads((report / "chosen-confirm2.json").read_text())["methods"]["seq-lora"]["incomplete"] == \
         "second stage: 0 of 4 run"
+    assert json.loads((out / "chosen.json").read_text())["methods"]["seq-lora"] == first  # never clobbered
     tune.main([*flags, "--out", str(tmp_path / "a"), "--confirm-experiences", "2"])
     assert {p: p.stat().st_mtime_ns for p in (out / "candidates").rglob("per_task.csv")} == stamps  # not trained again
     second = out / "confirm" / "experiences2" / "seq-lora"
     configs = [json.loads(p.read_text()) for p in second.rglob("config.json")]
     assert len(configs) == 4 and all(c["first_experiences"] == 2 and c["validation_per_class"] == 3 for c in configs)
     scores = {p.parent.name: pd.read_csv(p)["acc_seen"].iloc[-1] for p in second.rglob("per_task.csv")}
-    chosen = json.loads((out / "chosen.json").read_text())
+    chosen = json.loads((out / "chosen-confirm2.json").read_text())
     pick = chosen["methods"]["seq-lora"]
     assert pick["val_acc"] == max(scores.values()) and scores[pick["candidate"]] == pick["val_acc"]
     assert pick["confirmed"]["first_choice"] == first["candidate"] and sorted(pick["confirmed"]["among"]) == \
         sorted(scores) and chosen["settings"]["confirm_experiences"] == 2
+    assert json.loads((out / "chosen.json").read_text())["methods"]["seq-lora"] == first
     readme = (out / "README.md").read_text()
     assert "Second stage (`--confirm-experiences 2`)" in readme and "Choices the second stage changed:" in readme
     assert len(pd.read_csv(out / "confirm.csv")) == 4
+    # compare trains the second stage's choice
+    run = compare.main(TINY + ["--methods", "seq-lora", "--out", str(tmp_path / "c"), "--tuned",
+                               str(out / "chosen-confirm2.json")])
+    assert json.loads((run / "config.json").read_text())["method_options"]["seq-lora"]["lr"] == pick["lr"]
     # the same in two processes: the same scores and choice
     parallel = tune.main([*flags, "--out", str(tmp_path / "b"), "--jobs", "2", "--confirm-experiences", "2"])
     a, b = (pd.read_csv(d / "confirm.csv").drop(columns=["train_seconds", "eval_seconds"]) for d in (out, parallel))
@@ -319,7 +325,7 @@ def test_the_second_stage_trains_the_ties_over_more_experiences_and_chooses_amon
     # no candidate within the bound: the first choice stands, nothing more is trained
     monkeypatch.setattr(tune_confirm, "noise_bound", lambda acc, n: 0.0)
     alone = tune.main([*flags, "--out", str(tmp_path / "a"), "--confirm-experiences", "2", "--report-only"])
-    kept = json.loads((alone / "chosen.json").read_text())["methods"]["seq-lora"]
+    kept = json.loads((alone / "chosen-confirm2.json").read_text())["methods"]["seq-lora"]
     assert kept["candidate"] == first["candidate"] and kept["confirmed"]["among"] == [first["candidate"]]
     assert not (alone / "confirm.csv").exists() and "| validation acc, first stage |" not in (alone / "README.md").read_text()
 
