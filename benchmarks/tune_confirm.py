@@ -2,10 +2,9 @@
 
 One seed scored on the validation images of two experiences leaves every committed choice of
 ``cifar100-tiny128-full`` within the noise of its runner-up (the tuning's README), and a tied runner-up can end a
-10-task run far from the choice (InfLoRA's SGD 0.01 ended 10.1 points above its chosen Adam 5e-3 on order 1995, a CPU
-run against a GPU one). The
-second stage trains only the ties over more experiences, the same rule for every method, so it costs a few candidates
-where one more long stage for every candidate would cost all of them again.
+10-task run far from the choice (InfLoRA's SGD 0.01 ended 10.1 points above its chosen Adam 5e-3 on order 1995, a
+CPU run against a GPU one). The second stage trains only the ties over more experiences, the same rule for every
+method, so it costs a few candidates where one more long stage for every candidate would cost all of them again.
 """
 
 from __future__ import annotations
