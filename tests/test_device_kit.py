@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import compare
+from benchmarks import compare, tune
 from benchmarks.speed import command as speed_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +52,9 @@ def test_every_command_of_a_job_file_parses(job, tmp_path, monkeypatch):
             assert Path(args.out) == tmp_path, f"{job.name}: a run outside $W does not come back"
         elif module == "benchmarks.speed":
             speed_command.parse_args(flags)
+        elif module == "benchmarks.tune":
+            args = tune.parse_args(flags)
+            assert Path(args.out).is_relative_to(tmp_path), f"{job.name}: a tuning outside $W does not come back"
         else:
             pytest.fail(f"{job.name}: unexpected module {module}")
 
@@ -125,3 +128,32 @@ def test_integrate_files_each_cards_runs_under_its_own_table(tmp_path):
     assert "unrecorded ran on 'an unrecorded device'" in result.stderr
     assert (repo / "results" / "perf-cuda" / "README.md").read_text() == (perf / "README.md").read_text()
     assert "results/perf-cuda: GPU: NVIDIA H100 80GB HBM3" in result.stdout
+
+
+def test_integrate_files_a_second_stage_beside_the_committed_tuning(tmp_path):
+    """jobs/confirm.sh's candidates go into the committed tuning folder's confirm/, never over one already there, with
+    the second stage's failures merged into its failures.json (the first stage's left as they are)."""
+    repo = tmp_path / "repo"
+    tuned = repo / "results" / "tuning" / "cifar100-tiny128-full" / "tuned"
+    (tuned / "confirm" / "experiences4" / "mos" / "sgd-lr0.03").mkdir(parents=True)
+    (tuned / "confirm" / "experiences4" / "mos" / "sgd-lr0.03" / "kept.txt").write_text("here first")
+    (tuned / "failures.json").write_text(json.dumps({"l2p": {"adam-lr0.1": "diverged"}}))
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    w = tmp_path / "pack" / "w" / "tuning" / "cifar100-tiny128-full" / "tuned"
+    for cand in ("mos/sgd-lr0.03", "mos/sgd-lr0.0949", "care/sgd-lr0.005"):
+        (w / "confirm" / "experiences4" / cand).mkdir(parents=True)
+        (w / "confirm" / "experiences4" / cand / "config.json").write_text("{}")
+    (w / "confirm" / "experiences4" / "care" / "sgd-lr0.005" / "DONE").write_text("")
+    (w / "failures.json").write_text(json.dumps({"l2p": {"stale": "x"}, "care@experiences4": {"sgd-lr0.158": "nan"}}))
+    tgz = tmp_path / "w.tgz"
+    subprocess.run(["tar", "czf", str(tgz), "-C", str(tmp_path / "pack"), "w"], check=True)
+    result = subprocess.run(["bash", str(KIT / "integrate.sh"), str(tgz)], cwd=repo, capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "PYTHON": "python3"})
+    assert result.returncode == 0, result.stderr
+    stage = tuned / "confirm" / "experiences4"
+    assert (stage / "mos" / "sgd-lr0.03" / "kept.txt").read_text() == "here first"  # never overwritten
+    assert not (stage / "mos" / "sgd-lr0.03" / "config.json").exists() and "sgd-lr0.03 exists" in result.stderr
+    assert (stage / "mos" / "sgd-lr0.0949" / "config.json").is_file() and (stage / "care" / "sgd-lr0.005" / "DONE").is_file()
+    assert json.loads((tuned / "failures.json").read_text()) == {"l2p": {"adam-lr0.1": "diverged"},
+                                                                 "care@experiences4": {"sgd-lr0.158": "nan"}}
+    assert "--report-only --confirm-experiences 4" in result.stdout

@@ -37,5 +37,31 @@ if [ -f "$tmp/w/perf-cuda/README.md" ]; then   # jobs/speed.sh: the cost tables 
   if [ -e results/perf-cuda ]; then echo "integrate.sh: results/perf-cuda exists; left as it is" >&2
   else cp -r "$tmp/w/perf-cuda" results/perf-cuda && echo "results/perf-cuda: $(grep -m1 -o 'GPU: [^;]*' results/perf-cuda/README.md || true)"; fi
 fi
+# jobs/confirm.sh: the second stage's candidates go beside the committed tuning's (an existing one is kept), with
+# their failures; the report is then rewritten here with the same flag
+for stage in "$tmp"/w/tuning/*/*/confirm/*/; do
+  [ -d "$stage" ] || continue
+  stage=${stage%/}; tuning=$(dirname "$(dirname "$stage")"); id=$(basename "$tuning")
+  protocol=$(basename "$(dirname "$tuning")"); dest="results/tuning/$protocol/$id"
+  if [ ! -d "$dest" ]; then echo "integrate.sh: $dest does not exist; its second stage is left out" >&2; continue; fi
+  for cand in "$stage"/*/*/; do
+    cand=${cand%/}; rel=confirm/$(basename "$stage")/$(basename "$(dirname "$cand")")/$(basename "$cand")
+    if [ -e "$dest/$rel" ]; then echo "integrate.sh: $dest/$rel exists; left as it is" >&2; continue; fi
+    mkdir -p "$(dirname "$dest/$rel")" && cp -r "$cand" "$dest/$rel" && rm -f "$dest/$rel/.lock"
+    echo "$dest/$rel: $([ -f "$dest/$rel/DONE" ] && echo finished || echo unfinished)"
+  done
+  if [ -f "$tuning/failures.json" ]; then
+    "$PY" - "$tuning/failures.json" "$dest/failures.json" <<'PYEOF'
+import json, sys
+from pathlib import Path
+new, old = Path(sys.argv[1]), Path(sys.argv[2])
+kept = json.loads(old.read_text()) if old.exists() else {}
+kept.update({k: v for k, v in json.loads(new.read_text()).items() if "@" in k})  # the second stage's own keys
+old.write_text(json.dumps(kept, indent=2) + "\n")
+PYEOF
+  fi
+  echo "next: python -m benchmarks.tune --protocol $protocol --methods ... --out results/tuning --run-id $id" \
+       "--report-only --confirm-experiences ${stage##*experiences} (the methods and flags of the tuning's README command)"
+done
 echo "next: add the new folders to the orders command in results/README.md (its h200 or h100 section), rerun it and"
 echo "      python -m benchmarks.headline; then the targeted tests (test_orders test_readme test_headline test_local_paths)"
