@@ -31,9 +31,14 @@ def noise_bound(acc: float, n_images: int) -> float:
 def ties(best: Outcome, outcomes: Sequence[Outcome], n_images: int) -> list[Outcome]:
     """The finished candidates other than ``best`` whose score lies within :func:`noise_bound` of its score, best
     first."""
+    bound = noise_bound(best.val_acc, n_images)
+    return [o for o in _others(best, outcomes) if 100 * (best.val_acc - o.val_acc) < bound]
+
+
+def _others(best: Outcome, outcomes: Sequence[Outcome]) -> list[Outcome]:
+    """The finished candidates other than ``best``, best first (the order :func:`choose` ranks by)."""
     done = [o for o in outcomes if o is not best and o.status == "done" and math.isfinite(o.val_acc)]
-    done.sort(key=lambda o: (o.val_acc, o.val_mean_acc), reverse=True)
-    return [o for o in done if 100 * (best.val_acc - o.val_acc) < noise_bound(best.val_acc, n_images)]
+    return sorted(done, key=lambda o: (o.val_acc, o.val_mean_acc), reverse=True)
 
 
 def confirm_stage(experiences: int) -> str:
@@ -93,9 +98,8 @@ def margins(outcomes: Sequence[Outcome], n_images: int) -> list[str]:
     for method in dict.fromkeys(o.method for o in outcomes):
         mine = [o for o in outcomes if o.method == method]
         best = None if any(o.pending for o in mine) else choose(mine)
-        others = sorted((o for o in mine if o is not best and o.status == "done" and math.isfinite(o.val_acc)),
-                        key=lambda o: (o.val_acc, o.val_mean_acc), reverse=True)
-        if best is None or not others:
+        others = _others(best, mine) if best is not None else []
+        if not others:
             continue
         lead = 100 * (best.val_acc - others[0].val_acc)
         close = [o.candidate for o in ties(best, mine, n_images)]
