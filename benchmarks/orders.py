@@ -40,6 +40,7 @@ import pandas as pd  # noqa: E402
 
 from avalanche_sdlora.atomic import remove_stale_temps, remove_temps_on_termination, write_text  # noqa: E402
 
+from . import predictions  # noqa: E402
 from .config import RunConfig  # noqa: E402
 from .methods import get_method, method_names  # noqa: E402
 from .reports import markdown_grid, method_style, save_figure  # noqa: E402
@@ -85,7 +86,28 @@ def order_runs(runs: RunSet) -> pd.DataFrame:
             "stored_params", "inference_backbones", "own_prompt", "train_seconds", "eval_seconds", "machine", "run"]
     out = records[cols].reset_index(drop=True)
     out.attrs["superseded"] = superseded
+    out.attrs["predictions"] = _kept_predictions(runs, out, rows)
     return out
+
+
+def _kept_predictions(runs: RunSet, records: pd.DataFrame, rows: pd.DataFrame) -> dict[tuple[str, int], object]:
+    """Each finished run's per-image predictions after its last experience, where it kept them (paired bounds); a
+    file that does not score its run's Acc after that experience is refused, naming it (another run's, or edited)."""
+    folders = {m.label: m.folder for m in runs.members}
+    last = rows.groupby(["method", "seed", "run"])["experience"].max()
+    kept = {}
+    for r in records[records["finished"]].itertuples():
+        path = folders[r.run].predictions(r.method, r.seed)
+        if not path.exists():
+            continue
+        p = predictions.load(path)
+        if p.experience != last[(r.method, r.seed, r.run)] or abs(p.accuracy - r.acc) > 1e-9:
+            raise SystemExit(f"error: '{path}' does not hold the predictions of its run's last experience (they "
+                             f"follow experience {p.experience} and score {100 * p.accuracy:.2f} %, the part ends at "
+                             f"experience {last[(r.method, r.seed, r.run)]} with {100 * r.acc:.2f} %); delete it: "
+                             "the report then shows no paired bound for that run")
+        kept[(r.method, r.class_order_seed)] = p
+    return kept
 
 
 def seconds_by_machine(runs: pd.DataFrame) -> pd.DataFrame:
@@ -119,21 +141,38 @@ def summarize_orders(orders: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired(orders: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """Per method and class order both finished: the reference's Acc, AAA, forgetting minus the method's."""
+    """Per method and class order both finished: the reference's Acc, AAA, forgetting minus the method's, and where
+    both runs wrote their predictions, twice the paired standard error of the Acc difference on that order's test
+    images (``acc_diff_bound``, :func:`benchmarks.predictions.paired_difference`; NaN otherwise)."""
     done = orders[orders["finished"]]
     ref = done[done["method"] == reference].set_index("class_order_seed")
+    found = orders.attrs.get("predictions", {})
     out = []
     for method, g in done[done["method"] != reference].groupby("method", sort=False):
         for _, r in g.iterrows():
-            if r["class_order_seed"] not in ref.index:
+            order = r["class_order_seed"]
+            if order not in ref.index:
                 continue
-            q = ref.loc[r["class_order_seed"]]
-            out.append({"method": method, "class_order_seed": r["class_order_seed"], "reference": reference,
+            q = ref.loc[order]
+            out.append({"method": method, "class_order_seed": order, "reference": reference,
                         **{f"{k}_{suffix}": v for k in ("acc", "aaa", "forgetting")
-                           for suffix, v in (("reference", q[k]), ("method", r[k]), ("diff", q[k] - r[k]))}})
+                           for suffix, v in (("reference", q[k]), ("method", r[k]), ("diff", q[k] - r[k]))},
+                        "acc_diff_bound": _paired_bound(found.get((reference, order)), found.get((method, order)),
+                                                        f"{reference} and {method} on class order {order}")})
     cols = ["method", "class_order_seed", "reference"] + [f"{k}_{s}" for k in ("acc", "aaa", "forgetting")
-                                                          for s in ("reference", "method", "diff")]
+                                                          for s in ("reference", "method", "diff")] + ["acc_diff_bound"]
     return pd.DataFrame.from_records(out, columns=cols)
+
+
+def _paired_bound(reference, method, where: str) -> float:
+    """Twice the paired standard error of the reference's Acc minus the method's on one order (NaN: a run kept no
+    predictions); two runs not scored on the same test images are refused (``where`` names them)."""
+    if reference is None or method is None:
+        return np.nan
+    try:
+        return predictions.paired_difference(reference, method).bound
+    except ValueError as exc:
+        raise SystemExit(f"error: {where}: {exc}") from None
 
 
 def summarize_paired(pairs: pd.DataFrame) -> pd.DataFrame:
@@ -145,6 +184,10 @@ def summarize_paired(pairs: pd.DataFrame) -> pd.DataFrame:
             d = g[f"{k}_diff"].dropna()
             row.update({f"{k}_diff_mean": d.mean(), f"{k}_diff_std": d.std(ddof=1), f"{k}_orders": len(d),
                         f"{k}_wins": int((d > 0).sum()), f"{k}_ties": int((d == 0).sum())})
+        # orders whose Acc difference has a paired bound, and those where it exceeds it (either sign)
+        bounded = g[g["acc_diff_bound"].notna()]
+        row.update({"n_acc_bounded": len(bounded),
+                    "n_acc_resolved": int((bounded["acc_diff"].abs() > bounded["acc_diff_bound"]).sum())})
         out.append(row)
     return pd.DataFrame.from_records(out)
 
@@ -202,6 +245,12 @@ def _order_cell(cell: dict, method: str, order: int) -> str:
     return "–" if r is None else f"{100 * r['acc']:.2f}" if r["finished"] else "unfinished"
 
 
+def _diff_cell(pair: pd.Series) -> str:
+    """One order's Acc difference in points, with its paired bound where both runs kept their predictions."""
+    bound = pair["acc_diff_bound"]
+    return f"{100 * pair['acc_diff']:+.2f}" + ("" if np.isnan(bound) else f" ± {100 * bound:.2f}")
+
+
 def _wins(p: pd.Series, k: str) -> str:
     n, wins, ties = int(p[f"{k}_orders"]), int(p[f"{k}_wins"]), int(p[f"{k}_ties"])
     return "n/a" if n == 0 else f"{wins} of {n}" + (f" ({ties} tied)" if ties else "")
@@ -241,18 +290,25 @@ def markdown(orders: pd.DataFrame, summary: pd.DataFrame, pairs: pd.DataFrame, p
             "minutes per run (mean over finished orders; one torch thread, on the machines and under the load the "
             "runs' config.json record, so they compare within a machine only).",
             markdown_grid(head, rows)]
-    diff = {(r["method"], r["class_order_seed"]): r["acc_diff"] for _, r in pairs.iterrows()}
+    diff = {(r["method"], r["class_order_seed"]): r for _, r in pairs.iterrows()}
+    bounded = bool(len(pairs)) and bool(pairs["acc_diff_bound"].notna().any())
     prow = []
     ps = pair_summary.set_index("method") if len(pair_summary) else pair_summary
     for method in by["method"]:
         if method == reference or method not in ps.index:
             continue
         p = ps.loc[method]
-        per = ["–" if (method, o) not in diff else f"{100 * diff[(method, o)]:+.2f}" for o in all_orders]
+        per = ["–" if (method, o) not in diff else _diff_cell(diff[(method, o)]) for o in all_orders]
+        ahead = _wins(p, "acc") + (f"; beyond ± on {int(p['n_acc_resolved'])} of {int(p['n_acc_bounded'])}"
+                                   if bounded and p["n_acc_bounded"] else "")
         prow.append([method, _pm(p["acc_diff_mean"], p["acc_diff_std"], sign=True)] + per
-                    + [_wins(p, "acc"), _pm(p["aaa_diff_mean"], p["aaa_diff_std"], sign=True), _wins(p, "aaa")])
+                    + [ahead, _pm(p["aaa_diff_mean"], p["aaa_diff_std"], sign=True), _wins(p, "aaa")])
     text += [f"{reference} minus each method on the same class order, in points (positive: {reference} ahead); "
-             "mean ± sample std over the orders both finished, and on how many of them it is ahead.",
+             "mean ± sample std over the orders both finished, and on how many of them it is ahead."
+             + (" ± after one order's difference: twice its paired standard error over that order's test images "
+                "(from the images exactly one of the two classifies right, `predictions/` of both runs), and on how "
+                "many of those orders the difference exceeds it; no ± where a run kept no predictions."
+                if bounded else ""),
              markdown_grid(["method", "Acc diff", *(f"order {o}" for o in all_orders), f"{reference} ahead (Acc)",
                             "AAA diff", f"{reference} ahead (AAA)"], prow)]
     foot = ["Runs: " + ", ".join(f"`{label}` = `{path}`" for label, path in where.items()) + "."]

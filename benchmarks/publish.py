@@ -5,7 +5,8 @@ committed is each (method, seed) as it finishes, so that a session's end loses n
 is that copy, so a committed folder is the output of a command the results README can name:
 
 * only finished (method, seed) runs: a part whose rows reach the stream's last experience, with its CSV logs (read
-  back whole, as ``--resume`` reads them); never checkpoints, the lock or the plots; ``DONE`` when the source has it;
+  back whole, as ``--resume`` reads them) and its predictions when the run wrote them (a run of an older version did
+  not); never checkpoints, the lock or the plots; ``DONE`` when the source has it;
 * ``config.json`` is the source's (it holds no absolute local path, :mod:`benchmarks.local_paths`);
 * a DEST that holds a run of other settings is refused, naming each setting; a finished part already in DEST is left
   as it is when equal and refused when it differs (a result is never overwritten; remove it first to replace it);
@@ -21,9 +22,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from avalanche_sdlora.atomic import write_text
+from avalanche_sdlora.atomic import write_bytes, write_text
 
-from . import folder_checks
+from . import folder_checks, predictions
 from .identity import identity_changes, saved_identity
 from .run_folder import RunFolder
 
@@ -33,6 +34,22 @@ __all__ = ["publish", "main"]
 def _finished(folder: RunFolder, method: str, seed: int) -> bool:
     rows = folder_checks.read_part(folder.part(method, seed))
     return int(rows["experience"].max()) == int(rows["n_experiences"].iloc[0]) - 1
+
+
+def _copy_predictions(src: RunFolder, dest: RunFolder, method: str, seed: int) -> bool:
+    """Copy a finished run's predictions into DEST when the source has them and DEST has not; True if copied. They
+    must follow the part's last experience (they are written before its row), else they are refused, naming the
+    file."""
+    path, there = src.predictions(method, seed), dest.predictions(method, seed)
+    if not path.exists() or there.exists():
+        return False
+    last = int(folder_checks.read_part(src.part(method, seed))["experience"].max())
+    held = predictions.load(path).experience
+    if held != last:
+        raise SystemExit(f"error: '{path}' holds the predictions after experience {held}, but its part ends at "
+                         f"experience {last}; delete it to publish the run without them")
+    write_bytes(there, path.read_bytes())
+    return True
 
 
 def _check_same_run(src: RunFolder, dest: RunFolder) -> None:
@@ -67,6 +84,8 @@ def publish(src: str | Path, dest: str | Path, methods: Sequence[str] | None = N
         there = dest.part(method, seed)
         if there.exists() and _finished(dest, method, seed):
             if there.read_text() == text:
+                if _copy_predictions(src, dest, method, seed):  # published before the run's predictions were
+                    copied.append(name)
                 continue
             raise SystemExit(f"error: '{there}' holds another finished result of {method} seed {seed} than "
                              f"'{src.part(method, seed)}'; a result is never overwritten: remove it (and "
@@ -78,6 +97,7 @@ def publish(src: str | Path, dest: str | Path, methods: Sequence[str] | None = N
             folder_checks.check_log(log, finished=True)
         for log in logs:
             write_text(dest.log_dir(method, seed) / log.name, log.read_text())
+        _copy_predictions(src, dest, method, seed)
         write_text(there, text)  # after its logs: a part in DEST always has them
         copied.append(name)
     print(f"{dest.path}: copied {', '.join(copied) or 'nothing new'}"

@@ -3,8 +3,9 @@
 Layout (one spelling for compare, study and the diagnostics): ``<out>/<protocol>/<run-id>/`` holds
 ``config.json`` (the RunConfig, the identity, every call that wrote here, failures), ``parts/<method>-seed<k>.csv``
 (the rows of one (method, seed), written as each experience ends), ``per_task.csv`` (every part), ``summary.csv``,
-``table.md``, the plots, ``csv/<method>/seed<k>/`` (Avalanche's CSVLogger), ``checkpoints/<method>-seed<k>/`` and,
-last, ``DONE``.
+``table.md``, the plots, ``csv/<method>/seed<k>/`` (Avalanche's CSVLogger), ``predictions/<method>-seed<k>.npz`` (each
+test image's predicted class after the latest experience, :mod:`benchmarks.predictions`),
+``checkpoints/<method>-seed<k>/`` and, last, ``DONE``.
 
 A run folder is written by one command at a time (a second writer would train the same (method, seed) twice and
 mix its rows into the first one's tables), so every writer holds an exclusive ``fcntl.flock`` on ``<run>/.lock``
@@ -165,6 +166,9 @@ class RunFolder:
 
     def log_dir(self, method: str, seed: int) -> Path:
         return self.path / "csv" / method / f"seed{seed}"
+
+    def predictions(self, method: str, seed: int) -> Path:
+        return self.path / "predictions" / f"{method}-seed{seed}.npz"
 
     def checkpoints(self, method: str, seed: int) -> Path:
         return self.path / "checkpoints" / f"{method}-seed{seed}"

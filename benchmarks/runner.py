@@ -30,7 +30,7 @@ from avalanche.training.plugins import EvaluationPlugin
 from avalanche_sdlora.checkpoint import latest_checkpoint, prune_checkpoints, restore_strategy_state
 from avalanche_sdlora.metrics import AverageAnytimeAccuracy, ParameterCount
 
-from . import distributed, peer_checkpoint
+from . import distributed, peer_checkpoint, predictions
 from .config import RunConfig
 from .methods import Method, get_method
 from .resume import ResumableCSVLogger, close_logs
@@ -168,6 +168,9 @@ def _train(m: Method, seed: int, cfg: RunConfig, benchmark, folder: RunFolder, e
     n_classes = num_classes(benchmark)
     if cfg.train_autocast_dtype is not None and not m.train_amp:  # issue 30: bf16 training for every method
         plugins = [*plugins, TrainingAutocastPlugin(cfg.train_autocast_dtype)]
+    recorder = None if distributed.launched() else predictions.PredictionRecorder()  # a rank sees only its shard
+    if recorder is not None:
+        plugins = [*plugins, recorder]
 
     def build():
         return distributed.data_parallel(m.build(cfg, n_classes, evaluator, plugins), m.name)
@@ -202,6 +205,8 @@ def _train(m: Method, seed: int, cfg: RunConfig, benchmark, folder: RunFolder, e
         _wait_for_device(strategy)
         eval_s = time.perf_counter() - t0
         row = _row(m, seed, cfg.order_seed(seed), i, T, res, params, strategy, train_s, eval_s)
+        if recorder is not None:  # before the row: a part never runs ahead of its predictions
+            predictions.save(folder.predictions(m.name, seed), recorder.taken(i))
         if m.checkpointable and distributed.is_main():
             peer_checkpoint.save(strategy, folder.checkpoints(m.name, seed), i, config={"method": m.name, "seed": seed},
                                  base=base)

@@ -42,7 +42,6 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -260,10 +259,10 @@ def _record(pick: Outcome, outcomes: Sequence[Outcome], total: int, grid: Sequen
 def _write_table(out: Path, outcomes: Sequence[Outcome], result: Mapping[str, Any], command: str,
                  n_images: int | None = None, confirmed: Sequence[Outcome] = (),
                  second: Mapping[str, Any] | None = None) -> None:
-    frame = in_file_units(pd.DataFrame([asdict(o) for o in outcomes]))  # val_acc_pct, val_mean_acc_pct
+    frame = in_file_units(pd.DataFrame([o.record() for o in outcomes]))  # val_acc_pct, val_mean_acc_pct
     write_text(out / "candidates.csv", frame.to_csv(index=False))
     if confirmed:
-        write_text(out / "confirm.csv", in_file_units(pd.DataFrame([asdict(o) for o in confirmed])).to_csv(index=False))
+        write_text(out / "confirm.csv", in_file_units(pd.DataFrame([o.record() for o in confirmed])).to_csv(index=False))
     else:  # one of an earlier call with another --confirm-experiences (or none now) would describe another choice
         (out / "confirm.csv").unlink(missing_ok=True)
     s = result["settings"]
@@ -298,7 +297,11 @@ def _write_table(out: Path, outcomes: Sequence[Outcome], result: Mapping[str, An
                       "the standard error of the difference of two independent scores at the chosen one's accuracy "
                       "(conservative for the images, as both are scored on the same ones; a second training seed's "
                       "noise is not in it), and a candidate within it could as well have been chosen. Another "
-                      f"candidate is within it for {unresolved} of {len(lead)} methods.", "", *lead]
+                      f"candidate is within it for {unresolved} of {len(lead)} methods."
+                      + (" A paired bound is used where both candidates kept their per-image predictions "
+                         "(`predictions/` of their run folders): twice the standard error of the per-image "
+                         "differences on the same validation images, which their shared errors make tighter."
+                         if any("paired bound" in line for line in lead) else ""), "", *lead]
     lines += second_stage(outcomes, second, confirmed) if second else []
     untuned = [m for m, v in result["methods"].items() if v.get("trains_by_gradient") is False]
     if untuned:

@@ -14,9 +14,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from avalanche_sdlora.data import N_CLASSES
 from avalanche_sdlora.datasets import PAPER_BENCHMARKS, PAPER_PROTOCOLS
 
+from . import predictions
 from .config import RunConfig
 from .tune_runs import Outcome, candidate_config, choose, failure_key, read_outcome, record_failures, run_candidate
 from .tune_space import Recipe
@@ -28,11 +31,23 @@ def noise_bound(acc: float, n_images: int) -> float:
     return 200 * math.sqrt(2 * acc * (1 - acc) / n_images)
 
 
+def bound_between(best: Outcome, other: Outcome, n_images: int) -> tuple[float, bool]:
+    """The noise bound of ``best``'s lead over ``other``, in points, and whether it is paired: twice the paired
+    standard error on their validation images where both runs kept their per-image predictions
+    (:func:`benchmarks.predictions.paired_difference`: their errors on the same images are correlated, so this is
+    the tighter, right one), else :func:`noise_bound` (candidates trained before predictions were kept)."""
+    if best.predictions is not None and other.predictions is not None:
+        a, b = predictions.load(best.predictions), predictions.load(other.predictions)
+        if a.experience == b.experience and np.array_equal(a.y_true, b.y_true):
+            return 100 * predictions.paired_difference(a, b).bound, True
+    return noise_bound(best.val_acc, n_images), False
+
+
 def ties(best: Outcome, outcomes: Sequence[Outcome], n_images: int) -> list[Outcome]:
-    """The finished candidates other than ``best`` whose score lies within :func:`noise_bound` of its score, best
-    first."""
-    bound = noise_bound(best.val_acc, n_images)
-    return [o for o in _others(best, outcomes) if 100 * (best.val_acc - o.val_acc) < bound]
+    """The finished candidates other than ``best`` whose score lies within the noise bound of its lead over them
+    (:func:`bound_between`), best first."""
+    return [o for o in _others(best, outcomes)
+            if 100 * (best.val_acc - o.val_acc) < bound_between(best, o, n_images)[0]]
 
 
 def _others(best: Outcome, outcomes: Sequence[Outcome]) -> list[Outcome]:
@@ -104,8 +119,9 @@ def margins(outcomes: Sequence[Outcome], n_images: int) -> list[str]:
         lead = 100 * (best.val_acc - others[0].val_acc)
         close = [o.candidate for o in ties(best, mine, n_images)]
         within = f"within it: {', '.join(close)}" if close else "none within it"
+        bound, is_paired = bound_between(best, others[0], n_images)
         lines.append(f"- {method}: {best.candidate} ({100 * best.val_acc:.2f}) leads {others[0].candidate} by "
-                     f"{lead:.2f}; bound {noise_bound(best.val_acc, n_images):.1f}, {within}")
+                     f"{lead:.2f}; {'paired bound' if is_paired else 'bound'} {bound:.1f}, {within}")
     return lines
 
 

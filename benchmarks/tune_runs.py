@@ -12,7 +12,7 @@ import math
 import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,13 @@ class Outcome:
     eval_seconds: float = float("nan")
     folder: str = ""
     machine: str = ""  # where it trained (its seconds are that machine's): one grid may span two machines
+    # its per-image validation predictions (benchmarks.predictions), when its run wrote them: paired bounds. A local
+    # path, so never part of the record (candidates.csv is committed)
+    predictions: Path | None = field(default=None, repr=False)
+
+    def record(self) -> dict[str, Any]:
+        """The fields candidates.csv and confirm.csv hold (all but the local predictions path)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "predictions"}
 
     @property
     def pending(self) -> bool:
@@ -92,7 +99,9 @@ def read_outcome(method: str, recipe: Recipe, folder: Path, failures: Mapping[st
         return Outcome(**base, status=f"failed: {mine[recipe.key]}")
     if not RunFolder(folder).is_done():
         return Outcome(**base, status=NOT_RUN)
-    return Outcome(**base, status="done", **_scores(folder), machine=_machine(folder))
+    kept = RunFolder(folder).predictions(method, TUNE_SEED)
+    return Outcome(**base, status="done", **_scores(folder), machine=_machine(folder),
+                   predictions=kept if kept.exists() else None)
 
 
 def run_candidate(cfg: RunConfig, method: str, recipe: Recipe, folder: Path, *, quiet: bool, failures: dict,

@@ -42,7 +42,8 @@ FRACTIONS: tuple[str, ...] = (
 )
 # Differences of two such columns (paired.csv, paired_summary.csv): percentage points once written.
 DIFFERENCES: tuple[str, ...] = ("acc_diff", "aaa_diff", "forgetting_diff", "acc_diff_mean", "acc_diff_std",
-                                "aaa_diff_mean", "aaa_diff_std")
+                                "aaa_diff_mean", "aaa_diff_std",
+                                "acc_diff_bound")  # twice a paired difference's standard error on its test images
 # The derived tables, by file name (what python -m benchmarks.migrate rewrites); never per_task.csv nor a part.
 DERIVED_CSVS: tuple[str, ...] = ("summary.csv", "orders.csv", "orders_summary.csv", "paired.csv",
                                  "paired_summary.csv", "candidates.csv", "runs.csv", "cells.csv", "unfinished.csv")

@@ -12,12 +12,14 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from benchmarks import compare, runner
+from benchmarks import compare, predictions, runner
 from benchmarks.methods import get_method, method_names
+from benchmarks.run_folder import RunFolder
 from conftest import TINY, TINY6, TINY_METHOD_OPTIONS
 
 METHODS = method_names()
@@ -54,6 +56,25 @@ def test_every_method_logs_expected_columns(tiny_run):
     assert got["alpha"].tolist() == [float(a) for text in sd["alphas"].astype(str) for a in text.split()]
     with_alphas = per_task.loc[per_task["alphas"].astype(str).str.strip().ne("") & per_task["alphas"].notna(), "method"]
     assert set(long["method"]) == set(with_alphas)  # every method that records magnitudes, and only those
+
+
+def test_every_method_keeps_its_predictions_and_they_score_its_accuracy(tiny_run):
+    # the per-image predictions behind paired bounds: after the last experience, on every seen class's test images,
+    # scoring exactly the accuracy Avalanche's metric reported for that row
+    run_dir, methods = tiny_run
+    per_task = pd.read_csv(run_dir / "per_task.csv")
+    folder = RunFolder(run_dir)
+    first = None
+    for method in methods:
+        last = per_task[per_task["method"] == method].sort_values("experience").iloc[-1]
+        kept = predictions.load(folder.predictions(method, 0))
+        assert kept.experience == last["experience"], method
+        assert len(kept.y_true) == 4 * 3  # 4 classes x 3 test images, all seen after the last experience
+        assert kept.accuracy == pytest.approx(last["acc_seen"], abs=1e-12), method
+        if first is None:
+            first = kept
+        np.testing.assert_array_equal(kept.y_true, first.y_true)  # one order of images for every method
+    assert len({tuple(predictions.load(folder.predictions(m, 0)).y_pred) for m in methods}) > 1
 
 
 def test_our_aaa_matches_avalanche_metric_plugin(tiny_run):

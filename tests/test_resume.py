@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from avalanche_sdlora.assets import default_asset
-from benchmarks import compare, migrate, peer_checkpoint, reports
+from benchmarks import compare, migrate, peer_checkpoint, predictions, reports
 from conftest import TINY6 as TINY
 METHODS = ["naive", "seq-lora", "sdlora"]  # an Avalanche baseline (restarts) and two checkpointed methods
 LOGS = ("training_results.csv", "eval_results.csv")
@@ -28,6 +28,10 @@ def _assert_same_run(resumed, clean, methods=METHODS):
     for method in methods:
         pd.testing.assert_frame_equal(_rows(resumed / "parts" / f"{method}-seed0.csv"),
                                       _rows(clean / "parts" / f"{method}-seed0.csv"))
+        got, want = (predictions.load(f / "predictions" / f"{method}-seed0.npz") for f in (resumed, clean))
+        assert got.experience == want.experience
+        np.testing.assert_array_equal(got.y_pred, want.y_pred)  # the same image-by-image answers
+        np.testing.assert_array_equal(got.y_true, want.y_true)
         for log in LOGS:
             got = (resumed / "csv" / method / "seed0" / log).read_text()
             assert got == (clean / "csv" / method / "seed0" / log).read_text(), (method, log)

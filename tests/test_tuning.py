@@ -291,10 +291,14 @@ def test_the_second_stage_trains_the_ties_over_more_experiences_and_chooses_amon
              "--data", str(npz), "--train-per-class", "6"]
     out = tune.main([*flags, "--out", str(tmp_path / "a")])
     first = json.loads((out / "chosen.json").read_text())["methods"]["seq-lora"]
+    # candidates keep their validation predictions, so the margins use the paired bound
+    assert "paired bound" in (out / "README.md").read_text()
+    assert all(p.suffix == ".npz" for p in (out / "candidates" / "seq-lora").rglob("predictions/*"))
+    assert len(list((out / "candidates" / "seq-lora").rglob("predictions/*.npz"))) == 4
     stamps = {p: p.stat().st_mtime_ns for p in (out / "candidates").rglob("per_task.csv")}
     with pytest.raises(SystemExit):  # K must lie past the first stage
         tune.main([*flags, "--out", str(tmp_path / "a"), "--confirm-experiences", "1"])
-    monkeypatch.setattr(tune_confirm, "noise_bound", lambda acc, n: 101.0)  # every candidate within the bound
+    monkeypatch.setattr(tune_confirm, "bound_between", lambda best, o, n: (101.0, False))  # every candidate a tie
     report = tune.main([*flags, "--out", str(tmp_path / "a"), "--confirm-experiences", "2", "--report-only"])
     assert json.loads((report / "chosen-confirm2.json").read_text())["methods"]["seq-lora"]["incomplete"] == \
         "second stage: 0 of 4 run"
@@ -323,7 +327,7 @@ def test_the_second_stage_trains_the_ties_over_more_experiences_and_chooses_amon
     a, b = (pd.read_csv(d / "confirm.csv").drop(columns=["train_seconds", "eval_seconds"]) for d in (out, parallel))
     pd.testing.assert_frame_equal(a, b)
     # no candidate within the bound: the first choice stands, nothing more is trained
-    monkeypatch.setattr(tune_confirm, "noise_bound", lambda acc, n: 0.0)
+    monkeypatch.setattr(tune_confirm, "bound_between", lambda best, o, n: (0.0, False))
     alone = tune.main([*flags, "--out", str(tmp_path / "a"), "--confirm-experiences", "2", "--report-only"])
     kept = json.loads((alone / "chosen-confirm2.json").read_text())["methods"]["seq-lora"]
     assert kept["candidate"] == first["candidate"] and kept["confirmed"]["among"] == [first["candidate"]]

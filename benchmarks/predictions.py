@@ -1,0 +1,131 @@
+"""Each test image's predicted class after a run's latest experience, and the paired difference of two runs.
+
+Two methods scored on the same test images make correlated errors, so the noise of their accuracy difference on one
+class order is far smaller than that of two independent scores. Reports can only say whether a difference on one
+order is beyond that noise when they hold what each method predicted for each image: accuracy alone cannot tell a
+1-point lead that 100 images decide from one that 1000 decide. Avalanche keeps no per-image predictions (its metrics
+reduce each minibatch to counts at once), so :class:`PredictionRecorder` is a plugin of our own that collects them
+during the evaluation the run does anyway (nothing is evaluated twice), and the runner writes them beside the part:
+``predictions/<method>-seed<k>.npz`` (:meth:`benchmarks.run_folder.RunFolder.predictions`), rewritten after every
+experience, holding the labels and predictions on the seen classes' test images in the order the stream evaluates
+them, and the experience they follow. Under torchrun every rank evaluates only its shard, so no file is written.
+
+:func:`paired_difference` is the statistic the class-order report and the tuning use: accuracy of A minus that of B
+on the same images, and twice its standard error from the images where exactly one of them is right.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from avalanche.core import SupervisedPlugin
+
+from avalanche_sdlora.atomic import write_bytes
+
+from .folder_checks import DamagedRunFile
+
+_FIX = "delete it: the reports then show no paired bound for that run (rerun it to have one)"
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """What one run predicted for each test image it was evaluated on after ``experience`` (stream order)."""
+
+    experience: int
+    y_true: np.ndarray
+    y_pred: np.ndarray
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.y_true == self.y_pred).mean()) if len(self.y_true) else float("nan")
+
+
+class PredictionRecorder(SupervisedPlugin):
+    """Collects the predicted class (argmax of the logits, as Avalanche's accuracy takes it) and the label of every
+    image of each ``strategy.eval`` call; :attr:`last` holds the latest call's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._true: list[torch.Tensor] = []
+        self._pred: list[torch.Tensor] = []
+        self.last: tuple[np.ndarray, np.ndarray] | None = None
+
+    def before_eval(self, strategy, **kwargs) -> None:
+        self._true, self._pred = [], []
+
+    def after_eval_iteration(self, strategy, **kwargs) -> None:
+        self._true.append(strategy.mb_y.detach().to("cpu", torch.int16))
+        out = strategy.mb_output.detach()
+        self._pred.append((out.argmax(dim=1) if out.ndim > 1 else out).to("cpu", torch.int16))  # as Avalanche's Accuracy
+
+    def after_eval(self, strategy, **kwargs) -> None:
+        cat = (lambda xs: torch.cat(xs).numpy()) if self._true else (lambda xs: np.zeros(0, np.int16))
+        self.last = (cat(self._true), cat(self._pred))
+        self._true, self._pred = [], []
+
+    def taken(self, experience: int) -> Predictions:
+        """The latest evaluation's predictions, recorded as following ``experience``."""
+        if self.last is None:
+            raise RuntimeError("PredictionRecorder.taken: no evaluation has run since the recorder was attached")
+        return Predictions(experience, *self.last)
+
+
+def save(path: str | Path, predictions: Predictions) -> None:
+    """Write ``predictions`` to ``path`` (compressed npz, atomically: a crash leaves the previous file)."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, experience=np.int64(predictions.experience), y_true=predictions.y_true.astype(np.int16),
+                        y_pred=predictions.y_pred.astype(np.int16))
+    write_bytes(path, buf.getvalue())
+
+
+def load(path: str | Path) -> Predictions:
+    """The predictions in ``path``, or a refusal naming the file when it is not one :func:`save` wrote."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            exp, y_true, y_pred = int(data["experience"]), data["y_true"], data["y_pred"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise DamagedRunFile(f"error: '{path}' is not a predictions file the harness wrote ({exc}); {_FIX}") from None
+    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+        raise DamagedRunFile(f"error: '{path}' holds {y_true.shape} labels but {y_pred.shape} predictions; {_FIX}")
+    return Predictions(exp, y_true.astype(np.int64), y_pred.astype(np.int64))
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Accuracy of A minus that of B on the same ``n`` images and twice its standard error (fractions, as the
+    harness computes accuracies)."""
+
+    diff: float
+    bound: float
+    n: int
+    only_a: int  # images A classifies right and B wrong
+    only_b: int
+
+    @property
+    def resolved(self) -> bool:
+        """The difference is larger than twice its standard error."""
+        return abs(self.diff) > self.bound
+
+
+def paired_difference(a: Predictions, b: Predictions) -> PairedDifference:
+    """A minus B on the same images: the difference ``d`` of their accuracies and twice the standard error of the
+    mean of per-image differences, 2 sqrt(((only_a + only_b)/n - d^2) / n) (the paired form of the
+    independent-scores bound the tuning otherwise uses; fractions). Refused when the two were not scored on the same labels in
+    the same order (another class order, test subset or experience)."""
+    if a.experience != b.experience or not np.array_equal(a.y_true, b.y_true):
+        raise ValueError(f"paired_difference: the two runs were not scored on the same images (experiences "
+                         f"{a.experience} and {b.experience}, {len(a.y_true)} and {len(b.y_true)} images); pass runs "
+                         "of the same protocol and class order after the same experience")
+    n = len(a.y_true)
+    right_a, right_b = a.y_true == a.y_pred, b.y_true == b.y_pred
+    only_a, only_b = int((right_a & ~right_b).sum()), int((right_b & ~right_a).sum())
+    d = (only_a - only_b) / n
+    var = max((only_a + only_b) / n - d * d, 0.0) / n
+    return PairedDifference(d, 2 * math.sqrt(var), n, only_a, only_b)
