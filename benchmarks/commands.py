@@ -48,6 +48,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("sdlora-migrate", "benchmarks.migrate", "benchmarks.migrate"),
     Command("sdlora-collapse", "benchmarks.collapse", "benchmarks.collapse"),
     Command("sdlora-publish", "benchmarks.publish", "benchmarks.publish"),
+    Command("sdlora-predictions", "benchmarks.predictions", "benchmarks.predictions"),
 )
 BY_SCRIPT = {c.script: c for c in COMMANDS}
 BY_MODULE = {c.module: c for c in COMMANDS}
@@ -116,6 +117,7 @@ sdlora_tune = _entry("sdlora-tune")
 sdlora_migrate = _entry("sdlora-migrate")
 sdlora_collapse = _entry("sdlora-collapse")
 sdlora_publish = _entry("sdlora-publish")
+sdlora_predictions = _entry("sdlora-predictions")
 
 
 def main(argv: list[str] | None = None) -> list[str]:

@@ -10,6 +10,11 @@ during the evaluation the run does anyway (nothing is evaluated twice), and the 
 experience, holding the labels and predictions on the seen classes' test images in the order the stream evaluates
 them, and the experience they follow. Under torchrun every rank evaluates only its shard, so no file is written.
 
+Runs written before runs kept predictions get them from their last checkpoint, where it is still there:
+``python -m benchmarks.predictions RUN_DIR`` re-evaluates each finished (method, seed) without predictions from its
+last experience's checkpoint, on the run's settings and one torch thread, and keeps the result only when it scores
+exactly the accuracy the run recorded (the same evaluation; a run from another machine type may round otherwise).
+
 :func:`paired_difference` is the statistic the class-order report and the tuning use: accuracy of A minus that of B
 on the same images, and twice its standard error from the images where exactly one of them is right.
 """
@@ -18,17 +23,23 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-from avalanche.core import SupervisedPlugin
+from .commands import print_kept_help
 
-from avalanche_sdlora.atomic import write_bytes
+if __name__ == "__main__":  # --help before torch, timm and Avalanche load
+    print_kept_help("benchmarks.predictions", sys.argv[1:])
 
-from .folder_checks import DamagedRunFile
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from avalanche.core import SupervisedPlugin  # noqa: E402
+
+from avalanche_sdlora.atomic import write_bytes  # noqa: E402
+
+from .folder_checks import DamagedRunFile  # noqa: E402
 
 _FIX = "delete it: the reports then show no paired bound for that run (rerun it to have one)"
 
@@ -129,3 +140,57 @@ def paired_difference(a: Predictions, b: Predictions) -> PairedDifference:
     d = (only_a - only_b) / n
     var = max((only_a + only_b) / n - d * d, 0.0) / n
     return PairedDifference(d, 2 * math.sqrt(var), n, only_a, only_b)
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    """Re-evaluate the finished runs of a run folder that kept no predictions, from their last checkpoint; returns
+    the ``method-seedN`` names whose predictions were written."""
+    from . import compare, inputs, runner
+    from .run_folder import RunFolder
+
+    p = compare.Parser(prog="python -m benchmarks.predictions", description=main.__doc__.split(";")[0])
+    p.add_argument("run", metavar="RUN_DIR", help="a run folder of benchmarks.compare (runs/<protocol>/<run-id>)")
+    p.add_argument("--methods", nargs="+", help="only these methods' runs (default: every finished one)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as the harness's runs)")
+    args = p.parse_args(argv)
+    if args.threads <= 0:
+        p.error(f"--threads must be a positive integer, got {args.threads}")
+    folder = RunFolder(args.run)
+    if not folder.has_config():
+        p.error(f"RUN_DIR '{folder.path}' is not a run folder of benchmarks.compare (no config.json)")
+    # the run's own settings, its weights and data found as a resume finds them
+    cfg = inputs.resolved(compare.parse_args(["--resume", str(folder.path), "--quiet"]).config)
+    torch.set_num_threads(args.threads)
+    written, missed = [], []
+    for method, seed in folder.part_names():
+        if args.methods and method not in args.methods:
+            continue
+        rows = folder.read_part(method, seed)
+        last = max(rows, key=lambda r: r["experience"])
+        if last["experience"] != last["n_experiences"] - 1 or folder.predictions(method, seed).exists():
+            continue
+        name = f"{method}-seed{seed}"
+        try:
+            kept, acc = runner.predict_again(method, seed, cfg, inputs.benchmark_for(cfg, seed), folder)
+        except ValueError as exc:
+            missed.append(f"{name}: {exc}")
+            continue
+        if abs(acc - float(last["acc_seen"])) > 1e-12 or abs(kept.accuracy - float(last["acc_seen"])) > 1e-12:
+            missed.append(f"{name}: evaluated again it scores {100 * acc:.2f} %, the run recorded "
+                          f"{100 * float(last['acc_seen']):.2f} % (another machine type or thread count rounds "
+                          "otherwise): not kept")
+            continue
+        save(folder.predictions(method, seed), kept)
+        written.append(name)
+        print(f"{folder.path}: {name}: predictions after experience {kept.experience} ({len(kept.y_true)} images, "
+              f"{100 * kept.accuracy:.2f} %, as recorded)", flush=True)
+    for line in missed:
+        print(f"note: {line}", file=sys.stderr, flush=True)
+    print(f"{folder.path}: {len(written)} run(s) given predictions" + (f", {len(missed)} not" if missed else ""))
+    return written
+
+
+if __name__ == "__main__":
+    from .compare import cli
+
+    sys.exit(cli(main=main))

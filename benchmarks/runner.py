@@ -46,14 +46,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_evaluator(log_dir: Path, quiet: bool) -> tuple[EvaluationPlugin, ParameterCount]:
+def make_evaluator(log_dir: Path | None, quiet: bool) -> tuple[EvaluationPlugin, ParameterCount]:
     """The evaluator every method shares; its CSV logger opens its files when the run knows where it starts.
 
     Loggers exist on rank 0 only (Avalanche refuses them elsewhere); every rank computes the same metrics.
+    ``log_dir=None``: no logger (an evaluation that writes nothing).
     """
     params = ParameterCount()
     loggers = []
-    if distributed.is_main():
+    if distributed.is_main() and log_dir is not None:
         loggers = [ResumableCSVLogger(log_dir)] + ([] if quiet else [InteractiveLogger()])
     # Epoch accuracy and loss on the training minibatches, and each experience's test loss, fill the CSVLogger's
     # training_accuracy, training_loss and eval_loss columns (without them Avalanche writes 0 there); the logger has no
@@ -213,6 +214,33 @@ def _train(m: Method, seed: int, cfg: RunConfig, benchmark, folder: RunFolder, e
         emit(row)
         if m.checkpointable and distributed.is_main() and cfg.keep_checkpoints == "last":
             prune_checkpoints(folder.checkpoints(m.name, seed))  # after the row: until then the one before resumes
+
+
+def predict_again(method: str, seed: int, cfg: RunConfig, benchmark, folder: RunFolder
+                  ) -> tuple[predictions.Predictions, float]:
+    """A finished checkpointable run's per-image predictions after its last experience, re-evaluated from that
+    experience's checkpoint (for runs written before runs kept them), and the seen-class accuracy that evaluation
+    gave: the caller compares it with the run's row before keeping anything. Trains nothing, writes nothing."""
+    m = get_method(method)
+    T = cfg.experiences_run
+    last = T - 1
+    ckpt_dir = folder.checkpoints(method, seed)
+    if not m.checkpointable or latest_checkpoint(ckpt_dir, upto=last) != last:
+        raise ValueError(f"{method} seed {seed} has no checkpoint of its last experience ({last}) in '{ckpt_dir}', "
+                         "so its predictions cannot be evaluated again (rerun it to have them)")
+    seed_everything(seed)
+    evaluator, _ = make_evaluator(None, quiet=True)  # the run's logs are its own: nothing is written
+    recorder = predictions.PredictionRecorder()
+    plugins = [recorder]
+    if cfg.train_autocast_dtype is not None and not m.train_amp:  # the strategy as the run built it
+        plugins.append(TrainingAutocastPlugin(cfg.train_autocast_dtype))
+    strategy = m.build(cfg, num_classes(benchmark), evaluator, plugins)
+    extra = peer_checkpoint.load(strategy, ckpt_dir, last, config={"method": method, "seed": seed})
+    restore_strategy_state(strategy, extra)
+    with evaluation_autocast(cfg), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No loggers specified")  # on purpose: nothing is logged
+        res = strategy.eval(benchmark.test_stream[:T], num_workers=cfg.workers)
+    return recorder.taken(last), float(res["Top1_Acc_Stream/eval_phase/test_stream/Task000"])
 
 
 def _wait_for_device(strategy) -> None:

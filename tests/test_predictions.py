@@ -153,3 +153,27 @@ def test_tuning_ties_use_the_paired_bound_where_both_candidates_kept_predictions
     assert bound_between(best, old, N) == (noise_bound(0.60, N), False)
     assert [o.candidate for o in ties(best, [best, b, old], N)] == ["d"]
     assert "predictions" not in best.record()  # a local path never reaches candidates.csv
+
+
+def test_runs_from_before_get_their_predictions_from_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    from benchmarks import compare, runner
+    from conftest import TINY, _require_cifar
+
+    _require_cifar()
+    run = RunFolder(compare.main(TINY + ["--methods", "sdlora", "simplecil", "naive", "--out", str(tmp_path),
+                                         "--run-id", "r"]))
+    kept = {m: predictions.load(run.predictions(m, 0)) for m in ("sdlora", "simplecil", "naive")}
+    for m in kept:
+        run.predictions(m, 0).unlink()  # as a run of an older version left it
+    assert predictions.main([str(run.path)]) == ["sdlora-seed0", "simplecil-seed0"]
+    for m in ("sdlora", "simplecil"):  # the same answers, image by image
+        np.testing.assert_array_equal(predictions.load(run.predictions(m, 0)).y_pred, kept[m].y_pred)
+    assert not run.predictions("naive", 0).exists()  # Avalanche's naive keeps no checkpoint
+    assert "naive-seed0: naive seed 0 has no checkpoint of its last experience" in capsys.readouterr().err
+    assert predictions.main([str(run.path)]) == []  # nothing left to do
+    # an evaluation that does not reproduce the recorded accuracy is not kept
+    run.predictions("sdlora", 0).unlink()
+    real = runner.predict_again
+    monkeypatch.setattr(runner, "predict_again", lambda *a: (real(*a)[0], 0.123))
+    assert predictions.main([str(run.path), "--methods", "sdlora"]) == []
+    assert "scores 12.30 %, the run recorded" in capsys.readouterr().err and not run.predictions("sdlora", 0).exists()
