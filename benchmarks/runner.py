@@ -38,6 +38,7 @@ from .run_folder import RunFolder
 from .train_amp import TrainingAutocastPlugin
 
 Row = dict  # one experience of one (method, seed): the columns of per_task.csv
+ACC_SEEN = "Top1_Acc_Stream/eval_phase/test_stream/Task000"  # Avalanche's accuracy over the seen classes: acc_seen
 
 
 def seed_everything(seed: int) -> None:
@@ -164,14 +165,20 @@ def _resume_point(m: Method, seed: int, cfg: RunConfig, folder: RunFolder, strat
     return strategy, last + 1
 
 
+def _with_harness_plugins(m: Method, cfg: RunConfig, plugins: Sequence, recorder) -> list:
+    """``plugins`` and those the harness adds to every run's strategy: bf16 training where the protocol asks for it
+    and the method has no autocast of its own, and the prediction recorder (None: none)."""
+    plugins = list(plugins)
+    if cfg.train_autocast_dtype is not None and not m.train_amp:  # issue 30: bf16 training for every method
+        plugins.append(TrainingAutocastPlugin(cfg.train_autocast_dtype))
+    return plugins + ([recorder] if recorder is not None else [])
+
+
 def _train(m: Method, seed: int, cfg: RunConfig, benchmark, folder: RunFolder, emit, prior, plugins, evaluator,
            params) -> None:
     n_classes = num_classes(benchmark)
-    if cfg.train_autocast_dtype is not None and not m.train_amp:  # issue 30: bf16 training for every method
-        plugins = [*plugins, TrainingAutocastPlugin(cfg.train_autocast_dtype)]
     recorder = None if distributed.launched() else predictions.PredictionRecorder()  # a rank sees only its shard
-    if recorder is not None:
-        plugins = [*plugins, recorder]
+    plugins = _with_harness_plugins(m, cfg, plugins, recorder)
 
     def build():
         return distributed.data_parallel(m.build(cfg, n_classes, evaluator, plugins), m.name)
@@ -231,16 +238,13 @@ def predict_again(method: str, seed: int, cfg: RunConfig, benchmark, folder: Run
     seed_everything(seed)
     evaluator, _ = make_evaluator(None, quiet=True)  # the run's logs are its own: nothing is written
     recorder = predictions.PredictionRecorder()
-    plugins = [recorder]
-    if cfg.train_autocast_dtype is not None and not m.train_amp:  # the strategy as the run built it
-        plugins.append(TrainingAutocastPlugin(cfg.train_autocast_dtype))
-    strategy = m.build(cfg, num_classes(benchmark), evaluator, plugins)
+    strategy = m.build(cfg, num_classes(benchmark), evaluator, _with_harness_plugins(m, cfg, [], recorder))
     extra = peer_checkpoint.load(strategy, ckpt_dir, last, config={"method": method, "seed": seed})
     restore_strategy_state(strategy, extra)
     with evaluation_autocast(cfg), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No loggers specified")  # on purpose: nothing is logged
         res = strategy.eval(benchmark.test_stream[:T], num_workers=cfg.workers)
-    return recorder.taken(last), float(res["Top1_Acc_Stream/eval_phase/test_stream/Task000"])
+    return recorder.taken(last), float(res[ACC_SEEN])
 
 
 def _wait_for_device(strategy) -> None:
@@ -255,7 +259,7 @@ def _row(m: Method, seed: int, order: int, i: int, T: int, res: dict, params: Pa
     """The per_task.csv row of experience ``i`` (the column order is the files'); ``order``: its class-order seed."""
     model = strategy.model
     row = {"method": m.name, "seed": seed, "class_order_seed": order, "experience": i, "n_experiences": T,
-           "acc_seen": res["Top1_Acc_Stream/eval_phase/test_stream/Task000"]}
+           "acc_seen": res[ACC_SEEN]}
     for j in range(T):
         row[f"acc_exp_{j}"] = res.get(f"Top1_Acc_Exp/eval_phase/test_stream/Task000/Exp{j:03d}", np.nan)
     magnitudes = getattr(model, "magnitudes", None)
