@@ -236,13 +236,14 @@ def predict_again(method: str, seed: int, cfg: RunConfig, benchmark, folder: Run
         raise ValueError(f"{method} seed {seed} has no checkpoint of its last experience ({last}) in '{ckpt_dir}', "
                          "so its predictions cannot be evaluated again (rerun it to have them)")
     seed_everything(seed)
-    evaluator, _ = make_evaluator(None, quiet=True)  # the run's logs are its own: nothing is written
+    with warnings.catch_warnings():  # the run's logs are its own: nothing is written, on purpose
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        evaluator, _ = make_evaluator(None, quiet=True)
     recorder = predictions.PredictionRecorder()
     strategy = m.build(cfg, num_classes(benchmark), evaluator, _with_harness_plugins(m, cfg, [], recorder))
     extra = peer_checkpoint.load(strategy, ckpt_dir, last, config={"method": method, "seed": seed})
     restore_strategy_state(strategy, extra)
-    with evaluation_autocast(cfg), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="No loggers specified")  # on purpose: nothing is logged
+    with evaluation_autocast(cfg):
         res = strategy.eval(benchmark.test_stream[:T], num_workers=cfg.workers)
     return recorder.taken(last), float(res[ACC_SEEN])
 
