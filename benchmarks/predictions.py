@@ -13,7 +13,9 @@ them, and the experience they follow. Under torchrun every rank evaluates only i
 Runs written before runs kept predictions get them from their last checkpoint, where it is still there:
 ``python -m benchmarks.predictions RUN_DIR`` re-evaluates each finished (method, seed) without predictions from its
 last experience's checkpoint, on the run's settings and one torch thread, and keeps the result only when it scores
-exactly the accuracy the run recorded (the same evaluation; a run from another machine type may round otherwise).
+exactly the accuracy the run recorded (the same evaluation; a run from another machine type may round otherwise,
+and a method whose evaluation changes its model, as MOS's literal adapter pulls do, is evaluated from a later state
+than the one its checkpoint followed, so it rarely reproduces: it is then not kept).
 
 :func:`paired_difference` is the statistic the class-order report and the tuning use: accuracy of A minus that of B
 on the same images, and twice its standard error from the images where exactly one of them is right.
