@@ -110,6 +110,17 @@ def load(path: str | Path) -> Predictions:
     return Predictions(exp, y_true.astype(np.int64), y_pred.astype(np.int64))
 
 
+def load_of_run(path: str | Path, experience: int, acc: float) -> Predictions:
+    """The predictions in ``path``, refused (naming the file) unless they follow ``experience`` and score ``acc``: the
+    run's last row. Another run's file, or an edited one, would otherwise pair images it never answered."""
+    p = load(path)
+    if p.experience != experience or abs(p.accuracy - acc) > 1e-9:
+        raise DamagedRunFile(f"error: '{path}' does not hold the predictions of its run's last experience (they follow "
+                             f"experience {p.experience} and score {100 * p.accuracy:.2f} %, the part ends at "
+                             f"experience {experience} with {100 * acc:.2f} %); {_FIX}")
+    return p
+
+
 @dataclass(frozen=True)
 class PairedDifference:
     """Accuracy of A minus that of B on the same ``n`` images and twice its standard error (fractions, as the

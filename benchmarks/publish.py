@@ -38,16 +38,12 @@ def _finished(folder: RunFolder, method: str, seed: int) -> bool:
 
 def _copy_predictions(src: RunFolder, dest: RunFolder, method: str, seed: int) -> bool:
     """Copy a finished run's predictions into DEST when the source has them and DEST has not; True if copied. They
-    must follow the part's last experience (they are written before its row), else they are refused, naming the
-    file."""
+    must be those of the part's last row (they are written before it), else they are refused, naming the file."""
     path, there = src.predictions(method, seed), dest.predictions(method, seed)
     if not path.exists() or there.exists():
         return False
-    last = int(folder_checks.read_part(src.part(method, seed))["experience"].max())
-    held = predictions.load(path).experience
-    if held != last:
-        raise SystemExit(f"error: '{path}' holds the predictions after experience {held}, but its part ends at "
-                         f"experience {last}; delete it to publish the run without them")
+    last = folder_checks.read_part(src.part(method, seed)).sort_values("experience").iloc[-1]
+    predictions.load_of_run(path, int(last["experience"]), float(last["acc_seen"]))
     write_bytes(there, path.read_bytes())
     return True
 

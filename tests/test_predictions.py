@@ -128,7 +128,7 @@ def test_publish_copies_a_finished_runs_predictions_and_adds_them_later(tmp_path
     assert RunFolder(dest).predictions("sdlora", 0).read_bytes() == RunFolder(src).predictions("sdlora", 0).read_bytes()
     predictions.save(RunFolder(src).predictions("sdlora", 0), made_up(range(80), experience=0))
     (dest / "predictions" / "sdlora-seed0.npz").unlink()
-    with pytest.raises(SystemExit, match="after experience 0, but its part ends at experience 1"):
+    with pytest.raises(SystemExit, match="follow experience 0 and score 60.00 %, the part ends at experience 1"):
         publish.publish(src, dest)
 
 
