@@ -83,6 +83,7 @@ def _fake_gpu(tmp_path: Path, name: str) -> dict:
 
 @pytest.mark.parametrize(("job", "other", "kind"), [("fair_1993.sh", "NVIDIA H100 80GB HBM3", "nvidia-h200"),
                                                     ("fair_1994.sh", "NVIDIA H100 80GB HBM3", "nvidia-h200"),
+                                                    ("seeds.sh", "NVIDIA H100 80GB HBM3", "nvidia-h200"),
                                                     ("fair_h100.sh", "NVIDIA H200", "nvidia-h100")])
 def test_a_cards_table_jobs_stop_before_computing_on_another_card(job, other, kind, tmp_path):
     """A card's table keeps its class orders on one machine; the device tool's default card is an H100."""
