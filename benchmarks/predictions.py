@@ -73,12 +73,13 @@ class PredictionRecorder(SupervisedPlugin):
         self._true, self._pred = [], []
 
     def after_eval_iteration(self, strategy, **kwargs) -> None:
-        self._true.append(strategy.mb_y.detach().to("cpu", torch.int16))
+        self._true.append(strategy.mb_y.detach().to("cpu", torch.int32))
         out = strategy.mb_output.detach()
-        self._pred.append((out.argmax(dim=1) if out.ndim > 1 else out).to("cpu", torch.int16))  # as Avalanche's Accuracy
+        pred = out.argmax(dim=1) if out.ndim > 1 else out  # as Avalanche's Accuracy takes the predicted class
+        self._pred.append(pred.to("cpu", torch.int32))
 
     def after_eval(self, strategy, **kwargs) -> None:
-        cat = (lambda xs: torch.cat(xs).numpy()) if self._true else (lambda xs: np.zeros(0, np.int16))
+        cat = (lambda xs: torch.cat(xs).numpy()) if self._true else (lambda xs: np.zeros(0, np.int32))
         self.last = (cat(self._true), cat(self._pred))
         self._true, self._pred = [], []
 
@@ -92,8 +93,8 @@ class PredictionRecorder(SupervisedPlugin):
 def save(path: str | Path, predictions: Predictions) -> None:
     """Write ``predictions`` to ``path`` (compressed npz, atomically: a crash leaves the previous file)."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, experience=np.int64(predictions.experience), y_true=predictions.y_true.astype(np.int16),
-                        y_pred=predictions.y_pred.astype(np.int16))
+    np.savez_compressed(buf, experience=np.int64(predictions.experience), y_true=predictions.y_true.astype(np.int32),
+                        y_pred=predictions.y_pred.astype(np.int32))
     write_bytes(path, buf.getvalue())
 
 
@@ -141,8 +142,8 @@ class PairedDifference:
 def paired_difference(a: Predictions, b: Predictions) -> PairedDifference:
     """A minus B on the same images: the difference ``d`` of their accuracies and twice the standard error of the
     mean of per-image differences, 2 sqrt(((only_a + only_b)/n - d^2) / n) (the paired form of the
-    independent-scores bound the tuning otherwise uses; fractions). Refused when the two were not scored on the same labels in
-    the same order (another class order, test subset or experience)."""
+    independent-scores bound the tuning otherwise uses; fractions). Refused when the two were not scored on the same
+    labels in the same order (another class order, test subset or experience)."""
     if a.experience != b.experience or not np.array_equal(a.y_true, b.y_true):
         raise ValueError(f"paired_difference: the two runs were not scored on the same images (experiences "
                          f"{a.experience} and {b.experience}, {len(a.y_true)} and {len(b.y_true)} images); pass runs "

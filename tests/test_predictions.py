@@ -145,7 +145,8 @@ def test_tuning_ties_use_the_paired_bound_where_both_candidates_kept_predictions
     best, b, c = _outcome("a", 0.60, paths["a"]), _outcome("b", 0.54, paths["b"]), _outcome("c", 0.54, paths["c"])
     # a leads both by 6 points, within the independent bound (9.8 at 200 images)
     assert 6 < noise_bound(0.60, N)
-    # b errs wherever a does: paired bound 2 sqrt((12/200 - 0.06^2)/200) = 3.36, so b is no tie; c differs on 72 images (bound 8.44)
+    # b errs wherever a does: paired bound 2 sqrt((12/200 - 0.06^2)/200) = 3.36, so b is no tie; c differs on 72
+    # images (bound 8.44), a tie
     assert bound_between(best, b, N) == (pytest.approx(200 * math.sqrt((12 / N - 0.06 ** 2) / N)), True)
     assert [o.candidate for o in ties(best, [best, b, c], N)] == ["c"]
     # a candidate without predictions (trained before they were kept) falls back to the independent bound
