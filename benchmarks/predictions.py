@@ -169,6 +169,11 @@ def main(argv: list[str] | None = None) -> list[str]:
     args = p.parse_args(argv)
     if args.threads <= 0:
         p.error(f"--threads must be a positive integer, got {args.threads}")
+    from .methods import method_names
+
+    unknown = sorted(set(args.methods or ()) - set(method_names()))
+    if unknown:
+        p.error(f"--methods: unknown method(s) {unknown}; choose from {', '.join(method_names())}")
     folder = RunFolder(args.run)
     if not folder.has_config():
         p.error(f"RUN_DIR '{folder.path}' is not a run folder of benchmarks.compare (no config.json)")

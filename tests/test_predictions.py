@@ -172,6 +172,11 @@ def test_runs_from_before_get_their_predictions_from_the_last_checkpoint(tmp_pat
     assert not run.predictions("naive", 0).exists()  # Avalanche's naive keeps no checkpoint
     assert "naive-seed0: naive seed 0 has no checkpoint of its last experience" in capsys.readouterr().err
     assert predictions.main([str(run.path)]) == []  # nothing left to do
+    for bad, named in ((["--methods", "sdlroa"], "--methods: unknown method"), (["--threads", "0"], "--threads"),
+                       ([], "not a run folder")):
+        with pytest.raises(SystemExit, match=named):
+            predictions.main([str(run.path if bad else tmp_path), *bad])
+    capsys.readouterr()
     # an evaluation that does not reproduce the recorded accuracy is not kept
     run.predictions("sdlora", 0).unlink()
     real = runner.predict_again
