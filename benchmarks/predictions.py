@@ -6,7 +6,7 @@ order is beyond that noise when they hold what each method predicted for each im
 1-point lead that 100 images decide from one that 1000 decide. Avalanche keeps no per-image predictions (its metrics
 reduce each minibatch to counts at once), so :class:`PredictionRecorder` is a plugin of our own that collects them
 during the evaluation the run does anyway (nothing is evaluated twice), and the runner writes them beside the part:
-``predictions/<method>-seed<k>.npz`` (:meth:`benchmarks.run_folder.RunFolder.predictions`), rewritten after every
+``predictions/<method>-seed<k>.csv`` (:meth:`benchmarks.run_folder.RunFolder.predictions`), rewritten after every
 experience, holding the labels and predictions on the seen classes' test images in the order the stream evaluates
 them, and the experience they follow. Under torchrun every rank evaluates only its shard, so no file is written.
 
@@ -23,10 +23,8 @@ on the same images, and twice its standard error from the images where exactly o
 
 from __future__ import annotations
 
-import io
 import math
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +37,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from avalanche.core import SupervisedPlugin  # noqa: E402
 
-from avalanche_sdlora.atomic import write_bytes  # noqa: E402
+from avalanche_sdlora.atomic import write_text  # noqa: E402
 
 from .folder_checks import DamagedRunFile  # noqa: E402
 
+COLUMNS = "experience,label,predicted"  # a predictions file's header
 _FIX = "delete it: the reports then show no paired bound for that run (rerun it to have one)"
 
 
@@ -91,24 +90,28 @@ class PredictionRecorder(SupervisedPlugin):
 
 
 def save(path: str | Path, predictions: Predictions) -> None:
-    """Write ``predictions`` to ``path`` (compressed npz, atomically: a crash leaves the previous file)."""
-    buf = io.BytesIO()
-    np.savez_compressed(buf, experience=np.int64(predictions.experience), y_true=predictions.y_true.astype(np.int32),
-                        y_pred=predictions.y_pred.astype(np.int32))
-    write_bytes(path, buf.getvalue())
+    """Write ``predictions`` to ``path`` as a CSV (``experience,label,predicted``, one row per image, stream order;
+    results/ holds only CSVs, plots and tables), atomically: a crash leaves the previous file."""
+    rows = "".join(f"{predictions.experience},{t},{q}\n" for t, q in zip(predictions.y_true.tolist(),
+                                                                        predictions.y_pred.tolist()))
+    write_text(path, COLUMNS + "\n" + rows)
 
 
 def load(path: str | Path) -> Predictions:
     """The predictions in ``path``, or a refusal naming the file when it is not one :func:`save` wrote."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            exp, y_true, y_pred = int(data["experience"]), data["y_true"], data["y_pred"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        text = path.read_text()
+        header, *lines = text.splitlines()
+        if header != COLUMNS or not text.endswith("\n"):
+            raise ValueError(f"its header is not {COLUMNS!r} or its last row is cut")
+        table = np.array([[int(v) for v in line.split(",")] for line in lines], dtype=np.int64).reshape(-1, 3)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DamagedRunFile(f"error: '{path}' is not a predictions file the harness wrote ({exc}); {_FIX}") from None
-    if y_true.shape != y_pred.shape or y_true.ndim != 1:
-        raise DamagedRunFile(f"error: '{path}' holds {y_true.shape} labels but {y_pred.shape} predictions; {_FIX}")
-    return Predictions(exp, y_true.astype(np.int64), y_pred.astype(np.int64))
+    experiences = set(table[:, 0].tolist())
+    if len(experiences) > 1:
+        raise DamagedRunFile(f"error: '{path}' holds rows of experiences {sorted(experiences)}, not one; {_FIX}")
+    return Predictions(experiences.pop() if experiences else -1, table[:, 1], table[:, 2])
 
 
 def load_of_run(path: str | Path, experience: int, acc: float) -> Predictions:

@@ -3,7 +3,7 @@
 Layout (one spelling for compare, study and the diagnostics): ``<out>/<protocol>/<run-id>/`` holds
 ``config.json`` (the RunConfig, the identity, every call that wrote here, failures), ``parts/<method>-seed<k>.csv``
 (the rows of one (method, seed), written as each experience ends), ``per_task.csv`` (every part), ``summary.csv``,
-``table.md``, the plots, ``csv/<method>/seed<k>/`` (Avalanche's CSVLogger), ``predictions/<method>-seed<k>.npz`` (each
+``table.md``, the plots, ``csv/<method>/seed<k>/`` (Avalanche's CSVLogger), ``predictions/<method>-seed<k>.csv`` (each
 test image's predicted class after the latest experience, :mod:`benchmarks.predictions`),
 ``checkpoints/<method>-seed<k>/`` and, last, ``DONE``.
 
@@ -168,7 +168,7 @@ class RunFolder:
         return self.path / "csv" / method / f"seed{seed}"
 
     def predictions(self, method: str, seed: int) -> Path:
-        return self.path / "predictions" / f"{method}-seed{seed}.npz"
+        return self.path / "predictions" / f"{method}-seed{seed}.csv"
 
     def checkpoints(self, method: str, seed: int) -> Path:
         return self.path / "checkpoints" / f"{method}-seed{seed}"

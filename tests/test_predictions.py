@@ -54,13 +54,13 @@ def test_pairs_of_other_images_are_refused():
 
 
 def test_the_file_round_trips_and_a_damaged_one_is_refused_naming_it(tmp_path):
-    path = tmp_path / "predictions" / "sdlora-seed0.npz"
+    path = tmp_path / "predictions" / "sdlora-seed0.csv"
     predictions.save(path, made_up([3, 4, 5], experience=9))
     back = predictions.load(path)
     assert back.experience == 9 and back.accuracy == pytest.approx(1 - 3 / N)
     np.testing.assert_array_equal(back.y_true, np.arange(N) % 10)
     path.write_bytes(path.read_bytes()[:40])  # truncated
-    with pytest.raises(DamagedRunFile, match=r"sdlora-seed0.npz' is not a predictions file the harness wrote.*delete"):
+    with pytest.raises(DamagedRunFile, match=r"sdlora-seed0.csv' is not a predictions file the harness wrote.*delete"):
         predictions.load(path)
     path.write_text("method,seed\n")
     with pytest.raises(DamagedRunFile, match="not a predictions file"):
@@ -113,7 +113,7 @@ def test_predictions_that_do_not_score_their_run_are_refused_naming_the_file(tmp
     folders = _order_folders(tmp_path / "runs")
     wrong = RunFolder(folders[0]).predictions("sdlora", 1993)
     predictions.save(wrong, made_up(range(81)))  # 59.5 %, its part says 60
-    with pytest.raises(SystemExit, match=r"sdlora-seed1993.npz' does not hold the predictions of its run's last "
+    with pytest.raises(SystemExit, match=r"sdlora-seed1993.csv' does not hold the predictions of its run's last "
                                          r"experience .*59.50 %.*60.00 %.*delete it"):
         orders.main([*map(str, folders), "--out", str(tmp_path / "report")])
 
@@ -127,7 +127,7 @@ def test_publish_copies_a_finished_runs_predictions_and_adds_them_later(tmp_path
     assert publish.publish(src, dest) == ["sdlora-seed0"]  # the part is equal; its predictions are added
     assert RunFolder(dest).predictions("sdlora", 0).read_bytes() == RunFolder(src).predictions("sdlora", 0).read_bytes()
     predictions.save(RunFolder(src).predictions("sdlora", 0), made_up(range(80), experience=0))
-    (dest / "predictions" / "sdlora-seed0.npz").unlink()
+    (dest / "predictions" / "sdlora-seed0.csv").unlink()
     with pytest.raises(SystemExit, match="follow experience 0 and score 60.00 %, the part ends at experience 1"):
         publish.publish(src, dest)
 
@@ -140,7 +140,7 @@ def _outcome(candidate: str, acc: float, path=None) -> Outcome:
 def test_tuning_ties_use_the_paired_bound_where_both_candidates_kept_predictions(tmp_path):
     paths = {}
     for key, wrong in (("a", range(80)), ("b", range(92)), ("c", [*range(50), *range(100, 142)])):
-        paths[key] = tmp_path / f"{key}.npz"
+        paths[key] = tmp_path / f"{key}.csv"
         predictions.save(paths[key], made_up(wrong))
     best, b, c = _outcome("a", 0.60, paths["a"]), _outcome("b", 0.54, paths["b"]), _outcome("c", 0.54, paths["c"])
     # a leads both by 6 points, within the independent bound (9.8 at 200 images)

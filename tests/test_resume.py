@@ -28,7 +28,7 @@ def _assert_same_run(resumed, clean, methods=METHODS):
     for method in methods:
         pd.testing.assert_frame_equal(_rows(resumed / "parts" / f"{method}-seed0.csv"),
                                       _rows(clean / "parts" / f"{method}-seed0.csv"))
-        got, want = (predictions.load(f / "predictions" / f"{method}-seed0.npz") for f in (resumed, clean))
+        got, want = (predictions.load(f / "predictions" / f"{method}-seed0.csv") for f in (resumed, clean))
         assert got.experience == want.experience
         np.testing.assert_array_equal(got.y_pred, want.y_pred)  # the same image-by-image answers
         np.testing.assert_array_equal(got.y_true, want.y_true)

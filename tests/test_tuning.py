@@ -293,8 +293,8 @@ def test_the_second_stage_trains_the_ties_over_more_experiences_and_chooses_amon
     first = json.loads((out / "chosen.json").read_text())["methods"]["seq-lora"]
     # candidates keep their validation predictions, so the margins use the paired bound
     assert "paired bound" in (out / "README.md").read_text()
-    assert all(p.suffix == ".npz" for p in (out / "candidates" / "seq-lora").rglob("predictions/*"))
-    assert len(list((out / "candidates" / "seq-lora").rglob("predictions/*.npz"))) == 4
+    assert all(p.suffix == ".csv" for p in (out / "candidates" / "seq-lora").rglob("predictions/*"))
+    assert len(list((out / "candidates" / "seq-lora").rglob("predictions/*.csv"))) == 4
     stamps = {p: p.stat().st_mtime_ns for p in (out / "candidates").rglob("per_task.csv")}
     with pytest.raises(SystemExit):  # K must lie past the first stage
         tune.main([*flags, "--out", str(tmp_path / "a"), "--confirm-experiences", "1"])
