@@ -14,7 +14,8 @@ one or several run folders of one protocol (a ``--class-order seed`` run, or fix
 * accuracy-like columns of these CSVs in percent (``_pct``), differences in percentage points (``_pts``)
   (:mod:`benchmarks.units`), as the table shows them;
 * ``table.md`` (what the class-order table of docs/results.md is, via ``python -m benchmarks.headline``), ``brief.md``
-  (its short form, which the project README leads its results with), ``orders.png`` and ``sources.json`` (the
+  (its short form; the project README shows the reports of several machine types side by side,
+  :mod:`benchmarks.machine_brief`), ``orders.png`` and ``sources.json`` (the
   folders, relative to ``--out``, and the reference: what regenerates the rest).
 
 Folders whose settings differ other than by class order are refused naming the setting

@@ -70,6 +70,17 @@ def in_file_units(table: pd.DataFrame) -> pd.DataFrame:
     return out.rename(columns=file_name)
 
 
+def in_computed_units(table: pd.DataFrame) -> pd.DataFrame:
+    """The inverse of :func:`in_file_units`: a derived CSV read back as the computations name and hold it (what a
+    command that summarises committed reports starts from, so it formats cells exactly as the report did)."""
+    back = {file_name(c): c for c in (*FRACTIONS, *DIFFERENCES)}
+    out = table.rename(columns=back)
+    for column in out.columns:
+        if column in back.values():
+            out[column] = out[column].astype(float) / 100
+    return out
+
+
 def percent(fraction: float) -> float:
     """``fraction`` times 100, rounded to 10 decimals: 0.839 * 100 is 83.89999999999999 in float64, a tail that
     says nothing (test-set accuracies are counts over at most 10^5 images) and that a reader would copy."""

@@ -6,6 +6,7 @@ import re
 import pytest
 
 from benchmarks import headline, orders
+from benchmarks.machine_brief import brief_of
 from conftest import fake_run
 
 README = """# project
@@ -135,8 +136,8 @@ def test_the_tuned_full_data_table_is_its_own_report_and_leads(tmp_path):
 
 
 def test_the_project_readme_leads_with_the_brief_form_of_the_tuned_full_data_table(tmp_path):
-    """README.md shows the fair report's brief.md (per order, recipe, paired difference), and only that; the brief
-    has the table's numbers."""
+    """README.md shows the machines' brief (machine_brief: the lead report alone here), and only that; the report's
+    own brief.md has the table's numbers per order."""
     _checkout(tmp_path, README + FAIR_MARKERS)
     (tmp_path / ".git").mkdir()
     fair = "results/full/class-orders"
@@ -148,16 +149,19 @@ def test_the_project_readme_leads_with_the_brief_form_of_the_tuned_full_data_tab
     headline.regenerate(tmp_path, runs=["results/p/main"], fair=fair, orders="none")
     text = (tmp_path / "README.md").read_text()
     brief = (report / "brief.md").read_text()
-    assert f"from {fair}/brief.md -->\n" + brief + "<!-- end of tuned full-data summary -->\nafter" in text
+    shown = brief_of(tmp_path, (fair,))
+    assert f"from {fair} -->\n" + shown + "<!-- end of tuned full-data summary -->\nafter" in text
+    assert "| ncm | no training | 67.50 ± 3.54 (2 of 2) | +2.50 ± 10.61 (ahead 1 of 2) |" in shown
     # per order 80 / 60 and 70 / 65; sdlora minus ncm +10 and -5 points
     assert "| sdlora | 70.00 ± 14.14 | 80.00 | 60.00 | sgd 0.01 (protocol) | – |" in brief
     assert "| ncm | 67.50 ± 3.54 | 70.00 | 65.00 | no training | +2.50 ± 10.61 (ahead 1 of 2) |" in brief
-    assert f"`{fair}/table.md`" in brief and "<!-- headline table" not in text  # nothing else goes into README.md
+    assert f"`{fair}/table.md`" in shown and "<!-- headline table" not in text  # nothing else goes into README.md
     assert headline.regenerate(tmp_path, runs=["results/p/main"], fair=fair, orders="none", check=True) == []
     (tmp_path / "README.md").write_text("intro\n")
     with pytest.raises(SystemExit, match="no file shows the tuned full-data summary .*; put "
                                          "the lines '<!-- tuned full-data summary"):
         headline.regenerate(tmp_path, runs=["results/p/main"], fair=fair, orders="none")
-    (report / "brief.md").unlink()  # a report written before brief.md existed
-    with pytest.raises(SystemExit, match="has no brief.md .* benchmarks.orders --again results/full/class-orders"):
+    (tmp_path / "README.md").write_text("intro\n" + BRIEF_MARKERS + "after\n")
+    (report / "paired_summary.csv").unlink()  # a damaged report
+    with pytest.raises(SystemExit, match="has no paired_summary.csv; .* benchmarks.orders --again results/full/class-orders"):
         headline.regenerate(tmp_path, runs=["results/p/main"], fair=fair, orders="none")

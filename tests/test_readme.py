@@ -97,6 +97,7 @@ def test_headline_tables_are_the_committed_runs_tables():
     summary.csv of each run folder of headline.RUNS (one folder: its table.md), the class-order table (once
     committed) from the class-order report's table.md, which tests/test_orders.py regenerates from its runs."""
     from benchmarks import headline
+    from benchmarks.machine_brief import brief_of
 
     assert headline.main(["--check"]) == []
     table = headline.table()
@@ -120,9 +121,11 @@ def test_headline_tables_are_the_committed_runs_tables():
         for text in texts:
             if fair in text and orders is not None and orders in text:
                 assert text.index(fair) < text.index(orders)
-        readme = (ROOT / "README.md").read_text()  # the README's results open with its brief form
-        brief = headline.class_order_table(orders=headline.FAIR, name="brief.md")
+        readme = (ROOT / "README.md").read_text()  # the README's results open with the machines' brief form
+        brief = brief_of(ROOT, (headline.FAIR, *headline.FAIR_OTHERS))
         results = readme.index("## Results")
         assert results < readme.index(brief) < readme.index("\n## ", results + 1)
+        for other in headline.FAIR_OTHERS:  # each other machine's whole table is shown too
+            assert any(headline.class_order_table(orders=other) in text for text in texts), other
     else:
         assert not any(headline.FAIR_TABLE.end in text for text in texts)
