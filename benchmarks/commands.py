@@ -49,6 +49,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("sdlora-collapse", "benchmarks.collapse", "benchmarks.collapse"),
     Command("sdlora-publish", "benchmarks.publish", "benchmarks.publish"),
     Command("sdlora-predictions", "benchmarks.predictions", "benchmarks.predictions"),
+    Command("sdlora-machine-drift", "benchmarks.machine_drift", "benchmarks.machine_drift"),
 )
 BY_SCRIPT = {c.script: c for c in COMMANDS}
 BY_MODULE = {c.module: c for c in COMMANDS}
@@ -118,6 +119,7 @@ sdlora_migrate = _entry("sdlora-migrate")
 sdlora_collapse = _entry("sdlora-collapse")
 sdlora_publish = _entry("sdlora-publish")
 sdlora_predictions = _entry("sdlora-predictions")
+sdlora_machine_drift = _entry("sdlora-machine-drift")
 
 
 def main(argv: list[str] | None = None) -> list[str]:

@@ -9,7 +9,8 @@ Two kinds of CSV, two conventions:
   into it unconverted, so its names and units stay Avalanche's.
 * Every **derived** report CSV (a run folder's ``summary.csv``, a class-order report's ``orders.csv``,
   ``orders_summary.csv``, ``paired.csv`` and ``paired_summary.csv``, tuning's ``candidates.csv``, a study's
-  ``runs.csv``, ``cells.csv`` and ``unfinished.csv``, a findings folder's ``f1b_*.csv`` and ``f3_*.csv``) is in the
+  ``runs.csv``, ``cells.csv`` and ``unfinished.csv``, a machine-drift report's ``pairs.csv``, ``curves.csv`` and
+  ``summary.csv``, a findings folder's ``f1b_*.csv`` and ``f3_*.csv``) is in the
   units its ``table.md`` or README shows, and each column's name ends with its unit:
 
   - ``_pct``: percent, 0-100 (Acc, AAA, forgetting, BWT, a validation accuracy, their means and sample stds);
@@ -39,14 +40,17 @@ FRACTIONS: tuple[str, ...] = (
     "val_acc", "val_mean_acc",  # tuning's validation scores
     "acc_seen", "accuracy",  # the findings' rows per experience (f1b_per_task.csv) and path point (f3_interpolation)
     "own_prompt", "own_prompt_mean",  # DualPrompt's test images given their own task's E-prompt (class-order report)
+    "acc_other",  # the same run's Acc on another machine (machine_drift's pairs.csv)
 )
 # Differences of two such columns (paired.csv, paired_summary.csv): percentage points once written.
 DIFFERENCES: tuple[str, ...] = ("acc_diff", "aaa_diff", "forgetting_diff", "acc_diff_mean", "acc_diff_std",
                                 "aaa_diff_mean", "aaa_diff_std",
-                                "acc_diff_bound")  # twice a paired difference's standard error on its test images
+                                "acc_diff_bound",  # twice a paired difference's standard error on its test images
+                                "acc_diff_abs_mean", "largest_gap")  # machine_drift: mean |diff|, largest per-task gap
 # The derived tables, by file name (what python -m benchmarks.migrate rewrites); never per_task.csv nor a part.
 DERIVED_CSVS: tuple[str, ...] = ("summary.csv", "orders.csv", "orders_summary.csv", "paired.csv",
-                                 "paired_summary.csv", "candidates.csv", "runs.csv", "cells.csv", "unfinished.csv")
+                                 "paired_summary.csv", "candidates.csv", "runs.csv", "cells.csv", "unfinished.csv",
+                                 "pairs.csv", "curves.csv")
 # A findings folder's measurements; its summaries, verdicts and README are computed from them (in percent).
 FINDINGS_CSVS: tuple[str, ...] = ("f1b_runs.csv", "f1b_per_task.csv", "f3_interpolation.csv")
 
