@@ -82,10 +82,11 @@ class Report:
         return float(self.summary.loc[method, "acc_mean"]) if method in self.summary.index else np.nan
 
 
-def brief(reports: Sequence[Report]) -> str:
+def brief(reports: Sequence[Report], drift: str | None = None) -> str:
     """The side-by-side table and its legend. Rows: every method of any report, by the mean of its machines'
     accuracies (a method no machine finished last); the recipe is the reports' (each names both where they
-    differ)."""
+    differ). ``drift``: the :mod:`benchmarks.machine_drift` report the legend names as the measurement behind
+    "never pooled"."""
     if not reports:
         raise ValueError("brief needs at least one report, got none")
     references = {r.reference for r in reports}
@@ -113,12 +114,14 @@ def brief(reports: Sequence[Report]) -> str:
               f"(unfinished: stopped before its last task; –: not run there); {reference} minus it: the paired "
               f"difference in points on the orders both finished there, and on how many {reference} is ahead; "
               f"recipe: the optimizer and learning rate it trained with and where they came from. Machines are "
-              f"never pooled: the same recipe trained on another one moves a method by a point or two. Per-order "
-              f"accuracies, AAA, forgetting, costs and every note: {tables}.")
+              f"never pooled: the same recipe trained on another one moves a method by a point or two"
+              + (f" (`{drift}/table.md`: every run two machines share, side by side)" if drift else "")
+              + f". Per-order accuracies, AAA, forgetting, costs and every note: {tables}.")
     return markdown_grid(head, rows).rstrip("\n") + "\n\n" + legend + "\n"
 
 
-def brief_of(root: Path, paths: Sequence[str]) -> str | None:
-    """:func:`brief` of the reports at ``paths`` that exist (None: none does yet)."""
+def brief_of(root: Path, paths: Sequence[str], drift: str | None = None) -> str | None:
+    """:func:`brief` of the reports at ``paths`` that exist (None: none does yet), naming ``drift`` if it exists."""
     present = [p for p in paths if (Path(root) / p / "table.md").exists()]
-    return brief([Report.read(root, p) for p in present]) if present else None
+    shown = drift if drift is not None and (Path(root) / drift / "table.md").exists() else None
+    return brief([Report.read(root, p) for p in present], shown) if present else None

@@ -59,6 +59,12 @@ def test_each_machine_has_its_own_columns_with_its_reports_numbers(tmp_path):
     assert f"`{GPU}/table.md` (NVIDIA H200), `{CPU}/table.md` (Intel Xeon)" in text
     assert brief_of(tmp_path, (GPU, CPU)) == text
     assert brief_of(tmp_path, ("results/none",)) is None
+    # the legend names the machine-drift report behind "never pooled" once it exists, and only then
+    assert brief_of(tmp_path, (GPU, CPU), "results/p/machine-drift") == text
+    (tmp_path / "results/p/machine-drift").mkdir(parents=True)
+    (tmp_path / "results/p/machine-drift/table.md").write_text("# The same runs on several machines\n")
+    named = brief_of(tmp_path, (GPU, CPU), "results/p/machine-drift")
+    assert named.replace(" (`results/p/machine-drift/table.md`: every run two machines share, side by side)", "") == text
 
 
 def test_reports_against_different_references_or_missing_files_are_refused(tmp_path):

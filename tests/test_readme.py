@@ -122,7 +122,8 @@ def test_headline_tables_are_the_committed_runs_tables():
             if fair in text and orders is not None and orders in text:
                 assert text.index(fair) < text.index(orders)
         readme = (ROOT / "README.md").read_text()  # the README's results open with the machines' brief form
-        brief = brief_of(ROOT, (headline.FAIR, *headline.FAIR_OTHERS))
+        brief = brief_of(ROOT, (headline.FAIR, *headline.FAIR_OTHERS), headline.DRIFT)
+        assert f"`{headline.DRIFT}/table.md`" in brief  # the measurement behind "never pooled"
         results = readme.index("## Results")
         assert results < readme.index(brief) < readme.index("\n## ", results + 1)
         for other in headline.FAIR_OTHERS:  # each other machine's whole table is shown too
