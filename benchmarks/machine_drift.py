@@ -28,8 +28,10 @@ import pandas as pd
 
 from avalanche_sdlora.atomic import write_text
 
+from . import predictions
 from .machine_brief import short_machine
 from .reports import markdown_grid, run_records
+from .run_folder import RunFolder
 from .run_set import ORDER_KEYS, RunSet, add_take_argument, taking
 from .units import in_file_units, in_percent
 
@@ -60,10 +62,13 @@ def matched_runs(runs: RunSet) -> tuple[pd.DataFrame, pd.DataFrame]:
     return rows, records
 
 
-def pairs_of(rows: pd.DataFrame, records: pd.DataFrame, machines: list[str]) -> pd.DataFrame:
+def pairs_of(rows: pd.DataFrame, records: pd.DataFrame, machines: list[str],
+             folders: dict[str, RunFolder] | None = None) -> pd.DataFrame:
     """One row per run matched on two machines, for every two of ``machines`` that ran it (the earlier of
     ``machines`` is the reference); fractions, differences other minus reference over the experiences both reached,
-    AAA and forgetting where both finished."""
+    AAA and forgetting where both finished. ``folders`` (run -> its folder): where both finished runs kept their
+    per-image predictions, ``acc_diff_bound`` is the difference's paired bound on the test images
+    (:func:`benchmarks.predictions.paired_difference`): a machine gap beyond it is not the test sample's."""
     rank = {m: k for k, m in enumerate(machines)}
     out = []
     for key, g in records.groupby(KEY, sort=False):
@@ -83,10 +88,21 @@ def pairs_of(rows: pd.DataFrame, records: pd.DataFrame, machines: list[str]) -> 
                     "acc_reference": acc_a[n - 1], "acc_other": acc_b[n - 1], "acc_diff": gaps[-1],
                     "aaa_diff": b.aaa - a.aaa if both else np.nan,
                     "forgetting_diff": b.forgetting - a.forgetting if both else np.nan,
+                    "acc_diff_bound": _bound(folders or {}, a, b, n - 1) if both else np.nan,
                     "largest_gap": float(gaps[np.argmax(np.abs(gaps))]),
                     "first_experience_apart": int(parted[0]) + 1 if len(parted) else 0,  # 1-based; 0: never apart
                 })
     return pd.DataFrame.from_records(out)
+
+
+def _bound(folders: dict[str, RunFolder], a, b, experience: int) -> float:
+    """The paired bound of ``b`` minus ``a`` (two finished runs' records) where both kept predictions, else NaN; a
+    file that does not score its run's Acc is refused, naming it."""
+    paths = [folders[r.run].predictions(r.method, r.seed) if r.run in folders else None for r in (a, b)]
+    if not all(p is not None and p.exists() for p in paths):
+        return np.nan
+    kept = [predictions.load_of_run(p, experience, r.acc) for p, r in zip(paths, (a, b))]
+    return predictions.paired_difference(kept[1], kept[0]).bound
 
 
 def _curve(rows: pd.DataFrame, record) -> np.ndarray:
@@ -121,15 +137,17 @@ def markdown(pairs: pd.DataFrame, summary: pd.DataFrame, notes: list[str]) -> st
           pts(s.acc_diff_mean) + ("" if pd.isna(s.acc_diff_std) else f" ± {100 * s.acc_diff_std:.2f}"),
           f"{100 * s.acc_diff_abs_mean:.2f}", f"{s.n_other_higher} / {s.n_other_lower}"]
          for s in summary.itertuples()]))
-    lines += ["Every matched run (Acc after the last experience both reached; largest gap: the other machine minus the "
-              "reference after the experience where they differ most; apart from: the first experience whose "
-              "accuracy differs, 0 if none):", ""]
+    lines += ["Every matched run (Acc after the last experience both reached; diff ± b: b is twice the paired "
+              "standard error on the test images, where both runs kept their predictions; largest gap: the other "
+              "machine minus the reference after the experience where they differ most; apart from: the first "
+              "experience whose accuracy differs, 0 if none):", ""]
     lines.append(markdown_grid(
         ["method", "order", "seed", "reference (run)", "other (run)", "Acc there", "Acc other", "diff", "AAA diff",
          "largest gap", "apart from"],
         [[p.method, str(p.class_order_seed), str(p.seed), f"{short_machine(p.machine)} ({p.run})",
           f"{short_machine(p.other_machine)} ({p.other_run})", pct(p.acc_reference), pct(p.acc_other),
-          pts(p.acc_diff) + ("" if p.both_finished else f" (after {p.n_experiences_compared})"), pts(p.aaa_diff),
+          pts(p.acc_diff) + ("" if pd.isna(p.acc_diff_bound) else f" ± {100 * p.acc_diff_bound:.2f}")
+          + ("" if p.both_finished else f" (after {p.n_experiences_compared})"), pts(p.aaa_diff),
           pts(p.largest_gap), str(p.first_experience_apart)] for p in pairs.itertuples()]))
     if notes:
         lines += ["Settings that differ between the folders (how they ran): " + "; ".join(notes) + ".", ""]
@@ -146,7 +164,7 @@ def build(runs: RunSet, out: str | Path) -> dict[str, str]:
     notes = runs.check(free=ORDER_KEYS, pooled=True)
     rows, records = matched_runs(runs)
     machines = list(dict.fromkeys(m.machine for m in runs.members))
-    pairs = pairs_of(rows, records, machines)
+    pairs = pairs_of(rows, records, machines, {m.label: m.folder for m in runs.members})
     if pairs.empty:
         raise SystemExit(f"error: no method, class order and seed of these folders ran on two machine types (they "
                          f"ran on {', '.join(machines)}); pass folders of one experiment from two or more")

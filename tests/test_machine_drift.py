@@ -5,10 +5,12 @@ committed report regenerating from its run folders."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks import machine_drift
+from benchmarks import machine_drift, predictions
+from benchmarks.run_folder import RunFolder
 from conftest import fake_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,3 +103,22 @@ def test_every_committed_machine_drift_report_regenerates_from_its_runs():
         runs, _ = machine_drift.sources_of(report)
         for name, text in machine_drift.build(runs, report).items():
             assert (report / name).read_text() == text, (report, name)
+
+
+def test_the_paired_bound_where_both_runs_kept_predictions(tmp_path):
+    """sdlora ends at 55 % on one machine and 58 % on the other over 100 images, the other right on 3 more images
+    and wrong on none the first got right: d = 0.03, bound 2 sqrt((3/100 - 0.03^2) / 100) = 3.41 points."""
+    a, b = _two_machines(tmp_path / "runs")
+    y = np.arange(100) % 10
+    for folder, right in ((a, 55), (b, 58)):
+        pred = np.where(np.arange(100) < right, y, (y + 1) % 10)
+        predictions.save(RunFolder(folder).predictions("sdlora", 1993), predictions.Predictions(2, y, pred))
+    out = machine_drift.main([str(a), str(b), "--out", str(tmp_path / "drift")])
+    pairs = pd.read_csv(out / "pairs.csv").set_index("method")
+    assert pairs.loc["sdlora", "acc_diff_bound_pts"] == pytest.approx(200 * ((0.03 - 0.03 ** 2) / 100) ** 0.5)
+    assert np.isnan(pairs.loc["seq-lora", "acc_diff_bound_pts"])  # no predictions kept: no bound, no ±
+    assert "| +3.00 ± 3.41 |" in (out / "table.md").read_text()
+    # another run's file (scoring 50 %, not the run's 58 %) is refused, naming it
+    predictions.save(RunFolder(b).predictions("sdlora", 1993), predictions.Predictions(2, y, np.where(y < 5, y, 0)))
+    with pytest.raises(SystemExit, match="does not hold the predictions of its run's last experience"):
+        machine_drift.main([str(a), str(b), "--out", str(tmp_path / "drift")])
