@@ -33,7 +33,7 @@ from .machine_brief import short_machine
 from .reports import markdown_grid, run_records
 from .run_folder import RunFolder
 from .run_set import ORDER_KEYS, RunSet, add_take_argument, taking
-from .units import in_file_units, in_percent
+from .units import in_file_units
 
 SOURCES = "sources.json"
 KIND = "machine-drift"  # sources.json says which command wrote it (orders and the findings write one too)
@@ -171,9 +171,9 @@ def build(runs: RunSet, out: str | Path) -> dict[str, str]:
     summary = summarize(pairs)
     matched = pd.MultiIndex.from_frame(pairs[KEY])
     curves = rows[pd.MultiIndex.from_frame(rows[KEY]).isin(matched)]
-    curves = curves[[*KEY, "machine", "run", "experience"]].assign(acc_seen_pct=in_percent(curves["acc_seen"]))
+    curves = curves[[*KEY, "machine", "run", "experience", "acc_seen"]]
     return {"pairs.csv": in_file_units(pairs).to_csv(index=False),
-            "curves.csv": curves.to_csv(index=False),
+            "curves.csv": in_file_units(curves).to_csv(index=False),
             "summary.csv": in_file_units(summary).to_csv(index=False),
             "table.md": markdown(pairs, summary, notes)}
 
