@@ -52,7 +52,8 @@ RUNS: tuple[Spec, ...] = ("results/cifar100-tiny128/cpu-3seeds",
 ORDERS = "results/cifar100-tiny128/class-orders"
 # issue 30: every method with its recipe tuned on validation data, the whole training set, three class orders
 FAIR = "results/cifar100-tiny128-full/class-orders"  # on the NVIDIA H200: it leads
-FAIR_OTHERS: tuple[str, ...] = ("results/cifar100-tiny128-full/class-orders-xeon",)  # the same on the Intel Xeon
+FAIR_OTHERS: tuple[str, ...] = ("results/cifar100-tiny128-full/class-orders-xeon",  # the same on the Intel Xeon
+                                "results/cifar100-tiny128-full/class-orders-epyc")  # and on the AMD EPYC
 DRIFT = "results/cifar100-tiny128-full/machine-drift"  # benchmarks.machine_drift over FAIR's and FAIR_OTHERS' runs
 FILES = ("docs/results.md", "results/README.md")
 BRIEF_FILES = ("README.md",)  # they show the machines' brief only

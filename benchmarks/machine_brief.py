@@ -61,15 +61,17 @@ class Report:
                    summary=in_computed_units(pd.read_csv(folder / "orders_summary.csv")).set_index("method"),
                    paired=in_computed_units(pd.read_csv(folder / "paired_summary.csv")).set_index("method"))
 
-    def acc_cell(self, method: str) -> str:
-        """'82.95 ± 0.58 (3 of 3)': mean ± std over the orders the method finished, and how many of the report's
-        orders those are; 'unfinished' (none finished), '–' (not run on this machine)."""
+    def acc_cell(self, method: str, n_orders: int | None = None) -> str:
+        """'82.95 ± 0.58 (3 of 3)': mean ± std over the orders the method finished, and how many of ``n_orders``
+        (default: the report's own orders; the brief passes every report's, so a machine that has run one order
+        so far reads '1 of 3', not '1 of 1') those are; 'unfinished' (none finished), '–' (not run here)."""
         if method not in self.summary.index:
             return "–"
         r = self.summary.loc[method]
         if int(r["n_orders"]) == 0:
             return "unfinished"
-        return f"{_pm(r['acc_mean'], r['acc_std'])} ({int(r['n_orders'])} of {len(self.orders)})"
+        of = len(self.orders) if n_orders is None else n_orders
+        return f"{_pm(r['acc_mean'], r['acc_std'])} ({int(r['n_orders'])} of {of})"
 
     def diff_cell(self, method: str) -> str:
         """The reference minus ``method`` on the orders both finished: '-15.42 ± 1.12 (ahead 0 of 2)'."""
@@ -100,14 +102,15 @@ def brief(reports: Sequence[Report], drift: str | None = None) -> str:
         accs = [a for a in (r.acc(method) for r in reports) if not np.isnan(a)]
         return (not accs, -float(np.mean(accs)) if accs else 0.0)
 
+    orders = sorted({o for r in reports for o in r.orders})
     rows = []
     for method in sorted(methods, key=key):
         recipes = {r.machine: str(r.summary.loc[method, "recipe"]) for r in reports if method in r.summary.index}
         recipe = (next(iter(recipes.values())) if len(set(recipes.values())) == 1
                   else "; ".join(f"{v} ({k})" for k, v in recipes.items()))
-        rows.append([method, recipe, *(c for r in reports for c in (r.acc_cell(method), r.diff_cell(method)))])
+        rows.append([method, recipe,
+                     *(c for r in reports for c in (r.acc_cell(method, len(orders)), r.diff_cell(method)))])
     head = ["method", "recipe", *(c for r in reports for c in (f"Acc (%), {r.machine}", f"{reference} minus it"))]
-    orders = sorted({o for r in reports for o in r.orders})
     tables = ", ".join(f"`{r.path}/table.md` ({r.machine})" for r in reports)
     legend = (f"Acc: accuracy on every class seen, after the last task, mean ± sample std over the class orders "
               f"({', '.join(map(str, orders))}) a method finished on that machine, and how many those are "

@@ -44,15 +44,17 @@ def test_each_machine_has_its_own_columns_with_its_reports_numbers(tmp_path):
     head = text.splitlines()[0]
     assert head == ("| method | recipe | Acc (%), NVIDIA H200 | sdlora minus it | Acc (%), Intel Xeon | "
                     "sdlora minus it |")
-    # GPU: sdlora 80 / 60, ncm 70 / 65 (two orders); CPU: sdlora 78, ncm 71, l2p 50 (order 1993 only of 1993)
-    assert "| sdlora | sgd 0.01 (protocol) | 70.00 ± 14.14 (2 of 2) | – | 78.00 (1 of 1) | – |" in text
-    assert ("| ncm | no training | 67.50 ± 3.54 (2 of 2) | +2.50 ± 10.61 (ahead 1 of 2) | 71.00 (1 of 1) | "
+    # GPU: sdlora 80 / 60, ncm 70 / 65 (two orders); CPU: sdlora 78, ncm 71, l2p 50 (order 1993 only): out of the
+    # two orders the reports cover together, so a machine that has run one order so far reads '1 of 2'
+    assert "| sdlora | sgd 0.01 (protocol) | 70.00 ± 14.14 (2 of 2) | – | 78.00 (1 of 2) | – |" in text
+    assert ("| ncm | no training | 67.50 ± 3.54 (2 of 2) | +2.50 ± 10.61 (ahead 1 of 2) | 71.00 (1 of 2) | "
             "+7.00 (ahead 1 of 1) |") in text
-    assert "| l2p | adam 0.01 (protocol) | – | – | 50.00 (1 of 1) | +28.00 (ahead 1 of 1) |" in text
+    assert "| l2p | adam 0.01 (protocol) | – | – | 50.00 (1 of 2) | +28.00 (ahead 1 of 1) |" in text
     # the same cells as each report's own brief.md
     assert "70.00 ± 14.14" in (gpu_report / "brief.md").read_text()
     assert "+2.50 ± 10.61 (ahead 1 of 2)" in (gpu_report / "brief.md").read_text()
     assert "+7.00 (ahead 1 of 1)" in (cpu_report / "brief.md").read_text()
+    assert Report.read(tmp_path, CPU).acc_cell("sdlora") == "78.00 (1 of 1)"  # alone: its own orders
     # rows by the mean of their machines' accuracies: sdlora (74.0), ncm (69.25), l2p (50)
     rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows == ["| method", "| sdlora", "| ncm", "| l2p"]
