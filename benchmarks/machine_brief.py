@@ -61,17 +61,16 @@ class Report:
                    summary=in_computed_units(pd.read_csv(folder / "orders_summary.csv")).set_index("method"),
                    paired=in_computed_units(pd.read_csv(folder / "paired_summary.csv")).set_index("method"))
 
-    def acc_cell(self, method: str, n_orders: int | None = None) -> str:
+    def acc_cell(self, method: str, n_orders: int) -> str:
         """'82.95 ± 0.58 (3 of 3)': mean ± std over the orders the method finished, and how many of ``n_orders``
-        (default: the report's own orders; the brief passes every report's, so a machine that has run one order
-        so far reads '1 of 3', not '1 of 1') those are; 'unfinished' (none finished), '–' (not run here)."""
+        (every order the brief's reports cover, so a machine that has run one order so far reads '1 of 3', not
+        '1 of 1') those are; 'unfinished' (none finished), '–' (not run here)."""
         if method not in self.summary.index:
             return "–"
         r = self.summary.loc[method]
         if int(r["n_orders"]) == 0:
             return "unfinished"
-        of = len(self.orders) if n_orders is None else n_orders
-        return f"{_pm(r['acc_mean'], r['acc_std'])} ({int(r['n_orders'])} of {of})"
+        return f"{_pm(r['acc_mean'], r['acc_std'])} ({int(r['n_orders'])} of {n_orders})"
 
     def diff_cell(self, method: str) -> str:
         """The reference minus ``method`` on the orders both finished: '-15.42 ± 1.12 (ahead 0 of 2)'."""

@@ -54,7 +54,7 @@ def test_each_machine_has_its_own_columns_with_its_reports_numbers(tmp_path):
     assert "70.00 ± 14.14" in (gpu_report / "brief.md").read_text()
     assert "+2.50 ± 10.61 (ahead 1 of 2)" in (gpu_report / "brief.md").read_text()
     assert "+7.00 (ahead 1 of 1)" in (cpu_report / "brief.md").read_text()
-    assert Report.read(tmp_path, CPU).acc_cell("sdlora") == "78.00 (1 of 1)"  # alone: its own orders
+    assert "| sdlora | sgd 0.01 (protocol) | 78.00 (1 of 1) | – |" in brief([Report.read(tmp_path, CPU)])  # alone
     # rows by the mean of their machines' accuracies: sdlora (74.0), ncm (69.25), l2p (50)
     rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert rows == ["| method", "| sdlora", "| ncm", "| l2p"]
