@@ -21,6 +21,8 @@ whether they are current (``tests/test_readme.py`` runs it). Regenerate after a 
   side (:mod:`benchmarks.machine_brief`: per method and machine, accuracy over orders and the paired difference;
   the recipe), between markers of their own; its legend names ``DRIFT`` (:mod:`benchmarks.machine_drift`), where
   the machines' own difference is measured.
+* The runs those reports still lack, per machine type, with what one costs there (:mod:`benchmarks.missing_runs`),
+  between markers of their own.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ if __name__ == "__main__":  # --help before torch, timm and Avalanche load
 from avalanche_sdlora.atomic import write_text  # noqa: E402
 
 from .machine_brief import brief_of  # noqa: E402
+from .missing_runs import missing_of  # noqa: E402
 from .order_changes import changes  # noqa: E402
 from .reports import markdown_table  # noqa: E402
 from .run_set import RunSet, Spec  # noqa: E402
@@ -83,6 +86,7 @@ CLASS_ORDERS = Markers("class-order table")
 FAIR_TABLE = Markers("tuned full-data table")
 FAIR_BRIEF = Markers("tuned full-data summary")
 CHANGES = Markers("changes between the class-order tables")
+MISSING = Markers("runs the tuned full-data tables still lack")
 
 
 def other_machine_table(report: str) -> Markers:
@@ -184,6 +188,8 @@ def regenerate(root: Path = ROOT, *, check: bool = False, runs: Sequence[Spec] =
     lead = fair in present
     tables.append(Shown(FAIR_BRIEF, " and ".join(present) if lead else fair, fair,
                         brief_of(root, present, drift) if lead else None, brief_files))
+    tables.append(Shown(MISSING, " and ".join(present) if lead else fair, fair,
+                        missing_of(root, present) if lead else None, files))
     tables.append(Shown(CHANGES, f"{orders} and {fair}", f"{orders} and {fair}",
                         changes(root / orders, root / fair, "small budget", "tuned full-data") if both else None,
                         files))

@@ -83,10 +83,21 @@ class Report:
         return float(self.summary.loc[method, "acc_mean"]) if method in self.summary.index else np.nan
 
 
+def methods_by_accuracy(reports: Sequence[Report]) -> list[str]:
+    """Every method of any report, by the mean of its machines' accuracies, best first (a method no machine
+    finished last): the summary's row order, and the order its gaps are listed in."""
+    methods = list(dict.fromkeys(m for r in reports for m in r.summary.index))
+
+    def key(method: str) -> tuple[bool, float]:
+        accs = [a for a in (r.acc(method) for r in reports) if not np.isnan(a)]
+        return (not accs, -float(np.mean(accs)) if accs else 0.0)
+
+    return sorted(methods, key=key)
+
+
 def brief(reports: Sequence[Report], drift: str | None = None) -> str:
-    """The side-by-side table and its legend. Rows: every method of any report, by the mean of its machines'
-    accuracies (a method no machine finished last); the recipe is the reports' (each names both where they
-    differ). ``drift``: the :mod:`benchmarks.machine_drift` report the legend names as the measurement behind
+    """The side-by-side table and its legend. Rows: :func:`methods_by_accuracy`; the recipe is the reports' (each
+    names both where they differ). ``drift``: the :mod:`benchmarks.machine_drift` report the legend names as the measurement behind
     "never pooled"."""
     if not reports:
         raise ValueError("brief needs at least one report, got none")
@@ -95,15 +106,9 @@ def brief(reports: Sequence[Report], drift: str | None = None) -> str:
         raise SystemExit(f"error: the reports {', '.join(r.path for r in reports)} compare against different "
                          f"methods ({', '.join(sorted(references))}); write them with the same --reference")
     reference = reports[0].reference
-    methods = list(dict.fromkeys(m for r in reports for m in r.summary.index))
-
-    def key(method: str) -> tuple[bool, float]:
-        accs = [a for a in (r.acc(method) for r in reports) if not np.isnan(a)]
-        return (not accs, -float(np.mean(accs)) if accs else 0.0)
-
     orders = sorted({o for r in reports for o in r.orders})
     rows = []
-    for method in sorted(methods, key=key):
+    for method in methods_by_accuracy(reports):
         recipes = {r.machine: str(r.summary.loc[method, "recipe"]) for r in reports if method in r.summary.index}
         recipe = (next(iter(recipes.values())) if len(set(recipes.values())) == 1
                   else "; ".join(f"{v} ({k})" for k, v in recipes.items()))

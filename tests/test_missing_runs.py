@@ -1,0 +1,66 @@
+"""What each machine's class-order report still lacks: every (method, order) not finished there, an unfinished run
+included, with one run's minutes on that machine or, where none finished there, on the others."""
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import orders
+from benchmarks.machine_brief import Report
+from benchmarks.missing_runs import gaps, markdown, missing_of
+from conftest import fake_run
+
+GPU, CPU = "results/full/class-orders", "results/full/class-orders-cpu"
+
+
+def _on(folder, machine: str, train_seconds: float):
+    """``folder`` recorded as trained on ``machine``, each experience taking ``train_seconds`` (evaluation 0.5 s)."""
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "device_name": machine}))
+    for part in (folder / "parts").glob("*.csv"):
+        pd.read_csv(part).assign(train_seconds=train_seconds).to_csv(part, index=False)
+    return folder
+
+
+def _reports(root):
+    (root / ".git").mkdir(exist_ok=True)
+    gpu = fake_run(root / "results/full/gpu", {("sdlora", 1993): [0.9, 0.80], ("ncm", 1993): [0.9, 0.70],
+                                               ("sdlora", 1994): [0.9, 0.60], ("ncm", 1994): [0.9, 0.65]},
+                   class_order="seed")
+    cpu = fake_run(root / "results/full/cpu", {("sdlora", 1993): [0.9, 0.78], ("ncm", 1993): [0.9, 0.71],
+                                               ("l2p", 1993): [0.9, 0.5], ("l2p", 1994): [0.9, 0.4]},
+                   class_order="seed")
+    part = cpu / "parts" / "l2p-seed1994.csv"
+    pd.read_csv(part).iloc[:1].to_csv(part, index=False)  # stopped after its first experience
+    orders.main([str(_on(gpu, "NVIDIA H200", 30.0)), "--out", str(root / GPU)])
+    orders.main([str(_on(cpu, "Intel(R) Xeon(R) Processor", 1200.0)), "--out", str(root / CPU)])
+    return [Report.read(root, GPU), Report.read(root, CPU)]
+
+
+def test_every_order_a_machine_has_not_finished_is_listed_with_its_cost(tmp_path):
+    gpu, cpu = _reports(tmp_path)
+    found = {(g.machine, g.method): g for g in gaps([gpu, cpu])}
+    # the GPU never ran l2p; the CPU finished order 1993 only of every method (l2p's 1994 stopped after a task)
+    assert sorted(found) == [("Intel Xeon", "l2p"), ("Intel Xeon", "ncm"), ("Intel Xeon", "sdlora"),
+                             ("NVIDIA H200", "l2p")]
+    assert found[("Intel Xeon", "l2p")].orders == (1994,)
+    assert found[("Intel Xeon", "sdlora")].orders == (1994,)
+    assert found[("NVIDIA H200", "l2p")].orders == (1993, 1994)
+    # one run's minutes on its own machine: two experiences of 1200 s training and 0.5 s evaluation
+    assert found[("Intel Xeon", "sdlora")].minutes == (2 * 1200 + 2 * 0.5) / 60
+    # none finished on the GPU: the CPU's minutes stand in, named
+    assert np.isnan(found[("NVIDIA H200", "l2p")].minutes)
+    assert found[("NVIDIA H200", "l2p")].elsewhere == {"Intel Xeon": (2 * 1200 + 2 * 0.5) / 60}
+    text = markdown([gpu, cpu])
+    assert "| NVIDIA H200 | l2p | 1993, 1994 | – (Intel Xeon: 40) |" in text
+    assert "| Intel Xeon | sdlora | 1994 | 40 |" in text
+    assert "NVIDIA H200: 2 runs; Intel Xeon: 3 runs, 2.0 run-hours for the 3 whose method ran there." in text
+    assert missing_of(tmp_path, (GPU, CPU)) == text
+    assert missing_of(tmp_path, ("results/none",)) is None
+
+
+def test_a_complete_set_of_reports_says_so(tmp_path):
+    gpu, _ = _reports(tmp_path)
+    assert gaps([gpu]) == []
+    assert markdown([gpu]) == "Every machine's report has every method finished on every class order (1993, 1994).\n"
