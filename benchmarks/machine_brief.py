@@ -83,6 +83,11 @@ class Report:
         return float(self.summary.loc[method, "acc_mean"]) if method in self.summary.index else np.nan
 
 
+def covered_orders(reports: Sequence[Report]) -> list[int]:
+    """Every class order any of ``reports`` covers, ascending: what a machine's finished orders are counted out of."""
+    return sorted({o for r in reports for o in r.orders})
+
+
 def methods_by_accuracy(reports: Sequence[Report]) -> list[str]:
     """Every method of any report, by the mean of its machines' accuracies, best first (a method no machine
     finished last): the summary's row order, and the order its gaps are listed in."""
@@ -97,8 +102,8 @@ def methods_by_accuracy(reports: Sequence[Report]) -> list[str]:
 
 def brief(reports: Sequence[Report], drift: str | None = None) -> str:
     """The side-by-side table and its legend. Rows: :func:`methods_by_accuracy`; the recipe is the reports' (each
-    names both where they differ). ``drift``: the :mod:`benchmarks.machine_drift` report the legend names as the measurement behind
-    "never pooled"."""
+    names both where they differ). ``drift``: the :mod:`benchmarks.machine_drift` report the legend names as the
+    measurement behind "never pooled"."""
     if not reports:
         raise ValueError("brief needs at least one report, got none")
     references = {r.reference for r in reports}
@@ -106,7 +111,7 @@ def brief(reports: Sequence[Report], drift: str | None = None) -> str:
         raise SystemExit(f"error: the reports {', '.join(r.path for r in reports)} compare against different "
                          f"methods ({', '.join(sorted(references))}); write them with the same --reference")
     reference = reports[0].reference
-    orders = sorted({o for r in reports for o in r.orders})
+    orders = covered_orders(reports)
     rows = []
     for method in methods_by_accuracy(reports):
         recipes = {r.machine: str(r.summary.loc[method, "recipe"]) for r in reports if method in r.summary.index}
@@ -127,8 +132,14 @@ def brief(reports: Sequence[Report], drift: str | None = None) -> str:
     return markdown_grid(head, rows).rstrip("\n") + "\n\n" + legend + "\n"
 
 
+def present_reports(root: Path, paths: Sequence[str]) -> list[Report]:
+    """The reports at ``paths`` that have been written (a ``table.md``), in that order: what the generated parts
+    of the docs are made from, none of them before its report exists."""
+    return [Report.read(root, p) for p in paths if (Path(root) / p / "table.md").exists()]
+
+
 def brief_of(root: Path, paths: Sequence[str], drift: str | None = None) -> str | None:
     """:func:`brief` of the reports at ``paths`` that exist (None: none does yet), naming ``drift`` if it exists."""
-    present = [p for p in paths if (Path(root) / p / "table.md").exists()]
+    reports = present_reports(root, paths)
     shown = drift if drift is not None and (Path(root) / drift / "table.md").exists() else None
-    return brief([Report.read(root, p) for p in present], shown) if present else None
+    return brief(reports, shown) if reports else None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .machine_brief import Report, methods_by_accuracy
+from .machine_brief import Report, covered_orders, methods_by_accuracy, present_reports
 from .reports import markdown_grid
 
 
@@ -52,11 +52,12 @@ def minutes_per_run(report: Report, method: str) -> float:
 def gaps(reports: Sequence[Report]) -> list[Gap]:
     """Every (machine, method) whose report lacks a class order that any of ``reports`` covers, machine by machine
     in the reports' order, methods as the README's summary orders them."""
-    orders = sorted({o for r in reports for o in r.orders})
+    orders, methods = covered_orders(reports), methods_by_accuracy(reports)
     out = []
     for report in reports:
-        for method in methods_by_accuracy(reports):
-            todo = tuple(o for o in orders if o not in finished_orders(report, method))
+        for method in methods:
+            done = finished_orders(report, method)
+            todo = tuple(o for o in orders if o not in done)
             if todo:
                 elsewhere = {r.machine: minutes_per_run(r, method) for r in reports if r is not report}
                 out.append(Gap(report.machine, method, todo, minutes_per_run(report, method),
@@ -75,7 +76,7 @@ def markdown(reports: Sequence[Report]) -> str:
     """The gaps as a table with a legend, and per machine how many runs and (where its own runs say) minutes they
     add up to; a sentence saying so where no report lacks anything."""
     found = gaps(reports)
-    orders = sorted({o for r in reports for o in r.orders})
+    orders = covered_orders(reports)
     if not found:
         return (f"Every machine's report has every method finished on every class order "
                 f"({', '.join(map(str, orders))}).\n")
@@ -102,5 +103,5 @@ def markdown(reports: Sequence[Report]) -> str:
 
 def missing_of(root: Path, paths: Sequence[str]) -> str | None:
     """:func:`markdown` of the reports at ``paths`` that exist (None: none does yet)."""
-    present = [p for p in paths if (Path(root) / p / "table.md").exists()]
-    return markdown([Report.read(root, p) for p in present]) if present else None
+    reports = present_reports(root, paths)
+    return markdown(reports) if reports else None

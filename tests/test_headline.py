@@ -115,7 +115,8 @@ def test_a_file_without_headline_markers_is_refused(tmp_path):
 
 def test_the_tuned_full_data_table_is_its_own_report_and_leads(tmp_path):
     """Issue 30's table (headline.FAIR) has its own markers and report, beside the small-budget class-order table."""
-    _checkout(tmp_path, README + FAIR_MARKERS + ORDER_MARKERS + BRIEF_MARKERS + CHANGES_MARKERS + MISSING_MARKERS)
+    _checkout(tmp_path,
+              README + FAIR_MARKERS + ORDER_MARKERS + BRIEF_MARKERS + CHANGES_MARKERS + MISSING_MARKERS)
     runs, where, fair = ["results/p/main"], "results/p/class-orders", "results/full/class-orders"
     with pytest.raises(SystemExit, match="has the tuned full-data table markers but results/full/class-orders/table.md"):
         headline.regenerate(tmp_path, runs=runs, orders=where, fair=fair)
