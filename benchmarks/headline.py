@@ -40,8 +40,8 @@ if __name__ == "__main__":  # --help before torch, timm and Avalanche load
 
 from avalanche_sdlora.atomic import write_text  # noqa: E402
 
-from .machine_brief import brief_of  # noqa: E402
-from .missing_runs import missing_of  # noqa: E402
+from .machine_brief import brief, present_reports, written  # noqa: E402
+from .missing_runs import markdown as missing_markdown  # noqa: E402
 from .order_changes import changes  # noqa: E402
 from .reports import markdown_table  # noqa: E402
 from .run_set import RunSet, Spec  # noqa: E402
@@ -121,7 +121,7 @@ def table(root: Path = ROOT, runs: Sequence[Spec] = RUNS) -> str:
 
 def class_order_table(root: Path = ROOT, orders: str = ORDERS, name: str = "table.md") -> str | None:
     """The class-order report's table.md, or another of its files (None: no report committed yet)."""
-    if not (Path(root) / orders / "table.md").exists():
+    if not written(root, orders):
         return None
     path = Path(root) / orders / name
     if not path.exists():
@@ -184,12 +184,13 @@ def regenerate(root: Path = ROOT, *, check: bool = False, runs: Sequence[Spec] =
     both = all(t.text is not None for t in tables[:2])
     tables += [Shown(other_machine_table(o), f"{o}/table.md", o, class_order_table(root, o), files)
                for o in fair_others]
-    present = [r for r in (fair, *fair_others) if (root / r / "table.md").exists()]
+    reports = present_reports(root, (fair, *fair_others))  # read once: the brief and the gaps share them
+    present = [r.path for r in reports]
     lead = fair in present
     tables.append(Shown(FAIR_BRIEF, " and ".join(present) if lead else fair, fair,
-                        brief_of(root, present, drift) if lead else None, brief_files))
+                        brief(reports, drift if written(root, drift) else None) if lead else None, brief_files))
     tables.append(Shown(MISSING, " and ".join(present) if lead else fair, fair,
-                        missing_of(root, present) if lead else None, files))
+                        missing_markdown(reports) if lead else None, files))
     tables.append(Shown(CHANGES, f"{orders} and {fair}", f"{orders} and {fair}",
                         changes(root / orders, root / fair, "small budget", "tuned full-data") if both else None,
                         files))

@@ -132,14 +132,14 @@ def brief(reports: Sequence[Report], drift: str | None = None) -> str:
     return markdown_grid(head, rows).rstrip("\n") + "\n\n" + legend + "\n"
 
 
+def written(root: Path, path: str) -> bool:
+    """Whether the report at ``path`` has been written (its ``table.md``): the one test of it, for the reports the
+    generated parts of the docs are made from and for the machine-drift report their legend names."""
+    return (Path(root) / path / "table.md").exists()
+
+
 def present_reports(root: Path, paths: Sequence[str]) -> list[Report]:
-    """The reports at ``paths`` that have been written (a ``table.md``), in that order: what the generated parts
-    of the docs are made from, none of them before its report exists."""
-    return [Report.read(root, p) for p in paths if (Path(root) / p / "table.md").exists()]
-
-
-def brief_of(root: Path, paths: Sequence[str], drift: str | None = None) -> str | None:
-    """:func:`brief` of the reports at ``paths`` that exist (None: none does yet), naming ``drift`` if it exists."""
-    reports = present_reports(root, paths)
-    shown = drift if drift is not None and (Path(root) / drift / "table.md").exists() else None
-    return brief(reports, shown) if reports else None
+    """The reports at ``paths`` that have been written, in that order: what the generated parts of the docs are
+    made from, none of them before its report exists. Read once, shared by :func:`brief` and
+    :func:`benchmarks.missing_runs.markdown`."""
+    return [Report.read(root, p) for p in paths if written(root, p)]

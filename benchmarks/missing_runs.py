@@ -14,11 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 
-from .machine_brief import Report, covered_orders, methods_by_accuracy, present_reports
+from .machine_brief import Report, covered_orders, methods_by_accuracy
 from .reports import markdown_grid
 
 
@@ -100,8 +98,3 @@ def markdown(reports: Sequence[Report]) -> str:
     head = ["machine", "method", "class orders to run", "minutes per run there"]
     return markdown_grid(head, rows).rstrip("\n") + "\n\n" + legend + "\n"
 
-
-def missing_of(root: Path, paths: Sequence[str]) -> str | None:
-    """:func:`markdown` of the reports at ``paths`` that exist (None: none does yet)."""
-    reports = present_reports(root, paths)
-    return markdown(reports) if reports else None

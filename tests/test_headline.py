@@ -6,7 +6,7 @@ import re
 import pytest
 
 from benchmarks import headline, orders
-from benchmarks.machine_brief import brief_of
+from benchmarks import machine_brief
 from conftest import fake_run
 
 README = """# project
@@ -155,7 +155,7 @@ def test_the_project_readme_leads_with_the_brief_form_of_the_tuned_full_data_tab
     headline.regenerate(tmp_path, runs=["results/p/main"], fair=fair, orders="none")
     text = (tmp_path / "README.md").read_text()
     brief = (report / "brief.md").read_text()
-    shown = brief_of(tmp_path, (fair,))
+    shown = machine_brief.brief(machine_brief.present_reports(tmp_path, (fair,)))
     assert f"from {fair} -->\n" + shown + "<!-- end of tuned full-data summary -->\nafter" in text
     assert "| ncm | no training | 67.50 ± 3.54 (2 of 2) | +2.50 ± 10.61 (ahead 1 of 2) |" in shown
     # per order 80 / 60 and 70 / 65; sdlora minus ncm +10 and -5 points

@@ -8,7 +8,7 @@ import pandas as pd
 
 from benchmarks import orders
 from benchmarks.machine_brief import Report
-from benchmarks.missing_runs import gaps, markdown, missing_of
+from benchmarks.missing_runs import gaps, markdown
 from conftest import fake_run
 
 GPU, CPU = "results/full/class-orders", "results/full/class-orders-cpu"
@@ -56,8 +56,6 @@ def test_every_order_a_machine_has_not_finished_is_listed_with_its_cost(tmp_path
     assert "| NVIDIA H200 | l2p | 1993, 1994 | – (Intel Xeon: 40) |" in text
     assert "| Intel Xeon | sdlora | 1994 | 40 |" in text
     assert "NVIDIA H200: 2 runs; Intel Xeon: 3 runs, 2.0 run-hours for the 3 whose method ran there." in text
-    assert missing_of(tmp_path, (GPU, CPU)) == text
-    assert missing_of(tmp_path, ("results/none",)) is None
 
 
 def test_a_complete_set_of_reports_says_so(tmp_path):
