@@ -2,7 +2,7 @@
 side by side, so "a run moves by a point or two with the machine" is a file a reader can check, not a sentence.
 
     python -m benchmarks.machine_drift RUN_DIR [RUN_DIR ...] --out DIR [--take RUN_DIR WHAT ...]
-    python -m benchmarks.machine_drift --again DIR
+    python -m benchmarks.machine_drift --again DIR [RUN_DIR ...]
 
 The folders must have run one experiment (:meth:`benchmarks.run_set.RunSet.check`: same protocol and budget, a
 method's own settings equal wherever it appears); only how they ran may differ. A run is matched with every run of
@@ -219,13 +219,23 @@ def main(argv: list[str] | None = None) -> Path:
                    "machine types (of two machines, the one whose folder comes first is the reference)")
     p.add_argument("--out", help="report folder (required with RUN_DIR)")
     add_take_argument(p)
-    p.add_argument("--again", metavar="REPORT_DIR", help="rebuild a report from the folders its sources.json names")
+    p.add_argument("--again", metavar="REPORT_DIR", help="rebuild a report from the folders its sources.json names; "
+                   "with RUN_DIR ...: those folders added to them (--take applies to the added ones)")
     args = p.parse_args(argv)
-    if bool(args.runs) == bool(args.again):
-        p.error("pass run folders (RUN_DIR ...) with --out, or --again REPORT_DIR, not both nor neither")
+    if not args.runs and not args.again:
+        p.error("pass run folders (RUN_DIR ...) with --out, or --again REPORT_DIR (and run folders to add to it)")
+    if args.again and args.take and not args.runs:
+        p.error(f"--take reads an added folder in part; with --again {args.again} alone nothing is added (its "
+                "recorded --take stays): pass the RUN_DIR to add too, or drop --take")
+    if args.again and args.out:
+        p.error(f"--again rebuilds {args.again} in place; drop --out (a report elsewhere is a new report: pass its "
+                "run folders and --out)")
     if args.again:
         out = Path(args.again)
         runs, command = sources_of(out)
+        if args.runs:  # folders added: record the command that reads them all from nothing
+            runs = runs.adding(args.runs, args.take, out)
+            command = " ".join(["python -m benchmarks.machine_drift", *runs.arguments(), "--out", str(out)])
     else:
         if not args.out:
             p.error("--out is required with RUN_DIR (e.g. --out results/<protocol>/machine-drift)")

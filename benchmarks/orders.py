@@ -466,10 +466,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"the method every other is paired with (default: {DEFAULT_REFERENCE})")
     add_take_argument(p)
     p.add_argument("--again", metavar="REPORT_DIR",
-                   help="rebuild a report from the run folders its sources.json names (after they changed)")
+                   help="rebuild a report from the run folders its sources.json names (after they changed); with "
+                        "RUN_DIR ...: those folders added to them (--take applies to the added ones)")
     args = p.parse_args(argv)
-    if bool(args.runs) == bool(args.again):
-        p.error("pass run folders (RUN_DIR ...) or --again REPORT_DIR, not both nor neither")
+    if not args.runs and not args.again:
+        p.error("pass run folders (RUN_DIR ...) with --out, or --again REPORT_DIR (and run folders to add to it)")
+    if args.again and args.take and not args.runs:
+        p.error(f"--take reads an added folder in part; with --again {args.again} alone nothing is added (its "
+                "recorded --take stays): pass the RUN_DIR to add too, or drop --take")
+    if args.again:
+        fixed = [f for f, v in (("--out", args.out), ("--methods", args.methods),
+                                ("--reference", args.reference != DEFAULT_REFERENCE)) if v]
+        if fixed:
+            p.error(f"--again rebuilds {args.again} in place with the reference and folders it records; drop "
+                    f"{' and '.join(fixed)} (a report with other ones is a new report: pass its run folders and --out)")
     return args
 
 
@@ -480,8 +490,14 @@ def main(argv: list[str] | None = None) -> Path:
     if args.again:
         runs, reference = sources_of(args.again)
         out = Path(args.again)
-        # The recorded command is the one that chose the folders; --again only rereads them, so it stays.
+        # The recorded command is the one that chose the folders; --again alone only rereads them, so it stays.
+        # Folders added: the command that reads them all from nothing, so it still rebuilds the report.
         command = (_sources(out) or {}).get("command") or command
+        if args.runs:
+            runs = runs.adding(args.runs, args.take, out)
+            command = " ".join(["python -m benchmarks.orders", *runs.arguments(),
+                                *(["--reference", reference] if reference != DEFAULT_REFERENCE else []),
+                                "--out", str(out)])
     else:
         specs = taking(args.runs, args.take)
         runs, reference = RunSet.read(specs), args.reference

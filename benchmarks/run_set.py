@@ -218,6 +218,31 @@ class RunSet:
                 out.append(path if m.given is None else [path, list(m.given)])
         return out
 
+    def _here(self) -> list[str]:
+        """Each folder as the working folder reaches it (symbolic links kept, unlike :meth:`specs_relative_to`)."""
+        return [os.path.relpath(os.path.abspath(m.folder.path)) for m in self.members]
+
+    def arguments(self) -> list[str]:
+        """``RUN_DIR ... [--take RUN_DIR WHAT ...]`` that read this set again from the working folder: the command a
+        report records once ``--again REPORT_DIR RUN_DIR ...`` added folders to it, so that it still rebuilds the
+        report from nothing."""
+        paths = self._here()
+        takes = [["--take", path, *(m.given or ()), *map(str, m.orders or ())]
+                 for path, m in zip(paths, self.members) if m.given is not None or m.orders is not None]
+        return [*paths, *(word for take in takes for word in take)]
+
+    def adding(self, runs: Sequence[str], take: Sequence[Sequence[str]] | None, report: str | Path) -> RunSet:
+        """This set (a report's recorded folders) followed by the folders ``runs``, ``--take`` applied to them: what
+        ``--again REPORT_DIR RUN_DIR ...`` reads, as if its folders had all been given to a first call.
+        ``SystemExit`` naming the folder for one the report already reads."""
+        held = {m.folder.path.resolve() for m in self.members}
+        for run in runs:
+            if Path(run).resolve() in held:
+                raise SystemExit(f"error: {run} is already one of the folders {report} reads (its sources.json lists "
+                                 f"them); pass only folders to add to it, or --again {report} alone to reread them")
+        recorded = [(path, m.given, m.orders) for path, m in zip(self._here(), self.members)]
+        return RunSet.read([*recorded, *taking(runs, take)])
+
 
 def add_take_argument(parser: argparse.ArgumentParser) -> None:
     """The ``--take RUN_DIR WHAT [WHAT ...]`` flag of the commands that pool run folders (read with :func:`taking`)."""

@@ -94,6 +94,26 @@ def test_a_report_regenerates_from_its_sources_anywhere(tmp_path, monkeypatch):
     assert machine_drift.is_report(out) and not machine_drift.is_report(tmp_path / "runs")
 
 
+def test_again_with_run_folders_adds_them_and_records_a_command_that_rebuilds_it_from_nothing(tmp_path,
+                                                                                              monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a, b = (str(f.relative_to(tmp_path)) for f in _two_machines(tmp_path / "runs"))
+    epyc = _on(fake_run(tmp_path / "runs" / "epyc", {("sdlora", 1993): [0.9, 0.61, 0.57]}), "AMD EPYC 7B13")
+    c = str(epyc.relative_to(tmp_path))
+    machine_drift.main([a, b, "--out", "drift"])
+    grown = machine_drift.main(["--again", "drift", c])
+    command = json.loads((grown / machine_drift.SOURCES).read_text())["command"]
+    assert command == f"python -m benchmarks.machine_drift {a} {b} {c} --out drift"
+    once = machine_drift.main([a, b, c, "--out", "once"])
+    for name in machine_drift.TABLES:
+        assert (grown / name).read_text() == (once / name).read_text(), name
+    assert "AMD EPYC" in (grown / "pairs.csv").read_text()
+    with pytest.raises(SystemExit, match=f"error: {a} is already one of the folders drift reads"):
+        machine_drift.main(["--again", "drift", a])
+    with pytest.raises(SystemExit, match="--again rebuilds drift in place; drop --out"):
+        machine_drift.main(["--again", "drift", c, "--out", "elsewhere"])
+
+
 def test_every_committed_machine_drift_report_regenerates_from_its_runs():
     reports = sorted(p.parent for p in (ROOT / "results").rglob(machine_drift.SOURCES)
                      if machine_drift.is_report(p.parent))

@@ -91,6 +91,34 @@ def test_a_report_regenerates_from_its_sources_anywhere(tmp_path, monkeypatch):
     assert (picked / "table.md").read_text() == table
 
 
+def test_again_with_run_folders_adds_them_and_records_a_command_that_rebuilds_it_from_nothing(tmp_path,
+                                                                                              monkeypatch):
+    """A report grows by a folder per session: ``--again REPORT_DIR RUN_DIR ...`` gives the same files as one first
+    call with every folder, and its sources.json's command is that first call (so the documented command rebuilds
+    it), keeping the recorded ``--take`` of the old folders and applying the new ``--take`` to the added ones."""
+    monkeypatch.chdir(tmp_path)
+    a, b, c = (str(f.relative_to(tmp_path)) for f in _old_order_folders(tmp_path / "runs"))
+    extra = fake_run(tmp_path / "runs" / "more", {("ncm", 1993): [0.9, 0.4], ("sdlora", 1994): [0.9, 0.7]},
+                     class_order_seed=1993)
+    d = str(extra.relative_to(tmp_path))
+    orders.main([a, b, "--take", b, "1994", "--out", "grown"])
+    grown = orders.main(["--again", "grown", c, d, "--take", d, "ncm"])
+    command = json.loads((grown / "sources.json").read_text())["command"]
+    assert command == (f"python -m benchmarks.orders {a} {b} {c} {d} --take {b} 1994 --take {d} ncm --out grown")
+    once = orders.main(command.split()[3:-2] + ["--out", "once"])
+    for name in orders.TABLES:  # brief.md names its own folder's table.md
+        assert (grown / name).read_text() == (once / name).read_text().replace("/once/", "/grown/"), name
+    assert "| ncm |" in (grown / "table.md").read_text()
+    with pytest.raises(SystemExit, match=f"error: {c} is already one of the folders grown reads"):
+        orders.main(["--again", "grown", c])
+    with pytest.raises(SystemExit, match="with --again grown alone nothing is added"):
+        orders.main(["--again", "grown", "--take", d, "ncm"])
+    for flags, named in ((["--out", "x"], "--out"), (["--methods", "ncm"], "--methods"),
+                         (["--reference", "ncm"], "--reference")):
+        with pytest.raises(SystemExit, match=f"--again rebuilds grown in place .*; drop {named}"):
+            orders.main(["--again", "grown", *flags])
+
+
 def test_folders_of_another_experiment_or_a_method_run_two_ways_are_refused(tmp_path):
     a, b, _ = _old_order_folders(tmp_path / "runs")
     c = fake_run(tmp_path / "runs" / "e5", {("sdlora", 1995): [0.9, 0.5]}, class_order_seed=1995, epochs=5)

@@ -1,7 +1,8 @@
 """The README's two opening commands are exactly what CI runs, its examples use the real API and run, it fits on a
-screen, and it and docs/ point only inside the repository."""
+screen, and it and docs/ point only inside the repository; results/README.md gives each report's recorded command."""
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -130,3 +131,20 @@ def test_headline_tables_are_the_committed_runs_tables():
             assert any(headline.class_order_table(orders=other) in text for text in texts), other
     else:
         assert not any(headline.FAIR_TABLE.end in text for text in texts)
+
+
+def test_results_readme_gives_every_reports_recorded_command():
+    """Each class-order and machine-drift report under results/ is rebuilt by the command results/README.md gives for
+    it: its sources.json records the call that chose its folders (once ``--again REPORT_DIR RUN_DIR ...`` grew it,
+    the call with every folder), and that exact line must be in the README, so a grown report cannot leave a stale
+    command behind."""
+    from benchmarks import machine_drift, orders
+
+    text = (ROOT / "results" / "README.md").read_text()
+    reports = sorted(p.parent for p in (ROOT / "results").rglob(orders.SOURCES)
+                     if orders.is_report(p.parent) or machine_drift.is_report(p.parent))
+    assert reports, "no class-order or machine-drift report found under results/"
+    stale = [str(r.relative_to(ROOT)) for r in reports
+             if json.loads((r / orders.SOURCES).read_text())["command"] not in text]
+    assert not stale, (f"results/README.md does not give the recorded command of {', '.join(stale)}; copy the "
+                       "'command' of each one's sources.json into its section")
