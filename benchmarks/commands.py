@@ -50,6 +50,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("sdlora-publish", "benchmarks.publish", "benchmarks.publish"),
     Command("sdlora-predictions", "benchmarks.predictions", "benchmarks.predictions"),
     Command("sdlora-machine-drift", "benchmarks.machine_drift", "benchmarks.machine_drift"),
+    Command("sdlora-missing-runs", "benchmarks.missing_runs", "benchmarks.missing_runs"),
 )
 BY_SCRIPT = {c.script: c for c in COMMANDS}
 BY_MODULE = {c.module: c for c in COMMANDS}
@@ -120,6 +121,7 @@ sdlora_collapse = _entry("sdlora-collapse")
 sdlora_publish = _entry("sdlora-publish")
 sdlora_predictions = _entry("sdlora-predictions")
 sdlora_machine_drift = _entry("sdlora-machine-drift")
+sdlora_missing_runs = _entry("sdlora-missing-runs")
 
 
 def main(argv: list[str] | None = None) -> list[str]:

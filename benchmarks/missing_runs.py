@@ -8,16 +8,32 @@ records them) or, where it finished none there, on the machines where it did. Th
 whatever load the runs shared the machine with, so they plan a session, they measure nothing. An order never mixes
 machines, so a machine's gap is filled on that machine type only. ``python -m benchmarks.headline`` writes it into
 docs/results.md beside the tables, so the list is as current as they are.
+
+``python -m benchmarks.missing_runs [--machine NAME]`` prints the same gaps as work to start: per machine type, one
+``benchmarks.compare`` command per missing (method, class order), each the command of that machine's newest run
+folder in its report with ``--seeds``, ``--methods`` and ``--run-id`` (``fair-<machine>-<method>-<order>``) put in,
+so it runs with the flags that machine's runs used; then how each finished run joins the report.
 """
 
 from __future__ import annotations
 
+import argparse
+import shlex
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-import numpy as np
+from pathlib import Path
 
-from .machine_brief import Report, covered_orders, methods_by_accuracy
-from .reports import markdown_grid
+from .commands import print_kept_help
+
+if __name__ == "__main__":  # --help before torch, timm and Avalanche load
+    print_kept_help("benchmarks.missing_runs", sys.argv[1:])
+
+import numpy as np  # noqa: E402
+
+from .machine_brief import (Report, covered_orders, methods_by_accuracy, present_reports, short_machine,
+                            written)  # noqa: E402
+from .reports import markdown_grid  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -98,3 +114,105 @@ def markdown(reports: Sequence[Report]) -> str:
     head = ["machine", "method", "class orders to run", "minutes per run there"]
     return markdown_grid(head, rows).rstrip("\n") + "\n\n" + legend + "\n"
 
+
+
+PER_RUN = ("--seeds", "--methods", "--run-id", "--resume")  # what a template command's run says of itself
+
+
+def template(root: Path, report: Report) -> tuple[str, dict] | None:
+    """The command and config of ``report``'s newest run folder (the last its sources.json lists) that trained on
+    the report's machine with one run per class order (``--class-order seed``) and whose command runs as written
+    (a path outside the checkout is stored as '...', :mod:`benchmarks.local_paths`); None: it has none."""
+    from .orders import sources_of
+
+    runs, _ = sources_of(Path(root) / report.path)
+    for member in reversed(runs.members):
+        config = member.config
+        if (short_machine(member.machine) == report.machine and config.get("command")
+                and config.get("class_order") == "seed" and "..." not in str(config["command"])):
+            return str(config["command"]), config
+    return None
+
+
+def run_command(command: str, method: str, order: int, run_id: str) -> str:
+    """``command`` with its own run's ``--seeds``, ``--methods``, ``--run-id`` and ``--resume`` replaced by one run
+    of ``method`` on class order ``order`` (seed s is order s under ``--class-order seed``) named ``run_id``."""
+    kept, dropping = [], False
+    for word in shlex.split(command):
+        if word.startswith("--"):
+            dropping = word.split("=")[0] in PER_RUN
+        if not dropping:
+            kept.append(word)
+    return shlex.join([*kept, "--seeds", str(order), "--methods", method, "--run-id", run_id])
+
+
+def machine_slug(machine: str) -> str:
+    """The short word a run id names a machine type by: 'Intel Xeon' -> 'xeon', 'NVIDIA H200' -> 'h200'."""
+    words = machine.split()
+    return (words[1] if len(words) > 1 else words[0]).lower()
+
+
+def commands(root: Path, reports: Sequence[Report], machine: str | None = None, drift: str | None = None) -> str:
+    """:func:`gaps` as the commands that fill them, machine by machine (``machine``: only those whose name holds
+    it, case aside), each with one run's minutes (:func:`_minutes`) as a comment; then the commands that add each
+    finished run to its report and to the ``drift`` report (:mod:`benchmarks.machine_drift`) where given.
+    ``SystemExit`` for a ``machine`` no report trained on."""
+    chosen = [r for r in reports if machine is None or machine.lower() in r.machine.lower()]
+    if not chosen:
+        raise SystemExit(f"error: --machine {machine}: no report's runs trained on such a machine; pass part of one "
+                         f"of {', '.join(r.machine for r in reports)}")
+    found, lines = gaps(reports), []
+    for report in chosen:
+        mine = [g for g in found if g.machine == report.machine]
+        lines.append(f"# {report.machine} ({report.path}): {sum(len(g.orders) for g in mine)} runs")
+        made = template(root, report) if mine else None
+        if mine and made is None:
+            lines.append(f"# no run folder of it ran --class-order seed on {report.machine} alone with a command that "
+                         "runs as written (a local path is stored as '...'): start these as results/README.md says its "
+                         "runs were: " + "; ".join(f"{g.method} {' '.join(map(str, g.orders))}" for g in mine))
+            continue
+        if not mine:
+            continue
+        command, config = made
+        run_ids = []
+        for gap in mine:
+            for order in gap.orders:
+                run_id = f"fair-{machine_slug(gap.machine)}-{gap.method}-{order}"
+                run_ids.append(run_id)
+                lines.append(f"{run_command(command, gap.method, order, run_id)}   # minutes: {_minutes(gap)}")
+        protocol = config.get("protocol", "PROTOCOL")
+        out = dict(zip(shlex.split(command), shlex.split(command)[1:])).get("--out", "runs")
+        results = str(Path(report.path).parent)
+        lines += ["# as each RUN_ID finishes (one of " + ", ".join(run_ids) + "):",
+                  f"python -m benchmarks.publish {out}/{protocol}/RUN_ID {results}/RUN_ID",
+                  f"python -m benchmarks.orders --again {report.path} {results}/RUN_ID",
+                  *([f"python -m benchmarks.machine_drift --again {drift} {results}/RUN_ID"] if drift else []),
+                  "python -m benchmarks.headline   # then copy each report's new sources.json command into "
+                  "results/README.md"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> str:
+    """Print the commands that fill the tuned full-data tables' gaps (the reports ``benchmarks.headline`` shows)."""
+    from . import headline
+    from .compare import Parser
+
+    p = Parser(prog="python -m benchmarks.missing_runs", description=__doc__.split("\n\n")[0])
+    p.add_argument("--machine", help="only the machine types whose name holds this, case aside (e.g. xeon)")
+    p.add_argument("--root", default=str(headline.ROOT), help="the checkout (default: this one)")
+    args = p.parse_args(argv)
+    root = Path(args.root)
+    reports = present_reports(root, (headline.FAIR, *headline.FAIR_OTHERS))
+    if not reports:
+        raise SystemExit(f"error: no tuned full-data report is written under {root} yet ({headline.FAIR}); "
+                         "write it with python -m benchmarks.orders")
+    drift = headline.DRIFT if written(root, headline.DRIFT) else None
+    text = commands(root, reports, args.machine, drift)
+    print(text, end="")
+    return text
+
+
+if __name__ == "__main__":
+    from .compare import cli
+
+    sys.exit(cli(main=main))

@@ -5,10 +5,11 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from benchmarks import orders
 from benchmarks.machine_brief import Report
-from benchmarks.missing_runs import gaps, markdown
+from benchmarks.missing_runs import commands, gaps, machine_slug, main, markdown, run_command
 from conftest import fake_run
 
 GPU, CPU = "results/full/class-orders", "results/full/class-orders-cpu"
@@ -62,3 +63,42 @@ def test_a_complete_set_of_reports_says_so(tmp_path):
     gpu, _ = _reports(tmp_path)
     assert gaps([gpu]) == []
     assert markdown([gpu]) == "Every machine's report has every method finished on every class order (1993, 1994).\n"
+
+
+def _recorded(folder, command: str) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    assert config["class_order"] == "seed"
+    (folder / "config.json").write_text(json.dumps({**config, "command": command}))
+
+
+def test_the_gaps_as_commands_that_start_them_with_each_machines_own_flags(tmp_path, capsys):
+    gpu, cpu = _reports(tmp_path)
+    _recorded(tmp_path / "results/full/cpu", "python -m benchmarks.compare --protocol p --class-order seed --seeds "
+              "1993 1994 --methods sdlora ncm l2p --threads 1 --quiet --out runs --run-id=cpu")
+    _recorded(tmp_path / "results/full/gpu", "python -m benchmarks.compare --class-order seed --out .../fair")
+    text = commands(tmp_path, [gpu, cpu], drift="results/full/drift")
+    # the CPU's own flags, its run's --seeds, --methods and --run-id replaced by one (method, order) each
+    start = "python -m benchmarks.compare --protocol p --class-order seed --threads 1 --quiet --out runs --seeds"
+    assert f"{start} 1994 --methods sdlora --run-id fair-xeon-sdlora-1994   # minutes: 40\n" in text
+    assert f"{start} 1994 --methods l2p --run-id fair-xeon-l2p-1994   # minutes: 40\n" in text  # its 1994 stopped
+    assert text.count(start) == 3  # sdlora, ncm and l2p on order 1994
+    protocol = json.loads((tmp_path / "results/full/cpu/config.json").read_text())["protocol"]
+    assert f"python -m benchmarks.publish runs/{protocol}/RUN_ID results/full/RUN_ID\n" in text
+    assert f"python -m benchmarks.orders --again {CPU} results/full/RUN_ID\n" in text
+    assert "python -m benchmarks.machine_drift --again results/full/drift results/full/RUN_ID\n" in text
+    # the GPU's recorded command names a scrubbed local path: said, with what to run, not a command that fails
+    assert "# NVIDIA H200 (results/full/class-orders): 2 runs\n# no run folder of it ran" in text
+    assert "runs were: l2p 1993 1994\n" in text and "--methods l2p --run-id fair-h200" not in text
+    only = commands(tmp_path, [gpu, cpu], machine="XEON")
+    assert "NVIDIA" not in only and start in only
+    with pytest.raises(SystemExit, match="--machine epyc: no report's runs trained on such a machine; pass part of "
+                                         "one of NVIDIA H200, Intel Xeon"):
+        commands(tmp_path, [gpu, cpu], machine="epyc")
+    assert (run_command("x --seeds 1 2 --quiet --resume runs/a", "ncm", 7, "r")
+            == "x --quiet --seeds 7 --methods ncm --run-id r")
+    assert machine_slug("AMD EPYC") == "epyc" and machine_slug("NVIDIA H200") == "h200"
+
+
+def test_the_command_reads_the_committed_reports():
+    text = main(["--machine", "xeon"])
+    assert text.startswith("# Intel Xeon (results/cifar100-tiny128-full/class-orders-xeon): ")
