@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> Path:
         runs, command = sources_of(out)
         if args.runs:  # folders added: record the command that reads them all from nothing
             runs = runs.adding(args.runs, args.take, out)
-            command = " ".join(["python -m benchmarks.machine_drift", *runs.arguments(), "--out", str(out)])
+            command = " ".join(["python -m benchmarks.machine_drift", *runs.arguments(), "--out", os.path.relpath(out)])
     else:
         if not args.out:
             p.error("--out is required with RUN_DIR (e.g. --out results/<protocol>/machine-drift)")

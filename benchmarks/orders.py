@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -497,7 +498,7 @@ def main(argv: list[str] | None = None) -> Path:
             runs = runs.adding(args.runs, args.take, out)
             command = " ".join(["python -m benchmarks.orders", *runs.arguments(),
                                 *(["--reference", reference] if reference != DEFAULT_REFERENCE else []),
-                                "--out", str(out)])
+                                "--out", os.path.relpath(out)])  # as its folders: from here
     else:
         specs = taking(args.runs, args.take)
         runs, reference = RunSet.read(specs), args.reference

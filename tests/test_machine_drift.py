@@ -101,7 +101,7 @@ def test_again_with_run_folders_adds_them_and_records_a_command_that_rebuilds_it
     epyc = _on(fake_run(tmp_path / "runs" / "epyc", {("sdlora", 1993): [0.9, 0.61, 0.57]}), "AMD EPYC 7B13")
     c = str(epyc.relative_to(tmp_path))
     machine_drift.main([a, b, "--out", "drift"])
-    grown = machine_drift.main(["--again", "drift", c])
+    grown = machine_drift.main(["--again", str(tmp_path / "drift"), c])  # recorded from here, not absolute
     command = json.loads((grown / machine_drift.SOURCES).read_text())["command"]
     assert command == f"python -m benchmarks.machine_drift {a} {b} {c} --out drift"
     once = machine_drift.main([a, b, c, "--out", "once"])

@@ -102,7 +102,7 @@ def test_again_with_run_folders_adds_them_and_records_a_command_that_rebuilds_it
                      class_order_seed=1993)
     d = str(extra.relative_to(tmp_path))
     orders.main([a, b, "--take", b, "1994", "--out", "grown"])
-    grown = orders.main(["--again", "grown", c, d, "--take", d, "ncm"])
+    grown = orders.main(["--again", str(tmp_path / "grown"), c, d, "--take", d, "ncm"])  # recorded from here
     command = json.loads((grown / "sources.json").read_text())["command"]
     assert command == (f"python -m benchmarks.orders {a} {b} {c} {d} --take {b} 1994 --take {d} ncm --out grown")
     once = orders.main(command.split()[3:-2] + ["--out", "once"])
