@@ -115,7 +115,6 @@ def markdown(reports: Sequence[Report]) -> str:
     return markdown_grid(head, rows).rstrip("\n") + "\n\n" + legend + "\n"
 
 
-
 PER_RUN = ("--seeds", "--methods", "--run-id", "--resume")  # what a template command's run says of itself
 
 
