@@ -32,7 +32,7 @@ from . import predictions
 from .machine_brief import short_machine
 from .reports import markdown_grid, run_records
 from .run_folder import RunFolder
-from .run_set import ORDER_KEYS, RunSet, add_take_argument, taking
+from .run_set import ORDER_KEYS, RunSet, add_again_argument, add_take_argument, check_again, taking
 from .units import in_file_units
 
 SOURCES = "sources.json"
@@ -219,14 +219,9 @@ def main(argv: list[str] | None = None) -> Path:
                    "machine types (of two machines, the one whose folder comes first is the reference)")
     p.add_argument("--out", help="report folder (required with RUN_DIR)")
     add_take_argument(p)
-    p.add_argument("--again", metavar="REPORT_DIR", help="rebuild a report from the folders its sources.json names; "
-                   "with RUN_DIR ...: those folders added to them (--take applies to the added ones)")
+    add_again_argument(p, "the folders")
     args = p.parse_args(argv)
-    if not args.runs and not args.again:
-        p.error("pass run folders (RUN_DIR ...) with --out, or --again REPORT_DIR (and run folders to add to it)")
-    if args.again and args.take and not args.runs:
-        p.error(f"--take reads an added folder in part; with --again {args.again} alone nothing is added (its "
-                "recorded --take stays): pass the RUN_DIR to add too, or drop --take")
+    check_again(p, args)
     if args.again and args.out:
         p.error(f"--again rebuilds {args.again} in place; drop --out (a report elsewhere is a new report: pass its "
                 "run folders and --out)")

@@ -47,7 +47,8 @@ from .config import RunConfig  # noqa: E402
 from .methods import get_method, method_names  # noqa: E402
 from .reports import markdown_grid, method_style, save_figure  # noqa: E402
 from .run_folder import RunLock  # noqa: E402
-from .run_set import ORDER_KEYS, RunSet, add_take_argument, one_run_per_order, taking  # noqa: E402
+from .run_set import (ORDER_KEYS, RunSet, add_again_argument, add_take_argument, check_again,  # noqa: E402
+                      one_run_per_order, taking)
 from .units import DECIMALS, in_file_units  # noqa: E402
 
 DEFAULT_REFERENCE = "sdlora"
@@ -466,15 +467,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reference", default=DEFAULT_REFERENCE,
                    help=f"the method every other is paired with (default: {DEFAULT_REFERENCE})")
     add_take_argument(p)
-    p.add_argument("--again", metavar="REPORT_DIR",
-                   help="rebuild a report from the run folders its sources.json names (after they changed); with "
-                        "RUN_DIR ...: those folders added to them (--take applies to the added ones)")
+    add_again_argument(p, "the run folders")
     args = p.parse_args(argv)
-    if not args.runs and not args.again:
-        p.error("pass run folders (RUN_DIR ...) with --out, or --again REPORT_DIR (and run folders to add to it)")
-    if args.again and args.take and not args.runs:
-        p.error(f"--take reads an added folder in part; with --again {args.again} alone nothing is added (its "
-                "recorded --take stays): pass the RUN_DIR to add too, or drop --take")
+    check_again(p, args)
     if args.again:
         fixed = [f for f, v in (("--out", args.out), ("--methods", args.methods),
                                 ("--reference", args.reference != DEFAULT_REFERENCE)) if v]

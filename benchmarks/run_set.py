@@ -252,6 +252,22 @@ def add_take_argument(parser: argparse.ArgumentParser) -> None:
                              "folder holds the rest; once per folder")
 
 
+def add_again_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """The ``--again REPORT_DIR [RUN_DIR ...]`` flag of the commands whose reports record their folders (``what``: how
+    the help names them); checked with :func:`check_again`."""
+    parser.add_argument("--again", metavar="REPORT_DIR", help=f"rebuild a report from {what} its sources.json names; "
+                        "with RUN_DIR ...: those folders added to them (--take applies to the added ones)")
+
+
+def check_again(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a call with neither run folders nor ``--again``, and a ``--take`` that ``--again`` alone would ignore."""
+    if not args.runs and not args.again:
+        parser.error("pass run folders (RUN_DIR ...) with --out, or --again REPORT_DIR (and run folders to add to it)")
+    if args.again and args.take and not args.runs:
+        parser.error(f"--take reads an added folder in part; with --again {args.again} alone nothing is added (its "
+                     "recorded --take stays): pass the RUN_DIR to add too, or drop --take")
+
+
 def taking(runs: Sequence[str], take: Sequence[Sequence[str]] | None, flag: str = "--take") -> list[Spec]:
     """The specs of the ``RUN_DIR`` arguments ``runs`` with ``--take RUN_DIR WHAT [WHAT ...]`` applied: that folder
     read for those methods and/or class orders only (each WHAT a method name or an order seed), e.g. the orders one
