@@ -12,7 +12,9 @@ docs/results.md beside the tables, so the list is as current as they are.
 ``python -m benchmarks.missing_runs [--machine NAME]`` prints the same gaps as work to start: per machine type, one
 ``benchmarks.compare`` command per missing (method, class order), each the command of that machine's newest run
 folder in its report with ``--seeds``, ``--methods`` and ``--run-id`` (``fair-<machine>-<method>-<order>``) put in,
-so it runs with the flags that machine's runs used; then how each finished run joins the report.
+so it runs with the flags that machine's runs used (where this checkout's ``<out>`` folder already holds that run:
+its ``--resume``, or, once finished, a note that it waits to be published); then how each finished run joins the
+report.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np  # noqa: E402
 from .machine_brief import (Report, covered_orders, methods_by_accuracy, present_reports, short_machine,
                             written)  # noqa: E402
 from .reports import markdown_grid  # noqa: E402
+from .run_folder import RunFolder  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,21 @@ def machine_slug(machine: str) -> str:
     return (words[1] if len(words) > 1 else words[0]).lower()
 
 
+def start_line(root: Path, out: str, protocol: str, run_id: str, fresh: str, minutes: str) -> str:
+    """How run ``run_id`` goes on from where this checkout left it: ``fresh`` (the command that starts it) where
+    ``<out>/<protocol>/<run_id>`` does not exist yet, its ``--resume`` where a session started it (a new start would
+    be refused there, and the tasks it finished are kept), a comment where it finished and only waits to be
+    published; ``minutes``: one run's wall minutes, said after it."""
+    where = f"{out}/{protocol}/{run_id}"
+    folder = RunFolder(Path(root) / where)  # an absolute --out stays itself
+    if folder.is_done():
+        return f"# {run_id}: finished in {where}; publish it (below)"
+    if folder.has_config():
+        return (f"python -m benchmarks.compare --resume {where} --quiet   # started here: goes on from its last "
+                f"finished task with the run's own flags; minutes for a whole run: {minutes}")
+    return f"{fresh}   # minutes: {minutes}"
+
+
 def commands(root: Path, reports: Sequence[Report], machine: str | None = None, drift: str | None = None) -> str:
     """:func:`gaps` as the commands that fill them, machine by machine (``machine``: only those whose name holds
     it, case aside), each with one run's minutes (:func:`_minutes`) as a comment; then the commands that add each
@@ -173,14 +191,15 @@ def commands(root: Path, reports: Sequence[Report], machine: str | None = None, 
         if not mine:
             continue
         command, config = made
+        protocol = config.get("protocol", "PROTOCOL")
+        out = dict(zip(shlex.split(command), shlex.split(command)[1:])).get("--out", "runs")
         run_ids = []
         for gap in mine:
             for order in gap.orders:
                 run_id = f"fair-{machine_slug(gap.machine)}-{gap.method}-{order}"
                 run_ids.append(run_id)
-                lines.append(f"{run_command(command, gap.method, order, run_id)}   # minutes: {_minutes(gap)}")
-        protocol = config.get("protocol", "PROTOCOL")
-        out = dict(zip(shlex.split(command), shlex.split(command)[1:])).get("--out", "runs")
+                lines.append(start_line(root, out, protocol, run_id, run_command(command, gap.method, order, run_id),
+                                        _minutes(gap)))
         results = str(Path(report.path).parent)
         lines += ["# as each RUN_ID finishes (one of " + ", ".join(run_ids) + "):",
                   f"python -m benchmarks.publish {out}/{protocol}/RUN_ID {results}/RUN_ID",

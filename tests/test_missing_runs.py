@@ -94,6 +94,18 @@ def test_the_gaps_as_commands_that_start_them_with_each_machines_own_flags(tmp_p
     with pytest.raises(SystemExit, match="--machine epyc: no report's runs trained on such a machine; pass part of "
                                          "one of NVIDIA H200, Intel Xeon"):
         commands(tmp_path, [gpu, cpu], machine="epyc")
+    # a run this checkout already started goes on with --resume; one that finished waits to be published
+    started = tmp_path / f"runs/{protocol}/fair-xeon-sdlora-1994"
+    started.mkdir(parents=True)
+    (started / "config.json").write_text("{}")
+    (tmp_path / f"runs/{protocol}/fair-xeon-ncm-1994").mkdir(parents=True)
+    (tmp_path / f"runs/{protocol}/fair-xeon-ncm-1994/DONE").write_text("")
+    again = commands(tmp_path, [gpu, cpu], machine="xeon")
+    assert (f"python -m benchmarks.compare --resume runs/{protocol}/fair-xeon-sdlora-1994 --quiet   # started here"
+            in again)
+    assert f"# fair-xeon-ncm-1994: finished in runs/{protocol}/fair-xeon-ncm-1994; publish it (below)\n" in again
+    assert "--run-id fair-xeon-sdlora-1994" not in again and "--run-id fair-xeon-ncm-1994" not in again
+    assert f"{start} 1994 --methods l2p --run-id fair-xeon-l2p-1994   # minutes: 40\n" in again  # not begun: as before
     assert (run_command("x --seeds 1 2 --quiet --resume runs/a", "ncm", 7, "r")
             == "x --quiet --seeds 7 --methods ncm --run-id r")
     assert machine_slug("AMD EPYC") == "epyc" and machine_slug("NVIDIA H200") == "h200"
