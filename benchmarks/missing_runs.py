@@ -159,7 +159,7 @@ def start_line(root: Path, out: str, protocol: str, run_id: str, fresh: str, min
     ``<out>/<protocol>/<run_id>`` does not exist yet, its ``--resume`` where a session started it (a new start would
     be refused there, and the tasks it finished are kept), a comment where it finished and only waits to be
     published; ``minutes``: one run's wall minutes, said after it."""
-    where = f"{out}/{protocol}/{run_id}"
+    where = RunFolder.new(out, protocol, run_id).path  # the harness's one spelling of a run folder's path
     folder = RunFolder(Path(root) / where)  # an absolute --out stays itself
     if folder.is_done():
         return f"# {run_id}: finished in {where}; publish it (below)"
@@ -192,7 +192,8 @@ def commands(root: Path, reports: Sequence[Report], machine: str | None = None, 
             continue
         command, config = made
         protocol = config.get("protocol", "PROTOCOL")
-        out = dict(zip(shlex.split(command), shlex.split(command)[1:])).get("--out", "runs")
+        words = shlex.split(command)
+        out = dict(zip(words, words[1:])).get("--out", "runs")
         run_ids = []
         for gap in mine:
             for order in gap.orders:
