@@ -18,4 +18,4 @@ __all__ = ["SDLoRA", "SDLoRARR", "SDLoRAKD", "SDLoRAOptions", "sdlora_vit", "cre
            "latest_checkpoint", "AverageAnytimeAccuracy", "average_anytime_accuracy", "final_accuracy", "forgetting",
            "split_cifar100", "class_order", "sdlora_transforms", "paper_benchmark", "imagenet_r", "imagenet_a",
            "cub200", "domainnet", "cifar100"]
-__version__ = "0.4.18"  # pyproject.toml reads it; CHANGELOG.md says what changed
+__version__ = "0.4.19"  # pyproject.toml reads it; CHANGELOG.md says what changed

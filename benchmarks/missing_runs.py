@@ -181,7 +181,8 @@ def commands(root: Path, reports: Sequence[Report], machine: str | None = None, 
     found, lines = gaps(reports), []
     for report in chosen:
         mine = [g for g in found if g.machine == report.machine]
-        lines.append(f"# {report.machine} ({report.path}): {sum(len(g.orders) for g in mine)} runs")
+        lines.append(f"# {report.machine} ({report.path}): {sum(len(g.orders) for g in mine)} runs"
+                     + ("" if mine else "; every method has a finished run on every class order, nothing to start"))
         made = template(root, report) if mine else None
         if mine and made is None:
             lines.append(f"# no run folder of it ran --class-order seed on {report.machine} alone with a command that "

@@ -63,6 +63,8 @@ def test_a_complete_set_of_reports_says_so(tmp_path):
     gpu, _ = _reports(tmp_path)
     assert gaps([gpu]) == []
     assert markdown([gpu]) == "Every machine's report has every method finished on every class order (1993, 1994).\n"
+    assert commands(tmp_path, [gpu]) == ("# NVIDIA H200 (results/full/class-orders): 0 runs; every method has a "
+                                         "finished run on every class order, nothing to start\n")
 
 
 def _recorded(folder, command: str) -> None:
