@@ -183,13 +183,13 @@ def commands(root: Path, reports: Sequence[Report], machine: str | None = None, 
         mine = [g for g in found if g.machine == report.machine]
         lines.append(f"# {report.machine} ({report.path}): {sum(len(g.orders) for g in mine)} runs"
                      + ("" if mine else "; every method has a finished run on every class order, nothing to start"))
-        made = template(root, report) if mine else None
-        if mine and made is None:
+        if not mine:
+            continue
+        made = template(root, report)
+        if made is None:
             lines.append(f"# no run folder of it ran --class-order seed on {report.machine} alone with a command that "
                          "runs as written (a local path is stored as '...'): start these as results/README.md says its "
                          "runs were: " + "; ".join(f"{g.method} {' '.join(map(str, g.orders))}" for g in mine))
-            continue
-        if not mine:
             continue
         command, config = made
         protocol = config.get("protocol", "PROTOCOL")
@@ -204,7 +204,7 @@ def commands(root: Path, reports: Sequence[Report], machine: str | None = None, 
                                         _minutes(gap)))
         results = str(Path(report.path).parent)
         lines += ["# as each RUN_ID finishes (one of " + ", ".join(run_ids) + "):",
-                  f"python -m benchmarks.publish {out}/{protocol}/RUN_ID {results}/RUN_ID",
+                  f"python -m benchmarks.publish {RunFolder.new(out, protocol, 'RUN_ID').path} {results}/RUN_ID",
                   f"python -m benchmarks.orders --again {report.path} {results}/RUN_ID",
                   *([f"python -m benchmarks.machine_drift --again {drift} {results}/RUN_ID"] if drift else []),
                   "python -m benchmarks.headline   # then copy each report's new sources.json command into "
